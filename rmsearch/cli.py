@@ -1,0 +1,19 @@
+"""``rmsearch`` command line: export, launch, status, analyze, ...
+
+Each command parses its options and calls a plain library function.
+"""
+
+from __future__ import annotations
+
+import click
+
+from rmdata.cliutils import CONTEXT, RMGroup, setup_logging
+from rmsearch import __version__
+
+
+@click.group(cls=RMGroup, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="rmsearch")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Structure search with a response-matched potential in LAMMPS."""
+    setup_logging(verbose)
