@@ -17,3 +17,6 @@ from rmsearch import __version__
 def main(verbose: int) -> None:
     """Structure search with a response-matched potential in LAMMPS."""
     setup_logging(verbose)
+
+from rmsearch.cli_slurm import slurm_group  # noqa: E402
+main.add_command(slurm_group)

@@ -1,0 +1,677 @@
+"""Run a search as a SLURM job array: job script, submission, per-task state, resubmission.
+
+A run directory (``RUNDIR/config.json``, written by :func:`rmsearch.runner.init_rundir`)
+is split into ``ntasks`` shards: array task ``i`` runs ``rmsearch run-shard RUNDIR --task i
+--ntasks N``, i.e. the run ids ``r`` with ``r % N == i`` that have no record yet, and
+appends its records to ``RUNDIR/shards/task-<i>.jsonl``: the same code path as a local
+worker, so ``collect``/``analyze`` work unchanged.
+
+Files under ``RUNDIR/slurm/``:
+
+- ``job.sh``: the batch script (``sbatch job.sh`` submits the whole array by hand);
+- ``options.json``: the resolved options (profile + command line), reused on resume;
+- ``jobs.json``: ``ntasks`` and every submission (job id, array tasks, sbatch command);
+- ``logs/task-<i>.job-<id>.{out,err}``: per-task output.
+
+Per-task scheduler state comes from ``squeue`` while SLURM remembers the job, then from
+``sacct`` (sites with accounting), then from the ``jobcomp/filetxt`` log; a task the
+scheduler has forgotten is ``UNKNOWN``. Resubmission (:func:`submit_slurm` on a run
+directory with earlier jobs) submits only the tasks that still miss run ids and are not
+active in the queue (``--array=1,3,7``), so no run id is run twice and none is lost.
+
+Site profiles (partition, account, modules, venv activation, extra ``#SBATCH`` lines)
+live in ``$RMSEARCH_CONFIG/profiles/NAME.toml`` (default config dir
+``~/.config/rmsearch``; ``.json``, ``.yaml`` and ``.yml`` work too), see
+:func:`load_profile`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rmdata.errors import RMError
+from rmdata.utils import atomic_output, write_json_atomic
+from rmsearch.records import read_records
+
+log = logging.getLogger(__name__)
+
+#: States after which a task's process is gone (``sacct``/``squeue`` names).
+FINAL_STATES = frozenset({"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "PREEMPTED",
+                          "BOOT_FAIL", "DEADLINE", "OUT_OF_MEMORY", "REVOKED"})
+#: Pseudo states: never submitted, or no longer known to the scheduler.
+NOT_SUBMITTED = "NOT_SUBMITTED"
+UNKNOWN = "UNKNOWN"
+#: Default number of runs per array task when ``array_size`` is not given: each task pays a
+#: start-up cost (Python, torch, LAMMPS: seconds) and a queue wait, so tasks should be long.
+RUNS_PER_TASK = 100
+#: Largest default array (many sites keep SLURM's ``MaxArraySize=1001``).
+MAX_DEFAULT_ARRAY = 1000
+#: sbatch options that rmsearch sets itself and that ``extra_sbatch`` may not override.
+RESERVED_SBATCH = ("--array", "-a", "--output", "-o", "--error", "-e", "--wrap", "--parsable",
+                   "--chdir", "-D", "--ntasks", "-n")
+
+_TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}"
+                      r"|UNLIMITED|INFINITE)$")
+_MEM_RE = re.compile(r"^\d+[KMGT]?$", re.IGNORECASE)
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.,+:@=-]+$")
+
+
+def _slurm_dir(rundir: Path) -> Path:
+    return Path(rundir) / "slurm"
+
+
+# --------------------------------------------------------------------------- options
+@dataclass
+class SlurmOptions:
+    """How to run a search as a SLURM job array.
+
+    Attributes:
+        array_size: number of array tasks N (fixed for a run directory once submitted);
+            ``None`` = ``ceil(nruns / 100)``, at most 1000.
+        partition, account, qos: passed to ``#SBATCH`` as given (``None`` = site default).
+        time: wall-time limit per task in a SLURM format (``30``, ``2:00:00``, ``1-12``).
+        cpus_per_task: cores per task; one shard runs one LAMMPS process, so 1 is right
+            unless the site allocates whole cores per task anyway.
+        mem: memory per task, e.g. ``2G`` (``None`` = site default).
+        max_concurrent: at most this many tasks run at once (``--array=...%M``).
+        job_name: SLURM job name (default ``rms-<rundir name>``).
+        modules: ``module load`` arguments, one per entry.
+        setup: shell lines run before the task (e.g. ``source ~/venvs/rm/bin/activate``).
+        extra_sbatch: further sbatch options, one per entry (``--qos=debug``).
+        launcher: command put in front of the task, e.g. ``srun`` (empty = run directly).
+        python: the Python that runs the task (default: the one running this code).
+    """
+
+    array_size: int | None = None
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | None = None
+    cpus_per_task: int = 1
+    mem: str | None = None
+    max_concurrent: int | None = None
+    job_name: str | None = None
+    modules: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    extra_sbatch: list[str] = field(default_factory=list)
+    launcher: str = ""
+    python: str | None = None
+
+    def validate(self, source: str = "slurm options") -> SlurmOptions:
+        """Check every field; raise :class:`RMError` naming ``source`` and the field."""
+        for name in ("array_size", "max_concurrent"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise RMError(f"{source}: {name} must be a positive integer, got {value!r}")
+        if not isinstance(self.cpus_per_task, int) or isinstance(self.cpus_per_task, bool) \
+                or self.cpus_per_task < 1:
+            raise RMError(f"{source}: cpus_per_task must be a positive integer, got {self.cpus_per_task!r}")
+        for name in ("partition", "account", "qos", "job_name"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not _NAME_RE.match(value)):
+                raise RMError(f"{source}: {name} must be a name without spaces or quotes, got {value!r}")
+        if self.time is not None and (not isinstance(self.time, str) or not _TIME_RE.match(self.time)):
+            raise RMError(f"{source}: time must be a SLURM time limit (minutes, HH:MM:SS or D-HH:MM:SS), "
+                          f"got {self.time!r}")
+        if self.mem is not None and (not isinstance(self.mem, str) or not _MEM_RE.match(self.mem)):
+            raise RMError(f"{source}: mem must be a size like 2000M or 4G, got {self.mem!r}")
+        for name in ("modules", "setup", "extra_sbatch"):
+            value = getattr(self, name)
+            if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+                raise RMError(f"{source}: {name} must be a list of non-empty strings, got {value!r}")
+            if any("\n" in v for v in value):
+                raise RMError(f"{source}: {name} entries must be single lines, got {value!r}")
+        for line in self.extra_sbatch:
+            opt = line.split("=", 1)[0].split()[0]
+            if not opt.startswith("-"):
+                raise RMError(f"{source}: extra_sbatch entry {line!r} is not an sbatch option "
+                              "(write e.g. '--qos=debug')")
+            if opt in RESERVED_SBATCH:
+                raise RMError(f"{source}: extra_sbatch may not set {opt} (rmsearch sets "
+                              f"{', '.join(o for o in RESERVED_SBATCH if o.startswith('--'))} itself)")
+        for name in ("launcher", "python"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or "\n" in value):
+                raise RMError(f"{source}: {name} must be a one-line string, got {value!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "slurm options") -> SlurmOptions:
+        """Build and validate options from a mapping; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise RMError(f"{source}: expected a table of settings, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RMError(f"{source}: unknown setting(s) {', '.join(unknown)}; allowed: "
+                          f"{', '.join(sorted(known))}")
+        data = dict(data)
+        for name in ("modules", "setup", "extra_sbatch"):  # a single string is one entry
+            if isinstance(data.get(name), str):
+                data[name] = [data[name]]
+        return cls(**data).validate(source)
+
+    def merged(self, overrides: dict[str, Any], source: str = "command line") -> SlurmOptions:
+        """A copy with the non-``None`` entries of ``overrides`` replacing fields."""
+        data = self.to_dict()
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return SlurmOptions.from_dict(data, source)
+
+
+def split_sbatch_options(text: str | None) -> list[str]:
+    """Split a command-line string of sbatch options into one entry per option.
+
+    ``"--qos=debug --constraint haswell"`` -> ``["--qos=debug", "--constraint haswell"]``.
+    """
+    if not text:
+        return []
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:
+        raise RMError(f"--extra-sbatch: cannot parse {text!r} ({exc})") from exc
+    out: list[str] = []
+    for tok in tokens:
+        if tok.startswith("-"):
+            out.append(tok)
+        elif out:
+            out[-1] += " " + tok
+        else:
+            raise RMError(f"--extra-sbatch: {text!r} must start with an option such as --qos=debug")
+    return out
+
+
+# -------------------------------------------------------------------------- profiles
+def config_dir() -> Path:
+    """The user's rmsearch config folder: ``$RMSEARCH_CONFIG``, else ``$XDG_CONFIG_HOME/rmsearch``,
+    else ``~/.config/rmsearch``."""
+    if os.environ.get("RMSEARCH_CONFIG"):
+        return Path(os.environ["RMSEARCH_CONFIG"]).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base).expanduser() / "rmsearch"
+
+
+PROFILE_SUFFIXES = (".toml", ".json", ".yaml", ".yml")
+
+
+def find_profile(name_or_file: str | os.PathLike) -> Path:
+    """The profile file for a name (``<config>/profiles/NAME.toml`` etc.) or a path."""
+    text = str(name_or_file)
+    path = Path(text).expanduser()
+    if path.suffix in PROFILE_SUFFIXES or os.sep in text:
+        if not path.is_file():
+            raise RMError(f"--profile: file {path} not found")
+        return path
+    if not _NAME_RE.match(text):
+        raise RMError(f"--profile: {text!r} is neither a profile name nor a file")
+    folder = config_dir() / "profiles"
+    for suffix in PROFILE_SUFFIXES:
+        if (folder / f"{text}{suffix}").is_file():
+            return folder / f"{text}{suffix}"
+    have = sorted(p.stem for p in folder.glob("*") if p.suffix in PROFILE_SUFFIXES) if folder.is_dir() else []
+    raise RMError(f"--profile: no profile {text!r} in {folder} (have: {', '.join(have) or 'none'}); "
+                  f"create {folder / (text + '.toml')} or run 'rmsearch slurm profile {text} --partition ...'")
+
+
+def load_profile(name_or_file: str | os.PathLike) -> SlurmOptions:
+    """Read and validate a site profile (TOML, JSON or YAML; keys as in :class:`SlurmOptions`).
+
+    Example ``~/.config/rmsearch/profiles/mycluster.toml``::
+
+        partition = "compute"
+        account = "chem123"
+        time = "04:00:00"
+        modules = ["python/3.11"]
+        setup = ["source $HOME/venvs/rm/bin/activate"]
+        extra_sbatch = ["--qos=standard"]
+    """
+    path = find_profile(name_or_file)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RMError(f"{path}: cannot read profile ({exc.strerror})") from exc
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            data = tomllib.loads(raw.decode())
+        elif path.suffix == ".json":
+            data = json.loads(raw)
+        else:
+            try:
+                import yaml
+            except ImportError as exc:
+                raise RMError(f"{path}: YAML profiles need PyYAML ('pip install pyyaml'), "
+                              "or write the profile as .toml") from exc
+            data = yaml.safe_load(raw)
+    except RMError:
+        raise
+    except Exception as exc:  # tomllib/json/yaml each raise their own parse errors
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RMError(f"{path}: not a valid {path.suffix[1:].upper()} file ({msg})") from exc
+    if data is None:
+        data = {}
+    return SlurmOptions.from_dict(data, source=str(path))
+
+
+def save_profile(name: str, options: SlurmOptions) -> Path:
+    """Write ``options`` (non-default fields) as ``<config>/profiles/NAME.toml``; return the path."""
+    if not _NAME_RE.match(name) or "/" in name:
+        raise RMError(f"profile name {name!r} must be a plain name (letters, digits, _ . -)")
+    options.validate(f"profile {name}")
+    default = SlurmOptions().to_dict()
+    lines = []
+    for key, value in options.to_dict().items():
+        if value == default[key] or value is None:
+            continue
+        lines.append(f"{key} = {json.dumps(value)}")  # JSON strings, ints and lists are valid TOML
+    path = config_dir() / "profiles" / f"{name}.toml"
+    with atomic_output(path) as tmp:
+        tmp.write_text("# rmsearch SLURM site profile (keys: see 'rmsearch slurm profile --help')\n"
+                       + "\n".join(lines) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------- run dir
+def _load_config(rundir: Path) -> dict[str, Any]:
+    path = Path(rundir) / "config.json"
+    if not path.is_file():
+        raise RMError(f"{rundir}: not a run directory (no config.json); create it with 'rmsearch launch'")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RMError(f"{path}: unreadable run configuration ({exc})") from exc
+
+
+def n_runs(rundir: str | os.PathLike) -> int:
+    """Number of run ids (0 .. n-1) of a run directory, from ``config.json``."""
+    config = _load_config(Path(rundir))
+    for key in ("nruns", "n_runs"):
+        if isinstance(config.get(key), int):
+            return config[key]
+    raise RMError(f"{Path(rundir) / 'config.json'}: field 'nruns' missing; re-create the run directory")
+
+
+def missing_by_task(rundir: str | os.PathLike, ntasks: int) -> dict[int, list[int]]:
+    """Run ids without a record, grouped by the array task that owns them (``id % ntasks``)."""
+    rundir = Path(rundir)
+    done = {r.run_id for r in read_records(rundir / "shards")} if (rundir / "shards").is_dir() else set()
+    out: dict[int, list[int]] = {t: [] for t in range(ntasks)}
+    for rid in range(n_runs(rundir)):
+        if rid not in done:
+            out[rid % ntasks].append(rid)
+    return out
+
+
+def default_array_size(nruns: int) -> int:
+    """``ceil(nruns / RUNS_PER_TASK)`` tasks, at least 1, at most ``min(nruns, 1000)``."""
+    return max(1, min(math.ceil(nruns / RUNS_PER_TASK), MAX_DEFAULT_ARRAY, nruns))
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    if not path.exists():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RMError(f"{path}: unreadable ({exc}); restore it or remove the slurm/ folder to start over") from exc
+
+
+def load_jobs(rundir: str | os.PathLike) -> dict[str, Any]:
+    """``RUNDIR/slurm/jobs.json``: ``{"ntasks": N, "submissions": [{"job_id", "tasks", ...}]}``."""
+    return _read_json(_slurm_dir(Path(rundir)) / "jobs.json", {"ntasks": None, "submissions": []})
+
+
+def load_options(rundir: str | os.PathLike) -> SlurmOptions | None:
+    """The options stored at the last submission, or ``None``."""
+    path = _slurm_dir(Path(rundir)) / "options.json"
+    data = _read_json(path, None)
+    return None if data is None else SlurmOptions.from_dict(data, str(path))
+
+
+# -------------------------------------------------------------------- job script
+def _needs_pythonpath(python: str) -> str | None:
+    """The source folder to put on PYTHONPATH if ``python`` cannot import rmsearch without it."""
+    import rmsearch
+
+    src = str(Path(rmsearch.__file__).resolve().parent.parent)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    try:
+        out = subprocess.run([python, "-c", "import rmsearch, os; print(os.path.realpath(rmsearch.__file__))"],
+                             capture_output=True, text=True, env=env, cwd="/", timeout=120, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return src
+    if out.returncode != 0 or not out.stdout.strip().startswith(src + os.sep):
+        return src
+    return None
+
+
+def render_job_script(rundir: str | os.PathLike, ntasks: int, options: SlurmOptions) -> str:
+    """The text of ``job.sh``: a bash batch script for the whole array ``0..ntasks-1``.
+
+    Task ``$SLURM_ARRAY_TASK_ID`` runs ``run-shard RUNDIR --task i --ntasks N`` with the
+    Python of ``options.python`` (default: the current interpreter), one thread per process.
+    """
+    rundir = Path(rundir).resolve()
+    if re.search(r"[\s%'\"\\]", str(rundir)):
+        raise RMError(f"{rundir}: SLURM needs a run directory path without spaces, quotes or '%'; "
+                      "move it or use a symlink without them")
+    python = options.python or sys.executable
+    logs = _slurm_dir(rundir) / "logs"
+    array = f"0-{ntasks - 1}" + (f"%{options.max_concurrent}" if options.max_concurrent else "")
+    sb = [
+        f"--job-name={options.job_name or 'rms-' + rundir.name}",
+        f"--array={array}",
+        f"--output={logs}/task-%a.job-%A.out",
+        f"--error={logs}/task-%a.job-%A.err",
+        f"--chdir={rundir}",
+        "--ntasks=1",
+        f"--cpus-per-task={options.cpus_per_task}",
+    ]
+    for name in ("partition", "account", "qos", "time", "mem"):
+        value = getattr(options, name)
+        if value is not None:
+            sb.append(f"--{name}={value}")
+    sb += options.extra_sbatch
+    lines = ["#!/bin/bash",
+             f"# rmsearch structure search: SLURM job array of {ntasks} task(s) over {rundir}",
+             "# Task i runs the run ids r with r % N == i that have no record yet; resubmitting",
+             "# a task is safe (done runs are skipped). Written by rmsearch.slurm; edits are overwritten."]
+    lines += [f"#SBATCH {opt}" for opt in sb]
+    lines += ["", "set -eo pipefail"]
+    if options.modules:
+        lines += [f"module load {m}" for m in options.modules]
+    lines += options.setup
+    pythonpath = _needs_pythonpath(python)
+    lines += ["export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1",
+              "export PYTHONUNBUFFERED=1"]
+    if pythonpath:
+        lines.append(f"export PYTHONPATH={shlex.quote(pythonpath)}${{PYTHONPATH:+:$PYTHONPATH}}")
+    lines += ['echo "rmsearch: task ${SLURM_ARRAY_TASK_ID} of job ${SLURM_ARRAY_JOB_ID} on $(hostname)"',
+              (f"{options.launcher + ' ' if options.launcher else ''}{shlex.quote(python)} -c "
+               "'from rmsearch.cli import main; main()' "
+               f"run-shard {shlex.quote(str(rundir))} --task \"$SLURM_ARRAY_TASK_ID\" --ntasks {ntasks}"),
+              ""]
+    return "\n".join(lines)
+
+
+def write_job_script(rundir: str | os.PathLike, ntasks: int, options: SlurmOptions) -> Path:
+    """Write ``RUNDIR/slurm/job.sh`` (atomically, executable) and create its log folder."""
+    path = _slurm_dir(Path(rundir)) / "job.sh"
+    text = render_job_script(rundir, ntasks, options)
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
+        tmp.chmod(0o755)
+    (_slurm_dir(Path(rundir)) / "logs").mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def array_spec(tasks: list[int], max_concurrent: int | None = None) -> str:
+    """Compact ``--array`` value: ``[0,1,2,5,7,8]`` -> ``"0-2,5,7-8"`` (plus ``%M``)."""
+    tasks = sorted(set(tasks))
+    parts: list[str] = []
+    start = prev = tasks[0]
+    for t in tasks[1:] + [None]:
+        if t is not None and t == prev + 1:
+            prev = t
+            continue
+        parts.append(f"{start}-{prev}" if prev > start else f"{start}")
+        if t is not None:
+            start = prev = t
+    return ",".join(parts) + (f"%{max_concurrent}" if max_concurrent else "")
+
+
+# ----------------------------------------------------------------- SLURM commands
+def _slurm(argv: list[str], timeout: float = 60.0, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a SLURM client command; a missing program or (with ``check``) a failure is an RMError."""
+    if shutil.which(argv[0]) is None:
+        raise RMError(f"'{argv[0]}' not found: SLURM client tools are not installed or not on PATH "
+                      "(run on a login node, or use the local launcher)")
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RMError(f"'{' '.join(argv)}' did not answer within {timeout:.0f} s; is slurmctld up?") from exc
+    if check and out.returncode != 0:
+        msg = " ".join((out.stderr or out.stdout).split()) or f"exit status {out.returncode}"
+        raise RMError(f"'{' '.join(argv[:2])} ...' failed: {msg}")
+    return out
+
+
+def sbatch_test_only(script: str | os.PathLike, extra_args: list[str] | None = None) -> str:
+    """Validate a batch script with ``sbatch --test-only`` (nothing is submitted); return its message."""
+    out = _slurm(["sbatch", "--test-only", *(extra_args or []), str(script)])
+    return " ".join((out.stderr + out.stdout).split())
+
+
+def _squeue_states(job_ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """``{(array_job_id, task): (state, reason)}`` for the tasks squeue still knows."""
+    states: dict[tuple[str, int], tuple[str, str]] = {}
+    for job in job_ids:  # one call per job: squeue fails outright if any id is unknown
+        out = _slurm(["squeue", "-h", "-r", "-t", "all", "-j", job, "-o", "%F|%K|%T|%r"], check=False)
+        if out.returncode != 0:
+            if "Invalid job id" in out.stderr:
+                continue  # purged after MinJobAge: try sacct / jobcomp
+            raise RMError(f"squeue failed: {' '.join(out.stderr.split())}")
+        for line in out.stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) != 4 or not parts[1].isdigit():
+                continue
+            states[(parts[0], int(parts[1]))] = (parts[2], parts[3])
+    return states
+
+
+def _sacct_states(job_ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """States from accounting (sites with slurmdbd); empty where accounting is off."""
+    if not job_ids or shutil.which("sacct") is None:
+        return {}
+    out = _slurm(["sacct", "-n", "-P", "-X", "-j", ",".join(job_ids), "-o", "JobID,State"], check=False)
+    states: dict[tuple[str, int], tuple[str, str]] = {}
+    if out.returncode != 0:
+        return states
+    for line in out.stdout.splitlines():
+        m = re.match(r"^(\d+)_(\d+)\|(\S+)", line.strip())
+        if m:
+            states[(m.group(1), int(m.group(2)))] = (m.group(3).split()[0], "")
+    return states
+
+
+def _jobcomp_states(job_ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """States from a ``jobcomp/filetxt`` log, where the site has one and it is readable."""
+    out = _slurm(["scontrol", "show", "config"], check=False)
+    conf = dict(re.findall(r"^(\S+)\s*=\s*(.*?)\s*$", out.stdout, re.MULTILINE))
+    if conf.get("JobCompType") != "jobcomp/filetxt" or not conf.get("JobCompLoc"):
+        return {}
+    path = Path(conf["JobCompLoc"])
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    wanted = set(job_ids)
+    states: dict[tuple[str, int], tuple[str, str]] = {}
+    for line in text.splitlines():
+        f = dict(re.findall(r"(\w+)=(\S*)", line))
+        if f.get("ArrayJobId") in wanted and f.get("ArrayTaskId", "").isdigit():
+            states[(f["ArrayJobId"], int(f["ArrayTaskId"]))] = (f.get("JobState", UNKNOWN), "")
+    return states
+
+
+def query_states(job_ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """Per (job, task) ``(state, reason)`` from squeue, then sacct, then the jobcomp log."""
+    states = _squeue_states(job_ids)
+    forgotten = [j for j in job_ids if not any(k[0] == j for k in states)]
+    if forgotten:
+        for source in (_sacct_states, _jobcomp_states):
+            for key, value in source(forgotten).items():
+                states.setdefault(key, value)
+    return states
+
+
+def is_active(state: str) -> bool:
+    """Whether a task in this scheduler state may still run or write its shard."""
+    return state not in FINAL_STATES and state not in (UNKNOWN, NOT_SUBMITTED)
+
+
+# -------------------------------------------------------------------- status
+@dataclass
+class TaskStatus:
+    """One array task: scheduler view and shard view."""
+
+    task: int
+    job_id: str | None
+    state: str
+    reason: str
+    n_expected: int
+    n_missing: int
+
+
+def _latest_job_per_task(jobs: dict[str, Any]) -> dict[int, str]:
+    latest: dict[int, str] = {}
+    for sub in jobs.get("submissions", []):
+        for t in sub["tasks"]:
+            latest[t] = str(sub["job_id"])
+    return latest
+
+
+def slurm_status(rundir: str | os.PathLike) -> list[TaskStatus]:
+    """Per-task state from the scheduler and from the shards, for a submitted run directory."""
+    rundir = Path(rundir)
+    jobs = load_jobs(rundir)
+    ntasks = jobs.get("ntasks")
+    if not ntasks:
+        raise RMError(f"{rundir}: never submitted to SLURM (no slurm/jobs.json); "
+                      "use 'rmsearch launch ... --scheduler slurm'")
+    latest = _latest_job_per_task(jobs)
+    states = query_states(sorted(set(latest.values()), key=int)) if latest else {}
+    missing = missing_by_task(rundir, ntasks)
+    nruns = n_runs(rundir)
+    out = []
+    for t in range(ntasks):
+        job = latest.get(t)
+        state, reason = (NOT_SUBMITTED, "") if job is None else states.get((job, t), (UNKNOWN, ""))
+        out.append(TaskStatus(task=t, job_id=job, state=state, reason=reason,
+                              n_expected=len(range(t, nruns, ntasks)), n_missing=len(missing[t])))
+    return out
+
+
+def slurm_task_states(rundir: str | os.PathLike) -> dict[int, str]:
+    """``{task: scheduler state}`` for the status command (``NOT_SUBMITTED``/``UNKNOWN`` pseudo states)."""
+    return {s.task: s.state for s in slurm_status(rundir)}
+
+
+def format_status(statuses: list[TaskStatus]) -> str:
+    """A plain-text table of :func:`slurm_status`, one line per task plus a total."""
+    rows = [f"{'task':>5} {'job':>10} {'state':<14} {'done':>11}  reason"]
+    for s in statuses:
+        done = f"{s.n_expected - s.n_missing}/{s.n_expected}"
+        reason = "" if s.reason in ("", "None") else s.reason
+        rows.append(f"{s.task:>5} {s.job_id or '-':>10} {s.state:<14} {done:>11}  {reason}")
+    total = sum(s.n_expected for s in statuses)
+    missing = sum(s.n_missing for s in statuses)
+    active = sum(is_active(s.state) for s in statuses)
+    rows.append(f"total: {total - missing}/{total} runs done, {active} task(s) active, "
+                f"{sum(1 for s in statuses if s.n_missing and not is_active(s.state))} task(s) to resubmit")
+    return "\n".join(rows)
+
+
+# -------------------------------------------------------------------- submit
+def resolve_options(rundir: str | os.PathLike, profile: str | None = None,
+                    overrides: dict[str, Any] | None = None) -> SlurmOptions:
+    """Options for a submission: stored options of the run dir, then the profile, then ``overrides``."""
+    opts = load_options(rundir) or SlurmOptions()
+    if profile:
+        prof = load_profile(profile)
+        default = SlurmOptions().to_dict()
+        opts = opts.merged({k: v for k, v in prof.to_dict().items() if v != default[k]}, f"profile {profile}")
+    return opts.merged(overrides or {})
+
+
+def submit_slurm(rundir: str | os.PathLike, options: SlurmOptions, *, dry_run: bool = False) -> str | None:
+    """Write ``job.sh`` and submit the array tasks that still miss run ids; return the job id.
+
+    First submission: all tasks ``0..N-1``. Later calls (resume) submit only the tasks
+    with missing run ids that are not active in the queue, as ``--array=1,3,7``; ``N``
+    stays what it was. Returns ``None`` when there is nothing to submit or ``dry_run``.
+    """
+    rundir = Path(rundir).resolve()
+    options.validate()
+    jobs = load_jobs(rundir)
+    nruns = n_runs(rundir)
+    ntasks = jobs.get("ntasks")
+    if ntasks and options.array_size and options.array_size != ntasks:
+        raise RMError(f"{rundir}: already split into {ntasks} SLURM tasks; resume keeps that number "
+                      f"(drop --array-size {options.array_size})")
+    ntasks = ntasks or options.array_size or default_array_size(nruns)
+    if ntasks > nruns:
+        raise RMError(f"--array-size {ntasks} is larger than the number of runs ({nruns}); use at most {nruns}")
+    options = dataclasses.replace(options, array_size=ntasks)
+    script = write_job_script(rundir, ntasks, options)
+    write_json_atomic(_slurm_dir(rundir) / "options.json", options.to_dict())
+    missing = missing_by_task(rundir, ntasks)
+    todo = [t for t in range(ntasks) if missing[t]]
+    latest = _latest_job_per_task(jobs)
+    if todo and latest and not dry_run:
+        states = query_states(sorted(set(latest.values()), key=int))
+        busy = [t for t in todo if t in latest and is_active(states.get((latest[t], t), (UNKNOWN, ""))[0])]
+        if busy:
+            log.info("%s: task(s) %s still queued or running; not resubmitted", rundir, array_spec(busy))
+        todo = [t for t in todo if t not in busy]
+    if dry_run:
+        log.info("dry run: wrote %s (%d tasks, %d to submit); not submitted", script, ntasks, len(todo))
+        return None
+    if not todo:
+        log.info("%s: nothing to submit (%d of %d runs missing, all in active tasks)", rundir,
+                 sum(len(v) for v in missing.values()), nruns)
+        return None
+    argv = ["sbatch", "--parsable"]
+    if jobs.get("submissions") or len(todo) < ntasks:
+        argv.append(f"--array={array_spec(todo, options.max_concurrent)}")
+    argv.append(str(script))
+    out = _slurm(argv, timeout=120)
+    job_id = out.stdout.strip().split(";")[0]
+    if not job_id.isdigit():
+        raise RMError(f"sbatch printed no job id: {out.stdout.strip()!r} {out.stderr.strip()!r}")
+    jobs["ntasks"] = ntasks
+    jobs.setdefault("submissions", []).append({
+        "job_id": job_id, "tasks": todo, "command": argv, "submitted_unix": round(time.time(), 1),
+        "missing_runs": sum(len(missing[t]) for t in todo)})
+    write_json_atomic(_slurm_dir(rundir) / "jobs.json", jobs)
+    log.info("submitted job %s: %d task(s) of %d (%s)", job_id, len(todo), ntasks, array_spec(todo))
+    return job_id
+
+
+def cancel_slurm(rundir: str | os.PathLike, tasks: list[int] | None = None) -> list[str]:
+    """``scancel`` the active tasks of this run directory (all, or only ``tasks``); return what was cancelled."""
+    rundir = Path(rundir)
+    jobs = load_jobs(rundir)
+    latest = _latest_job_per_task(jobs)
+    states = query_states(sorted(set(latest.values()), key=int)) if latest else {}
+    targets = [f"{job}_{t}" for t, job in sorted(latest.items())
+               if (tasks is None or t in tasks) and is_active(states.get((job, t), (UNKNOWN, ""))[0])]
+    if targets:
+        _slurm(["scancel", *targets])
+    return targets
+
+
+def wait_for_tasks(rundir: str | os.PathLike, timeout: float, poll: float = 2.0) -> list[TaskStatus]:
+    """Poll :func:`slurm_status` until no task is active or ``timeout`` seconds pass; return the last status."""
+    deadline = time.monotonic() + timeout
+    while True:
+        statuses = slurm_status(rundir)
+        if not any(is_active(s.state) for s in statuses) or time.monotonic() > deadline:
+            return statuses
+        time.sleep(poll)
