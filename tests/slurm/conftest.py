@@ -46,6 +46,7 @@ class LocalSlurm:
         self.conf = self.root / "etc" / "slurm.conf"
         self.munge_socket = self.root / "munge" / "munge.socket"
         self.jobcomp = self.root / "log" / "jobcomp.txt"
+        self.partition = PARTITION
         self.procs: dict[str, subprocess.Popen] = {}
         self.env = dict(os.environ, SLURM_CONF=str(self.conf))
 
