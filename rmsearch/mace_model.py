@@ -1,0 +1,147 @@
+"""A lean MACE evaluator for structure search: energy, forces and stress of one structure.
+
+Why not ``mace.calculators.MACECalculator``: the calculator builds a torch_geometric
+``AtomicData`` through ``Configuration`` objects and a data loader for every call, which
+costs about as much as the model itself for 8-atom cells. Here one call is a vesin
+neighbour list, a one-hot node attribute table and a direct ``model(...)`` call with
+``compute_stress=True`` (the model's own autograd gives forces and stress), nothing else.
+
+Units: positions and cell in A, energy in eV, forces in eV/A, stress in eV/A^3 with the
+ASE sign (positive = tensile), as a 3x3 matrix.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from pathlib import Path
+
+import numpy as np
+
+from rmdata.errors import RMError
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float64", "float32")
+
+
+def load_mace_model(path: str | os.PathLike, dtype: str = "float64"):
+    """Load a model written by ``mace_run_train`` (a pickled ``torch.nn.Module``) for CPU inference.
+
+    ``torch.load(weights_only=True)`` is tried first; the full-module files that
+    ``mace_run_train`` writes need the pickle loader, which is then used (only load model
+    files you trust). The model is put in eval mode with gradients of its parameters off,
+    converted to ``dtype`` ("float64" or "float32").
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise RMError(f"model dtype {dtype!r}: must be one of {', '.join(DTYPES)}")
+    path = Path(path)
+    if not path.is_file():
+        raise RMError(f"{path}: model file not found; give the .model file written by mace_run_train")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+        log.debug("%s: not loadable with weights_only=True (a full pickled module); "
+                  "using the pickle loader", path)
+        try:
+            model = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise RMError(f"{path}: cannot load as a MACE model ({type(exc).__name__}: {exc}); "
+                          "give the .model file written by mace_run_train") from exc
+    if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers") \
+            or not hasattr(model, "r_max"):
+        raise RMError(f"{path}: not a MACE model (no atomic_numbers/r_max); give the .model file "
+                      "written by mace_run_train")
+    model = model.to(dtype=getattr(torch, dtype)).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class MACEEvaluator:
+    """Energy, forces and stress of single structures from a MACE model, on CPU.
+
+    ``dtype="float32"`` runs the model in single precision (faster, for search);
+    ``"float64"`` reproduces ``MACECalculator`` to round-off. ``threads`` pins torch's
+    intra-op threads (1 per worker process is fastest for small cells).
+    ``model_time_s`` accumulates the wall time spent in :meth:`evaluate`.
+    """
+
+    def __init__(self, model_path: str | os.PathLike, dtype: str = "float64", threads: int | None = 1):
+        import torch
+        from vesin import NeighborList
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        self.dtype = dtype
+        self._tdtype = getattr(torch, dtype)
+        self.model = load_mace_model(model_path, dtype)
+        self.z_table = np.array([int(z) for z in self.model.atomic_numbers], dtype=int)
+        self.cutoff = float(self.model.r_max)
+        self._nl = NeighborList(cutoff=self.cutoff, full_list=True)
+        self.model_time_s = 0.0
+        self.n_calls = 0
+
+    def node_attrs(self, numbers: np.ndarray) -> np.ndarray:
+        """One-hot element table (n_atoms, n_elements); RMError for elements the model lacks."""
+        numbers = np.asarray(numbers, dtype=int)
+        idx = np.searchsorted(self.z_table, numbers)
+        idx = np.clip(idx, 0, len(self.z_table) - 1)
+        bad = self.z_table[idx] != numbers
+        if bad.any():
+            raise RMError(f"atomic number(s) {sorted(set(numbers[bad].tolist()))} not in the model "
+                          f"(it knows {self.z_table.tolist()})")
+        onehot = np.zeros((len(numbers), len(self.z_table)))
+        onehot[np.arange(len(numbers)), idx] = 1.0
+        return onehot
+
+    def evaluate(self, positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray,
+                 pbc: np.ndarray | bool = True, node_attrs: np.ndarray | None = None
+                 ) -> tuple[float, np.ndarray, np.ndarray]:
+        """Energy (eV), forces (n_atoms, 3) in eV/A and stress (3, 3) in eV/A^3 (ASE sign).
+
+        ``cell`` rows are lattice vectors (A). For a structure without periodicity the
+        stress is returned as zeros. ``node_attrs`` may be passed to skip the element
+        lookup when the same composition is evaluated repeatedly.
+        """
+        torch = self._torch
+        t0 = time.perf_counter()
+        positions = np.ascontiguousarray(positions, dtype=np.float64)
+        cell = np.ascontiguousarray(cell, dtype=np.float64)
+        pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+        periodic = bool(pbc_arr.any())
+        i, j, shifts_int = self._nl.compute(points=positions, box=cell if periodic else np.zeros((3, 3)),
+                                            periodic=pbc_arr.tolist() if periodic else False,
+                                            quantities="ijS")
+        if node_attrs is None:
+            node_attrs = self.node_attrs(numbers)
+        n = len(positions)
+        td = self._tdtype
+        unit_shifts = torch.from_numpy(shifts_int.astype(np.float64)).to(td)
+        cell_t = torch.from_numpy(cell).to(td)
+        data = {
+            "positions": torch.from_numpy(positions).to(td),
+            "node_attrs": torch.from_numpy(node_attrs).to(td),
+            "edge_index": torch.from_numpy(np.stack((i, j)).astype(np.int64)),
+            "unit_shifts": unit_shifts,
+            "shifts": unit_shifts @ cell_t,
+            "cell": cell_t,
+            "batch": torch.zeros(n, dtype=torch.int64),
+            "ptr": torch.tensor([0, n], dtype=torch.int64),
+            "head": torch.zeros(1, dtype=torch.int64),
+        }
+        out = self.model(data, training=False, compute_force=True, compute_stress=periodic)
+        energy = float(out["energy"].detach()[0])
+        forces = out["forces"].detach().to(torch.float64).numpy()
+        if periodic and out["stress"] is not None:
+            stress = out["stress"].detach().to(torch.float64).numpy().reshape(3, 3)
+        else:
+            stress = np.zeros((3, 3))
+        self.model_time_s += time.perf_counter() - t0
+        self.n_calls += 1
+        return energy, forces, stress

@@ -1,0 +1,501 @@
+"""Relaxation of one structure at a time: LAMMPS as the force engine, FIRE on Frechet cell variables.
+
+Protocol, and why
+-----------------
+Positions and cell are relaxed *together from the first step* by FIRE (Bitzek et al.,
+PRL 97, 170201, 2006; the ASE flavour) acting on the variables of ASE's
+``FrechetCellFilter``: atoms in the undeformed frame ``x = F^-1 r`` and the cell as the
+matrix logarithm of the deformation gradient, ``X = N log F`` (N = number of atoms, the
+cell "mass" scale), with ``cell = cell0 F^T``. The generalised forces are ``f F`` for the
+atoms and the virial ``W = -V (sigma + p I)`` divided by N for the cell (the same
+approximation ASE uses when it is well aligned with the exact log-gradient). Python
+drives the steps with vectorised numpy; LAMMPS supplies energy, forces and virial with a
+``run 0`` per step, from the potential's pair style (a native potential: no Python in
+the force computation) or from the MACE model through ``fix external pf/callback``.
+
+Why not the staged LAMMPS protocol of DESIGN section 4 (FIRE at fixed cell, then
+``fix box/relax`` + CG rounds; ``min_style fire`` cannot be combined with box/relax in
+the pip wheel): measured on 50 random carbon starts it ended 41 meV/atom above ASE FIRE +
+FrechetCellFilter on average and used 2.6x the force calls, because the fixed-cell stage
+chooses the basin before the cell can move. Relaxing cell and atoms together on
+log-deformation variables is what ASE does, so minima are as low as ASE's by
+construction, and the per-step cost is one model call plus ~0.1 ms of numpy and LAMMPS
+(ASE adds ~10 ms per step of its own). ``benchmarks/bench_relax.py`` measures speed and
+final energies against ASE on the same starts (results in BENCHMARKS.md).
+
+Stopping: converged only when max |F_i| < ``fmax`` (eV/A) and, for periodic cells with
+cell relaxation, max |sigma_ij + p delta_ij| < ``smax_gpa`` (GPa). Hitting
+``max_steps`` force calls is ``not_converged``, never converged. NaN energies, forces or
+stress give ``nan``; a volume beyond ``max_volume_factor`` x the start or
+``max_volume_per_atom`` gives ``exploded``; atoms missing from LAMMPS (or, for molecules,
+atoms left with no neighbour within the cutoff) give ``lost_atoms``; anything else that
+goes wrong gives ``error: <message>`` and the LAMMPS instance is rebuilt for the next run.
+
+Core repulsion (on by default): the rmdata term ``g(r) = m (1 - r^2/rc^2)^2`` (m = 1 eV,
+rc = 0.75 A, all element pairs) as a ``lepton`` pair style overlaid on the potential
+(``pair_style hybrid/overlay``). The model was trained with the same term in its labels
+but is unreliable where training data are sparse; the overlay keeps random starts from
+collapsing and is exactly zero beyond rc, so it never shifts minima with normal bonds.
+
+Units: A, eV, eV/A, stress in eV/A^3 (ASE sign, positive = tensile), pressures in GPa.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_masses, atomic_numbers
+from ase.units import GPa
+from scipy.linalg import expm
+
+from rmdata.errors import RMError
+from rmsearch.potentials import Potential, render_template
+
+log = logging.getLogger(__name__)
+
+#: LAMMPS metal-units pressure (bar) per eV/A^3 (LAMMPS' own ``nktv2p`` constant).
+BAR_PER_EV_A3 = 1.6021765e6
+
+
+# ----------------------------------------------------------------------------- settings
+
+@dataclass
+class CoreRepulsion:
+    """Short-range overlay ``g(r) = m (1 - r^2/rc^2)^2`` for r < rc; m in eV, rc in A."""
+
+    m: float = 1.0
+    rc: float = 0.75
+
+
+@dataclass
+class RelaxSettings:
+    """Options of one relaxation.
+
+    fmax: force tolerance, max |F_i| (eV/A). smax_gpa: stress tolerance, max |sigma_ij + p|
+    (GPa). max_steps: cap on force calls (not converged when hit). relax_cell: relax the cell
+    of periodic structures. pressure_gpa: external pressure (GPa). dtype: "float64" or
+    "float32" model evaluation (mace backend). core_repulsion: overlay term or None.
+    dt, dt_max, max_step (A), n_min, f_inc, f_dec, a_start, f_a: FIRE parameters (ASE's
+    defaults). max_volume_factor, max_volume_per_atom (A^3): explosion limits.
+    """
+
+    fmax: float = 0.01
+    smax_gpa: float = 0.1
+    max_steps: int = 2000
+    relax_cell: bool = True
+    pressure_gpa: float = 0.0
+    dtype: str = "float64"
+    core_repulsion: CoreRepulsion | None = field(default_factory=CoreRepulsion)
+    dt: float = 0.1
+    dt_max: float = 1.0
+    max_step: float = 0.2
+    n_min: int = 5
+    f_inc: float = 1.1
+    f_dec: float = 0.5
+    a_start: float = 0.1
+    f_a: float = 0.99
+    max_volume_factor: float = 10.0
+    max_volume_per_atom: float = 200.0
+
+    def __post_init__(self) -> None:
+        for name in ("fmax", "smax_gpa", "dt", "dt_max", "max_step", "max_volume_factor",
+                     "max_volume_per_atom"):
+            if not getattr(self, name) > 0:
+                raise RMError(f"relax setting {name}={getattr(self, name)!r}: must be > 0")
+        if self.max_steps < 1:
+            raise RMError(f"relax setting max_steps={self.max_steps!r}: must be >= 1")
+        if self.dtype not in ("float64", "float32"):
+            raise RMError(f"relax setting dtype={self.dtype!r}: must be float64 or float32")
+
+
+@dataclass
+class RelaxOutcome:
+    """Result of :meth:`Relaxer.relax`.
+
+    atoms: final structure (the start if the run failed before moving). status: one of
+    ``rmsearch.records.STATUSES`` or ``"error: ..."``. energy (eV), stress (eV/A^3, ASE
+    Voigt-6 xx yy zz yz xz xy), fmax (eV/A) of the last evaluated structure; n_force_calls,
+    n_steps (optimizer steps), wall_s and model_time_s (seconds inside the model/pair
+    computation, i.e. LAMMPS ``run 0`` including any callback).
+    """
+
+    atoms: Atoms
+    status: str
+    energy: float = math.nan
+    stress: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))
+    fmax: float = math.nan
+    n_force_calls: int = 0
+    n_steps: int = 0
+    wall_s: float = 0.0
+    model_time_s: float = 0.0
+
+    @property
+    def converged(self) -> bool:
+        return self.status == "converged"
+
+    @property
+    def energy_per_atom(self) -> float:
+        return self.energy / len(self.atoms)
+
+    @property
+    def pressure_gpa(self) -> float:
+        """Pressure (GPa, positive = compressed): -trace(sigma)/3."""
+        return float(-np.mean(self.stress[:3]) / GPa)
+
+    @property
+    def volume_per_atom(self) -> float:
+        return float(self.atoms.get_volume() / len(self.atoms)) if self.atoms.pbc.all() else math.nan
+
+
+# ----------------------------------------------------------------------------- LAMMPS engine
+
+def pair_commands(potential: Potential, core_repulsion: CoreRepulsion | None) -> list[str]:
+    """LAMMPS commands that load ``potential`` (plus the core overlay if given)."""
+    if core_repulsion is None:
+        pair_style = potential.pair_style
+        coeffs = "\n".join(f"pair_coeff {c}" for c in potential.pair_coeff)
+        lines = render_template("pair.in", pair_style=pair_style, pair_coeff=coeffs)
+    else:
+        sub = potential.pair_style.split()[0]
+        pair_style = f"hybrid/overlay {potential.pair_style} lepton {core_repulsion.rc}"
+        coeffs = []
+        for c in potential.pair_coeff:
+            parts = c.split(maxsplit=2)
+            coeffs.append(" ".join(["pair_coeff", parts[0], parts[1], sub] + parts[2:]))
+        lines = render_template("pair.in", pair_style=pair_style, pair_coeff="\n".join(coeffs))
+        lines += render_template("core_repulsion.in", m=core_repulsion.m, rc=core_repulsion.rc)
+    if potential.callback is not None:
+        lines += render_template("fix_external.in")
+    return lines
+
+
+def lammps_cell(cell: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate a right-handed cell (rows = vectors, A) into LAMMPS' lower-triangular frame.
+
+    Returns ``(cell_l, Q)`` with ``cell_l = cell @ Q`` lower-triangular with a positive
+    diagonal and ``Q`` orthogonal; positions rotate the same way, and results rotate back
+    with ``Q.T`` (vectors) or ``Q M Q.T`` (tensors).
+    """
+    q, r = np.linalg.qr(cell.T)
+    sign = np.sign(np.diag(r))
+    sign[sign == 0] = 1.0
+    q = q * sign
+    cell_l = cell @ q
+    cell_l[np.triu_indices(3, 1)] = 0.0
+    return cell_l, q
+
+
+class LammpsEngine:
+    """One LAMMPS instance computing energy, forces and stress of one structure at a time.
+
+    The instance is kept for the life of the engine; a new structure costs a ``clear`` and
+    the set-up commands (~0.4 ms), a new geometry a ``reset_box`` and a write into the
+    atom arrays, and every evaluation one ``run 0``. ``model_time_s`` sums the time spent
+    in ``run 0`` (which includes the Python callback of the mace backend).
+    """
+
+    def __init__(self, potential: Potential, *, dtype: str = "float64",
+                 core_repulsion: CoreRepulsion | None = None, threads: int | None = 1):
+        self.potential = potential
+        self.core_repulsion = core_repulsion
+        self.evaluator = None
+        if potential.callback == "mace":
+            from rmsearch.mace_model import MACEEvaluator
+
+            self.evaluator = MACEEvaluator(potential.model_file, dtype=dtype, threads=threads)
+        elif potential.callback is not None:
+            raise RMError(f"{potential.directory}/potential.json: unknown callback "
+                          f"{potential.callback!r}; must be 'mace' or null")
+        self._type_of = {atomic_numbers[e]: k + 1 for k, e in enumerate(potential.elements)}
+        self.lmp = None
+        self._loaded: tuple | None = None
+        self._node_attrs = None
+        self._callback_error: BaseException | None = None
+        self.model_time_s = 0.0
+        self.n_calls = 0
+
+    # -- instance management
+    def _instance(self):
+        if self.lmp is None:
+            from rmsearch.lammps_env import new_lammps
+
+            self.lmp = new_lammps()
+            self._loaded = None
+        return self.lmp
+
+    def reset(self) -> None:
+        """Throw the LAMMPS instance away (after an error); the next call builds a new one."""
+        if self.lmp is not None:
+            try:
+                self.lmp.close()
+            except Exception:  # noqa: BLE001 - a wedged instance may fail to close
+                log.debug("closing a failed LAMMPS instance raised", exc_info=True)
+        self.lmp = None
+        self._loaded = None
+
+    def close(self) -> None:
+        """Release the LAMMPS instance."""
+        self.reset()
+
+    def _load(self, numbers: np.ndarray, periodic: bool, cell_l: np.ndarray) -> None:
+        """Set up box, types, pair style and atoms for a new structure."""
+        lmp = self._instance()
+        types = []
+        for z in numbers:
+            if int(z) not in self._type_of:
+                raise RMError(f"element Z={int(z)} not in the potential "
+                              f"(elements {self.potential.elements})")
+            types.append(self._type_of[int(z)])
+        lmp.command("clear")
+        masses = "\n".join(f"mass {k + 1} {atomic_masses[atomic_numbers[e]]:.6f}"
+                           for k, e in enumerate(self.potential.elements))
+        diag = np.diag(cell_l) if periodic else np.ones(3)
+        setup = render_template("setup.in", boundary="p p p" if periodic else "s s s",
+                                lx=diag[0], ly=diag[1], lz=diag[2],
+                                ntypes=len(self.potential.elements), masses=masses, skin=1.0)
+        lmp.commands_list(setup + pair_commands(self.potential, self.core_repulsion))
+        n = len(numbers)
+        lmp.create_atoms(n, list(range(1, n + 1)), types, [0.0] * (3 * n))
+        if lmp.get_natoms() != n:
+            raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
+        if self.evaluator is not None:
+            lmp.set_fix_external_callback("rm_ext", self._callback, None)
+            self._node_attrs = self.evaluator.node_attrs(numbers)
+        self._loaded = (tuple(int(z) for z in numbers), periodic)
+
+    def _callback(self, caller, ntimestep, nlocal, tag, x, f) -> None:
+        """fix external: fill ``f`` and set energy and virial from the MACE model."""
+        try:
+            order = np.argsort(tag[:nlocal])
+            pos = np.asarray(x[:nlocal])[order]
+            boxlo, boxhi, xy, yz, xz, periodicity, _ = self.lmp.extract_box()
+            h = np.array(boxhi) - np.array(boxlo)
+            cell = np.array([[h[0], 0.0, 0.0], [xy, h[1], 0.0], [xz, yz, h[2]]])
+            periodic = bool(all(periodicity))
+            energy, forces, stress = self.evaluator.evaluate(pos, cell, None, periodic,
+                                                             node_attrs=self._node_attrs)
+            f[order] = forces
+            volume = abs(np.linalg.det(cell)) if periodic else 0.0
+            w = -stress * volume
+            self.lmp.fix_external_set_energy_global("rm_ext", energy)
+            self.lmp.fix_external_set_virial_global(
+                "rm_ext", [w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]])
+        except BaseException as exc:  # noqa: BLE001 - re-raised by compute() after run 0
+            self._callback_error = exc
+            f[:nlocal] = np.nan
+
+    def compute(self, positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray,
+                periodic: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """Energy (eV), forces (n_atoms, 3) in eV/A, stress (3, 3) in eV/A^3 (ASE sign).
+
+        ``cell`` rows are lattice vectors (A) of a right-handed cell; ignored (and stress
+        returned as zeros) for a non-periodic structure.
+        """
+        n = len(positions)
+        if periodic:
+            cell_l, q = lammps_cell(np.asarray(cell, dtype=float))
+            frac = np.linalg.solve(cell_l.T, (positions @ q).T).T
+            pos_l = (frac % 1.0) @ cell_l
+        else:
+            q = np.eye(3)
+            cell_l = np.eye(3)
+            pos_l = positions - positions.mean(0)
+        key = (tuple(int(z) for z in numbers), periodic)
+        if self.lmp is None or self._loaded != key:
+            self._load(np.asarray(numbers), periodic, cell_l)
+        lmp = self.lmp
+        if periodic:
+            b = cell_l.tolist()
+            lmp.command(f"change_box all x final 0 {b[0][0]!r} y final 0 {b[1][1]!r} "
+                        f"z final 0 {b[2][2]!r} xy final {b[1][0]!r} xz final {b[2][0]!r} "
+                        f"yz final {b[2][1]!r} units box")
+        ids = lmp.numpy.extract_atom("id")[:n]
+        x = lmp.numpy.extract_atom("x")
+        x[:n] = pos_l[ids - 1]
+        self._callback_error = None
+        t0 = time.perf_counter()
+        lmp.command("run 0 post no")
+        self.model_time_s += time.perf_counter() - t0
+        self.n_calls += 1
+        if self._callback_error is not None:
+            raise self._callback_error
+        if lmp.get_natoms() != n:
+            raise LostAtoms(f"{n - lmp.get_natoms()} atom(s) lost")
+        nlocal = lmp.extract_global("nlocal")
+        ids = lmp.numpy.extract_atom("id")[:nlocal]
+        f_l = np.empty((n, 3))
+        f_l[ids - 1] = lmp.numpy.extract_atom("f")[:nlocal]
+        energy = float(lmp.get_thermo("pe"))
+        if periodic:
+            p = np.array(lmp.numpy.extract_compute("rm_press", 0, 1)[:6], dtype=float)
+            s_l = -np.array([[p[0], p[3], p[4]], [p[3], p[1], p[5]], [p[4], p[5], p[2]]]) / BAR_PER_EV_A3
+            stress = q @ s_l @ q.T
+        else:
+            stress = np.zeros((3, 3))
+        return energy, f_l @ q.T, stress
+
+
+class LostAtoms(RuntimeError):
+    """LAMMPS lost atoms during an evaluation."""
+
+
+# ----------------------------------------------------------------------------- relaxer
+
+def _voigt(s: np.ndarray) -> np.ndarray:
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
+def _isolated_atoms(positions: np.ndarray, cutoff: float) -> bool:
+    """True if some atom of a molecule has no other atom within ``cutoff`` (A)."""
+    if len(positions) < 2:
+        return False
+    d = np.linalg.norm(positions[:, None, :] - positions[None, :, :], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return bool((d.min(1) > cutoff).any())
+
+
+class Relaxer:
+    """Relax structures one after another with one LAMMPS instance (and model) per process.
+
+    >>> relaxer = Relaxer(load_potential("pot/"), RelaxSettings(fmax=0.01))  # doctest: +SKIP
+    >>> outcome = relaxer.relax(atoms)                                       # doctest: +SKIP
+
+    :meth:`relax` never raises for a failing run; it returns a status (see module doc).
+    """
+
+    def __init__(self, potential: Potential, settings: RelaxSettings | None = None, *,
+                 threads: int | None = 1):
+        self.potential = potential
+        self.settings = settings or RelaxSettings()
+        self.engine = LammpsEngine(potential, dtype=self.settings.dtype,
+                                   core_repulsion=self.settings.core_repulsion, threads=threads)
+
+    def close(self) -> None:
+        """Release LAMMPS and the model."""
+        self.engine.close()
+
+    def __enter__(self) -> Relaxer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def relax(self, atoms: Atoms) -> RelaxOutcome:
+        """Relax ``atoms`` (periodic crystal or pbc=False molecule); never raises for a bad run."""
+        t0 = time.perf_counter()
+        m0 = self.engine.model_time_s
+        state = _RunState(atoms.copy())
+        try:
+            self._relax(atoms, state)
+        except LostAtoms:
+            state.status = "lost_atoms"
+            self.engine.reset()
+        except Exception as exc:  # noqa: BLE001 - a failed run must not stop the search
+            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            log.debug("relaxation failed", exc_info=True)
+            state.status = f"error: {msg}"
+            self.engine.reset()
+        return RelaxOutcome(atoms=state.atoms, status=state.status, energy=state.energy,
+                            stress=state.stress, fmax=state.fmax,
+                            n_force_calls=state.n_calls, n_steps=state.n_steps,
+                            wall_s=time.perf_counter() - t0,
+                            model_time_s=self.engine.model_time_s - m0)
+
+    def _relax(self, atoms: Atoms, state: _RunState) -> None:
+        s = self.settings
+        pbc = np.asarray(atoms.pbc, dtype=bool)
+        if pbc.any() and not pbc.all():
+            raise RMError(f"pbc={pbc.tolist()}: only fully periodic or non-periodic structures")
+        periodic = bool(pbc.all())
+        numbers = atoms.numbers.copy()
+        n = len(atoms)
+        cell0 = np.array(atoms.cell, dtype=float)
+        if periodic:
+            if abs(np.linalg.det(cell0)) < 1e-6:
+                raise RMError("periodic structure with a degenerate cell")
+            if np.linalg.det(cell0) < 0:  # same lattice, right-handed basis
+                cell0 = -cell0
+        relax_cell = s.relax_cell and periodic
+        vol0 = abs(np.linalg.det(cell0)) if periodic else 0.0
+        p_ev = s.pressure_gpa * GPa
+        smax = s.smax_gpa * GPa
+        c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
+        x = atoms.positions.astype(float).copy()  # undeformed positions
+        logf = np.zeros((3, 3))  # c * log(F)
+        v = np.zeros((n + 3, 3))
+        dt, a, n_pos = s.dt, s.a_start, 0
+        first = True
+        while True:
+            fgrad = expm(logf / c) if relax_cell else np.eye(3)
+            cell = cell0 @ fgrad.T
+            pos = x @ fgrad.T
+            energy, forces, stress = self.engine.compute(pos, cell, numbers, periodic)
+            state.n_calls += 1
+            state.atoms = Atoms(numbers=numbers, positions=pos, cell=cell if periodic else atoms.cell,
+                                pbc=pbc)
+            state.energy, state.stress = energy, _voigt(stress)
+            if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+                state.status = "nan"
+                return
+            state.fmax = float(np.sqrt((forces**2).sum(1)).max()) if n else 0.0
+            resid = stress + p_ev * np.eye(3)
+            smax_now = float(np.abs(resid).max()) if relax_cell else 0.0
+            if periodic:
+                vol = abs(np.linalg.det(cell))
+                if vol > s.max_volume_factor * vol0 or vol / n > s.max_volume_per_atom:
+                    state.status = "exploded"
+                    return
+            if state.fmax < s.fmax and smax_now < smax:
+                state.status = "converged"
+                break
+            if state.n_calls >= s.max_steps:
+                state.status = "not_converged"
+                break
+            # generalised forces on (x, c log F)
+            g = np.empty((n + 3, 3))
+            g[:n] = forces @ fgrad
+            g[n:] = (-vol * resid / c) if relax_cell else 0.0
+            # FIRE (ASE flavour): mix velocity towards the force, adapt dt, cap the step norm
+            if not first:
+                vf = float(np.vdot(g, v))
+                if vf > 0.0:
+                    gnorm = np.sqrt(np.vdot(g, g))
+                    v = (1.0 - a) * v + a * g / max(gnorm, 1e-300) * np.sqrt(np.vdot(v, v))
+                    if n_pos > s.n_min:
+                        dt = min(dt * s.f_inc, s.dt_max)
+                        a *= s.f_a
+                    n_pos += 1
+                else:
+                    v[:] = 0.0
+                    a = s.a_start
+                    dt *= s.f_dec
+                    n_pos = 0
+            first = False
+            v += dt * g
+            dr = dt * v
+            norm = np.sqrt(np.vdot(dr, dr))
+            if norm > s.max_step:
+                dr *= s.max_step / norm
+            x += dr[:n]
+            logf += dr[n:]
+            state.n_steps += 1
+        if not periodic and _isolated_atoms(state.atoms.positions, self.potential.cutoff):
+            state.status = "lost_atoms"
+        if periodic:
+            state.atoms.wrap()
+
+
+@dataclass
+class _RunState:
+    atoms: Atoms
+    status: str = "error: not started"
+    energy: float = math.nan
+    stress: np.ndarray = field(default_factory=lambda: np.full(6, np.nan))
+    fmax: float = math.nan
+    n_calls: int = 0
+    n_steps: int = 0
