@@ -42,6 +42,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from rmdata.errors import RMError
 from rmdata.utils import atomic_output, write_json_atomic
 from rmsearch.records import read_records
@@ -394,7 +396,8 @@ def render_job_script(rundir: str | os.PathLike, ntasks: int, options: SlurmOpti
              "# a task is safe (done runs are skipped). Written by rmsearch.slurm; edits are overwritten."]
     lines += [f"#SBATCH {opt}" for opt in sb]
     lines += ["", "set -eo pipefail"]
-    if options.modules:
+    if options.modules:  # batch shells of some sites lack the module function until profile is read
+        lines.append("type module >/dev/null 2>&1 || . /etc/profile")
         lines += [f"module load {m}" for m in options.modules]
     lines += options.setup
     pythonpath = _needs_pythonpath(python)
@@ -609,6 +612,13 @@ def submit_slurm(rundir: str | os.PathLike, options: SlurmOptions, *, dry_run: b
     """
     rundir = Path(rundir).resolve()
     options.validate()
+    n_runs(rundir)  # a clear error before anything is written when RUNDIR is no run directory
+    _slurm_dir(rundir).mkdir(parents=True, exist_ok=True)
+    with FileLock(str(_slurm_dir(rundir) / ".submit.lock"), timeout=300):
+        return _submit_locked(rundir, options, dry_run)
+
+
+def _submit_locked(rundir: Path, options: SlurmOptions, dry_run: bool) -> str | None:
     jobs = load_jobs(rundir)
     nruns = n_runs(rundir)
     ntasks = jobs.get("ntasks")
