@@ -20,3 +20,7 @@ def main(verbose: int) -> None:
 
 from rmsearch.cli_slurm import slurm_group  # noqa: E402
 main.add_command(slurm_group)
+
+from rmsearch.cli_analyze import analyze_cmd, collect_cmd  # noqa: E402
+main.add_command(analyze_cmd)
+main.add_command(collect_cmd)

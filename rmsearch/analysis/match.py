@@ -1,0 +1,76 @@
+"""Match search results against reference structures (the DiffCSP match-rate metric).
+
+For every reference structure, the top-k clusters of the same reduced formula (in rank
+order) are compared with pymatgen's StructureMatcher (``stol=0.5, ltol=0.3,
+angle_tol=10``, as DiffCSP and the dedupe step). The reference counts as matched if any
+of them fits; its RMSD is the smallest ``get_rms_dist`` over the matches (normalised by
+``(V/N)^(1/3)``, dimensionless). Match rate = matched / references; the mean RMSD is over
+matched references.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pymatgen.core import Structure
+
+from rmsearch.analysis.dedupe import make_matcher
+
+
+@dataclass
+class MatchResult:
+    """Per reference: id, formula, whether matched, best RMSD, cluster id of the best match."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    top_k: int = 20
+
+    @property
+    def n_references(self) -> int:
+        return len(self.rows)
+
+    @property
+    def n_matched(self) -> int:
+        return sum(r["matched"] for r in self.rows)
+
+    @property
+    def match_rate(self) -> float:
+        return self.n_matched / self.n_references if self.rows else math.nan
+
+    @property
+    def mean_rmsd(self) -> float:
+        rms = [r["rmsd"] for r in self.rows if r["matched"]]
+        return sum(rms) / len(rms) if rms else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        return {"top_k": self.top_k, "n_references": self.n_references, "n_matched": self.n_matched,
+                "match_rate": self.match_rate, "mean_rmsd": self.mean_rmsd}
+
+
+def match_references(candidates: Sequence[tuple[int, Structure]], references: Sequence[tuple[str, Structure]],
+                     *, top_k: int = 20) -> MatchResult:
+    """Match ``references`` (id, Structure) against ranked ``candidates`` (cluster id, Structure).
+
+    ``candidates`` must be in rank order (best first); per formula the first ``top_k`` are tried.
+    """
+    if top_k < 1:
+        raise ValueError(f"top_k={top_k} must be at least 1")
+    matcher = make_matcher()
+    by_formula: dict[str, list[tuple[int, Structure]]] = {}
+    for cid, struct in candidates:
+        by_formula.setdefault(struct.composition.reduced_formula, []).append((cid, struct))
+    result = MatchResult(top_k=top_k)
+    for ref_id, ref in references:
+        formula = ref.composition.reduced_formula
+        tried = by_formula.get(formula, [])[:top_k]
+        best: tuple[float, int] | None = None
+        for cid, struct in tried:
+            rms = matcher.get_rms_dist(ref, struct)
+            if rms is not None and (best is None or rms[0] < best[0]):
+                best = (float(rms[0]), cid)
+        result.rows.append({"reference": ref_id, "formula": formula, "n_candidates": len(tried),
+                            "matched": best is not None, "rmsd": best[0] if best else None,
+                            "cluster_id": best[1] if best else None})
+    return result

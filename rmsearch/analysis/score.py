@@ -1,0 +1,77 @@
+"""Score clusters: energy per atom, pressure, volume, space group, hit count.
+
+Space groups come from spglib at three distance tolerances (``symprec`` 1e-3, 1e-2 and
+1e-1 A): a structure relaxed with loose force tolerances often shows its symmetry only
+at the looser settings, so all three are reported. Units: eV/atom, GPa (positive =
+compressed), A^3/atom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import spglib
+from ase import Atoms
+
+from rmsearch.analysis.dedupe import Cluster
+from rmsearch.records import RunRecord
+
+SYMPRECS = (1e-3, 1e-2, 1e-1)  # A
+
+
+def spacegroup(atoms: Atoms, symprec: float) -> tuple[int, str]:
+    """(number, Hermann-Mauguin symbol) of a periodic structure; (0, "") if spglib finds none."""
+    if not atoms.pbc.all():
+        return 0, ""
+    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers)
+    data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    if data is None:
+        return 0, ""
+    return int(data.number), str(data.international)
+
+
+@dataclass
+class ClusterScore:
+    """One ranked cluster. ``e_hull``/``e_ex`` (eV/atom) are set when a hull was built."""
+
+    cluster_id: int
+    formula: str
+    natoms: int
+    representative: int
+    hits: int
+    members: list[int]
+    energy_per_atom: float
+    pressure_gpa: float
+    volume_per_atom: float
+    spacegroups: dict[str, list[Any]] = field(default_factory=dict)  # symprec -> [number, symbol]
+    e_ex: float | None = None
+    e_hull: float | None = None
+
+    @property
+    def spacegroup_number(self) -> int:
+        """Space-group number at symprec 1e-2 A (the one shown in plots and the database)."""
+        return int(self.spacegroups.get("0.01", [0])[0])
+
+    @property
+    def spacegroup_symbol(self) -> str:
+        return str(self.spacegroups.get("0.01", [0, ""])[1])
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def score_clusters(clusters: list[Cluster], records: dict[int, RunRecord]) -> list[ClusterScore]:
+    """Scores of ``clusters`` in their given order; ``cluster_id`` is the position in that order."""
+    scores = []
+    for k, c in enumerate(clusters):
+        rec = records[c.representative]
+        atoms = rec.to_atoms()
+        sgs = {str(p): list(spacegroup(atoms, p)) for p in SYMPRECS}
+        scores.append(ClusterScore(cluster_id=k, formula=c.formula, natoms=c.natoms,
+                                   representative=c.representative, hits=c.hits, members=list(c.members),
+                                   energy_per_atom=float(rec.energy_per_atom),
+                                   pressure_gpa=float(rec.pressure_gpa),
+                                   volume_per_atom=float(rec.volume_per_atom), spacegroups=sgs))
+    return scores

@@ -1,0 +1,73 @@
+"""Validity of a final structure, checked before anything is ranked.
+
+A potential trained on response labels can have spurious minima with atoms far too close
+(0.5 A apart) or a cell blown up to vacuum. Such structures are *invalid*: counted and
+shown apart in the report, never ranked.
+
+Rules (both documented defaults, change them per call):
+
+- **too close**: two atoms (periodic images included) closer than ``frac`` times the sum
+  of their covalent radii (``ase.data.covalent_radii``, A). Default ``frac = 0.7``:
+  a C-C pair below 1.06 A, a Li-S pair below 1.63 A is invalid.
+- **exploded**: periodic structures whose volume per atom exceeds ``max_volume_factor``
+  (default 20) times the mean covalent-sphere volume ``4/3 pi r_cov^3`` of its atoms;
+  for carbon 37 A^3/atom (graphite has 8.8), for Li-S about 140 A^3/atom. Non-finite
+  positions or cell are invalid too.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.data import covalent_radii
+from ase.neighborlist import neighbor_list
+
+DEFAULT_FRAC = 0.7
+DEFAULT_MAX_VOLUME_FACTOR = 20.0
+
+
+@dataclass(frozen=True)
+class Validity:
+    """Outcome of :func:`check_validity`; ``reason`` is empty for valid structures."""
+
+    valid: bool
+    reason: str = ""
+    min_ratio: float = math.inf  # smallest d_ij / (r_i + r_j) among close pairs
+
+
+def check_validity(atoms: Atoms, *, frac: float = DEFAULT_FRAC,
+                   max_volume_factor: float = DEFAULT_MAX_VOLUME_FACTOR) -> Validity:
+    """Check one structure against the too-close and exploded-volume rules (see module doc)."""
+    if not (0.0 < frac < 2.0):
+        raise ValueError(f"frac={frac} must be in (0, 2): a fraction of the covalent radii sum")
+    pos = atoms.get_positions()
+    cell = np.asarray(atoms.cell)
+    if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
+        return Validity(False, "non-finite positions or cell")
+    radii = covalent_radii[atoms.numbers]
+    if atoms.pbc.any():
+        vol = abs(atoms.get_volume()) if atoms.pbc.all() else math.nan
+        if atoms.pbc.all():
+            limit = max_volume_factor * float(np.mean(4.0 / 3.0 * math.pi * radii**3))
+            if vol < 1e-6:
+                return Validity(False, "degenerate cell (zero volume)")
+            if vol / len(atoms) > limit:
+                return Validity(False, f"exploded volume {vol / len(atoms):.1f} A^3/atom > {limit:.1f}")
+    # pairs closer than frac * (r_i + r_j): a per-atom cutoff of frac * r_i does exactly that
+    i, j, d = neighbor_list("ijd", atoms, (frac * radii).tolist(), self_interaction=False)
+    if len(d):
+        ratio = d / (radii[i] + radii[j])
+        k = int(np.argmin(ratio))
+        sym = atoms.get_chemical_symbols()
+        return Validity(False, f"atoms {i[k]} ({sym[i[k]]}) and {j[k]} ({sym[j[k]]}) {d[k]:.2f} A apart "
+                               f"< {frac} x covalent radii sum", float(ratio[k]))
+    return Validity(True)
+
+
+def min_distance(atoms: Atoms, cutoff: float = 3.0) -> float:
+    """Smallest interatomic distance (A) including periodic images; ``inf`` if none below ``cutoff``."""
+    d = neighbor_list("d", atoms, cutoff, self_interaction=False)
+    return float(d.min()) if len(d) else math.inf

@@ -1,0 +1,52 @@
+"""``rmsearch analyze`` and ``rmsearch collect``: turn a run directory into results and a report."""
+
+from __future__ import annotations
+
+import click
+
+from rmdata.cliutils import CONTEXT
+
+
+@click.command("analyze", context_settings=CONTEXT)
+@click.argument("rundir", type=click.Path(file_okay=False, path_type=str))
+@click.option("--reference", metavar="FILE_OR_DATASET", default=None,
+              help="Reference structures to match against and compute generation metrics with: "
+                   "a file (extxyz, CIF, MP-20 style CSV) or NAME:SPLIT such as mp20:val.")
+@click.option("--top", type=click.IntRange(min=1), default=20, help="Clusters in the report table (CIFs written).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes for dedupe and fingerprints.")
+@click.option("--frac", type=click.FloatRange(0.05, 1.5), default=0.7,
+              help="Invalid if two atoms are closer than FRAC x sum of covalent radii.")
+@click.option("--energy-bin", type=click.FloatRange(min=1e-6), default=0.02, help="Dedupe energy bin (eV/atom).")
+@click.option("--volume-bin", type=click.FloatRange(min=1e-6), default=0.05,
+              help="Dedupe volume bin in ln(V/atom) (0.05 = 5 %).")
+@click.option("--match-top-k", type=click.IntRange(min=1), default=20,
+              help="Clusters per composition tried against each reference structure.")
+def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac: float, energy_bin: float,
+                volume_bin: float, match_top_k: int) -> None:
+    """Collect, validate, deduplicate, score and report RUNDIR (writes RUNDIR/report/index.html)."""
+    from rmsearch.analysis import analyze
+
+    data = analyze(rundir, reference=reference, top=top, workers=workers, frac=frac, energy_bin=energy_bin,
+                   volume_bin=volume_bin, match_top_k=match_top_k)
+    d = data["dedupe"]
+    click.echo(f"{data['n_records']} runs ({', '.join(f'{k} {v}' for k, v in data['status_counts'].items())}); "
+               f"{data['n_invalid']} invalid; {d['n_structures']} valid -> {d['n_clusters']} clusters "
+               f"({d['n_matcher_calls']} matcher calls)")
+    if data["problems"]:
+        click.echo(f"{len(data['problems'])} shard lines/records skipped: see the report", err=True)
+    if data.get("match"):
+        m = data["match"]["summary"]
+        click.echo(f"match rate {m['n_matched']}/{m['n_references']}")
+    click.echo(f"report: {rundir.rstrip('/')}/report/index.html")
+
+
+@click.command("collect", context_settings=CONTEXT)
+@click.argument("rundir", type=click.Path(file_okay=False, path_type=str))
+def collect_cmd(rundir: str) -> None:
+    """Merge RUNDIR's shards into RUNDIR/results.db (ase db) and final_structures.extxyz."""
+    from rmsearch.analysis import collect
+
+    run = collect(rundir)
+    click.echo(f"{len(run.records)} runs ({len(run.usable)} converged) -> {rundir.rstrip('/')}/results.db")
+    for msg in run.problems:
+        click.echo(f"skipped: {msg}", err=True)
