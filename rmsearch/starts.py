@@ -1,0 +1,511 @@
+"""Random starting structures for a search (AIRSS-like), seeded per run id.
+
+A :class:`StartSpec` says *what* to generate; :func:`make_start` turns it into one
+``ase.Atoms`` for one run id. The start of run ``r`` of a search with seed ``S`` is
+drawn from ``np.random.default_rng([S, r])`` alone, so it is the same on any machine,
+in any order and in any worker.
+
+Three kinds of spec:
+
+- ``system`` (``Li-S``): every composition ``Li_a S_b`` (``a, b >= 0``) whose atom count
+  lies in ``natoms`` is equally likely; the endpoints (pure elements) are included so
+  that a pseudo convex hull has its references.
+- ``composition`` (``Li2S``): a whole number of formula units with an atom count in
+  ``natoms``, each allowed number equally likely.
+- ``molecule`` (``C4H6O``): exactly these atoms, uniformly random in a non-periodic
+  box (10 x 5 x 5 A by default) with a minimum distance (0.7 A), DESIGN §5.
+
+Crystals: volume = sum of the per-element volumes (A^3/atom, fitted on the training
+set, ``Potential.volumes``) times a factor drawn uniformly from ``volume_factor``
+(default 0.8-1.2). The cell is built in LAMMPS' lower-triangular frame with lattice
+lengths within a ratio ``max_length_ratio`` (default 2) of each other and tilt factors
+``|xy|, |xz| <= max_tilt * lx``, ``|yz| <= max_tilt * ly`` (default 0.35, LAMMPS accepts
+up to 0.5), so every start is a valid LAMMPS triclinic box as it is. Atoms are placed
+by random sequential addition with a per-pair minimum separation
+``max(minsep_floor, minsep_factor * (r_cov,i + r_cov,j))`` checked against all periodic
+images (defaults 0.7 x covalent radii sum, at least 0.7 A).
+
+Symmetric starts (``spacegroup`` an int 1-230, or ``"random"`` for a space group drawn
+uniformly among those whose Wyckoff positions can hold the composition) are made by
+pyxtal with a lattice of the group's crystal family and the same target volume; the
+cell is then reduced to LAMMPS' tilt bounds (same lattice, other basis). When pyxtal
+cannot place the composition in the group, the start falls back to an unconstrained
+random one and says so in ``atoms.info["start_status"]``. With a fixed space group,
+compositions that fit its Wyckoff positions are preferred. spglib may find a supergroup
+of the group asked for: few atoms on special positions often have more symmetry.
+
+Every start carries in ``atoms.info``: ``run_id``, ``seed``, ``start_kind``
+(``random``, ``spacegroup``, ``molecule``), ``spacegroup_start`` (int or None),
+``start_status`` (``ok`` or ``fallback: ...``) and ``volume_factor``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from itertools import product
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.lammps.coordinatetransform import Prism
+from ase.data import atomic_numbers, covalent_radii
+from ase.formula import Formula
+
+from rmdata.errors import RMError
+
+log = logging.getLogger(__name__)
+
+MODES = ("system", "composition", "molecule")
+#: Candidate positions drawn at once per atom in random sequential addition.
+_BATCH = 64
+#: Placement attempts per cell, and cells tried per start, before giving up.
+_PLACEMENT_TRIES = 20
+_CELL_TRIES = 50
+#: pyxtal draws per start before falling back to a random start.
+_PYXTAL_TRIES = 5
+#: Draws of a random space group before giving up ("random" mode).
+_SG_DRAWS = 200
+
+
+@dataclass
+class StartSpec:
+    """What random starts to make.
+
+    Attributes:
+        mode: ``system``, ``composition`` or ``molecule``.
+        elements: element symbols (system mode: the system; else those of ``formula``).
+        formula: the composition (one formula unit) or the molecule, else None.
+        natoms: inclusive range of atoms per cell (ignored for molecules).
+        volumes: per-element volume (A^3/atom); needed for crystals.
+        volume_factor: inclusive range of the random volume factor.
+        minsep_factor: minimum separation as a fraction of the covalent radii sum.
+        minsep_floor: lower bound of every minimum separation (A).
+        max_length_ratio: largest ratio between two lattice lengths of a random cell.
+        max_tilt: largest LAMMPS tilt factor as a fraction of the box length (< 0.5).
+        spacegroup: None (no symmetry), an international number 1-230, or "random".
+        box: molecule box edge lengths (A).
+    """
+
+    mode: str
+    elements: tuple[str, ...]
+    formula: str | None = None
+    natoms: tuple[int, int] = (2, 12)
+    volumes: dict[str, float] = field(default_factory=dict)
+    volume_factor: tuple[float, float] = (0.8, 1.2)
+    minsep_factor: float = 0.7
+    minsep_floor: float = 0.7
+    max_length_ratio: float = 2.0
+    max_tilt: float = 0.35
+    spacegroup: int | str | None = None
+    box: tuple[float, float, float] = (10.0, 5.0, 5.0)
+
+    def __post_init__(self) -> None:
+        self.elements = tuple(self.elements)
+        self.natoms = tuple(int(n) for n in self.natoms)
+        self.volume_factor = tuple(float(v) for v in self.volume_factor)
+        self.box = tuple(float(b) for b in self.box)
+        self.volumes = {str(k): float(v) for k, v in self.volumes.items()}
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`RMError` naming the first field that is out of range."""
+        if self.mode not in MODES:
+            raise RMError(f"start spec: mode={self.mode!r}, must be one of {', '.join(MODES)}")
+        for el in self.elements:
+            if el not in atomic_numbers:
+                raise RMError(f"start spec: unknown element {el!r}")
+        if not self.elements:
+            raise RMError("start spec: no elements given")
+        lo, hi = self.natoms
+        if not 1 <= lo <= hi:
+            raise RMError(f"start spec: natoms={lo}-{hi} must satisfy 1 <= min <= max")
+        vlo, vhi = self.volume_factor
+        if not 0 < vlo <= vhi:
+            raise RMError(f"start spec: volume_factor={vlo}-{vhi} must satisfy 0 < min <= max")
+        if not 0 <= self.max_tilt <= 0.5:
+            raise RMError(f"start spec: max_tilt={self.max_tilt} must lie in [0, 0.5] (LAMMPS limit)")
+        if self.max_length_ratio < 1:
+            raise RMError(f"start spec: max_length_ratio={self.max_length_ratio} must be >= 1")
+        if self.minsep_factor < 0 or self.minsep_floor < 0:
+            raise RMError("start spec: minsep_factor and minsep_floor must be >= 0")
+        sg = self.spacegroup
+        if sg is not None and sg != "random" and not (isinstance(sg, int) and 1 <= sg <= 230):
+            raise RMError(f"start spec: spacegroup={sg!r} must be an integer 1-230 or 'random'")
+        if self.mode == "molecule":
+            if sg is not None:
+                raise RMError("start spec: --spacegroup applies to crystals, not to --molecule")
+            if min(self.box) <= 0:
+                raise RMError(f"start spec: molecule box {self.box} must have positive edges (A)")
+        else:
+            missing = [el for el in self.elements if el not in self.volumes]
+            if missing:
+                raise RMError(f"start spec: no per-element volume (A^3/atom) for {', '.join(missing)}; "
+                              "the potential directory's volumes must cover every element searched")
+            if self.mode == "composition":
+                fu = sum(_formula_counts(self.formula).values())
+                if not any(lo <= n * fu <= hi for n in range(1, hi // fu + 1)):
+                    raise RMError(f"start spec: no whole number of {self.formula} formula units "
+                                  f"({fu} atoms each) fits natoms={lo}-{hi}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
+        d = asdict(self)
+        for key in ("elements", "natoms", "volume_factor", "box"):
+            d[key] = list(d[key])
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StartSpec:
+        return cls(**data)
+
+
+def _formula_counts(formula: str) -> dict[str, int]:
+    try:
+        counts = Formula(formula).count()
+    except ValueError as exc:
+        raise RMError(f"cannot read formula {formula!r} ({exc})") from exc
+    if not counts or any(el not in atomic_numbers or el == "X" for el in counts):
+        raise RMError(f"formula {formula!r} has no known elements")
+    return dict(counts)
+
+
+def parse_natoms(text: str | int | tuple[int, int]) -> tuple[int, int]:
+    """``"2-12"`` -> (2, 12); ``"8"`` or 8 -> (8, 8)."""
+    if isinstance(text, tuple):
+        return int(text[0]), int(text[1])
+    if isinstance(text, int):
+        return text, text
+    try:
+        parts = [int(p) for p in str(text).split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise RMError(f"--natoms {text!r}: expected a number or a range like 2-12")
+    return parts[0], parts[1]
+
+
+def parse_range(text: str, name: str) -> tuple[float, float]:
+    """``"0.8-1.2"`` -> (0.8, 1.2); ``"1.0"`` -> (1.0, 1.0)."""
+    try:
+        parts = [float(p) for p in str(text).split("-")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2:
+        raise RMError(f"{name} {text!r}: expected a number or a range like 0.8-1.2")
+    return parts[0], parts[1]
+
+
+def parse_spacegroup(text: str | int | None) -> int | str | None:
+    """``None``/``"none"`` -> None, ``"random"`` -> "random", ``"225"`` -> 225."""
+    if text is None or str(text).lower() in ("", "none"):
+        return None
+    if str(text).lower() == "random":
+        return "random"
+    try:
+        sg = int(text)
+    except ValueError:
+        raise RMError(f"--spacegroup {text!r}: expected an integer 1-230 or 'random'") from None
+    if not 1 <= sg <= 230:
+        raise RMError(f"--spacegroup {sg}: space groups are numbered 1-230")
+    return sg
+
+
+def make_spec(*, system: str | None = None, composition: str | None = None,
+              molecule: str | None = None, natoms: str | tuple[int, int] = (2, 12),
+              volumes: dict[str, float] | None = None, spacegroup: int | str | None = None,
+              **kwargs: Any) -> StartSpec:
+    """Build a :class:`StartSpec` from command-line style options (exactly one of
+    ``system`` (``"Li-S"``), ``composition`` (``"Li2S"``), ``molecule`` (``"C4H6O"``))."""
+    given = [(k, v) for k, v in (("system", system), ("composition", composition),
+                                 ("molecule", molecule)) if v]
+    if len(given) != 1:
+        raise RMError("give exactly one of --system, --composition, --molecule "
+                      f"(got {', '.join(k for k, _ in given) or 'none'})")
+    mode, value = given[0]
+    if mode == "system":
+        elements = tuple(e.strip() for e in value.split("-") if e.strip())
+        if len(set(elements)) != len(elements):
+            raise RMError(f"--system {value!r}: an element appears twice")
+        formula = None
+    else:
+        elements = tuple(_formula_counts(value))
+        formula = value
+    return StartSpec(mode=mode, elements=elements, formula=formula, natoms=parse_natoms(natoms),
+                     volumes=dict(volumes or {}), spacegroup=parse_spacegroup(spacegroup), **kwargs)
+
+
+# ----------------------------------------------------------------------------- compositions
+
+def compositions(spec: StartSpec) -> list[dict[str, int]]:
+    """Every composition a start of ``spec`` can have, in a fixed order (element -> count)."""
+    if spec.mode == "molecule":
+        return [_formula_counts(spec.formula)]
+    lo, hi = spec.natoms
+    if spec.mode == "composition":
+        fu = _formula_counts(spec.formula)
+        size = sum(fu.values())
+        return [{el: n * c for el, c in fu.items()} for n in range(1, hi // size + 1)
+                if lo <= n * size <= hi]
+    out = []
+    for counts in product(range(hi + 1), repeat=len(spec.elements)):
+        if lo <= sum(counts) <= hi:
+            out.append({el: c for el, c in zip(spec.elements, counts) if c})
+    return out
+
+
+def _numbers(counts: dict[str, int]) -> np.ndarray:
+    return np.concatenate([np.full(c, atomic_numbers[el]) for el, c in counts.items()])
+
+
+def min_separation_matrix(numbers: np.ndarray, factor: float, floor: float) -> np.ndarray:
+    """Per-pair minimum separations (A), shape (n_atoms, n_atoms)."""
+    r = covalent_radii[numbers]
+    return np.maximum(floor, factor * (r[:, None] + r[None, :]))
+
+
+# ----------------------------------------------------------------------------- cells
+
+def random_cell(rng: np.random.Generator, volume: float, max_length_ratio: float,
+                max_tilt: float) -> np.ndarray:
+    """A random lower-triangular cell (rows a, b, c; A) of the given volume (A^3).
+
+    The diagonal ``lx, ly, lz`` has ratios within ``max_length_ratio``; tilts are
+    ``xy, xz = t * lx`` and ``yz = t * ly`` with ``|t| <= max_tilt``.
+    """
+    half = 0.5 * math.log(max_length_ratio)
+    diag = np.exp(rng.uniform(-half, half, 3))
+    t_xy, t_xz, t_yz = rng.uniform(-max_tilt, max_tilt, 3)
+    cell = np.array([[diag[0], 0.0, 0.0],
+                     [t_xy * diag[0], diag[1], 0.0],
+                     [t_xz * diag[0], t_yz * diag[1], diag[2]]])
+    return cell * (volume / np.prod(diag)) ** (1.0 / 3.0)
+
+
+def cell_heights(cell: np.ndarray) -> np.ndarray:
+    """Distances (A) between opposite faces of a cell: volume / face area, shape (3,)."""
+    volume = abs(np.linalg.det(cell))
+    areas = np.linalg.norm(np.cross(cell[[1, 2, 0]], cell[[2, 0, 1]]), axis=1)
+    return volume / areas
+
+
+def lammps_tilts(cell: np.ndarray) -> np.ndarray:
+    """LAMMPS box parameters of a cell: (lx, ly, lz, xy, xz, yz) in A."""
+    prism = Prism(np.asarray(cell, dtype=float))
+    lx, ly, lz = np.diag(prism.lammps_tilt)
+    xy, xz, yz = prism.lammps_tilt[1, 0], prism.lammps_tilt[2, 0], prism.lammps_tilt[2, 1]
+    return np.array([lx, ly, lz, xy, xz, yz])
+
+
+def to_lammps_frame(atoms: Atoms) -> Atoms:
+    """The same crystal in LAMMPS' frame: lower-triangular cell with tilt factors within
+    LAMMPS' bounds (``|xy|, |xz| <= lx/2``, ``|yz| <= ly/2``), atoms wrapped into it.
+
+    Only the basis of the lattice changes (and a rotation), never the structure.
+    """
+    cell = np.asarray(atoms.cell, dtype=float)
+    if np.linalg.det(cell) < 0:  # LAMMPS needs a right-handed basis
+        cell = cell.copy()
+        cell[2] *= -1
+    prism = Prism(cell, pbc=True, reduce_cell=True)
+    out = atoms.copy()
+    out.set_cell(prism.lammps_cell, scale_atoms=False)
+    out.positions = prism.vector_to_lammps(atoms.positions, wrap=True)
+    out.wrap()
+    return out
+
+
+_SHIFTS = np.array(list(product((-1, 0, 1), repeat=3)), dtype=float)
+
+
+def _place_random(rng: np.random.Generator, cell: np.ndarray, numbers: np.ndarray,
+                  dmin: np.ndarray, periodic: bool) -> np.ndarray | None:
+    """Random sequential addition in ``cell``; positions (n_atoms, 3) in A, or None.
+
+    For periodic cells every image within one cell of the candidate is checked, which is
+    exact because the caller guarantees every pair minimum is below the cell heights.
+    """
+    n = len(numbers)
+    images = _SHIFTS @ cell if periodic else np.zeros((1, 3))
+    pos = np.empty((n, 3))
+    for i in range(n):
+        cand = rng.random((_BATCH, 3)) @ cell  # (k, 3)
+        if i:
+            d_kjs = cand[:, None, None, :] - pos[None, :i, None, :] - images[None, None, :, :]
+            dist_kj = np.sqrt((d_kjs ** 2).sum(-1)).min(-1)  # (k, i)
+            ok = (dist_kj >= dmin[i, :i]).all(1)
+        else:
+            ok = np.ones(_BATCH, bool)
+        if periodic:  # distance to its own images: the shortest lattice vector
+            ok &= np.linalg.norm(images[np.any(_SHIFTS != 0, 1)], axis=1).min() >= dmin[i, i]
+        good = np.flatnonzero(ok)
+        if good.size == 0:
+            return None
+        pos[i] = cand[good[0]]
+    return pos
+
+
+def _random_crystal(rng: np.random.Generator, spec: StartSpec, numbers: np.ndarray,
+                    volume: float) -> Atoms:
+    dmin = min_separation_matrix(numbers, spec.minsep_factor, spec.minsep_floor)
+    for _ in range(_CELL_TRIES):
+        cell = random_cell(rng, volume, spec.max_length_ratio, spec.max_tilt)
+        if cell_heights(cell).min() < dmin.max():
+            continue
+        for _ in range(_PLACEMENT_TRIES):
+            pos = _place_random(rng, cell, numbers, dmin, periodic=True)
+            if pos is not None:
+                return Atoms(numbers=numbers, positions=pos, cell=cell, pbc=True)
+    raise RMError(f"could not place {Atoms(numbers).get_chemical_formula()} in {volume:.1f} A^3 "
+                  f"with the minimum separations after {_CELL_TRIES} cells; lower --minsep-factor "
+                  "or raise --volume-factor")
+
+
+def _random_molecule(rng: np.random.Generator, spec: StartSpec, numbers: np.ndarray) -> Atoms:
+    n = len(numbers)
+    dmin = np.full((n, n), spec.minsep_floor)
+    box = np.diag(spec.box)
+    for _ in range(_PLACEMENT_TRIES * _CELL_TRIES):
+        pos = _place_random(rng, box, numbers, dmin, periodic=False)
+        if pos is not None:
+            return Atoms(numbers=numbers, positions=pos, cell=box, pbc=False)
+    raise RMError(f"could not place {spec.formula} in a {spec.box} A box with minimum distance "
+                  f"{spec.minsep_floor} A; use a larger box")
+
+
+# ----------------------------------------------------------------------------- space groups
+
+@lru_cache(maxsize=None)
+def _group(sg: int):
+    from pyxtal.symmetry import Group
+
+    return Group(sg)
+
+
+@lru_cache(maxsize=4096)
+def compatible(sg: int, counts: tuple[int, ...]) -> bool:
+    """Whether pyxtal can place atoms of these counts on Wyckoff positions of ``sg``."""
+    return bool(_group(sg).check_compatible(list(counts))[0])
+
+
+@lru_cache(maxsize=64)
+def _tolerances(species: tuple[str, ...], factor: float, floor: float):
+    """pyxtal tolerance matrix holding our per-pair minimum separations (A)."""
+    from pyxtal.tolerance import Tol_matrix
+
+    numbers = np.array([atomic_numbers[el] for el in species])
+    dmin = min_separation_matrix(numbers, factor, floor)
+    pairs = [(species[i], species[j], float(dmin[i, j]))
+             for i in range(len(species)) for j in range(i, len(species))]
+    return Tol_matrix(*pairs, prototype="atomic")
+
+
+def _spacegroup_crystal(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
+                        volume: float, sg: int) -> Atoms | None:
+    """A start with space group ``sg`` from pyxtal, or None if it cannot be made."""
+    from pyxtal import pyxtal
+    from pyxtal.lattice import Lattice
+
+    species = list(counts)
+    num = [counts[el] for el in species]
+    numbers = _numbers(counts)
+    for _ in range(_PYXTAL_TRIES):
+        lattice = Lattice(_group(sg).lattice_type, volume=volume, random_state=rng)
+        crystal = pyxtal()
+        try:
+            crystal.from_random(3, sg, species, num, lattice=lattice, random_state=rng, max_count=1,
+                                tm=_tolerances(tuple(species), spec.minsep_factor, spec.minsep_floor))
+        except Exception as exc:  # noqa: BLE001 - pyxtal signals failure with assorted types
+            log.debug("pyxtal failed for %s in %d: %s", counts, sg, exc)
+            continue
+        if not crystal.valid:
+            continue
+        atoms = to_lammps_frame(crystal.to_ase())
+        if min_distance_ok(atoms, spec.minsep_factor, spec.minsep_floor):
+            return atoms[np.argsort(_order_key(atoms.numbers, numbers), kind="stable")]
+    return None
+
+
+def _order_key(numbers: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Sort key putting atoms in the element order of ``reference``."""
+    order = {z: i for i, z in enumerate(dict.fromkeys(reference.tolist()))}
+    return np.array([order[z] for z in numbers.tolist()])
+
+
+def min_distance_ok(atoms: Atoms, factor: float, floor: float) -> bool:
+    """Whether every pair (all periodic images) is at least its minimum separation apart."""
+    from ase.neighborlist import neighbor_list
+
+    dmin = min_separation_matrix(atoms.numbers, factor, floor)
+    i, j, d = neighbor_list("ijd", atoms, float(dmin.max()))
+    return bool(np.all(d >= dmin[i, j] - 1e-9))
+
+
+# ----------------------------------------------------------------------------- public
+
+def make_start(spec: StartSpec, run_id: int, seed: int) -> Atoms:
+    """The random start of run ``run_id`` of a search seeded with ``seed``.
+
+    Depends only on ``(spec, run_id, seed)``: the generator is
+    ``np.random.default_rng([seed, run_id])`` and pyxtal draws from the same generator.
+    See the module docstring for what ``atoms.info`` holds.
+    """
+    if run_id < 0 or seed < 0:
+        raise RMError(f"run_id={run_id} and seed={seed} must be >= 0")
+    rng = np.random.default_rng([seed, run_id])
+    comps = compositions(spec)
+    if isinstance(spec.spacegroup, int):  # prefer compositions that fit the group, if any
+        fitting = [c for c in comps if compatible(spec.spacegroup, tuple(c.values()))]
+        comps = fitting or comps
+    counts = comps[int(rng.integers(len(comps)))]
+    numbers = _numbers(counts)
+    info: dict[str, Any] = {"run_id": int(run_id), "seed": int(seed), "spacegroup_start": None,
+                            "start_status": "ok", "volume_factor": None}
+    if spec.mode == "molecule":
+        atoms = _random_molecule(rng, spec, numbers)
+        atoms.info.update(info, start_kind="molecule")
+        return atoms
+    factor = float(rng.uniform(*spec.volume_factor))
+    volume = factor * sum(spec.volumes[el] * c for el, c in counts.items())
+    info["volume_factor"] = factor
+    atoms = None
+    if spec.spacegroup is not None:
+        atoms, sg, status = _symmetric(rng, spec, counts, volume)
+        info.update(spacegroup_start=sg, start_status=status)
+    if atoms is None:
+        atoms = _random_crystal(rng, spec, numbers, volume)
+        atoms.info.update(info, start_kind="random")
+    else:
+        atoms.info.update(info, start_kind="spacegroup")
+    return atoms
+
+
+def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
+               volume: float) -> tuple[Atoms | None, int | None, str]:
+    """(atoms or None, space group, status) for a space-group start."""
+    key = tuple(counts.values())
+    formula = Atoms(_numbers(counts)).get_chemical_formula()
+    if spec.spacegroup == "random":
+        for _ in range(_SG_DRAWS):
+            sg = int(rng.integers(1, 231))
+            if compatible(sg, key):
+                break
+        else:  # P1 takes any composition, so this is practically unreachable
+            return None, None, f"fallback: no compatible space group drawn for {formula}"
+    else:
+        sg = int(spec.spacegroup)
+        if not compatible(sg, key):
+            return None, None, (f"fallback: {formula} does not fit the Wyckoff positions of "
+                                f"space group {sg}; random start without symmetry")
+    atoms = _spacegroup_crystal(rng, spec, counts, volume, sg)
+    if atoms is None:
+        return None, None, (f"fallback: pyxtal could not place {formula} in space group {sg} "
+                            "with the minimum separations; random start without symmetry")
+    return atoms, sg, "ok"
+
