@@ -156,7 +156,7 @@ def load_molecules(limit: int | None = None, seed: int = 0,
                    path: str | os.PathLike | None = None) -> list[Atoms]:
     """The ``molecules`` dataset: every molecule of the SMILES list built in 3D.
 
-    See :func:`molecule_from_smiles` for how each is built (about 8 ms per molecule).
+    See :func:`molecule_from_smiles` for how each is built (about 5 ms per molecule).
     A molecule whose embedding fails is skipped with a warning; its ``source_id`` is not
     reused.
 
