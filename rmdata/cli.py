@@ -1,0 +1,131 @@
+"""``rmdata`` command line: make, datasets, info, mace-command, convert.
+
+Each command parses its options and calls a plain library function.
+"""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from rmdata import __version__
+from rmdata.cliutils import CONTEXT, RMGroup, setup_logging
+from rmdata.errors import RMError
+
+
+def _floats(value: str | None, name: str) -> list[float] | None:
+    if value is None:
+        return None
+    if value.strip().lower() in ("", "none"):
+        return []
+    try:
+        return [float(v) for v in value.replace(",", " ").split()]
+    except ValueError:
+        raise RMError(f"{name}: expected comma-separated numbers, got {value!r}") from None
+
+
+@click.group(cls=RMGroup, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="rmdata")
+@click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """Response-matched training sets for machine-learned interatomic potentials."""
+    setup_logging(verbose)
+
+
+@main.command()
+@click.option("--dataset", "-d", help="Registry name (see 'rmdata datasets'), e.g. mp20, mp20-subset, "
+              "molecules, qm7b, diamond.")
+@click.option("--input", "-i", "input_path", type=click.Path(),
+              help="Any ASE-readable file or folder (extxyz, CIF, POSCAR, ASE db) instead of --dataset.")
+@click.option("--output", "-o", type=click.Path(), help="Output file (.xyz/.extxyz or .h5/.hdf5). "
+              "Default: <dataset>.xyz")
+@click.option("--format", "fmt", type=click.Choice(["extxyz", "hdf5"]), default=None,
+              help="Output format (default: from the suffix).")
+@click.option("--preset", type=click.Choice(["crystal", "diamond", "molecule"]), default=None,
+              help="Noise/label preset (default: from the dataset; molecules always use 'molecule').")
+@click.option("--split", default=None, help="Dataset split: train, val, test (default train).")
+@click.option("--limit", type=int, default=None, help="Use at most N reference structures.")
+@click.option("--elements", default=None, help="Keep only structures made of these elements, e.g. Li,S.")
+@click.option("--k", type=float, default=None, help="Spring constant k (eV/A^2). [preset: 1.0]")
+@click.option("--levels", default=None, help="Position-noise levels, comma-separated. "
+              "[preset: 0,1,2,3,4,6,8,10,12,16,32]")
+@click.option("--step-size", type=float, default=None,
+              help="Position noise per level (A). [preset: crystals 0.05, molecules 0.1]")
+@click.option("--strains", default=None, help="Isotropic cell strains, comma-separated (crystals only). "
+              "[preset: 11 values in -0.1..0.1]")
+@click.option("--rc", type=float, default=None,
+              help="Repulsion cutoff (A); 0 disables. [preset: crystals 0.75, molecules 0.7]")
+@click.option("--copies", type=int, default=None, help="Noise draws per (strain, level). [preset: 1]")
+@click.option("--raw-labels", is_flag=True,
+              help="Reference-code labels: keep net force/torque (no rigid-motion removal).")
+@click.option("--seed", type=int, default=0, help="Random seed; same seed gives identical bytes.")
+@click.option("--workers", "-j", type=int, default=None, help="Worker processes (default: all cores).")
+def make(dataset, input_path, output, fmt, preset, split, limit, elements, k, levels, step_size, strains,
+         rc, copies, raw_labels, seed, workers):
+    """Perturb reference structures and write response-matched labels."""
+    from rmdata.make import make_dataset
+
+    if output is None:
+        stem = dataset or os.path.splitext(os.path.basename(str(input_path or "input").rstrip("/")))[0]
+        output = f"{stem}.h5" if fmt == "hdf5" else f"{stem}.xyz"
+    summary = make_dataset(
+        output, dataset, input_path, fmt=fmt, preset=preset, split=split, limit=limit, seed=seed,
+        workers=workers or os.cpu_count() or 1,
+        elements=[e.strip() for e in elements.split(",") if e.strip()] if elements else None,
+        k=k, levels=_floats(levels, "--levels"), step_size=step_size,
+        strains=_floats(strains, "--strains"), rc=rc, copies=copies, raw_labels=raw_labels, progress=True)
+    click.echo(f"wrote {summary.output}: {summary.n_frames} frames from {summary.n_structures} structures "
+               f"({summary.n_atoms_total} atoms; elements {', '.join(summary.elements)}) "
+               f"in {summary.elapsed_s:.1f} s")
+    if summary.skipped:
+        click.echo(f"skipped {len(summary.skipped)} structure(s):", err=True)
+        for msg in summary.skipped[:20]:
+            click.echo(f"  {msg}", err=True)
+        if len(summary.skipped) > 20:
+            click.echo(f"  ... and {len(summary.skipped) - 20} more", err=True)
+
+
+@main.command()
+def datasets():
+    """List the datasets with size, source and licence."""
+    from rmdata.datasets import describe_datasets
+
+    click.echo(describe_datasets())
+
+
+@main.command()
+@click.argument("path", type=click.Path())
+def info(path):
+    """Summarise a dataset file: frames, atoms, elements, labels, provenance."""
+    from rmdata.summary import summarize
+
+    click.echo(summarize(path))
+
+
+@main.command("mace-command")
+@click.argument("path", type=click.Path())
+@click.option("--name", default=None, help="Model name (default: the file's stem).")
+@click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the preset's, 50).")
+@click.option("--r-max", type=float, default=None, help="Cutoff (A) (default: the preset's).")
+@click.option("--channels", type=int, default=None, help="MACE channels (default: the preset's, 32).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Training device.")
+@click.option("--seed", type=int, default=0, help="Training seed.")
+def mace_command_cmd(path, name, epochs, r_max, channels, device, seed):
+    """Print the exact mace_run_train command for a dataset file."""
+    from rmdata.mace import mace_command
+
+    for line in mace_command(path, name=name, epochs=epochs, r_max=r_max, channels=channels,
+                             device=device, seed=seed):
+        click.echo(line)
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@click.argument("dest", type=click.Path())
+def convert(source, dest):
+    """Convert a dataset between extxyz and HDF5 (formats from the suffixes)."""
+    from rmdata.summary import convert as _convert
+
+    n = _convert(source, dest)
+    click.echo(f"wrote {dest}: {n} frames")

@@ -1,0 +1,353 @@
+"""The dataset registry: where reference structures come from.
+
+``rmdata datasets`` lists the entries. Each entry yields ``(source_id, Atoms)`` pairs:
+crystals are periodic in all three directions, molecules in none.
+
+- ``mp20``: the full MP-20 benchmark (CDVAE), downloaded from its public location into
+  the cache (``$RMDATA_CACHE``), checksum recorded on first download and verified after.
+- ``mp20-subset``: 847 train + 123 val rows of MP-20 shipped inside the package.
+- ``qm7b``: QM7b (7211 molecules), downloaded; coordinates recovered from its Coulomb
+  matrices (see :mod:`rmdata.molecules`).
+- ``molecules``: >= 300 small molecules built offline with RDKit from a shipped SMILES list.
+- ``diamond``, ``silicon``, ``nacl``: one-structure presets built with ASE.
+- any ASE-readable file or folder through ``--input``.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import logging
+import os
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from ase.data import chemical_symbols
+
+from rmdata.errors import RMError
+
+log = logging.getLogger(__name__)
+
+#: Public location of the full MP-20 CSV files (CDVAE repository); override the base
+#: URL with ``$RMDATA_MP20_URL`` (e.g. a mirror or a local server).
+MP20_BASE_URL = "https://raw.githubusercontent.com/txie-93/cdvae/main/data/mp_20"
+MP20_SPLITS = {"train": 27136, "val": 9047, "test": 9046}
+#: Pinned checksums of the full MP-20 files; None means trust on first use (recorded
+#: beside the cached file and verified on every later use).
+MP20_SHA256: dict[str, str | None] = {"train": None, "val": None, "test": None}
+#: sha256 of the shipped subset files (the uncompressed CSVs in ../shared/data).
+MP20_SUBSET_SHA256 = {
+    "train": "88e85ab73e67053de2054063efb6241ccd0c3c175315fb91c282dbb7a2e75584",
+    "val": "aa1908f49931664150ffa996b6a955f948f8622e482d4f61eec6f6e134fddda6",
+}
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """One registry entry.
+
+    Attributes:
+        name: registry key (``--dataset NAME``).
+        kind: ``"crystal"`` or ``"molecule"``; picks the default preset.
+        size: human-readable size.
+        source: where the structures come from.
+        licence: licence of the data.
+        splits: available splits (empty: one set).
+        preset: name of the default label preset (see :mod:`rmdata.presets`).
+    """
+
+    name: str
+    kind: str
+    size: str
+    source: str
+    licence: str
+    splits: tuple[str, ...] = ()
+    preset: str = "crystal"
+    loader: Callable[..., Iterator[tuple[str, Atoms]]] | None = field(default=None, compare=False, repr=False)
+
+
+# ---------------------------------------------------------------------------------------
+# MP-20
+
+
+def parse_cif_row(source_id: str, cif: str) -> Atoms:
+    """Parse one MP-20 CIF with pymatgen; a one-line :class:`RMError` names the row on failure."""
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(cif or "", fmt="cif")
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+    except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad CIFs
+        reason = str(exc).splitlines()[0][:80] if str(exc) else ""
+        raise RMError(f"{source_id}: unreadable CIF ({type(exc).__name__}: {reason})") from exc
+    atoms.info.pop("spacegroup", None)
+    return atoms
+
+
+def iter_mp20_csv(text_stream, origin: str, bad: list[str], lazy: bool = False
+                  ) -> Iterator[tuple[str, Atoms | str]]:
+    """MP-20 CSV rows (``material_id``, ``cif`` columns) as ``(material_id, Atoms)``.
+
+    A row whose CIF cannot be parsed is reported (material id and reason) in ``bad`` and
+    skipped. With ``lazy`` the CIF text is yielded unparsed (parse it with
+    :func:`parse_cif_row`, e.g. in a worker process).
+    """
+    csv.field_size_limit(1 << 24)
+    reader = csv.DictReader(text_stream)
+    if reader.fieldnames is None or not {"material_id", "cif"} <= set(reader.fieldnames):
+        raise RMError(f"{origin}: not an MP-20 CSV (needs the columns 'material_id' and 'cif')")
+    for lineno, row in enumerate(reader, 2):
+        mid = row.get("material_id") or f"{origin}:row{lineno}"
+        if lazy:
+            yield mid, row.get("cif") or ""
+            continue
+        try:
+            yield mid, parse_cif_row(mid, row.get("cif") or "")
+        except RMError as exc:
+            log.warning("%s: %s", origin, exc)
+            bad.append(f"{origin}: {exc}")
+
+
+def _mp20_subset(split: str | None, bad: list[str], lazy: bool = False, **_) -> Iterator[tuple[str, Atoms]]:
+    split = split or "train"
+    if split not in MP20_SUBSET_SHA256:
+        raise RMError(f"mp20-subset has no split {split!r}; use one of: train, val "
+                      "(the test split needs the full mp20 download)")
+    ref = resources.files("rmdata") / "data" / f"mp20_subset_{split}.csv.gz"
+    with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as fh:
+        yield from iter_mp20_csv(fh, f"mp20-subset:{split}", bad, lazy)
+
+
+def mp20_url(split: str) -> str:
+    """Download URL of one MP-20 split."""
+    base = os.environ.get("RMDATA_MP20_URL", MP20_BASE_URL).rstrip("/")
+    return f"{base}/{split}.csv"
+
+
+def download_mp20(split: str, cache: Path | None = None) -> Path:
+    """The cached CSV of one MP-20 split, downloading it when missing."""
+    from rmdata.download import cache_dir, fetch
+
+    if split not in MP20_SPLITS:
+        raise RMError(f"mp20 has no split {split!r}; use one of: {', '.join(MP20_SPLITS)}")
+    dest = (cache or cache_dir()) / "mp20" / f"{split}.csv"
+    return fetch(mp20_url(split), dest, sha256=MP20_SHA256.get(split), name=f"mp20 {split}",
+                 offline_hint="no network? use --dataset mp20-subset, which ships with rmdata")
+
+
+def _mp20(split: str | None, bad: list[str], lazy: bool = False, **_) -> Iterator[tuple[str, Atoms]]:
+    split = split or "train"
+    path = download_mp20(split)
+    with open(path, encoding="utf-8", newline="") as fh:
+        yield from iter_mp20_csv(fh, f"mp20:{split}", bad, lazy)
+
+
+# ---------------------------------------------------------------------------------------
+# one-structure presets and molecules
+
+
+def _one(name: str, builder: Callable[[], Atoms]) -> Callable[..., Iterator[tuple[str, Atoms]]]:
+    def load(split=None, bad=None, **_):
+        if split not in (None, "train", "all"):
+            raise RMError(f"{name} has no split {split!r} (it is a single structure)")
+        yield name, builder()
+
+    return load
+
+
+def _diamond() -> Atoms:
+    from ase.build import bulk
+
+    return bulk("C", "diamond", a=3.567, cubic=True)
+
+
+def _silicon() -> Atoms:
+    from ase.build import bulk
+
+    return bulk("Si", "diamond", a=5.431, cubic=True)
+
+
+def _nacl() -> Atoms:
+    from ase.build import bulk
+
+    return bulk("NaCl", "rocksalt", a=5.64, cubic=True)
+
+
+def _molecules(split=None, bad=None, limit=None, seed=0, **_) -> Iterator[tuple[str, Atoms]]:
+    from rmdata.molecules import load_molecules
+
+    for atoms in load_molecules(limit=limit, seed=seed):
+        yield atoms.info["source_id"], atoms
+
+
+def _qm7b(split=None, bad=None, **_) -> Iterator[tuple[str, Atoms]]:
+    from rmdata.molecules import load_qm7b
+
+    for atoms in load_qm7b():
+        yield atoms.info["source_id"], atoms
+
+
+REGISTRY: dict[str, DatasetInfo] = {
+    d.name: d
+    for d in [
+        DatasetInfo("mp20", "crystal", "45,229 crystals (27,136 train / 9,047 val / 9,046 test), <= 20 atoms",
+                    "CDVAE MP-20 (Materials Project), downloaded", "MIT (CDVAE); MP data CC-BY-4.0",
+                    ("train", "val", "test"), "crystal", _mp20),
+        DatasetInfo("mp20-subset", "crystal", "970 crystals (847 train / 123 val)",
+                    "MP-20 subset shipped with rmdata", "MIT (CDVAE); MP data CC-BY-4.0",
+                    ("train", "val"), "crystal", _mp20_subset),
+        DatasetInfo("qm7b", "molecule", "7,211 molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
+                    "QM7b (Blum & Reymond 2009; Montavon et al. 2013), downloaded", "CC-BY (quantum-machine.org)",
+                    (), "molecule", _qm7b),
+        DatasetInfo("molecules", "molecule", ">= 300 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
+                    "built offline with RDKit (ETKDG + MMFF94) from a shipped SMILES list", "MIT",
+                    (), "molecule", _molecules),
+        DatasetInfo("diamond", "crystal", "1 structure (8-atom cubic diamond, a = 3.567 A)", "ase.build.bulk",
+                    "MIT", (), "diamond", _one("diamond", _diamond)),
+        DatasetInfo("silicon", "crystal", "1 structure (8-atom cubic Si, a = 5.431 A)", "ase.build.bulk",
+                    "MIT", (), "crystal", _one("silicon", _silicon)),
+        DatasetInfo("nacl", "crystal", "1 structure (8-atom rocksalt NaCl, a = 5.64 A)", "ase.build.bulk",
+                    "MIT", (), "crystal", _one("nacl", _nacl)),
+    ]
+}
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """The registry entry ``name`` (one-line error listing the valid names)."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise RMError(f"unknown dataset {name!r}; use one of: {', '.join(REGISTRY)} "
+                      "(or --input FILE)") from None
+
+
+# ---------------------------------------------------------------------------------------
+# any ASE-readable file or folder
+
+INPUT_SUFFIXES = (".xyz", ".extxyz", ".cif", ".vasp", ".poscar", ".db", ".traj", ".json", ".pdb", ".res")
+
+
+def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, Atoms]]:
+    """Structures from an ASE-readable file (extxyz, CIF, POSCAR, ASE db, ...) or a folder of them."""
+    import ase.io
+
+    path = Path(path)
+    if not path.exists():
+        raise RMError(f"{path}: no such file or folder")
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and (
+            p.suffix.lower() in INPUT_SUFFIXES or p.name.upper().startswith(("POSCAR", "CONTCAR"))))
+        if not files:
+            raise RMError(f"{path}: folder holds no structure files ({', '.join(INPUT_SUFFIXES)}, POSCAR)")
+    else:
+        files = [path]
+    for file in files:
+        if file.stat().st_size == 0:
+            raise RMError(f"{file}: the file is empty")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structures = ase.io.read(file, index=":")
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
+            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+            raise RMError(f"{file}: cannot read structures ({type(exc).__name__}: {reason})") from exc
+        if not isinstance(structures, list):
+            structures = [structures]
+        if not structures:
+            raise RMError(f"{file}: no structures in the file")
+        for i, atoms in enumerate(structures):
+            sid = f"{file.stem}" if len(structures) == 1 else f"{file.stem}-{i}"
+            yield sid, _strip_labels(atoms)
+
+
+def _strip_labels(atoms: Atoms) -> Atoms:
+    """A bare copy of a reference structure (no calculator, no stale labels)."""
+    out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+
+
+MIN_SEPARATION_A = 0.5
+
+
+def validate_reference(atoms: Atoms, origin: str, need_stress: bool) -> None:
+    """Check a reference structure; raise a one-line :class:`RMError` naming ``origin``.
+
+    Checks: known elements, finite coordinates, all-or-nothing periodicity, a cell of
+    positive volume for crystals, no two atoms closer than 0.5 A (a duplicated site),
+    and no stress requested for a non-periodic molecule.
+    """
+    numbers = atoms.numbers
+    if len(numbers) == 0:
+        raise RMError(f"{origin}: structure has no atoms")
+    if np.any(numbers <= 0) or np.any(numbers >= len(chemical_symbols)):
+        raise RMError(f"{origin}: unknown element (atomic number {numbers.min()}..{numbers.max()})")
+    if not np.all(np.isfinite(atoms.positions)):
+        raise RMError(f"{origin}: positions contain NaN or infinity")
+    pbc = atoms.pbc
+    if pbc.any() and not pbc.all():
+        raise RMError(f"{origin}: periodic in some directions only (pbc={pbc.tolist()}); "
+                      "rmdata handles bulk crystals (all periodic) and molecules (none)")
+    if pbc.all():
+        volume = abs(np.linalg.det(atoms.cell.array)) if np.all(np.isfinite(atoms.cell.array)) else 0.0
+        if not volume > 1e-6:
+            raise RMError(f"{origin}: periodic structure with zero or invalid cell volume")
+    elif need_stress:
+        raise RMError(f"{origin}: stress/strain labels need a periodic cell, but this structure is a "
+                      "non-periodic molecule; drop --strains or use a crystal")
+    if len(atoms) > 1:
+        from matscipy.neighbours import neighbour_list
+
+        cell = atoms.cell.array if pbc.all() else np.eye(3) * (np.ptp(atoms.positions, axis=0).max() + 10)
+        i, j, d = neighbour_list("ijd", positions=atoms.positions, cell=cell, pbc=pbc,
+                                 cutoff=MIN_SEPARATION_A)
+        if len(i):
+            k = int(np.argmin(d))
+            raise RMError(f"{origin}: atoms {i[k]} and {j[k]} are {d[k]:.3f} A apart (closer than "
+                          f"{MIN_SEPARATION_A} A): a duplicated site? fix the structure")
+
+
+def load_structures(dataset: str | None = None, input_path: str | os.PathLike | None = None,
+                    split: str | None = None, bad: list[str] | None = None, seed: int = 0,
+                    limit: int | None = None, lazy: bool = False) -> Iterator[tuple[str, Atoms | str]]:
+    """Yield ``(source_id, Atoms)`` reference structures from a dataset or a file/folder.
+
+    Unreadable rows of a dataset are recorded in ``bad`` and skipped. With ``lazy``,
+    CIF-based datasets yield the CIF text instead (see :func:`parse_cif_row`).
+    """
+    if (dataset is None) == (input_path is None):
+        raise RMError("give exactly one of --dataset NAME and --input PATH")
+    bad = bad if bad is not None else []
+    if input_path is not None:
+        yield from iter_input(input_path, bad)
+        return
+    info = get_dataset(dataset)
+    if split not in (None, "all") and info.splits and split not in info.splits:
+        raise RMError(f"{dataset} has no split {split!r}; use one of: {', '.join(info.splits)}")
+    yield from info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy)
+
+
+def describe_datasets() -> str:
+    """A text table of the registry (``rmdata datasets``)."""
+    lines = [f"{'name':<12} {'kind':<9} {'size':<62} source / licence"]
+    for d in REGISTRY.values():
+        lines.append(f"{d.name:<12} {d.kind:<9} {d.size:<62} {d.source}; {d.licence}")
+    return "\n".join(lines)
+
+
+def read_mp20_csv_text(text: str, origin: str = "csv") -> list[tuple[str, Atoms]]:
+    """Parse MP-20 CSV text into ``(material_id, Atoms)`` pairs, skipping bad rows."""
+    bad: list[str] = []
+    return list(iter_mp20_csv(io.StringIO(text), origin, bad))

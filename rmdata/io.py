@@ -1,0 +1,323 @@
+"""Dataset files: streaming extxyz and HDF5 writers, and one reader for both.
+
+Label contract (DESIGN §2): per atom ``REF_forces`` (eV/A); per frame ``REF_stress``
+(3x3, eV/A^3, positive = tensile; absent for molecules), ``REF_pseudo_energy`` (eV),
+``config_type``, ``source_id``, ``noise_level``, ``strain``. Never ``forces``/``stress``/
+``energy``, which ASE would move into a calculator and MACE would read as labels.
+
+extxyz: ASE's extended XYZ, one frame per block; the first frame's ``rm_provenance``
+holds the provenance as a JSON string.
+
+HDF5 layout (``format = "rmdata"``, ``format_version = 1`` in the root attributes,
+``provenance`` a JSON string attribute)::
+
+    /numbers            (n_atoms_total,)      int16  atomic numbers
+    /positions          (n_atoms_total, 3)    f8     A
+    /REF_forces         (n_atoms_total, 3)    f8     eV/A
+    /n_atoms            (n_frames,)           int32  atoms per frame
+    /offsets            (n_frames,)           int64  first row of each frame in the per-atom arrays
+    /cell               (n_frames, 3, 3)      f8     A, rows are lattice vectors
+    /pbc                (n_frames, 3)         bool
+    /REF_stress         (n_frames, 3, 3)      f8     eV/A^3 (NaN for non-periodic frames)
+    /REF_pseudo_energy  (n_frames,)           f8     eV
+    /noise_level        (n_frames,)           f8
+    /strain             (n_frames,)           f8
+    /config_type        (n_frames,)           str
+    /source_id          (n_frames,)           str
+
+Both writers stream: frames go to disk as they come, so memory stays flat, and the
+file appears under its final name only when it is complete (write to a temporary file,
+fsync, rename).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from rmdata.errors import RMError
+from rmdata.utils import atomic_output
+
+H5_SUFFIXES = (".h5", ".hdf5")
+XYZ_SUFFIXES = (".xyz", ".extxyz")
+FORMATS = ("extxyz", "hdf5")
+
+
+def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
+    """The file format from ``fmt`` or, when None, from the file suffix."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise RMError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        return fmt
+    suffix = Path(path).suffix.lower()
+    if suffix in H5_SUFFIXES:
+        return "hdf5"
+    if suffix in XYZ_SUFFIXES:
+        return "extxyz"
+    raise RMError(f"{path}: cannot tell the format from the suffix {suffix!r}; use .xyz/.extxyz "
+                  "or .h5/.hdf5, or pass --format")
+
+
+class FrameBatch:
+    """Frames of one reference structure with their labels, ready to be written.
+
+    Attributes:
+        numbers: ``(n_atoms,)`` atomic numbers.
+        positions: ``(n_frames, n_atoms, 3)`` (A).
+        cells: ``(n_frames, 3, 3)`` (A); zeros for molecules.
+        pbc: ``(3,)``.
+        forces: ``(n_frames, n_atoms, 3)`` (eV/A).
+        stress: ``(n_frames, 3, 3)`` (eV/A^3) or None.
+        pseudo_energy, noise_level, strain: ``(n_frames,)``.
+        config_type, source_id: strings shared by all frames.
+    """
+
+    def __init__(self, numbers, positions, cells, pbc, forces, stress, pseudo_energy, noise_level,
+                 strain, config_type: str, source_id: str):
+        self.numbers = np.asarray(numbers)
+        self.positions = positions
+        self.cells = cells
+        self.pbc = np.asarray(pbc, dtype=bool)
+        self.forces = forces
+        self.stress = stress
+        self.pseudo_energy = pseudo_energy
+        self.noise_level = noise_level
+        self.strain = strain
+        self.config_type = config_type
+        self.source_id = source_id
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def to_atoms(self) -> list[Atoms]:
+        """The frames as ASE ``Atoms`` with labels in ``arrays``/``info``."""
+        out = []
+        for f in range(len(self)):
+            atoms = Atoms(numbers=self.numbers, positions=self.positions[f], cell=self.cells[f],
+                          pbc=self.pbc)
+            atoms.arrays["REF_forces"] = self.forces[f]
+            if self.stress is not None:
+                atoms.info["REF_stress"] = self.stress[f]
+            atoms.info["REF_pseudo_energy"] = float(self.pseudo_energy[f])
+            atoms.info["config_type"] = self.config_type
+            atoms.info["source_id"] = self.source_id
+            atoms.info["noise_level"] = float(self.noise_level[f])
+            atoms.info["strain"] = float(self.strain[f])
+            out.append(atoms)
+        return out
+
+
+class ExtxyzWriter:
+    """Stream frames into an extxyz file (the first frame carries the provenance)."""
+
+    def __init__(self, handle, provenance: dict[str, Any]):
+        self._fh = handle
+        self._provenance = json.dumps(provenance, sort_keys=True)
+        self.n_frames = 0
+
+    def write(self, batch: FrameBatch) -> None:
+        from ase.io.extxyz import write_extxyz
+
+        frames = batch.to_atoms()
+        if self.n_frames == 0 and frames:
+            frames[0].info["rm_provenance"] = self._provenance
+        write_extxyz(self._fh, frames)
+        self.n_frames += len(frames)
+
+
+class HDF5Writer:
+    """Stream frames into the HDF5 layout of this module (resizable, chunked datasets)."""
+
+    _PER_ATOM = {"numbers": ((), "i2"), "positions": ((3,), "f8"), "REF_forces": ((3,), "f8")}
+    _PER_FRAME = {"n_atoms": ((), "i4"), "offsets": ((), "i8"), "cell": ((3, 3), "f8"),
+                  "pbc": ((3,), "bool"), "REF_stress": ((3, 3), "f8"),
+                  "REF_pseudo_energy": ((), "f8"), "noise_level": ((), "f8"), "strain": ((), "f8")}
+
+    def __init__(self, h5file, provenance: dict[str, Any]):
+        import h5py
+
+        self._f = h5file
+        self._f.attrs["format"] = "rmdata"
+        self._f.attrs["format_version"] = 1
+        self._f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+        str_dt = h5py.string_dtype("utf-8")
+        for name, (shape, dt) in {**self._PER_ATOM, **self._PER_FRAME}.items():
+            self._f.create_dataset(name, shape=(0, *shape), maxshape=(None, *shape), dtype=dt,
+                                   chunks=(4096, *shape), track_times=False)
+        for name in ("config_type", "source_id"):
+            self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=str_dt,
+                                   chunks=(4096,), track_times=False)
+        self.n_frames = 0
+        self.n_atoms_total = 0
+        self._pending: dict[str, list[np.ndarray]] = {}
+        self._buffered = 0
+
+    #: buffered atoms before the arrays go to disk (bounds memory, amortises HDF5 calls)
+    FLUSH_ATOMS = 1 << 18
+
+    def write(self, batch: FrameBatch) -> None:
+        n_frames, n_atoms = batch.positions.shape[:2]
+        if n_frames == 0:
+            return
+        stress = batch.stress if batch.stress is not None else np.full((n_frames, 3, 3), np.nan)
+        pending = self._pending
+        columns = {
+            "numbers": np.tile(batch.numbers, n_frames),
+            "positions": batch.positions.reshape(-1, 3),
+            "REF_forces": batch.forces.reshape(-1, 3),
+            "n_atoms": np.full(n_frames, n_atoms),
+            "offsets": self.n_atoms_total + n_atoms * np.arange(n_frames),
+            "cell": batch.cells,
+            "pbc": np.broadcast_to(batch.pbc, (n_frames, 3)),
+            "REF_stress": stress,
+            "REF_pseudo_energy": batch.pseudo_energy,
+            "noise_level": batch.noise_level,
+            "strain": batch.strain,
+            "config_type": np.array([batch.config_type] * n_frames, dtype=object),
+            "source_id": np.array([batch.source_id] * n_frames, dtype=object),
+        }
+        for name, values in columns.items():
+            pending.setdefault(name, []).append(values)
+        self.n_frames += n_frames
+        self.n_atoms_total += n_frames * n_atoms
+        self._buffered += n_frames * n_atoms
+        if self._buffered >= self.FLUSH_ATOMS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered frames to the file."""
+        for name, parts in self._pending.items():
+            values = np.concatenate(parts)
+            ds = self._f[name]
+            start = ds.shape[0]
+            ds.resize(start + len(values), axis=0)
+            ds[start:] = values
+        self._pending = {}
+        self._buffered = 0
+
+
+@contextlib.contextmanager
+def open_writer(path: str | os.PathLike, provenance: dict[str, Any], fmt: str | None = None
+                ) -> Iterator[ExtxyzWriter | HDF5Writer]:
+    """Open a streaming writer for ``path``; the file appears only once complete.
+
+    Yields an object with ``write(batch: FrameBatch)`` and ``n_frames``.
+    """
+    fmt = format_for(path, fmt)
+    with atomic_output(path) as tmp:
+        if fmt == "hdf5":
+            import h5py
+
+            with h5py.File(tmp, "w", track_order=False) as h5:
+                writer = HDF5Writer(h5, provenance)
+                yield writer
+                writer.flush()
+        else:
+            with open(tmp, "w") as fh:
+                yield ExtxyzWriter(fh, provenance)
+
+
+# ---------------------------------------------------------------------------------------
+# reading
+
+
+def _check_exists(path: Path) -> None:
+    if not path.exists():
+        raise RMError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise RMError(f"{path}: the file is empty")
+
+
+def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms] | Atoms:
+    """Read an rmdata dataset (extxyz or HDF5) into ASE ``Atoms``.
+
+    Labels are in ``atoms.arrays["REF_forces"]`` (eV/A) and ``atoms.info["REF_stress"]``
+    (3x3, eV/A^3); ``config_type``, ``source_id``, ``noise_level``, ``strain`` and
+    ``REF_pseudo_energy`` are in ``atoms.info``. ``index`` follows ``ase.io.read``
+    (an int returns one ``Atoms``).
+    """
+    path = Path(path)
+    _check_exists(path)
+    fmt = format_for(path)
+    if fmt == "hdf5":
+        frames = _read_h5(path)
+        return frames[index] if isinstance(index, (int, slice)) else frames
+    import ase.io
+
+    try:
+        out = ase.io.read(path, index=index, format="extxyz")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
+        raise RMError(f"{path}: not a readable extxyz file ({type(exc).__name__}: {exc})") from exc
+    for atoms in out if isinstance(out, list) else [out]:
+        if "REF_stress" in atoms.info:
+            atoms.info["REF_stress"] = np.asarray(atoms.info["REF_stress"], float).reshape(3, 3)
+    return out
+
+
+def _read_h5(path: Path) -> list[Atoms]:
+    import h5py
+
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise RMError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    with h5:
+        if h5.attrs.get("format") != "rmdata":
+            raise RMError(f"{path}: not an rmdata HDF5 file (root attribute 'format' is not 'rmdata')")
+        try:
+            data = {name: h5[name][()] for name in h5.keys()}
+        except KeyError as exc:
+            raise RMError(f"{path}: missing dataset {exc}") from exc
+    required = ("numbers", "positions", "REF_forces", "n_atoms", "offsets", "cell", "pbc",
+                "REF_stress", "REF_pseudo_energy", "noise_level", "strain", "config_type", "source_id")
+    missing = [k for k in required if k not in data]
+    if missing:
+        raise RMError(f"{path}: missing dataset(s) {', '.join(missing)}")
+    n_total = len(data["numbers"])
+    if data["positions"].shape != (n_total, 3) or data["REF_forces"].shape != (n_total, 3):
+        raise RMError(f"{path}: per-atom datasets have inconsistent shapes")
+    if int(np.sum(data["n_atoms"])) != n_total or data["cell"].shape[1:] != (3, 3):
+        raise RMError(f"{path}: frame datasets do not add up to the per-atom datasets")
+    frames = []
+    for f, (start, n) in enumerate(zip(data["offsets"], data["n_atoms"])):
+        sl = slice(int(start), int(start) + int(n))
+        atoms = Atoms(numbers=data["numbers"][sl], positions=data["positions"][sl],
+                      cell=data["cell"][f], pbc=data["pbc"][f])
+        atoms.arrays["REF_forces"] = data["REF_forces"][sl].copy()
+        if np.all(np.isfinite(data["REF_stress"][f])):
+            atoms.info["REF_stress"] = data["REF_stress"][f].copy()
+        atoms.info["REF_pseudo_energy"] = float(data["REF_pseudo_energy"][f])
+        atoms.info["config_type"] = _str(data["config_type"][f])
+        atoms.info["source_id"] = _str(data["source_id"][f])
+        atoms.info["noise_level"] = float(data["noise_level"][f])
+        atoms.info["strain"] = float(data["strain"][f])
+        frames.append(atoms)
+    return frames
+
+
+def _str(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
+    """The provenance record stored in an rmdata file ({} when there is none)."""
+    path = Path(path)
+    _check_exists(path)
+    if format_for(path) == "hdf5":
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("provenance")
+    else:
+        import ase.io
+
+        first = ase.io.read(path, index=0, format="extxyz")
+        raw = first.info.get("rm_provenance")
+    return json.loads(raw) if raw else {}

@@ -1,0 +1,107 @@
+"""The ``mace_run_train`` command for an rmdata file (DESIGN §3).
+
+MACE trains on forces and stress alone: ``--energy_weight=0``, label keys
+``REF_forces``/``REF_stress``, one interaction layer (no message passing), E0s of zero
+for every element of the file, and the cutoff of the file's preset. MACE warns that no
+energies were found, then trains.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from pathlib import Path
+
+import numpy as np
+
+from rmdata.errors import RMError
+from rmdata.io import format_for, read_provenance
+from rmdata.presets import PRESETS
+
+
+def dataset_elements(path: str | os.PathLike) -> tuple[list[int], bool]:
+    """Atomic numbers present in an rmdata file, and whether it has stress labels."""
+    path = Path(path)
+    if format_for(path) == "hdf5":
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            numbers = np.unique(h5["numbers"][()])
+            has_stress = bool(np.isfinite(h5["REF_stress"][()]).all(axis=(1, 2)).any())
+        return [int(z) for z in numbers], has_stress
+    from ase.io import iread
+
+    numbers: set[int] = set()
+    has_stress = False
+    for atoms in iread(path, index=":", format="extxyz"):
+        numbers.update(int(z) for z in np.unique(atoms.numbers))
+        has_stress = has_stress or "REF_stress" in atoms.info
+    return sorted(numbers), has_stress
+
+
+def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int | None = None,
+                 r_max: float | None = None, channels: int | None = None, device: str = "cpu",
+                 seed: int = 0, valid_fraction: float = 0.1, dtype: str = "float64") -> list[str]:
+    """The lines of a shell script that trains MACE on ``path`` (converting HDF5 first).
+
+    Args:
+        path: an rmdata extxyz or HDF5 file.
+        name: model name (default: the file's stem).
+        epochs: maximum epochs (default: the preset's).
+        r_max: cutoff (A) (default: the preset's).
+        channels: MACE channels (default: the preset's).
+        device: ``cpu`` or ``cuda``.
+        seed: training seed.
+        valid_fraction: share of frames held out for validation.
+        dtype: ``float64`` (default) or ``float32``.
+    """
+    path = Path(path)
+    prov = read_provenance(path)
+    presets = prov.get("config", {}).get("presets", {})
+    crystal_preset = presets.get("crystal", {}).get("name", "crystal")
+    mace = dict(PRESETS.get(crystal_preset, PRESETS["crystal"]).mace)
+    numbers, has_stress = dataset_elements(path)
+    if not has_stress:
+        mace = dict(PRESETS["molecule"].mace)
+    lines = []
+    train_file = path
+    if format_for(path) == "hdf5":
+        train_file = path.with_suffix(".xyz")
+        lines.append(f"rmdata convert {shlex.quote(str(path))} {shlex.quote(str(train_file))}")
+    e0s = json.dumps({z: 0.0 for z in numbers}).replace('"', "")
+    args = [
+        "mace_run_train",
+        f"--name={name or path.stem}",
+        f"--train_file={train_file}",
+        f"--valid_fraction={valid_fraction}",
+        "--model=MACE",
+        "--num_interactions=1",
+        f"--num_channels={channels or mace['num_channels']}",
+        f"--max_L={mace['max_L']}",
+        f"--r_max={r_max or mace['r_max']}",
+        f"--E0s={e0s}",
+        "--energy_key=REF_energy",
+        "--forces_key=REF_forces",
+        "--energy_weight=0",
+        f"--forces_weight={mace['forces_weight']}",
+        f"--batch_size={mace['batch_size']}",
+        f"--max_num_epochs={epochs or mace['max_num_epochs']}",
+        f"--lr={mace['lr']}",
+        f"--default_dtype={dtype}",
+        f"--device={device}",
+        f"--seed={seed}",
+    ]
+    if has_stress:
+        args += ["--loss=stress", "--stress_key=REF_stress", f"--stress_weight={mace['stress_weight']}",
+                 "--compute_stress=True"]
+    else:
+        args += ["--loss=weighted"]
+    lines.append(" ".join(shlex.quote(a) for a in args))
+    return lines
+
+
+def check_training_file(path: str | os.PathLike) -> None:
+    """Raise a one-line error unless ``path`` is an rmdata file."""
+    if not Path(path).exists():
+        raise RMError(f"{path}: no such file")

@@ -1,0 +1,253 @@
+"""``rmdata make``: reference structures -> noisy frames -> response labels -> a dataset file.
+
+Each reference structure gets its own random stream ``default_rng([seed, index])``, so
+the output depends only on the inputs and the seed (not on ``workers``): same seed, same
+bytes. Work is spread over worker processes (CIF parsing included); results are written
+in input order by the parent as they arrive, so memory stays flat.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from ase import Atoms
+
+from rmdata.datasets import get_dataset, load_structures, validate_reference
+from rmdata.errors import RMError
+from rmdata.io import FrameBatch, format_for, open_writer
+from rmdata.perturb import perturb
+from rmdata.presets import Preset, get_preset
+from rmdata.response import compute_labels
+from rmdata.utils import pin_threads, provenance, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MakeSummary:
+    """What ``make_dataset`` did."""
+
+    output: Path
+    n_structures: int = 0
+    n_frames: int = 0
+    n_atoms_total: int = 0
+    skipped: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    elements: list[str] = field(default_factory=list)
+    preset: str = ""
+
+
+def label_structure(atoms: Atoms, preset: Preset, rng: np.random.Generator, source_id: str) -> FrameBatch:
+    """All noisy, labelled frames of one reference structure."""
+    frames = perturb(atoms, preset.noise, rng)
+    labels = compute_labels(frames.positions, frames.cells, frames.pbc, frames.ref_scaled,
+                            frames.ref_cell, preset.labels)
+    cells = frames.cells if frames.pbc.any() else np.zeros_like(frames.cells)
+    config_type = preset.config_type if frames.pbc.any() else "rm_molecule"
+    return FrameBatch(atoms.numbers, frames.positions, cells, frames.pbc, labels.forces, labels.stress,
+                      labels.pseudo_energy, frames.noise_level, frames.strain, config_type, source_id)
+
+
+# ---------------------------------------------------------------------------------------
+# worker side
+
+_STATE: dict[str, Any] = {}
+
+
+def _init_worker(presets: dict[str, Preset], seed: int, strict: bool, explicit_strains: bool) -> None:
+    pin_threads(1)
+    _STATE.update(presets=presets, seed=seed, strict=strict, explicit_strains=explicit_strains)
+
+
+def _parse(source_id: str, payload) -> Atoms:
+    if isinstance(payload, Atoms):
+        return payload
+    from rmdata.datasets import parse_cif_row
+
+    return parse_cif_row(source_id, payload)
+
+
+def _work(task: tuple[int, str, Any]) -> tuple[int, str, FrameBatch | None, str | None]:
+    """Label one reference; returns (index, source_id, batch or None, problem or None)."""
+    index, source_id, payload = task
+    try:
+        atoms = _parse(source_id, payload)
+        validate_reference(atoms, source_id, need_stress=_STATE["explicit_strains"] and not atoms.pbc.any())
+    except RMError as exc:
+        if _STATE["strict"]:
+            raise
+        return index, source_id, None, str(exc)
+    preset = _STATE["presets"]["crystal" if atoms.pbc.any() else "molecule"]
+    rng = np.random.default_rng([_STATE["seed"], index])
+    return index, source_id, label_structure(atoms, preset, rng, source_id), None
+
+
+def _results(tasks: Iterator[tuple[int, str, Any]], workers: int, init_args: tuple
+             ) -> Iterator[tuple[int, str, FrameBatch | None, str | None]]:
+    if workers <= 1:
+        _init_worker(*init_args)
+        for task in tasks:
+            yield _work(task)
+        return
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+        yield from pool.imap(_work, tasks, chunksize=8)
+
+
+# ---------------------------------------------------------------------------------------
+# driver
+
+
+def resolve_presets(dataset: str | None, preset: str | None, overrides: dict[str, Any]) -> dict[str, Preset]:
+    """The crystal and molecule presets to use, with CLI overrides applied."""
+    if preset is not None:
+        base = get_preset(preset)
+        chosen = {"crystal": base, "molecule": base}
+    else:
+        crystal = get_dataset(dataset).preset if dataset is not None else "crystal"
+        if crystal == "molecule":
+            crystal = "crystal"
+        chosen = {"crystal": get_preset(crystal), "molecule": get_preset("molecule")}
+    return {kind: p.with_overrides(**overrides) for kind, p in chosen.items()}
+
+
+def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_path: str | None = None, *,
+                 fmt: str | None = None, preset: str | None = None, split: str | None = None,
+                 limit: int | None = None, seed: int = 0, workers: int = 1,
+                 elements: list[str] | None = None, k: float | None = None,
+                 levels: list[float] | None = None, step_size: float | None = None,
+                 strains: list[float] | None = None, rc: float | None = None, copies: int | None = None,
+                 raw_labels: bool = False, progress: bool = False) -> MakeSummary:
+    """Write a response-matched dataset (extxyz or HDF5) from a dataset or an input file.
+
+    Args:
+        output: output path; the format comes from ``fmt`` or the suffix.
+        dataset: registry name (``rmdata datasets``), or None with ``input_path``.
+        input_path: any ASE-readable file or folder.
+        preset: ``molecule``/``crystal``/``diamond``; default from the dataset.
+        split: dataset split (``train``, ``val``, ``test``).
+        limit: use at most this many reference structures.
+        seed: random seed; same seed, same bytes.
+        workers: processes for labelling (1 = in this process).
+        elements: keep only structures whose elements are all in this list.
+        k: spring constant (eV/A^2); levels, step_size (A), strains, rc (A), copies:
+            override the preset (DESIGN §2).
+        raw_labels: keep the rigid-motion part of the labels (reference-code labels).
+        progress: show a progress bar.
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    fmt = format_for(output, fmt)
+    overrides = dict(k=k, levels=levels, step_size=step_size, strains=strains, rc=rc, copies=copies,
+                     raw=True if raw_labels else None)
+    presets = resolve_presets(dataset, preset, overrides)
+    keep = set(elements) if elements else None
+    if keep:
+        from ase.data import chemical_symbols
+
+        unknown = sorted(keep - set(chemical_symbols[1:]))
+        if unknown:
+            raise RMError(f"--elements: unknown element(s) {', '.join(unknown)}")
+    bad: list[str] = []
+    strict = input_path is not None
+    source = _source_record(dataset, input_path, split)
+    config = {"dataset": dataset, "input": str(input_path) if input_path else None, "split": split,
+              "limit": limit, "elements": sorted(keep) if keep else None, "format": fmt,
+              "source": source,
+              "presets": {kind: _preset_dict(p) for kind, p in presets.items()}}
+    summary = MakeSummary(output=output, preset=presets["crystal"].name)
+    structures = load_structures(dataset, input_path, split=split, bad=bad, seed=seed,
+                                 limit=None if keep else limit, lazy=True)
+    tasks = _tasks(structures, keep, limit, dataset)
+    init_args = (presets, seed, strict, strains is not None)
+    seen_elements: set[int] = set()
+    bar = _bar(progress, limit)
+    with open_writer(output, provenance(config, seed), fmt) as writer:
+        for _, source_id, batch, problem in _results(tasks, workers, init_args):
+            if bar is not None:
+                bar.update(1)
+            if batch is None:
+                bad.append(problem)
+                log.warning(problem)
+                continue
+            writer.write(batch)
+            summary.n_structures += 1
+            summary.n_frames += len(batch)
+            summary.n_atoms_total += batch.positions.shape[0] * batch.positions.shape[1]
+            seen_elements.update(batch.numbers.tolist())
+        if summary.n_frames == 0:
+            raise RMError(f"no structures were labelled (skipped {len(bad)}); nothing written to {output}")
+    if bar is not None:
+        bar.close()
+    from ase.data import chemical_symbols
+
+    summary.elements = [chemical_symbols[z] for z in sorted(seen_elements)]
+    summary.skipped = bad
+    summary.elapsed_s = time.perf_counter() - start
+    return summary
+
+
+def _tasks(structures, keep: set[str] | None, limit: int | None, dataset: str | None):
+    """Number the reference structures, filtering by elements and applying the limit."""
+    from ase.data import chemical_symbols
+
+    n = 0
+    for source_id, payload in structures:
+        if limit is not None and n >= limit:
+            return
+        if keep is not None:
+            symbols = ({chemical_symbols[z] for z in payload.numbers} if isinstance(payload, Atoms)
+                       else None)
+            if symbols is None:
+                payload = _parse(source_id, payload)
+                symbols = {chemical_symbols[z] for z in payload.numbers}
+            if not symbols <= keep:
+                continue
+        yield n, source_id, payload
+        n += 1
+
+
+def _bar(progress: bool, total: int | None):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="structure", desc="labelling", disable=None)
+
+
+def _preset_dict(p: Preset) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return {"name": p.name, "noise": asdict(p.noise), "labels": asdict(p.labels),
+            "config_type": p.config_type, "mace": p.mace}
+
+
+def _source_record(dataset: str | None, input_path: str | None, split: str | None) -> dict[str, Any]:
+    """Name and checksum of the data the set is built from."""
+    if input_path is not None:
+        path = Path(input_path)
+        if path.is_file():
+            return {"input": str(path), "sha256": sha256_file(path)}
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            return {"input": str(path), "sha256": {p.name: sha256_file(p) for p in files}}
+        raise RMError(f"{path}: no such file or folder")
+    if dataset == "mp20-subset":
+        from rmdata.datasets import MP20_SUBSET_SHA256
+
+        return {"dataset": dataset, "split": split or "train",
+                "sha256": MP20_SUBSET_SHA256.get(split or "train")}
+    if dataset == "mp20":
+        from rmdata.datasets import download_mp20
+
+        path = download_mp20(split or "train")
+        return {"dataset": dataset, "split": split or "train", "sha256": sha256_file(path)}
+    return {"dataset": dataset}

@@ -1,0 +1,70 @@
+"""Label presets per kind of data (DESIGN §2, §3); every value can be overridden on the CLI.
+
+=========  ============  ===========  ==============  ========  =============================
+preset     step (A)      strains      repulsion rc    k         MACE r_max (A)
+=========  ============  ===========  ==============  ========  =============================
+molecule   0.10 (+-1.6)  none         0.70 A          1 eV/A^2  4.5
+crystal    0.05 (+-0.8)  -0.1..0.1/11 0.75 A          1 eV/A^2  4.0 (MP-20 reference)
+diamond    0.05 (+-0.8)  -0.1..0.1/11 0.75 A          1 eV/A^2  4.5 (diamond reference)
+=========  ============  ===========  ==============  ========  =============================
+
+Noise levels are ``[0, 1, 2, 3, 4, 6, 8, 10, 12, 16, 32]`` for all presets, so a crystal
+gives 11 strains x 11 levels = 121 frames per structure and a molecule 11 frames.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from rmdata.errors import RMError
+from rmdata.perturb import NoiseParams
+from rmdata.response import LabelParams
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Noise and label parameters plus the MACE training settings of one kind of data."""
+
+    name: str
+    noise: NoiseParams
+    labels: LabelParams
+    config_type: str
+    mace: dict = field(default_factory=dict)
+
+    def with_overrides(self, *, k=None, levels=None, step_size=None, strains=None, rc=None,
+                       copies=None, raw=None, cell_noise=None) -> Preset:
+        """A copy with the given (non-None) parameters replaced."""
+        noise = replace(self.noise, **{n: v for n, v in dict(
+            levels=tuple(levels) if levels is not None else None, step_size=step_size,
+            strains=tuple(strains) if strains is not None else None, copies=copies,
+            cell_noise=cell_noise).items() if v is not None})
+        labels = replace(self.labels, **{n: v for n, v in dict(k=k, rc=rc, raw=raw).items()
+                                         if v is not None})
+        if noise.copies < 1:
+            raise RMError(f"--copies must be >= 1, got {noise.copies}")
+        if noise.step_size < 0 or labels.k <= 0 or labels.rc < 0:
+            raise RMError("--step-size and --rc must be >= 0 and --k > 0")
+        if not noise.levels:
+            raise RMError("--levels must name at least one noise level")
+        return replace(self, noise=noise, labels=labels)
+
+
+_MACE_COMMON = dict(num_interactions=1, num_channels=32, max_L=1, forces_weight=10.0,
+                    stress_weight=100.0, max_num_epochs=50, batch_size=8, lr=0.01)
+
+PRESETS: dict[str, Preset] = {
+    "molecule": Preset("molecule", NoiseParams(step_size=0.1, strains=(), cell_noise=0.0),
+                       LabelParams(rc=0.7), "rm_molecule", {**_MACE_COMMON, "r_max": 4.5}),
+    "crystal": Preset("crystal", NoiseParams(step_size=0.05), LabelParams(rc=0.75), "rm_crystal",
+                      {**_MACE_COMMON, "r_max": 4.0}),
+    "diamond": Preset("diamond", NoiseParams(step_size=0.05), LabelParams(rc=0.75), "rm_crystal",
+                      {**_MACE_COMMON, "r_max": 4.5}),
+}
+
+
+def get_preset(name: str) -> Preset:
+    """The preset ``name`` (one-line error listing the valid names)."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise RMError(f"unknown preset {name!r}; use one of: {', '.join(PRESETS)}") from None

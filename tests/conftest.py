@@ -1,0 +1,67 @@
+"""Shared fixtures: a response-matched diamond dataset and a tiny MACE model trained on it.
+
+The model is trained once per test session with the real ``mace_run_train`` command that
+``rmdata mace-command`` prints (smaller and shorter), so tests downstream of rmdata use
+the same pipeline a user runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+#: Training settings of the session model: small, but enough to put a minimum at diamond.
+DIAMOND_MODEL_EPOCHS = int(os.environ.get("RM_TEST_EPOCHS", "12"))
+DIAMOND_MODEL_CHANNELS = 16
+
+
+def _bin(name: str) -> str:
+    """Path of a console script of this environment."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+@pytest.fixture(scope="session")
+def diamond_dataset(tmp_path_factory) -> Path:
+    """An rmdata extxyz of the diamond preset (121 frames, seed 0)."""
+    from rmdata.make import make_dataset
+
+    out = tmp_path_factory.mktemp("diamond_data") / "diamond.xyz"
+    make_dataset(out, "diamond", seed=0, workers=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def diamond_training(diamond_dataset, tmp_path_factory) -> dict:
+    """Train a tiny one-layer MACE on the diamond set; returns paths and the training log."""
+    from rmdata.mace import mace_command
+
+    workdir = tmp_path_factory.mktemp("diamond_model")
+    lines = mace_command(diamond_dataset, name="diamond", epochs=DIAMOND_MODEL_EPOCHS,
+                         channels=DIAMOND_MODEL_CHANNELS, seed=0)
+    assert len(lines) == 1, lines  # extxyz input: no conversion step
+    args = shlex.split(lines[0])
+    args[0] = _bin(args[0])
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    proc = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env=env, timeout=900)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        pytest.fail(f"mace_run_train failed (exit {proc.returncode}):\n{log[-3000:]}")
+    model = workdir / "diamond.model"
+    assert model.exists(), log[-2000:]
+    return {"model": model, "workdir": workdir, "log": log, "dataset": diamond_dataset}
+
+
+@pytest.fixture(scope="session")
+def diamond_model(diamond_training) -> Path:
+    """Path of a MACE model (``.model``) trained on the diamond response labels."""
+    return diamond_training["model"]
