@@ -46,11 +46,12 @@ MAX_HEAVY_ATOMS = 7
 SMILES_RESOURCE = "molecules_smiles.txt"
 
 QM7B_URLS = (
-    "http://quantum-machine.org/data/qm7b.mat",
     "https://deepchemdata.s3-us-west-1.amazonaws.com/datasets/qm7b.mat",
+    "http://quantum-machine.org/data/qm7b.mat",
 )
-"""Public locations of ``qm7b.mat``: the quantum-machine.org data page (primary) and the
-DeepChem dataset bucket that torch_geometric's ``QM7b`` downloads from (mirror)."""
+"""Public locations of ``qm7b.mat``, tried in order: the DeepChem dataset bucket that
+torch_geometric's ``QM7b`` downloads from (https; the copy :data:`QM7B_SHA256` was taken
+from) and the original quantum-machine.org data page (http)."""
 QM7B_SHA256 = "e2a9d670d86eba769fa7b5eadeb592184067d2ec12468b1a220bfc38502dda61"
 """SHA-256 of ``qm7b.mat`` as pinned by GeometricFlux.jl's QM7b data dependency (DeepChem
 copy). Not verified by rmdata's authors (no network where it was written); pass
@@ -86,6 +87,10 @@ def read_smiles_list(path: str | os.PathLike | None = None) -> list[str]:
     if not smiles:
         raise RMError(f"{origin}: no SMILES in the file; give one SMILES per line")
     return smiles
+
+
+class _EmbeddingError(RMError):
+    """ETKDG found no 3D embedding of a valid molecule."""
 
 
 def _rdkit_mol(smiles: str):
@@ -130,7 +135,7 @@ def molecule_from_smiles(smiles: str, seed: int = 0, max_iters: int = 2000) -> A
     if AllChem.EmbedMolecule(mol, params) != 0:
         params.useRandomCoords = True
         if AllChem.EmbedMolecule(mol, params) != 0:
-            raise RMError(f"SMILES {smiles!r}: ETKDG found no 3D embedding (seed {seed}); "
+            raise _EmbeddingError(f"SMILES {smiles!r}: ETKDG found no 3D embedding (seed {seed}); "
                           "check the structure or try another seed")
     if AllChem.MMFFHasAllMoleculeParams(mol):
         forcefield = "MMFF94"
@@ -176,9 +181,7 @@ def load_molecules(limit: int | None = None, seed: int = 0,
     for index, smiles in enumerate(smiles_list):
         try:
             atoms = molecule_from_smiles(smiles, seed=seed)
-        except RMError as exc:
-            if "cannot parse" in str(exc):
-                raise
+        except _EmbeddingError as exc:
             log.warning("molecules: skipping mol-%04d: %s", index, exc)
             continue
         atoms.info["source_id"] = f"mol-{index:04d}"

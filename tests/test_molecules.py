@@ -118,7 +118,7 @@ def test_molecules_are_deterministic(molecules):
         np.testing.assert_array_equal(a.numbers, b.numbers)
 
 
-def test_molecule_from_smiles_geometry_and_errors():
+def test_molecule_from_smiles_geometry_and_errors(tmp_path):
     water = molecule_from_smiles("O")
     assert water.get_chemical_formula() == "H2O"
     d = water.get_all_distances()
@@ -128,6 +128,14 @@ def test_molecule_from_smiles_geometry_and_errors():
         molecule_from_smiles("C1CC")
     with pytest.raises(RMError, match="limit"):
         load_molecules(limit=0)
+    (tmp_path / "bad.txt").write_text("# two molecules\nCC\nC1CC\n")
+    with pytest.raises(RMError, match="C1CC"):
+        load_molecules(path=tmp_path / "bad.txt")
+    (tmp_path / "empty.txt").write_text("# nothing\n\n")
+    with pytest.raises(RMError, match="no SMILES"):
+        load_molecules(path=tmp_path / "empty.txt")
+    ethane = load_molecules(path=tmp_path / "bad.txt", limit=1)
+    assert [a.info["smiles"] for a in ethane] == ["CC"]
 
 
 def test_compositions_from_list_match_built_molecules(molecules):
