@@ -11,7 +11,7 @@ from rmdata.cliutils import CONTEXT
 @click.argument("rundir", type=click.Path(file_okay=False, path_type=str))
 @click.option("--reference", metavar="FILE_OR_DATASET", default=None,
               help="Reference structures to match against and compute generation metrics with: "
-                   "a file (extxyz, CIF, MP-20 style CSV) or NAME:SPLIT such as mp20:val.")
+                   "a file (extxyz, CIF, MP-20 style CSV) or NAME:SPLIT of the rmdata registry such as mp20-subset:val.")
 @click.option("--top", type=click.IntRange(min=1), default=20, help="Clusters in the report table (CIFs written).")
 @click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes for dedupe and fingerprints.")
 @click.option("--frac", type=click.FloatRange(0.05, 1.5), default=0.7,

@@ -4,13 +4,13 @@ Accepted:
 
 - a CSV file in the MP-20 layout (a ``cif`` column, optional ``material_id``);
 - any file ASE can read with all frames (extxyz, CIF, POSCAR, ...);
-- ``NAME:SPLIT`` of a dataset shipped with or downloaded by ``rmdata`` (``mp20:val``).
+- ``NAME:SPLIT`` of a dataset of the ``rmdata`` registry (``mp20-subset:val`` ships with the
+  package; ``mp20:val`` downloads the full split).
 """
 
 from __future__ import annotations
 
 import csv
-import importlib
 import logging
 import os
 import warnings
@@ -47,24 +47,19 @@ def structures_from_csv(path: str | os.PathLike) -> list[tuple[str, Structure]]:
 
 
 def _dataset_split(spec: str) -> list[tuple[str, Structure]]:
+    """``NAME:SPLIT`` through the rmdata dataset registry (``mp20-subset:val`` is offline)."""
+    from rmdata.datasets import load_structures
+
     name, split = spec.split(":", 1)
-    try:
-        datasets = importlib.import_module("rmdata.datasets")
-    except ImportError:
-        datasets = None
-    for attr in ("load_structures", "load_split"):
-        fn = getattr(datasets, attr, None) if datasets else None
-        if fn is not None:
-            items = fn(name, split)
-            adaptor = AseAtomsAdaptor()
-            return [(str(getattr(a, "info", {}).get("material_id", f"{name}:{split}:{k}")),
-                     a if isinstance(a, Structure) else adaptor.get_structure(a)) for k, a in enumerate(items)]
-    data = Path(importlib.import_module("rmdata").__file__).parent / "data"
-    for cand in (data / f"{name}_subset" / f"{split}.csv", data / name / f"{split}.csv", data / f"{name}_{split}.csv"):
-        if cand.exists():
-            return structures_from_csv(cand)
-    raise RMError(f"--reference {spec}: dataset split not found; give a structure file or a split "
-                  "that 'rmdata' provides (e.g. mp20:val)")
+    adaptor = AseAtomsAdaptor()
+    out = []
+    for source_id, atoms in load_structures(dataset=name, split=split or None):
+        if not atoms.pbc.all():
+            raise RMError(f"--reference {spec}: {source_id} is not a crystal; references must be periodic")
+        out.append((str(source_id), adaptor.get_structure(atoms)))
+    if not out:
+        raise RMError(f"--reference {spec}: the split holds no structures")
+    return out
 
 
 def load_references(spec: str | os.PathLike) -> list[tuple[str, Structure]]:

@@ -1,0 +1,96 @@
+"""Deduplication: known answers for copies of one structure and for distinct polymorphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from scipy.spatial.transform import Rotation
+
+from rmsearch.analysis.dedupe import MATCHER_SETTINGS, dedupe
+from rmsearch.analysis.validity import check_validity
+
+
+def _disguise(atoms: Atoms, rng: np.random.Generator, noise: float = 0.02) -> Atoms:
+    """Same structure: translated, atoms permuted, rigidly rotated (cell too), slightly rattled."""
+    a = atoms.copy()
+    a.translate(rng.normal(size=3) * 2.0)
+    a.wrap()
+    a = a[rng.permutation(len(a))]
+    rot = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
+    a.set_cell(np.asarray(a.cell) @ rot.T, scale_atoms=False)
+    a.positions = a.positions @ rot.T
+    a.positions += rng.normal(scale=noise, size=a.positions.shape)
+    return a
+
+
+def diamond8() -> Atoms:
+    return bulk("C", "diamond", a=3.567, cubic=True)
+
+
+def lonsdaleite8() -> Atoms:
+    return bulk("CC", "wurtzite", a=2.522, c=4.12).repeat((1, 1, 2))
+
+
+def test_copies_merge_into_one_cluster():
+    rng = np.random.default_rng(3)
+    base = diamond8()
+    items = [(k, _disguise(base, rng), -7.0 + rng.normal(scale=0.003)) for k in range(12)]
+    # the disguises really changed the coordinates and the cell orientation
+    assert not np.allclose(items[0][1].positions, base.positions, atol=0.1)
+    assert not np.allclose(np.asarray(items[0][1].cell), np.asarray(base.cell), atol=0.1)
+    res = dedupe(items)
+    assert len(res.clusters) == 1
+    c = res.clusters[0]
+    assert c.hits == 12 and c.members == list(range(12))
+    assert c.representative == min(items, key=lambda it: it[2])[0]  # the lowest energy keeps the cluster
+    assert res.n_matcher_calls == 11  # each later copy matches the first cluster at once
+
+
+def test_diamond_and_lonsdaleite_stay_apart():
+    rng = np.random.default_rng(5)
+    d, lon = diamond8(), lonsdaleite8()
+    # same composition, same atom count, close volume and energy: only the matcher separates them
+    assert len(d) == len(lon)
+    assert abs(d.get_volume() - lon.get_volume()) / d.get_volume() < 0.05
+    items = [(k, _disguise(d, rng), -7.000 + 0.001 * k) for k in range(4)]
+    items += [(10 + k, _disguise(lon, rng), -6.998 + 0.001 * k) for k in range(4)]
+    res = dedupe(items)
+    assert len(res.clusters) == 2
+    assert sorted(c.members for c in res.clusters) == [[0, 1, 2, 3], [10, 11, 12, 13]]
+    assert res.n_matcher_calls < res.n_all_pairs
+
+
+def test_bins_keep_distant_energies_apart_and_result_is_deterministic():
+    rng = np.random.default_rng(7)
+    d = diamond8()
+    # identical structures but energies 0.5 eV/atom apart are never compared (different bins)
+    items = [(0, _disguise(d, rng), -7.0), (1, _disguise(d, rng), -6.5)]
+    res = dedupe(items, energy_bin=0.02)
+    assert len(res.clusters) == 2 and res.n_matcher_calls == 0
+    # input order does not matter; the parallel path gives the same clusters
+    si = bulk("Si", "diamond", a=5.43, cubic=True)
+    many = [(k, _disguise(d if k % 2 else si, rng), (-7.0 if k % 2 else -5.4) + 1e-4 * k) for k in range(10)]
+    a = dedupe(many)
+    b = dedupe(list(reversed(many)), workers=2)
+    assert [(c.formula, c.members, c.representative) for c in a.clusters] == \
+           [(c.formula, c.members, c.representative) for c in b.clusters]
+    assert [c.formula for c in a.clusters] == ["C", "Si"]  # sorted by energy per atom
+    assert a.settings["matcher"]["stol"] == MATCHER_SETTINGS["stol"] == 0.5
+    assert a.settings["matcher"]["ltol"] == 0.3 and a.settings["matcher"]["angle_tol"] == 10.0
+
+
+@pytest.mark.parametrize("bad", [True, False])
+def test_validity_close_atoms_and_exploded(bad):
+    d = diamond8()
+    assert check_validity(d).valid
+    if bad:  # one C-C pair at 0.9 A < 0.7 * 1.52 A
+        d.positions[1] = d.positions[0] + [0.9, 0.0, 0.0]
+        v = check_validity(d)
+        assert not v.valid and "0.90 A apart" in v.reason and v.min_ratio == pytest.approx(0.9 / 1.52, abs=1e-3)
+        assert check_validity(d, frac=0.5).valid  # 0.9 > 0.5 * 1.52
+    else:  # cell blown up 4x in each direction: 364 A^3/atom
+        d.set_cell(np.asarray(d.cell) * 4, scale_atoms=True)
+        v = check_validity(d)
+        assert not v.valid and "exploded" in v.reason
