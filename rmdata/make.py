@@ -160,7 +160,7 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     strict = input_path is not None
     source = _source_record(dataset, input_path, split)
     config = {"dataset": dataset, "input": str(input_path) if input_path else None, "split": split,
-              "limit": limit, "elements": sorted(keep) if keep else None, "format": fmt,
+              "limit": limit, "elements": sorted(keep) if keep else None,
               "source": source,
               "presets": {kind: _preset_dict(p) for kind, p in presets.items()}}
     summary = MakeSummary(output=output, preset=presets["crystal"].name)

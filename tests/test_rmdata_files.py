@@ -1,0 +1,190 @@
+"""rmdata files: writers/readers, determinism, provenance, CLI and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.io import write
+from click.testing import CliRunner
+
+import rmdata
+from rmdata.cli import main
+from rmdata.io import read_provenance
+from rmdata.make import make_dataset
+
+
+def run_cli(*args, cwd=None):
+    runner = CliRunner()
+    return runner.invoke(main, list(args), catch_exceptions=False)
+
+
+@pytest.mark.parametrize("suffix", [".xyz", ".h5"])
+def test_same_seed_same_bytes(tmp_path, suffix):
+    a, b, c = (tmp_path / f"{n}{suffix}" for n in "abc")
+    make_dataset(a, "mp20-subset", split="val", limit=6, seed=3, workers=1)
+    make_dataset(b, "mp20-subset", split="val", limit=6, seed=3, workers=2)  # workers do not matter
+    make_dataset(c, "mp20-subset", split="val", limit=6, seed=4, workers=1)
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes() != c.read_bytes()
+
+
+def test_extxyz_and_hdf5_hold_the_same_frames(tmp_path):
+    xyz, h5 = tmp_path / "d.xyz", tmp_path / "d.h5"
+    make_dataset(xyz, "mp20-subset", split="val", limit=3, seed=1)
+    make_dataset(h5, "mp20-subset", split="val", limit=3, seed=1)
+    fa, fb = rmdata.read(xyz), rmdata.read(h5)
+    assert len(fa) == len(fb) == 3 * 121
+    for x, y in zip(fa, fb):
+        assert x.get_chemical_formula() == y.get_chemical_formula()
+        np.testing.assert_allclose(x.positions, y.positions, atol=1e-7)  # extxyz keeps 8 decimals
+        np.testing.assert_allclose(x.arrays["REF_forces"], y.arrays["REF_forces"], atol=1e-7)
+        np.testing.assert_allclose(x.info["REF_stress"], y.info["REF_stress"], atol=1e-12)
+        assert x.info["source_id"] == y.info["source_id"]
+        assert x.info["noise_level"] == y.info["noise_level"]
+        assert x.calc is None and "forces" not in x.arrays and "stress" not in x.info
+    prov = read_provenance(h5)
+    assert prov == read_provenance(xyz)
+    assert prov["seed"] == 1 and prov["version"] == rmdata.__version__
+    assert prov["config"]["source"]["sha256"].startswith("aa1908f4")
+
+
+def test_convert_roundtrip(tmp_path):
+    src, h5, back = tmp_path / "d.xyz", tmp_path / "d.h5", tmp_path / "back.xyz"
+    make_dataset(src, "diamond", seed=0)
+    assert run_cli("convert", str(src), str(h5)).exit_code == 0
+    assert run_cli("convert", str(h5), str(back)).exit_code == 0
+    a, b = rmdata.read(src), rmdata.read(back)
+    np.testing.assert_allclose([x.arrays["REF_forces"] for x in a], [x.arrays["REF_forces"] for x in b])
+
+
+def test_cli_make_info_and_mace_command(tmp_path):
+    out = tmp_path / "mp20.h5"
+    res = run_cli("make", "--dataset", "mp20-subset", "--k", "1.0", "--limit", "4", "-o", str(out), "-j", "1")
+    assert res.exit_code == 0, res.output
+    assert "484 frames from 4 structures" in res.output
+    info = run_cli("info", str(out))
+    assert "frames:      484" in info.output and "provenance" in info.output
+    cmd = run_cli("mace-command", str(out)).output.strip().splitlines()
+    assert cmd[0].startswith("rmdata convert") and cmd[1].startswith("mace_run_train")
+    for flag in ("--forces_key=REF_forces", "--stress_key=REF_stress", "--energy_weight=0",
+                 "--num_interactions=1", "--r_max=4.0", "--loss=stress"):
+        assert flag in cmd[1]
+    assert run_cli("datasets").output.count("\n") >= 7
+
+
+def test_molecule_input_file(tmp_path):
+    mols = [molecule("H2O"), molecule("CH4")]
+    src = tmp_path / "mols.xyz"
+    write(src, mols)
+    out = tmp_path / "m.xyz"
+    make_dataset(out, input_path=src, seed=0)
+    frames = rmdata.read(out)
+    assert len(frames) == 2 * 11
+    assert all("REF_stress" not in f.info and not f.pbc.any() for f in frames)
+    assert {f.info["config_type"] for f in frames} == {"rm_molecule"}
+
+
+def test_elements_filter(tmp_path):
+    out = tmp_path / "o.h5"
+    summary = make_dataset(out, "mp20-subset", split="val", elements=["O", "Li", "Mg", "Si", "Ca"], seed=0)
+    assert summary.n_structures > 0
+    assert set(summary.elements) <= {"O", "Li", "Mg", "Si", "Ca"}
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def _bad(tmp_path, *args):
+    out = tmp_path / "out.xyz"
+    res = CliRunner().invoke(main, ["make", *args, "-o", str(out), "-j", "1"])
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    assert "Traceback" not in res.output
+    assert not out.exists() and not list(tmp_path.glob(".out.xyz*"))  # no partial output
+    return lines[0]
+
+
+def test_error_missing_file(tmp_path):
+    msg = _bad(tmp_path, "--input", str(tmp_path / "nope.cif"))
+    assert "nope.cif" in msg and "no such file" in msg
+
+
+def test_error_unreadable_cif(tmp_path):
+    bad = tmp_path / "broken.cif"
+    bad.write_text("data_x\n_cell_length_a 3.0\nloop_\n_atom_site_label\n??? garbage\n")
+    msg = _bad(tmp_path, "--input", str(bad))
+    assert "broken.cif" in msg
+
+
+def test_error_unknown_element(tmp_path):
+    src = tmp_path / "x.xyz"
+    src.write_text("2\n\nXx 0 0 0\nC 1.5 0 0\n")
+    msg = _bad(tmp_path, "--input", str(src))
+    assert "x.xyz" in msg
+
+
+def test_error_overlapping_atoms(tmp_path):
+    atoms = bulk("C", "diamond", a=3.567, cubic=True)
+    atoms.positions[1] = atoms.positions[0] + 0.01
+    src = tmp_path / "overlap.cif"
+    write(src, atoms)
+    msg = _bad(tmp_path, "--input", str(src))
+    assert "overlap" in msg and "apart" in msg
+
+
+def test_error_stress_for_molecule(tmp_path):
+    src = tmp_path / "water.xyz"
+    write(src, molecule("H2O"))
+    msg = _bad(tmp_path, "--input", str(src), "--strains", "-0.05,0,0.05")
+    assert "water" in msg and "periodic" in msg
+
+
+def test_error_unknown_dataset_and_split(tmp_path):
+    assert "unknown dataset" in _bad(tmp_path, "--dataset", "mp21")
+    assert "no split" in _bad(tmp_path, "--dataset", "mp20-subset", "--split", "test")
+
+
+def test_bad_mp20_row_is_reported_and_skipped(tmp_path):
+    from rmdata.datasets import iter_mp20_csv
+    import csv
+    import io
+
+    good = bulk("Si", "diamond", a=5.43)
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pymatgen.io.cif import CifWriter
+
+    cif = str(CifWriter(AseAtomsAdaptor.get_structure(good)))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["", "material_id", "cif"])
+    w.writerow([0, "mp-good", cif])
+    w.writerow([1, "mp-bad", "data_x\nnot a cif"])
+    bad: list[str] = []
+    rows = list(iter_mp20_csv(io.StringIO(buf.getvalue()), "test.csv", bad))
+    assert [r[0] for r in rows] == ["mp-good"]
+    assert len(bad) == 1 and "mp-bad" in bad[0]
+
+
+def test_hdf5_reader_rejects_wrong_layout(tmp_path):
+    import h5py
+
+    path = tmp_path / "wrong.h5"
+    with h5py.File(path, "w") as h5:
+        h5.attrs["format"] = "rmdata"
+        h5["numbers"] = np.array([6, 6])
+    with pytest.raises(rmdata.RMError, match="wrong.h5: missing dataset"):
+        rmdata.read(path)
+
+
+def test_provenance_is_json_everywhere(tmp_path):
+    out = tmp_path / "d.xyz"
+    make_dataset(out, "diamond", seed=9, k=2.0)
+    prov = read_provenance(out)
+    json.dumps(prov)
+    assert prov["config"]["presets"]["crystal"]["labels"]["k"] == 2.0
+    assert len(prov["config_hash"]) == 16
