@@ -1,0 +1,113 @@
+"""``rmsearch launch``, ``rmsearch status`` and ``rmsearch run-shard``: parse, then call
+:mod:`rmsearch.runner`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from rmdata.cliutils import CONTEXT
+from rmsearch.runner import default_workers, launch, rundir_status, run_shard
+from rmsearch.starts import parse_range
+
+
+def _status_line(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items()) or "none"
+
+
+def _print_total(status: dict) -> None:
+    click.echo(f"run directory {status['rundir']}: {status['done']}/{status['nruns']} done, "
+               f"{status['remaining']} remaining; converged {status['converged']}, "
+               f"not converged {status['not_converged']}, failed {status['failed']}")
+    click.echo(f"status counts: {_status_line(status['status_counts'])}")
+    if status["best_energy_per_atom"] is not None:
+        click.echo(f"best: {status['best_energy_per_atom']:.6f} eV/atom "
+                   f"(run {status['best_run_id']}, {status['best_formula']})")
+    if status.get("running"):
+        click.echo(f"running: {status['running']}")
+    for problem in status.get("problems", []):
+        click.echo(f"problem: {problem}")
+
+
+@click.command("launch", context_settings=CONTEXT)
+@click.option("-o", "--output", "rundir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory (created; an existing one is resumed: only missing run ids run).")
+@click.option("--potential", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Potential directory from 'rmsearch export' (required for a new run directory).")
+@click.option("--nruns", type=click.IntRange(min=1),
+              help="Number of runs, ids 0..nruns-1 (required for a new run directory; may grow on resume).")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help=f"Worker processes, one thread each [default: CPU cores available = {default_workers()}].")
+@click.option("--seed", type=click.IntRange(min=0), help="Search seed; run r starts from rng([seed, r]) [default: 0].")
+@click.option("--system", help="Elements of the search, e.g. Li-S: any Li_a S_b with an atom count in --natoms.")
+@click.option("--composition", help="One formula unit, e.g. Li2S: whole formula units fitting --natoms.")
+@click.option("--molecule", help="Exact molecule, e.g. C4H6O: random atoms in a 10x5x5 A box, no periodicity.")
+@click.option("--natoms", help="Atoms per cell, a number or a range [default: 2-12].")
+@click.option("--spacegroup", "--spacegroups", "spacegroup",
+              help="Space-group start: a number 1-230 or 'random' (pyxtal Wyckoff placement) [default: none].")
+@click.option("--volume-factor", help="Range of the random factor on the per-element volumes (A^3/atom) "
+                                      "[default: 0.8-1.2].")
+@click.option("--minsep-factor", type=click.FloatRange(min=0),
+              help="Minimum separation of a start as a fraction of the covalent radii sum (at least 0.7 A) "
+                   "[default: 0.7].")
+@click.option("--fmax", type=click.FloatRange(min=0, min_open=True),
+              help="Force tolerance, max |F| in eV/A [default: 0.01].")
+@click.option("--smax", "smax_gpa", type=click.FloatRange(min=0, min_open=True),
+              help="Stress tolerance, max |sigma_ij| in GPa [default: 0.1].")
+@click.option("--max-steps", type=click.IntRange(min=1),
+              help="Force calls per relaxation before it counts as not_converged [default: 2000].")
+@click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers: int | None,
+               seed: int | None, system: str | None, composition: str | None, molecule: str | None,
+               natoms: str | None, spacegroup: str | None, volume_factor: str | None,
+               minsep_factor: float | None, fmax: float | None, smax_gpa: float | None,
+               max_steps: int | None, progress: bool, as_json: bool) -> None:
+    """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
+
+    Options left out on a resume keep the values stored in RUNDIR/config.json; options that
+    change results (seed, starts, tolerances, potential contents) must match them.
+    """
+    summary = launch(rundir, potential=potential, nruns=nruns, workers=workers, progress=progress,
+                     seed=seed, system=system, composition=composition, molecule=molecule,
+                     natoms=natoms, spacegroup=spacegroup,
+                     volume_factor=parse_range(volume_factor, "--volume-factor") if volume_factor else None,
+                     minsep_factor=minsep_factor, fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    rate = f" ({summary['runs_per_s']} runs/s)" if summary["runs"] else ""
+    click.echo(f"this launch: {summary['runs']} runs in {summary['wall_s']:.1f} s{rate}; "
+               f"{_status_line(summary['status_counts'])}")
+    _print_total(summary["total"])
+
+
+@click.command("status", context_settings=CONTEXT)
+@click.argument("rundir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_cmd(rundir: Path, as_json: bool) -> None:
+    """Show done / failed / remaining runs of RUNDIR, counts per status and the best energy."""
+    status = rundir_status(rundir)
+    if as_json:
+        click.echo(json.dumps(status, indent=2))
+    else:
+        _print_total(status)
+
+
+@click.command("run-shard", context_settings=CONTEXT)
+@click.argument("rundir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--task", type=click.IntRange(min=0), required=True,
+              help="This task's index i: runs the ids r with r % ntasks == i.")
+@click.option("--ntasks", type=click.IntRange(min=1), required=True, help="Number of tasks N.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def run_shard_cmd(rundir: Path, task: int, ntasks: int, as_json: bool) -> None:
+    """Run, in this one process, the missing run ids of shard TASK of NTASKS into
+    RUNDIR/shards/task-<TASK>.jsonl (what a SLURM array task runs)."""
+    summary = run_shard(rundir, task, ntasks)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        click.echo(f"task {task}/{ntasks}: {summary['runs']} runs in {summary['wall_s']:.1f} s; "
+                   f"{_status_line(summary['status_counts'])}")

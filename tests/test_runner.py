@@ -1,0 +1,286 @@
+"""Runner: SIGKILL and resume, worker death, lock, config checks, run-shard, status, errors.
+
+Most tests use a LAMMPS-native Lennard-Jones potential directory (``callback: null``, the
+same code path as any native backend) so that a relaxation takes ~0.2 s; one test runs
+``launch`` with the session's MACE model exported by ``rmsearch export``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rmdata.errors import RMError
+from rmsearch.records import read_records
+from rmsearch.runner import (build_config, init_rundir, launch, rundir_lock, rundir_status,
+                             run_shard)
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="module")
+def ljpot(tmp_path_factory) -> Path:
+    """A potential directory with LAMMPS' lj/cut for Li and S (eps 0.05 eV, sigma 2.2 A)."""
+    d = tmp_path_factory.mktemp("ljpot")
+    meta = {"backend": "lj", "elements": ["Li", "S"], "cutoff": 5.0, "pair_style": "lj/cut 5.0",
+            "pair_coeff": ["* * 0.05 2.2"], "callback": None, "volumes": {"Li": 14.0, "S": 14.0}}
+    (d / "potential.json").write_text(json.dumps(meta))
+    return d
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-c", "from rmsearch.cli import main; main()", *args]
+
+
+def _raw_lines(rundir: Path) -> list[dict]:
+    """Every line of every shard parsed as JSON; fails on a truncated or broken line."""
+    out = []
+    for shard in sorted((rundir / "shards").glob("*.jsonl")):
+        data = shard.read_bytes()
+        assert not data or data.endswith(b"\n"), f"{shard} ends with a truncated record"
+        out += [json.loads(line) for line in data.decode().splitlines() if line.strip()]
+    return out
+
+
+def _n_records(rundir: Path) -> int:
+    shard_dir = rundir / "shards"
+    if not shard_dir.is_dir():
+        return 0
+    return sum(p.read_bytes().count(b"\n") for p in shard_dir.glob("*.jsonl"))
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"spawn_main" in cmd
+
+
+def _wait_for_records(rundir: Path, proc: subprocess.Popen, n: int, timeout: float = 120) -> None:
+    t0 = time.time()
+    while _n_records(rundir) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, "no records appeared"
+        time.sleep(0.05)
+
+
+def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(ljpot, tmp_path):
+    rng = np.random.default_rng(4)
+    rundir = tmp_path / "run"
+    nruns = 30
+    args = _cli("launch", "--system", "Li-S", "--natoms", "2-8", "--nruns", str(nruns), "--potential",
+                str(ljpot), "--workers", "2", "--seed", "3", "--no-progress", "-o", str(rundir))
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for_records(rundir, proc, int(rng.integers(3, 8)))
+        time.sleep(float(rng.uniform(0.0, 0.5)))
+        workers = [p for p in _children(proc.pid) if _is_worker(p)]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.time() + 10  # the workers die with their parent (PR_SET_PDEATHSIG)
+    while any(Path(f"/proc/{p}").exists() and _is_worker(p) for p in workers):
+        assert time.time() < deadline, "orphan workers survived the killed launch"
+        time.sleep(0.05)
+    before = {r["run_id"]: r for r in _raw_lines(rundir)}
+    assert 0 < len(before) < nruns
+    # a crash in the middle of a write leaves a cut line: it must be dropped and redone
+    with open(rundir / "shards" / "local-0.jsonl", "ab") as fh:
+        fh.write(b'{"run_id": 39, "seed": 3, "status": "conv')
+    status = rundir_status(rundir)
+    assert status["done"] == len(before) and status["remaining"] == nruns - len(before)
+    assert status["running"] is None and status["problems"]
+
+    out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress", "--json"), env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    assert summary["runs"] == nruns - len(before)  # only the missing ids ran
+    lines = _raw_lines(rundir)
+    ids = [r["run_id"] for r in lines]
+    assert len(ids) == nruns and sorted(ids) == list(range(nruns))  # exactly once each
+    after = {r["run_id"]: r for r in lines}
+    for rid, rec in before.items():  # finished runs were kept, not redone
+        assert after[rid] == rec
+    # the same start gives the same relaxation: a rerun from scratch would reproduce records
+    assert summary["total"]["done"] == nruns and summary["total"]["remaining"] == 0
+    assert summary["total"]["status_counts"].get("converged", 0) >= nruns - 2
+
+    # resume again: nothing to do; more runs: only the new ids
+    again = launch(rundir, progress=False)
+    assert again["runs"] == 0
+    more = launch(rundir, nruns=nruns + 3, workers=1, progress=False)
+    assert more["runs"] == 3
+    assert sorted(r["run_id"] for r in _raw_lines(rundir)) == list(range(nruns + 3))
+
+
+def test_dead_worker_is_replaced_and_its_run_redone(ljpot, tmp_path):
+    rundir = tmp_path / "run"
+    nruns = 16
+    proc = subprocess.Popen(_cli("launch", "--composition", "LiS", "--natoms", "2-6", "--nruns",
+                                 str(nruns), "--potential", str(ljpot), "--workers", "2",
+                                 "--no-progress", "-o", str(rundir)),
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_records(rundir, proc, 3)
+        victim = [p for p in _children(proc.pid) if _is_worker(p)][0]
+        os.kill(victim, signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert "died" in err  # the parent says so
+    ids = sorted(r["run_id"] for r in _raw_lines(rundir))
+    assert ids == list(range(nruns))
+    assert f"{nruns}/{nruns} done" in out
+
+
+def test_lock_refuses_a_second_launch_naming_the_pid(ljpot, tmp_path):
+    rundir = tmp_path / "run"
+    config = build_config(potential=ljpot, nruns=4, system="Li-S", natoms="2-4")
+    init_rundir(rundir, config)
+    with rundir_lock(rundir):
+        out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress"), env=ENV,
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 2
+        err = out.stderr.strip()
+        assert err.startswith("error: ") and "\n" not in err
+        assert f"pid {os.getpid()}" in err
+        assert rundir_status(rundir)["running"].startswith(f"another launch (pid {os.getpid()}")
+        with pytest.raises(RMError, match=f"pid {os.getpid()}"):
+            run_shard(rundir, 0, 2)  # a SLURM task cannot run beside a local launch
+    assert rundir_status(rundir)["running"] is None
+    assert _n_records(rundir) == 0
+
+
+def test_resume_refuses_a_different_search(ljpot, tmp_path):
+    rundir = tmp_path / "run"
+    init_rundir(rundir, build_config(potential=ljpot, nruns=4, seed=1, system="Li-S"))
+    with pytest.raises(RMError, match="'seed'"):
+        launch(rundir, seed=2, progress=False)
+    with pytest.raises(RMError, match="'start'"):
+        launch(rundir, composition="Li2S", progress=False)
+    with pytest.raises(RMError, match="'relax'"):
+        launch(rundir, fmax=0.05, progress=False)
+    changed = tmp_path / "pot2"
+    changed.mkdir()
+    meta = json.loads((ljpot / "potential.json").read_text())
+    meta["pair_coeff"] = ["* * 0.06 2.2"]
+    (changed / "potential.json").write_text(json.dumps(meta))
+    with pytest.raises(RMError, match="'potential_sha256'"):
+        launch(rundir, potential=changed, progress=False)
+    assert _n_records(rundir) == 0
+
+
+def test_run_shard_partition_status_and_errors(ljpot, tmp_path, monkeypatch):
+    """run_shard runs its ids only; a relaxer that raises gives 'error: ...' and the rest go on."""
+    from rmsearch.relax import Relaxer
+
+    rundir = tmp_path / "run"
+    init_rundir(rundir, build_config(potential=ljpot, nruns=12, seed=5, system="Li-S", natoms="2-6"))
+    real_relax = Relaxer.relax
+    calls = Counter()
+
+    def flaky(self, atoms):
+        calls["n"] += 1
+        if calls["n"] % 3 == 2:
+            raise RuntimeError("injected failure")
+        return real_relax(self, atoms)
+
+    monkeypatch.setattr(Relaxer, "relax", flaky)
+    s0 = run_shard(rundir, 0, 3)
+    assert s0["runs"] == 4
+    recs = read_records(rundir / "shards")
+    assert [r.run_id for r in recs] == [0, 3, 6, 9]
+    assert (rundir / "shards" / "task-0.jsonl").exists()
+    errors = [r for r in recs if r.status.startswith("error")]
+    assert [r.run_id for r in errors] == [3]
+    assert errors[0].status == "error: RuntimeError: injected failure"
+    assert len(errors[0].numbers) == len(errors[0].positions) > 0  # the start is kept
+    assert all(r.status == "converged" for r in recs if r not in errors)
+    monkeypatch.setattr(Relaxer, "relax", real_relax)
+    assert run_shard(rundir, 0, 3)["runs"] == 0  # nothing run twice
+    run_shard(rundir, 2, 3)
+    st = rundir_status(rundir)
+    assert st["done"] == 8 and st["remaining"] == 4 and st["failed"] == 1
+    assert st["status_counts"] == {"converged": 7, "error": 1}
+    assert st["converged"] == 7
+    best = min(r.energy_per_atom for r in read_records(rundir / "shards") if r.status == "converged")
+    assert st["best_energy_per_atom"] == pytest.approx(best)
+    # the CLI prints the same numbers
+    out = subprocess.run(_cli("status", str(rundir), "--json"), env=ENV, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and json.loads(out.stdout)["done"] == 8
+
+
+def test_records_carry_results_and_start_information(ljpot, tmp_path):
+    rundir = tmp_path / "run"
+    init_rundir(rundir, build_config(potential=ljpot, nruns=3, seed=2, composition="Li2S",
+                                     natoms="3-6", spacegroup="random", fmax=0.02))
+    run_shard(rundir, 0, 1)
+    from ase.units import GPa
+
+    from rmsearch.starts import StartSpec, make_start
+
+    config = json.loads((rundir / "config.json").read_text())
+    spec = StartSpec.from_dict(config["start"])
+    for rec in read_records(rundir / "shards"):
+        start = make_start(spec, rec.run_id, 2)
+        assert rec.seed == 2 and rec.formula == start.get_chemical_formula()
+        assert rec.spacegroup_start == start.info["spacegroup_start"]
+        assert rec.extra["start_kind"] == start.info["start_kind"]
+        assert rec.status == "converged" and rec.fmax < 0.02
+        assert abs(rec.pressure_gpa) < 0.1 + 1e-9
+        assert rec.pressure_gpa == pytest.approx(-np.mean(rec.stress[:3]) / GPa)
+        atoms = rec.to_atoms()
+        assert rec.volume_per_atom == pytest.approx(atoms.get_volume() / len(atoms))
+        assert rec.energy_per_atom == pytest.approx(rec.energy / len(atoms))
+        assert rec.n_force_calls >= rec.n_steps > 0 and rec.wall_s > 0
+
+
+def test_bad_input_is_one_line_error(ljpot, tmp_path):
+    out = subprocess.run(_cli("launch", "--system", "Li-Fe", "--nruns", "3", "--potential", str(ljpot),
+                              "-o", str(tmp_path / "r")), env=ENV, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
+    assert "Fe" in out.stderr
+    with pytest.raises(RMError, match="--potential and --nruns are required"):
+        launch(tmp_path / "new", progress=False)
+    with pytest.raises(RMError, match="not a run directory"):
+        rundir_status(tmp_path)
+
+
+def test_launch_with_exported_mace_model(diamond_model, tmp_path):
+    """The real pipeline: export the session's MACE model, launch 4 carbon runs on 2 workers."""
+    from rmsearch.potentials import export_potential
+
+    pot = export_potential(diamond_model, tmp_path / "pot")
+    summary = launch(tmp_path / "run", potential=pot.directory, nruns=4, workers=2,
+                     composition="C", natoms="8", max_steps=300, progress=False)
+    assert summary["runs"] == 4 and summary["total"]["done"] == 4
+    recs = read_records(tmp_path / "run" / "shards")
+    assert {r.run_id for r in recs} == {0, 1, 2, 3}
+    assert all(r.status in ("converged", "not_converged") for r in recs)
+    for r in recs:
+        assert np.isfinite(r.energy_per_atom) and r.n_force_calls <= 300
+        assert r.extra["model_time_s"] > 0
