@@ -664,6 +664,42 @@ def _submit_locked(rundir: Path, options: SlurmOptions, dry_run: bool) -> str | 
     return job_id
 
 
+def prepare_search(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = None,
+                   nruns: int | None = None, **options: Any) -> dict[str, Any]:
+    """Create or update ``RUNDIR/config.json`` as ``rmsearch launch`` does, without running.
+
+    ``options`` are those of :func:`rmsearch.runner.build_config` (``None`` = not given).
+    An existing run directory given no options is left as it is (a plain resubmission,
+    allowed while array tasks run); given options are merged with the stored ones and
+    must agree on everything that changes results (``nruns`` may grow), under the run
+    directory's exclusive lock.
+    """
+    from rmsearch import runner
+
+    rundir = Path(rundir)
+    options = {k: v for k, v in options.items() if v is not None}
+    exists = (rundir / "config.json").exists()
+    if exists and potential is None and nruns is None and not options:
+        return runner.read_config(rundir)
+    if exists:
+        old = runner.read_config(rundir)
+        merged = runner._options_from_config(old)  # noqa: SLF001 - the merge rule of runner.launch
+        if any(k in options for k in ("system", "composition", "molecule")):
+            for k in ("system", "composition", "molecule"):
+                merged.pop(k)
+        merged["relax"].update({k: options.pop(k) for k in ("fmax", "smax_gpa", "max_steps") if k in options})
+        merged.update(options)
+        config = runner.build_config(potential=potential or old["potential"], nruns=nruns or old["nruns"],
+                                     **merged)
+    else:
+        if potential is None or nruns is None:
+            raise RMError(f"{rundir}: new run directory; --potential and --nruns are required")
+        config = runner.build_config(potential=potential, nruns=nruns, **options)
+    rundir.mkdir(parents=True, exist_ok=True)
+    with runner.rundir_lock(rundir):
+        return runner.init_rundir(rundir, config)
+
+
 def cancel_slurm(rundir: str | os.PathLike, tasks: list[int] | None = None) -> list[str]:
     """``scancel`` the active tasks of this run directory (all, or only ``tasks``); return what was cancelled."""
     rundir = Path(rundir)

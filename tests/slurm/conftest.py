@@ -13,6 +13,7 @@ Where SLURM cannot be installed or started the dependent tests fail with the rea
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -234,3 +235,19 @@ def slurm_cluster(tmp_path_factory):
         else:
             os.environ["SLURM_CONF"] = old
         cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def lis_potential(tmp_path_factory) -> Path:
+    """A Li-S potential directory with a LAMMPS-native pair style (no model file).
+
+    One Lennard-Jones parameter set for all pairs (eps 0.1 eV, sigma 2.6 A, cutoff 5 A):
+    ``lammps_inputs/pair.in`` repeats its placeholders in a comment, so a multi-line
+    ``pair_coeff`` list would leak commands out of that comment.
+    """
+    pot = tmp_path_factory.mktemp("lis_lj")
+    (pot / "potential.json").write_text(json.dumps({
+        "backend": "lammps-native", "elements": ["Li", "S"], "cutoff": 5.0,
+        "pair_style": "lj/cut 5.0", "pair_coeff": ["* * 0.1 2.6"], "callback": None,
+        "volumes": {"Li": 18.0, "S": 25.0}}))
+    return pot

@@ -155,3 +155,21 @@ def test_dry_run_writes_script_accepted_by_sbatch_test_only(slurm_cluster, rundi
         slurm.sbatch_test_only(script, ["--partition=nosuchpartition"])
     res = CliRunner().invoke(main, ["slurm", "check", str(rundir)])
     assert res.exit_code == 0 and "to start at" in res.output
+
+
+def test_prepare_search_then_dry_run_submit(lis_potential, tmp_path):
+    """What 'launch --scheduler slurm --dry-run' does: a run directory, a script, no job."""
+    rd = tmp_path / "search"
+    with pytest.raises(RMError, match="--potential and --nruns are required"):
+        slurm.prepare_search(rd, potential=lis_potential)
+    config = slurm.prepare_search(rd, potential=lis_potential, nruns=30, system="Li-S", natoms="2-4",
+                                  seed=3, fmax=0.2, max_steps=None)
+    assert config["nruns"] == 30 and config["relax"]["fmax"] == 0.2
+    stored = (rd / "config.json").read_bytes()
+    assert slurm.prepare_search(rd)["nruns"] == 30 and (rd / "config.json").read_bytes() == stored
+    assert slurm.prepare_search(rd, nruns=40)["nruns"] == 40  # a search may grow
+    with pytest.raises(RMError, match="'seed'"):
+        slurm.prepare_search(rd, seed=4)  # but not change what its runs are
+    assert slurm.submit_slurm(rd, slurm.SlurmOptions(), dry_run=True) is None
+    assert "--array=0-0" in (rd / "slurm" / "job.sh").read_text()  # 40 runs: one task by default
+    assert json.loads((rd / "config.json").read_text())["nruns"] == 40

@@ -1,10 +1,8 @@
 """A Li-S search of 200 runs as a 4-task job array through a real SLURM: submit, scancel,
 resume; every run id ends up recorded exactly once.
 
-The potential is a LAMMPS-native Lennard-Jones pair style (cheap; the test is about
-orchestration, the physics of the engine is tested elsewhere). One LJ parameter set for
-all pairs: the engine's pair template takes multi-line ``pair_coeff`` lists only once the
-template fix is in.
+The potential (``lis_potential`` in conftest.py) is a LAMMPS-native Lennard-Jones pair
+style: cheap, as the test is about orchestration; the engine's physics is tested elsewhere.
 """
 
 from __future__ import annotations
@@ -15,7 +13,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
 
 from rmsearch import slurm
@@ -26,17 +23,6 @@ from rmsearch.runner import build_config, init_rundir
 NRUNS = 200
 NTASKS = 4
 FMAX = 0.1  # eV/A
-
-
-@pytest.fixture(scope="module")
-def lis_potential(tmp_path_factory) -> Path:
-    """A Li-S potential directory with a LAMMPS-native pair style (no model file)."""
-    pot = tmp_path_factory.mktemp("lis_lj")
-    (pot / "potential.json").write_text(json.dumps({
-        "backend": "lammps-native", "elements": ["Li", "S"], "cutoff": 5.0,
-        "pair_style": "lj/cut 5.0", "pair_coeff": ["* * 0.1 2.6"], "callback": None,
-        "volumes": {"Li": 18.0, "S": 25.0}}))
-    return pot
 
 
 def _shard_ids(rundir: Path) -> dict[str, list[int]]:
