@@ -34,9 +34,10 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import numpy as np
-import spglib
 from pymatgen.core import Composition, Structure
 from scipy.spatial.distance import cdist
+
+from rmsearch.analysis.score import symmetry_dataset
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def _crystalnn_fingerprint(struct: Structure) -> np.ndarray:
 
     fp = CrystalNNFingerprint.from_preset("ops")
     cell = (struct.lattice.matrix, struct.frac_coords, [s.specie.Z for s in struct])
-    data = spglib.get_symmetry_dataset(cell, symprec=1e-3)
+    data = symmetry_dataset(cell, 1e-3)
     equiv = np.asarray(data.equivalent_atoms) if data is not None else np.arange(len(struct))
     unique, counts = np.unique(equiv, return_counts=True)
     with warnings.catch_warnings():

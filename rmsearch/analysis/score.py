@@ -8,6 +8,7 @@ compressed), A^3/atom.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,10 +27,20 @@ def spacegroup(atoms: Atoms, symprec: float) -> tuple[int, str]:
     if not atoms.pbc.all():
         return 0, ""
     cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers)
-    data = spglib.get_symmetry_dataset(cell, symprec=symprec)
+    data = symmetry_dataset(cell, symprec)
     if data is None:
         return 0, ""
     return int(data.number), str(data.international)
+
+
+def symmetry_dataset(cell: tuple, symprec: float):
+    """spglib's symmetry dataset of (lattice, fractional positions, numbers), or None."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # spglib's OLD_ERROR_HANDLING notice
+        try:
+            return spglib.get_symmetry_dataset(cell, symprec=symprec)
+        except spglib.SpglibError:
+            return None
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Build a small but real run directory for the analysis tests.
 
 Cu-Au structures relaxed with ASE's EMT calculator (FIRE + FrechetCellFilter): fcc Cu and
-Au, L1_0 CuAu, L1_2 Cu3Au and CuAu3, each from several rattled and strained starts, plus
-random starts. Energies, pressures and volumes are the real EMT values of the relaxed
+Au, L1_0 CuAu, L1_2 Cu3Au and CuAu3, each relaxed once from a rattled, strained start and
+recorded ``copies`` times (translated, atoms permuted: independent hits of one minimum), plus
+random Cu2Au2 starts. Energies, pressures and volumes are the real EMT values of the relaxed
 structures. Optionally appends the damage the analysis must survive: an invalid structure
 (two atoms 0.4 A apart) marked converged, non-converged runs, a record with NaN energy, a
 garbage line and a truncated last line.
@@ -69,14 +70,16 @@ def make_rundir(path: str | Path, seed: int = 0, copies: int = 3, n_random: int 
     recs: list[RunRecord] = []
     run_id = 0
     for name, proto in prototypes().items():
-        for _ in range(copies):
-            a = proto.copy()
-            a.set_cell(a.cell * (1 + rng.uniform(-0.03, 0.03, (3, 3)) * np.eye(3)), scale_atoms=True)
-            a.rattle(0.03, seed=int(rng.integers(1 << 30)))
-            a = a[rng.permutation(len(a))]
-            a.translate(rng.normal(size=3))
-            a.wrap()
-            recs.append(record(run_id, *relax(a)))
+        a = proto.copy()
+        a.set_cell(a.cell * (1 + rng.uniform(-0.03, 0.03, (3, 3)) * np.eye(3)), scale_atoms=True)
+        a.rattle(0.03, seed=int(rng.integers(1 << 30)))
+        relaxed, ok, nsteps = relax(a)
+        for _ in range(copies):  # independent hits of the same minimum: translated, permuted copies
+            c = relaxed[rng.permutation(len(relaxed))]
+            c.translate(rng.normal(size=3))
+            c.wrap()
+            c.calc = EMT()
+            recs.append(record(run_id, c, ok, nsteps))
             run_id += 1
     for _ in range(n_random):  # random CuAu starts: other minima
         a = Atoms("Cu2Au2", cell=np.eye(3) * 3.9 + rng.uniform(-0.3, 0.3, (3, 3)), pbc=True)
