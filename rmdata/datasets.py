@@ -117,14 +117,105 @@ def iter_mp20_csv(text_stream, origin: str, bad: list[str], lazy: bool = False
             bad.append(f"{origin}: {exc}")
 
 
-def _mp20_subset(split: str | None, bad: list[str], lazy: bool = False, **_) -> Iterator[tuple[str, Atoms]]:
+def _parse_rows(rows: list[tuple[str, str]], workers: int) -> list[tuple[str, Atoms | str]]:
+    """Parse CIF rows, in parallel when ``workers > 1``; failures come back as messages."""
+    if workers > 1 and len(rows) > 64:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers) as pool:
+            return pool.map(_parse_or_message, rows, chunksize=64)
+    return [_parse_or_message(row) for row in rows]
+
+
+def _parse_or_message(row: tuple[str, str]) -> tuple[str, Atoms | str]:
+    try:
+        return row[0], parse_cif_row(*row)
+    except RMError as exc:
+        return row[0], str(exc)
+
+
+def mp20_structures(stream, origin: str, key: str, bad: list[str], workers: int = 1
+                    ) -> list[tuple[str, Atoms]]:
+    """All structures of an MP-20 CSV, parsed once and cached.
+
+    Parsing 27,136 CIFs with pymatgen takes minutes on one core, so the parsed structures
+    (and the list of unreadable rows) are kept in ``<cache>/parsed/<key>.h5``, where
+    ``key`` is the CSV's sha256; later runs load them in a fraction of a second.
+    """
+    from rmdata.download import cache_dir
+
+    path = cache_dir() / "parsed" / f"{key}.h5"
+    cached = _load_parsed(path)
+    if cached is None:
+        rows = list(iter_mp20_csv(stream, origin, bad, lazy=True))
+        parsed = _parse_rows(rows, workers)
+        good = [(mid, a) for mid, a in parsed if isinstance(a, Atoms)]
+        problems = [f"{origin}: {msg}" for _, msg in parsed if isinstance(msg, str)]
+        try:
+            _store_parsed(path, good, problems)
+        except OSError as exc:  # a read-only cache must not stop the work
+            log.warning("could not cache parsed structures in %s: %s", path, exc)
+        cached = good, problems
+    good, problems = cached
+    for msg in problems:
+        log.warning(msg)
+    bad.extend(problems)
+    return good
+
+
+def _store_parsed(path: Path, items: list[tuple[str, Atoms]], problems: list[str]) -> None:
+    import h5py
+
+    from rmdata.utils import atomic_output
+
+    n_atoms = np.array([len(a) for _, a in items], dtype=np.int32)
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+        text = h5py.string_dtype("utf-8")
+        h5["ids"] = np.array([mid for mid, _ in items], dtype=text)
+        h5["n_atoms"] = n_atoms
+        h5["numbers"] = np.concatenate([a.numbers for _, a in items]).astype(np.int16)
+        h5["positions"] = np.concatenate([a.positions for _, a in items])
+        h5["cells"] = np.array([a.cell.array for _, a in items])
+        h5["problems"] = np.array(problems, dtype=text)
+
+
+def _load_parsed(path: Path) -> tuple[list[tuple[str, Atoms]], list[str]] | None:
+    import h5py
+
+    if not path.exists():
+        return None
+    try:
+        with h5py.File(path, "r") as h5:
+            ids = [_decode(x) for x in h5["ids"][()]]
+            n_atoms, numbers = h5["n_atoms"][()], h5["numbers"][()]
+            positions, cells = h5["positions"][()], h5["cells"][()]
+            problems = [_decode(x) for x in h5["problems"][()]]
+    except (OSError, KeyError) as exc:
+        log.warning("ignoring unreadable cache %s (%s)", path, exc)
+        return None
+    starts = np.concatenate([[0], np.cumsum(n_atoms)])
+    items = [(mid, Atoms(numbers=numbers[s:e], positions=positions[s:e], cell=cells[k], pbc=True))
+             for k, (mid, s, e) in enumerate(zip(ids, starts[:-1], starts[1:]))]
+    return items, problems
+
+
+def _decode(x) -> str:
+    return x.decode() if isinstance(x, bytes) else str(x)
+
+
+def _mp20_subset(split: str | None, bad: list[str], lazy: bool = False, workers: int = 1,
+                 **_) -> Iterator[tuple[str, Atoms]]:
     split = split or "train"
     if split not in MP20_SUBSET_SHA256:
         raise RMError(f"mp20-subset has no split {split!r}; use one of: train, val "
                       "(the test split needs the full mp20 download)")
     ref = resources.files("rmdata") / "data" / f"mp20_subset_{split}.csv.gz"
     with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as fh:
-        yield from iter_mp20_csv(fh, f"mp20-subset:{split}", bad, lazy)
+        if lazy:
+            yield from iter_mp20_csv(fh, f"mp20-subset:{split}", bad, lazy=True)
+            return
+        yield from mp20_structures(fh, f"mp20-subset:{split}", MP20_SUBSET_SHA256[split], bad, workers)
 
 
 def mp20_url(split: str) -> str:
@@ -144,11 +235,17 @@ def download_mp20(split: str, cache: Path | None = None) -> Path:
                  offline_hint="no network? use --dataset mp20-subset, which ships with rmdata")
 
 
-def _mp20(split: str | None, bad: list[str], lazy: bool = False, **_) -> Iterator[tuple[str, Atoms]]:
+def _mp20(split: str | None, bad: list[str], lazy: bool = False, workers: int = 1,
+          **_) -> Iterator[tuple[str, Atoms]]:
+    from rmdata.utils import sha256_file
+
     split = split or "train"
     path = download_mp20(split)
     with open(path, encoding="utf-8", newline="") as fh:
-        yield from iter_mp20_csv(fh, f"mp20:{split}", bad, lazy)
+        if lazy:
+            yield from iter_mp20_csv(fh, f"mp20:{split}", bad, lazy=True)
+            return
+        yield from mp20_structures(fh, f"mp20:{split}", sha256_file(path), bad, workers)
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,11 +418,13 @@ def validate_reference(atoms: Atoms, origin: str, need_stress: bool) -> None:
 
 def load_structures(dataset: str | None = None, input_path: str | os.PathLike | None = None,
                     split: str | None = None, bad: list[str] | None = None, seed: int = 0,
-                    limit: int | None = None, lazy: bool = False) -> Iterator[tuple[str, Atoms | str]]:
+                    limit: int | None = None, lazy: bool = False, workers: int = 1
+                    ) -> Iterator[tuple[str, Atoms | str]]:
     """Yield ``(source_id, Atoms)`` reference structures from a dataset or a file/folder.
 
     Unreadable rows of a dataset are recorded in ``bad`` and skipped. With ``lazy``,
-    CIF-based datasets yield the CIF text instead (see :func:`parse_cif_row`).
+    CIF-based datasets yield the CIF text instead (see :func:`parse_cif_row`); otherwise
+    they are parsed once (with ``workers`` processes) and cached.
     """
     if (dataset is None) == (input_path is None):
         raise RMError("give exactly one of --dataset NAME and --input PATH")
@@ -336,7 +435,7 @@ def load_structures(dataset: str | None = None, input_path: str | os.PathLike | 
     info = get_dataset(dataset)
     if split not in (None, "all") and info.splits and split not in info.splits:
         raise RMError(f"{dataset} has no split {split!r}; use one of: {', '.join(info.splits)}")
-    yield from info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy)
+    yield from info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy, workers=workers)
 
 
 def describe_datasets() -> str:

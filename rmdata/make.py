@@ -67,19 +67,10 @@ def _init_worker(presets: dict[str, Preset], seed: int, strict: bool, explicit_s
     _STATE.update(presets=presets, seed=seed, strict=strict, explicit_strains=explicit_strains)
 
 
-def _parse(source_id: str, payload) -> Atoms:
-    if isinstance(payload, Atoms):
-        return payload
-    from rmdata.datasets import parse_cif_row
-
-    return parse_cif_row(source_id, payload)
-
-
-def _work(task: tuple[int, str, Any]) -> tuple[int, str, FrameBatch | None, str | None]:
+def _work(task: tuple[int, str, Atoms]) -> tuple[int, str, FrameBatch | None, str | None]:
     """Label one reference; returns (index, source_id, batch or None, problem or None)."""
-    index, source_id, payload = task
+    index, source_id, atoms = task
     try:
-        atoms = _parse(source_id, payload)
         validate_reference(atoms, source_id, need_stress=_STATE["explicit_strains"] and not atoms.pbc.any())
     except RMError as exc:
         if _STATE["strict"]:
@@ -90,7 +81,7 @@ def _work(task: tuple[int, str, Any]) -> tuple[int, str, FrameBatch | None, str 
     return index, source_id, label_structure(atoms, preset, rng, source_id), None
 
 
-def _results(tasks: Iterator[tuple[int, str, Any]], workers: int, init_args: tuple
+def _results(tasks: Iterator[tuple[int, str, Atoms]], workers: int, init_args: tuple
              ) -> Iterator[tuple[int, str, FrameBatch | None, str | None]]:
     if workers <= 1:
         _init_worker(*init_args)
@@ -165,8 +156,8 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
               "presets": {kind: _preset_dict(p) for kind, p in presets.items()}}
     summary = MakeSummary(output=output, preset=presets["crystal"].name)
     structures = load_structures(dataset, input_path, split=split, bad=bad, seed=seed,
-                                 limit=None if keep else limit, lazy=True)
-    tasks = _tasks(structures, keep, limit, dataset)
+                                 limit=None if keep else limit, workers=workers)
+    tasks = _tasks(structures, keep, limit)
     init_args = (presets, seed, strict, strains is not None)
     seen_elements: set[int] = set()
     bar = _bar(progress, limit)
@@ -195,23 +186,17 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     return summary
 
 
-def _tasks(structures, keep: set[str] | None, limit: int | None, dataset: str | None):
+def _tasks(structures, keep: set[str] | None, limit: int | None):
     """Number the reference structures, filtering by elements and applying the limit."""
     from ase.data import chemical_symbols
 
     n = 0
-    for source_id, payload in structures:
+    for source_id, atoms in structures:
         if limit is not None and n >= limit:
             return
-        if keep is not None:
-            symbols = ({chemical_symbols[z] for z in payload.numbers} if isinstance(payload, Atoms)
-                       else None)
-            if symbols is None:
-                payload = _parse(source_id, payload)
-                symbols = {chemical_symbols[z] for z in payload.numbers}
-            if not symbols <= keep:
-                continue
-        yield n, source_id, payload
+        if keep is not None and not {chemical_symbols[z] for z in atoms.numbers} <= keep:
+            continue
+        yield n, source_id, atoms
         n += 1
 
 

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -72,7 +73,8 @@ def pin_threads(n: int = 1) -> None:
     """Limit OpenMP, BLAS and torch to ``n`` threads in this process.
 
     Default threading on small machines was measured 10-50x slower for the small
-    matrices of structure search; parallelise with processes instead.
+    matrices of structure search; parallelise with processes instead. torch is pinned
+    if it is already imported; call this again after importing it.
     """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -82,14 +84,11 @@ def pin_threads(n: int = 1) -> None:
         threadpool_limits(n)
     except ImportError:  # pragma: no cover - threadpoolctl ships with scikit-learn
         pass
-    try:
-        import torch
-
+    torch = sys.modules.get("torch")  # never import torch just to pin it (2 s)
+    if torch is not None:
         torch.set_num_threads(n)
         with contextlib.suppress(RuntimeError):
             torch.set_num_interop_threads(n)
-    except ImportError:  # pragma: no cover
-        pass
 
 
 def git_commit() -> str | None:

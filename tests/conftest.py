@@ -19,6 +19,18 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Keep the dataset cache of the test session out of the user's home directory."""
+    old = os.environ.get("RMDATA_CACHE")
+    os.environ["RMDATA_CACHE"] = str(tmp_path_factory.mktemp("rmdata_cache"))
+    yield
+    if old is None:
+        os.environ.pop("RMDATA_CACHE", None)
+    else:
+        os.environ["RMDATA_CACHE"] = old
+
 #: Training settings of the session model: small, but enough to put a minimum at diamond.
 DIAMOND_MODEL_EPOCHS = int(os.environ.get("RM_TEST_EPOCHS", "12"))
 DIAMOND_MODEL_CHANNELS = 16
