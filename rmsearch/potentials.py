@@ -228,8 +228,8 @@ def verify_potential(potential: Potential, seed: int = 0) -> dict[str, float]:
             "stress_eV_per_A3": float(np.abs(stress - ref_s).max()),
             "max_force_eV_per_A": float(np.abs(ref_f).max()),
             "max_stress_eV_per_A3": float(np.abs(ref_s).max())}
-    if (diff["forces_eV_per_A"] > VERIFY_FORCE_TOL or diff["stress_eV_per_A3"] > VERIFY_STRESS_TOL
-            or diff["energy_eV"] > VERIFY_ENERGY_TOL):
+    if not (diff["forces_eV_per_A"] <= VERIFY_FORCE_TOL and diff["stress_eV_per_A3"] <= VERIFY_STRESS_TOL
+            and diff["energy_eV"] <= VERIFY_ENERGY_TOL):  # also fails on NaN
         raise RMError(f"{potential.directory}: export self-check failed, LAMMPS differs from "
                       f"MACECalculator by {diff}; report this as a bug")
     return diff

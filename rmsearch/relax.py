@@ -51,7 +51,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers
 from ase.units import GPa
-from scipy.linalg import expm
+from scipy.linalg import expm, expm_frechet
 
 from rmdata.errors import RMError
 from rmsearch.potentials import Potential, render_template
@@ -293,12 +293,13 @@ class LammpsEngine:
                 periodic: bool) -> tuple[float, np.ndarray, np.ndarray]:
         """Energy (eV), forces (n_atoms, 3) in eV/A, stress (3, 3) in eV/A^3 (ASE sign).
 
-        ``cell`` rows are lattice vectors (A) of a right-handed cell; ignored (and stress
-        returned as zeros) for a non-periodic structure.
+        ``cell`` rows are lattice vectors (A); ignored (and stress returned as zeros) for a
+        non-periodic structure. A left-handed cell is used as ``-cell`` (the same lattice).
         """
         n = len(positions)
         if periodic:
-            cell_l, q = lammps_cell(np.asarray(cell, dtype=float))
+            cell = np.asarray(cell, dtype=float)
+            cell_l, q = lammps_cell(-cell if np.linalg.det(cell) < 0 else cell)
             frac = np.linalg.solve(cell_l.T, (positions @ q).T).T
             pos_l = (frac % 1.0) @ cell_l
         else:
@@ -348,6 +349,21 @@ class LostAtoms(RuntimeError):
 
 def _voigt(s: np.ndarray) -> np.ndarray:
     return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+
+
+def _cell_force(virial: np.ndarray, log_f: np.ndarray, fgrad: np.ndarray) -> np.ndarray:
+    """-dE/d(log F) (eV) for the virial ``W = -V (sigma + p)`` at ``F = expm(log_f)``.
+
+    The exact gradient is the adjoint Frechet derivative of expm applied to ``W F^-T``;
+    like ASE's FrechetCellFilter, the plain virial is used instead whenever the two point
+    the same way (cosine > 0.8), which keeps the search direction close to the stress.
+    """
+    exact = expm_frechet(log_f.T, virial @ np.linalg.inv(fgrad).T, compute_expm=False)
+    exact = 0.5 * (exact + exact.T)
+    denom = np.sqrt(np.vdot(exact, exact) * np.vdot(virial, virial))
+    if denom == 0.0 or np.allclose(exact, virial) or np.vdot(exact, virial) / denom > 0.8:
+        return virial
+    return exact
 
 
 def _isolated_atoms(positions: np.ndarray, cutoff: float) -> bool:
@@ -459,7 +475,7 @@ class Relaxer:
             # generalised forces on (x, c log F)
             g = np.empty((n + 3, 3))
             g[:n] = forces @ fgrad
-            g[n:] = (-vol * resid / c) if relax_cell else 0.0
+            g[n:] = _cell_force(-vol * resid, logf / c, fgrad) / c if relax_cell else 0.0
             # FIRE (ASE flavour): mix velocity towards the force, adapt dt, cap the step norm
             if not first:
                 vf = float(np.vdot(g, v))

@@ -1,0 +1,304 @@
+"""Benchmark: rmsearch relaxations against ASE FIRE + FrechetCellFilter (+ torch-sim if installed).
+
+Same model, same seeded random 8-atom carbon starts (``rmsearch.starts``, composition C8),
+same stop rule for every engine: max |F_i| < fmax (eV/A) and max |sigma_ij| < smax (GPa),
+at most ``--max-steps`` force calls. One process, one thread each. Reports relaxations per
+second, force calls per relaxation, mean final energy per atom (over all starts), the
+share of starts ending within 1 meV/atom of ASE's final energy, and for rmsearch the
+share of wall time spent inside the model (LAMMPS ``run 0`` including the MACE callback).
+
+Without ``--model`` a small MACE model is trained first (rmdata diamond labels, the
+DESIGN section 3 command, 16 channels, L=1, r_max 4.5 A, float64, ~1 min on one core).
+
+    python benchmarks/bench_relax.py [--quick] [--model M.model] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+import numpy as np  # noqa: E402
+
+log = logging.getLogger("bench_relax")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def train_model(workdir: Path, seed: int = 0, epochs: int = 30) -> Path:
+    """Train a tiny one-layer MACE model on rmdata diamond labels; return the .model path."""
+    from rmdata.make import make_dataset
+
+    data = workdir / "diamond.xyz"
+    make_dataset(dataset="diamond", output=data, seed=seed)
+    cmd = ["mace_run_train", "--name=bench", "--model=MACE", "--num_interactions=1", "--E0s={6:0.0}",
+           "--loss=stress", "--energy_weight=0", "--forces_weight=10", "--stress_weight=100",
+           "--compute_stress=True", "--forces_key=REF_forces", "--stress_key=REF_stress",
+           "--default_dtype=float64", "--device=cpu", f"--train_file={data}", "--valid_fraction=0.1",
+           "--r_max=4.5", "--num_channels=16", "--max_L=1", f"--max_num_epochs={epochs}",
+           "--batch_size=10", f"--seed={seed}", f"--work_dir={workdir}", "--eval_interval=10"]
+    t0 = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        sys.exit(f"error: mace_run_train failed:\n{res.stderr[-2000:]}")
+    log.info("trained model in %.0f s", time.perf_counter() - t0)
+    return workdir / "bench.model", data
+
+
+def make_starts(volumes: dict[str, float], n: int, seed: int) -> list:
+    """``n`` seeded random C8 starts from rmsearch.starts."""
+    from rmsearch.starts import make_spec, make_start
+
+    spec = make_spec(composition="C8", natoms=8, volumes=volumes)
+    return [make_start(spec, run_id, seed) for run_id in range(n)]
+
+
+def run_rmsearch(potential, starts, fmax, smax_gpa, max_steps, dtype) -> dict:
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype)
+    relaxer = Relaxer(potential, settings)
+    relaxer.relax(starts[0])  # warm-up (first-call allocations), not timed
+    rows = []
+    t0 = time.perf_counter()
+    for atoms in starts:
+        o = relaxer.relax(atoms)
+        rows.append({"status": o.status, "e": o.energy_per_atom, "calls": o.n_force_calls,
+                     "wall": o.wall_s, "model": o.model_time_s})
+    wall = time.perf_counter() - t0
+    relaxer.close()
+    return {"rows": rows, "wall": wall}
+
+
+def run_ase(model_file, starts, fmax, smax_gpa, max_steps) -> dict:
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from ase.units import GPa
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
+    warm = starts[0].copy()
+    warm.calc = calc
+    warm.get_forces()
+    rows = []
+    t0 = time.perf_counter()
+    for start in starts:
+        atoms = start.copy()
+        atoms.calc = calc
+        t1 = time.perf_counter()
+        opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+        calls, status = 0, "not_converged"
+        for _ in opt.irun(fmax=0.0, steps=max_steps - 1):
+            calls += 1
+            f = atoms.get_forces()
+            s = atoms.get_stress()
+            if not (np.isfinite(f).all() and np.isfinite(s).all()):
+                status = "nan"
+                break
+            if np.linalg.norm(f, axis=1).max() < fmax and np.abs(s).max() < smax_gpa * GPa:
+                status = "converged"
+                break
+        rows.append({"status": status, "e": atoms.get_potential_energy() / len(atoms), "calls": calls,
+                     "wall": time.perf_counter() - t1, "model": float("nan")})
+    return {"rows": rows, "wall": time.perf_counter() - t0}
+
+
+def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
+    """torch-sim batched FIRE + Frechet cell filter, if torch-sim is installed (optional)."""
+    try:
+        import torch
+        import torch_sim as ts
+        from torch_sim.models.mace import MaceModel
+    except ImportError:
+        return None
+    from ase.units import GPa
+
+    model = MaceModel(model=torch.load(model_file, map_location="cpu", weights_only=False),
+                      device=torch.device("cpu"), dtype=torch.float64, compute_forces=True,
+                      compute_stress=True)
+    conv = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False)
+
+    def converged(state, last_energy=None):
+        forces_ok = conv(state, last_energy)
+        stress = state.stress.reshape(-1, 9).abs().max(dim=1).values
+        return forces_ok & (stress < smax_gpa * GPa)
+
+    t0 = time.perf_counter()
+    final = ts.optimize(system=[a.copy() for a in starts], model=model, optimizer=ts.Optimizer.fire,
+                        init_kwargs={"cell_filter": ts.CellFilter.frechet},
+                        convergence_fn=converged, max_steps=max_steps)
+    wall = time.perf_counter() - t0
+    out = final.to_atoms()
+    energies = model(final)["energy"].detach().numpy()
+    rows = [{"status": "?", "e": float(e) / len(a), "calls": float("nan"), "wall": float("nan"),
+             "model": float("nan")} for e, a in zip(energies, out)]
+    return {"rows": rows, "wall": wall}
+
+
+def summarise(name: str, res: dict, ref_e: np.ndarray | None) -> dict:
+    rows = res["rows"]
+    e = np.array([r["e"] for r in rows])
+    calls = np.array([r["calls"] for r in rows], dtype=float)
+    model = np.array([r["model"] for r in rows], dtype=float)
+    walls = np.array([r["wall"] for r in rows], dtype=float)
+    out = {
+        "engine": name,
+        "relaxations_per_s": len(rows) / res["wall"],
+        "force_calls_per_relaxation": float(np.nanmean(calls)) if np.isfinite(calls).any() else None,
+        "mean_final_e_per_atom": float(np.nanmean(e)),
+        "converged": int(sum(r["status"] == "converged" for r in rows)),
+        "n": len(rows),
+        "model_share": float(np.nansum(model) / np.nansum(walls)) if np.isfinite(model).any() else None,
+        "ms_per_force_call": float(1e3 * np.nansum(walls) / np.nansum(calls))
+        if np.isfinite(calls).any() else None,
+    }
+    if ref_e is not None:
+        out["within_1meV_of_ase"] = float(np.mean(e <= ref_e + 1e-3))
+    return out
+
+
+def markdown(results: list[dict], meta: dict) -> str:
+    ase = next(r for r in results if r["engine"].startswith("ASE"))
+    lines = [
+        f"`python benchmarks/bench_relax.py{meta['args']}` ({meta['date']}, {meta['machine']}, "
+        f"1 process, 1 thread; torch {meta['torch']}).",
+        "",
+        f"{meta['n']} seeded random C8 starts (`rmsearch.starts`, composition C8, seed {meta['seed']}); "
+        f"model: {meta['model']}; stop at max|F| < {meta['fmax']} eV/A and max|sigma| < "
+        f"{meta['smax']} GPa, at most {meta['max_steps']} force calls. "
+        "Energies include nothing but the model at the end points (the core-repulsion overlay is "
+        "zero beyond 0.75 A).",
+        "",
+        "| engine | relaxations/s | speed-up vs ASE | force calls / relaxation | ms / force call | "
+        "mean final E (eV/atom) | converged | within 1 meV/atom of ASE | time in model |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def fmt(v, spec):
+        return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
+
+    for r in results:
+        lines.append(
+            f"| {r['engine']} | {fmt(r['relaxations_per_s'], '.3f')} | "
+            f"{r['relaxations_per_s'] / ase['relaxations_per_s']:.2f}x | "
+            f"{fmt(r['force_calls_per_relaxation'], '.0f')} | {fmt(r['ms_per_force_call'], '.1f')} | "
+            f"{r['mean_final_e_per_atom']:.4f} | {r['converged']}/{r['n']} | "
+            f"{fmt(r.get('within_1meV_of_ase'), '.0%')} | {fmt(r['model_share'], '.0%')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Replace (or append) the ``## name`` section of a markdown file, atomically."""
+    from rmdata.utils import atomic_output
+
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    head = f"## {name}\n"
+    lines = text.splitlines(keepends=True)
+    out, skip, done = [], False, False
+    for line in lines:
+        if line == head or line.rstrip("\n") == head.rstrip("\n"):
+            out.append(head + "\n" + body + "\n")
+            skip, done = True, True
+            continue
+        if skip and line.startswith("## "):
+            skip = False
+        if not skip:
+            out.append(line)
+    if not done:
+        if out and not out[-1].endswith("\n\n"):
+            out.append("\n")
+        out.append(head + "\n" + body)
+    with atomic_output(path) as tmp:
+        tmp.write_text("".join(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="10 starts instead of --nstarts")
+    ap.add_argument("--nstarts", type=int, default=50, help="number of random starts")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the random starts")
+    ap.add_argument("--model", type=Path, help="a mace_run_train .model (default: train one)")
+    ap.add_argument("--training", type=Path, help="training extxyz of --model (for volumes)")
+    ap.add_argument("--fmax", type=float, default=0.01, help="force tolerance (eV/A)")
+    ap.add_argument("--smax", type=float, default=0.1, help="stress tolerance (GPa)")
+    ap.add_argument("--max-steps", type=int, default=2000, help="force-call cap per relaxation")
+    ap.add_argument("--engines", default="rmsearch-float64,rmsearch-float32,ase,torch-sim",
+                    help="comma-separated engines to run")
+    ap.add_argument("--write", type=Path, help="write the table into this markdown file "
+                    "(section '## bench_relax'), e.g. BENCHMARKS.md")
+    ap.add_argument("--json", type=Path, help="also write raw numbers as JSON")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+    warnings.filterwarnings("ignore")
+    from rmdata.utils import pin_threads
+
+    pin_threads(1)
+    n = 10 if args.quick else args.nstarts
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    with tempfile.TemporaryDirectory(prefix="bench_relax_") as tmpd:
+        tmp = Path(tmpd)
+        training = args.training
+        if args.model is None:
+            model_file, training = train_model(tmp, seed=args.seed)
+            model_desc = "one-layer MACE, 16 channels, L=1, r_max 4.5 A, trained here on rmdata diamond"
+        else:
+            model_file = args.model
+            model_desc = f"`{args.model.name}`"
+        from rmsearch.potentials import export_potential
+
+        potential = export_potential(model_file, tmp / "pot", training=training)
+        starts = make_starts(potential.volumes, n, args.seed)
+        results: list[dict] = []
+        raw: dict[str, dict] = {}
+        if "ase" in engines:
+            log.info("ASE FIRE + FrechetCellFilter on %d starts", n)
+            raw["ase"] = run_ase(model_file, starts, args.fmax, args.smax, args.max_steps)
+        ref_e = np.array([r["e"] for r in raw["ase"]["rows"]]) if "ase" in raw else None
+        for dtype in ("float64", "float32"):
+            if f"rmsearch-{dtype}" in engines:
+                log.info("rmsearch (%s) on %d starts", dtype, n)
+                raw[f"rmsearch-{dtype}"] = run_rmsearch(potential, starts, args.fmax, args.smax,
+                                                        args.max_steps, dtype)
+        if "torch-sim" in engines:
+            res = run_torchsim(model_file, starts, args.fmax, args.smax, args.max_steps)
+            if res is None:
+                log.info("torch-sim not installed; skipped")
+            else:
+                raw["torch-sim"] = res
+        names = {"ase": "ASE FIRE + FrechetCellFilter + MACECalculator (float64)",
+                 "rmsearch-float64": "rmsearch Relaxer, LAMMPS + MACE callback, float64",
+                 "rmsearch-float32": "rmsearch Relaxer, LAMMPS + MACE callback, float32",
+                 "torch-sim": "torch-sim batched FIRE + Frechet (float64, all starts in one batch)"}
+        for key in ("rmsearch-float64", "rmsearch-float32", "ase", "torch-sim"):
+            if key in raw:
+                results.append(summarise(names[key], raw[key], ref_e))
+    import torch
+
+    meta = {"args": (" --quick" if args.quick else "") + (f" --model {args.model}" if args.model else ""),
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "torch": torch.__version__, "n": n, "seed": args.seed, "model": model_desc,
+            "fmax": args.fmax, "smax": args.smax, "max_steps": args.max_steps}
+    text = markdown(results, meta) if any(r["engine"].startswith("ASE") for r in results) else \
+        json.dumps(results, indent=1)
+    print(text)
+    if args.write:
+        write_section(args.write, "bench_relax", text)
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "results": results, "raw": raw}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
