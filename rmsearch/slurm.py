@@ -513,10 +513,18 @@ def _jobcomp_states(job_ids: list[str]) -> dict[tuple[str, int], tuple[str, str]
     return states
 
 
-def query_states(job_ids: list[str]) -> dict[tuple[str, int], tuple[str, str]]:
-    """Per (job, task) ``(state, reason)`` from squeue, then sacct, then the jobcomp log."""
+def query_states(job_ids: list[str], wanted: set[tuple[str, int]] | None = None
+                 ) -> dict[tuple[str, int], tuple[str, str]]:
+    """Per (job, task) ``(state, reason)`` from squeue, then sacct, then the jobcomp log.
+
+    The fallbacks are asked about jobs with a ``wanted`` (job, task) that squeue no longer
+    lists (without ``wanted``: jobs squeue does not list at all).
+    """
     states = _squeue_states(job_ids)
-    forgotten = [j for j in job_ids if not any(k[0] == j for k in states)]
+    if wanted is None:
+        forgotten = [j for j in job_ids if not any(k[0] == j for k in states)]
+    else:
+        forgotten = sorted({j for j, t in wanted if (j, t) not in states}, key=int)
     if forgotten:
         for source in (_sacct_states, _jobcomp_states):
             for key, value in source(forgotten).items():
@@ -550,6 +558,13 @@ def _latest_job_per_task(jobs: dict[str, Any]) -> dict[int, str]:
     return latest
 
 
+def _latest_states(latest: dict[int, str]) -> dict[tuple[str, int], tuple[str, str]]:
+    """Scheduler states of the latest submission of each task."""
+    if not latest:
+        return {}
+    return query_states(sorted(set(latest.values()), key=int), {(j, t) for t, j in latest.items()})
+
+
 def slurm_status(rundir: str | os.PathLike) -> list[TaskStatus]:
     """Per-task state from the scheduler and from the shards, for a submitted run directory."""
     rundir = Path(rundir)
@@ -559,7 +574,7 @@ def slurm_status(rundir: str | os.PathLike) -> list[TaskStatus]:
         raise RMError(f"{rundir}: never submitted to SLURM (no slurm/jobs.json); "
                       "use 'rmsearch launch ... --scheduler slurm'")
     latest = _latest_job_per_task(jobs)
-    states = query_states(sorted(set(latest.values()), key=int)) if latest else {}
+    states = _latest_states(latest)
     missing = missing_by_task(rundir, ntasks)
     nruns = n_runs(rundir)
     out = []
@@ -635,7 +650,7 @@ def _submit_locked(rundir: Path, options: SlurmOptions, dry_run: bool) -> str | 
     todo = [t for t in range(ntasks) if missing[t]]
     latest = _latest_job_per_task(jobs)
     if todo and latest and not dry_run:
-        states = query_states(sorted(set(latest.values()), key=int))
+        states = _latest_states(latest)
         busy = [t for t in todo if t in latest and is_active(states.get((latest[t], t), (UNKNOWN, ""))[0])]
         if busy:
             log.info("%s: task(s) %s still queued or running; not resubmitted", rundir, array_spec(busy))
@@ -705,7 +720,7 @@ def cancel_slurm(rundir: str | os.PathLike, tasks: list[int] | None = None) -> l
     rundir = Path(rundir)
     jobs = load_jobs(rundir)
     latest = _latest_job_per_task(jobs)
-    states = query_states(sorted(set(latest.values()), key=int)) if latest else {}
+    states = _latest_states(latest)
     targets = [f"{job}_{t}" for t, job in sorted(latest.items())
                if (tasks is None or t in tasks) and is_active(states.get((job, t), (UNKNOWN, ""))[0])]
     if targets:

@@ -221,11 +221,14 @@ def slurm_cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("slurm")
     cluster = LocalSlurm(root)
     old = os.environ.get("SLURM_CONF")
+    problem = None
     try:
         cluster.start()
     except (SlurmStartError, OSError, subprocess.SubprocessError) as exc:
+        problem = f"cannot start a local SLURM: {exc}"
+    if problem is not None:
         cluster.stop()
-        pytest.fail(f"cannot start a local SLURM: {exc}", pytrace=False)
+        pytest.fail(problem, pytrace=False)
     os.environ["SLURM_CONF"] = str(cluster.conf)
     try:
         yield cluster

@@ -173,3 +173,8 @@ def test_prepare_search_then_dry_run_submit(lis_potential, tmp_path):
     assert slurm.submit_slurm(rd, slurm.SlurmOptions(), dry_run=True) is None
     assert "--array=0-0" in (rd / "slurm" / "job.sh").read_text()  # 40 runs: one task by default
     assert json.loads((rd / "config.json").read_text())["nruns"] == 40
+
+
+def test_status_of_unsubmitted_run_dir_is_a_clear_error(rundir):
+    res = CliRunner().invoke(main, ["slurm", "status", str(rundir)])
+    assert res.exit_code == 2 and "never submitted to SLURM" in res.output and res.output.count("\n") == 1
