@@ -13,6 +13,7 @@ Where SLURM cannot be installed or started the dependent tests fail with the rea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -196,10 +197,8 @@ class LocalSlurm:
 
     def stop(self) -> None:
         """Cancel jobs, then stop slurmd, slurmctld and munged (only the processes started here)."""
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             self.cancel_all()
-        except (OSError, subprocess.SubprocessError):
-            pass
         for name in ("slurmd", "slurmctld", "munged"):
             proc = self.procs.get(name)
             if proc is None or proc.poll() is not None:
