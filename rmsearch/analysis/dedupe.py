@@ -13,9 +13,10 @@ does with its composition hash:
    length tolerance) with ``fit(symmetric=True)``, each structure Niggli/primitive-reduced
    once.
 
-Structures are visited in order of (energy per atom, run id); each joins the first
-matching cluster (oldest first) or opens a new one, so every cluster's representative is
-its lowest-energy member and the result is deterministic. Compositions are independent
+Structures are visited in order of (energy per atom, run id); each is compared with the
+candidate representatives nearest in energy and volume first, joins the first that
+matches or opens a new cluster, so every cluster's representative is its lowest-energy
+member and the result is deterministic. Compositions are independent
 and can be processed in parallel worker processes.
 
 Periodic structures only: a non-periodic (molecule) result becomes a cluster of its own.
@@ -116,7 +117,10 @@ def _dedupe_group(args: tuple[list[tuple[int, float, float, Structure | None]], 
             continue
         red = matcher._get_reduced_structure(struct, matcher._primitive_cell, niggli=True)
         be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
-        candidates = sorted(k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in bins.get((be + de, bv + dv), ()))
+        # nearest representatives (in energy and volume) first: a duplicate usually matches at once
+        near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in bins.get((be + de, bv + dv), ())]
+        candidates = sorted(near, key=lambda k: (abs(clusters[k][1] - e) / energy_bin
+                                                 + abs(math.log(clusters[k][2] / v)) / volume_bin, k))
         for k in candidates:
             calls += 1
             if matcher.fit(reduced[k], red, symmetric=True, skip_structure_reduction=True):
