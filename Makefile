@@ -27,6 +27,7 @@ demo: $(STAMP)
 	$(PY) workflows/diamond.py --out demo_run
 
 test: $(STAMP)
+	bash tests/helpers/ensure_system_packages.sh
 	$(PY) -m pytest -q tests
 
 clean:

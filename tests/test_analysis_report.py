@@ -93,7 +93,7 @@ def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
             return path
-    pytest.fail("chromium not found: run 'bash tests/helpers/ensure_chromium.sh' (Debian package 'chromium')")
+    pytest.fail("chromium not found: run 'bash tests/helpers/ensure_system_packages.sh' (Debian package 'chromium')")
 
 
 _CHECK_JS = """<script>

@@ -8,7 +8,7 @@ Teardown cancels the cluster's jobs and stops only the three daemons it started,
 recorded PIDs.
 
 Where SLURM cannot be installed or started the dependent tests fail with the reason
-(``tests/helpers/ensure_slurm.sh`` installs Debian's packages); they never skip.
+(``tests/helpers/ensure_system_packages.sh`` installs Debian's packages); they never skip.
 """
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ class LocalSlurm:
         missing = [p for p in PROGRAMS if shutil.which(p) is None]
         if missing:
             raise SlurmStartError(f"SLURM programs not found: {', '.join(missing)}; run "
-                                  "tests/helpers/ensure_slurm.sh (apt-get install slurmctld slurmd "
+                                  "tests/helpers/ensure_system_packages.sh (apt-get install slurmctld slurmd "
                                   "slurm-client munge)")
         if len(str(self.munge_socket)) > 100:
             raise SlurmStartError(f"temporary folder path too long for a unix socket: {self.munge_socket}")
