@@ -58,13 +58,16 @@ def _print_total(status: dict) -> None:
               help="Stress tolerance, max |sigma_ij| in GPa [default: 0.1].")
 @click.option("--max-steps", type=click.IntRange(min=1),
               help="Force calls per relaxation before it counts as not_converged [default: 2000].")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]),
+              help="Precision of the model evaluation (mace backend); float32 is ~2x faster on CPU "
+                   "[default: float64].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers: int | None,
                seed: int | None, system: str | None, composition: str | None, molecule: str | None,
                natoms: str | None, spacegroup: str | None, volume_factor: str | None,
                minsep_factor: float | None, fmax: float | None, smax_gpa: float | None,
-               max_steps: int | None, progress: bool, as_json: bool) -> None:
+               max_steps: int | None, dtype: str | None, progress: bool, as_json: bool) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
 
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
@@ -74,7 +77,8 @@ def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers:
                      seed=seed, system=system, composition=composition, molecule=molecule,
                      natoms=natoms, spacegroup=spacegroup,
                      volume_factor=parse_range(volume_factor, "--volume-factor") if volume_factor else None,
-                     minsep_factor=minsep_factor, fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps)
+                     minsep_factor=minsep_factor, fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps,
+                     dtype=dtype)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

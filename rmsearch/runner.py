@@ -132,7 +132,8 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
                  molecule: str | None = None, natoms: str | tuple[int, int] = (2, 12),
                  spacegroup: int | str | None = None, volume_factor: tuple[float, float] = (0.8, 1.2),
                  minsep_factor: float = 0.7, fmax: float = 0.01, smax_gpa: float = 0.1,
-                 max_steps: int = 2000, relax: dict[str, Any] | None = None) -> dict[str, Any]:
+                 max_steps: int = 2000, dtype: str = "float64",
+                 relax: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of a new search (validated; nothing is written).
 
     potential: potential directory (``rmsearch export``). nruns: number of runs (ids
@@ -140,8 +141,9 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     molecule ("C4H6O"). natoms: atoms per cell, range. spacegroup: None, 1-230 or
     "random". volume_factor: range of the random factor on the per-element volumes.
     minsep_factor: minimum separation as a fraction of the covalent radii sum. fmax
-    (eV/A), smax_gpa (GPa), max_steps (force calls): relaxation tolerances; ``relax``
-    overrides any other RelaxSettings field.
+    (eV/A), smax_gpa (GPa), max_steps (force calls): relaxation tolerances. dtype:
+    "float64" or "float32" model evaluation (mace backend). ``relax`` overrides any
+    RelaxSettings field.
     """
     from rmsearch.potentials import load_potential
     from rmsearch.relax import RelaxSettings
@@ -159,7 +161,7 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     if unknown:
         raise RMError(f"{potdir}: the potential knows {pot.elements}, not {unknown}; "
                       "search only elements it was trained on")
-    settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps)
+    settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype)
     if relax:
         settings = relax_settings_from_dict({**relax_settings_to_dict(settings), **relax})
     config = {
@@ -514,7 +516,6 @@ class _Pool:
         self.slots: dict[int, _Slot] = {}
         self.deaths: collections.Counter = collections.Counter()
         self.startup_deaths = 0
-        self.records: list[RunRecord] = []
         self.status_counts: collections.Counter = collections.Counter()
         self.bar = tqdm(total=len(todo), unit="run", disable=not progress, dynamic_ncols=True,
                         smoothing=0.05, file=sys.stderr)
@@ -639,7 +640,7 @@ def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = N
 
     New run directory: ``potential`` and ``nruns`` are required; ``options`` are those of
     :func:`build_config` (seed, system/composition/molecule, natoms, spacegroup,
-    volume_factor, minsep_factor, fmax, smax_gpa, max_steps). Existing run directory:
+    volume_factor, minsep_factor, fmax, smax_gpa, max_steps, dtype). Existing run directory:
     options left out (None) keep their stored values; given ones must agree with the
     stored search on everything that changes results (RMError otherwise), except
     ``nruns``, which may grow. Only run ids without a record are run.
@@ -650,11 +651,14 @@ def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = N
     options = {k: v for k, v in options.items() if v is not None}
     if (rundir / "config.json").exists():
         old = read_config(rundir)
+        if potential is None and not Path(old["potential"]).is_dir():
+            raise RMError(f"{rundir}/config.json: potential directory {old['potential']} no longer "
+                          "exists; pass --potential with its new location (same contents)")
         merged = _options_from_config(old)
         if any(k in options for k in ("system", "composition", "molecule")):
             for k in ("system", "composition", "molecule"):
                 merged.pop(k)
-        merged["relax"].update({k: options.pop(k) for k in ("fmax", "smax_gpa", "max_steps")
+        merged["relax"].update({k: options.pop(k) for k in ("fmax", "smax_gpa", "max_steps", "dtype")
                                 if k in options})
         merged.update(options)
         config = build_config(potential=potential or old["potential"], nruns=nruns or old["nruns"],
