@@ -9,8 +9,14 @@ from pathlib import Path
 import click
 
 from rmdata.cliutils import CONTEXT
+from rmdata.errors import RMError
+from rmsearch.cli_slurm import slurm_launch_options, submit_from_cli
 from rmsearch.runner import default_workers, launch, rundir_status, run_shard
 from rmsearch.starts import parse_range
+
+#: launch options that describe the search (passed to rmsearch.runner.build_config).
+SEARCH_OPTIONS = ("seed", "system", "composition", "molecule", "natoms", "spacegroup",
+                  "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype")
 
 
 def _status_line(counts: dict[str, int]) -> str:
@@ -63,22 +69,34 @@ def _print_total(status: dict) -> None:
                    "[default: float64].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--scheduler", type=click.Choice(["local", "slurm"]), default="local",
+              help="local: a pool of worker processes here; slurm: a job array of 'run-shard' tasks "
+                   "(options below, see 'rmsearch slurm --help').")
+@slurm_launch_options
+@click.option("--dry-run", is_flag=True, help="With --scheduler slurm: only write RUNDIR/slurm/job.sh.")
 def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers: int | None,
-               seed: int | None, system: str | None, composition: str | None, molecule: str | None,
-               natoms: str | None, spacegroup: str | None, volume_factor: str | None,
-               minsep_factor: float | None, fmax: float | None, smax_gpa: float | None,
-               max_steps: int | None, dtype: str | None, progress: bool, as_json: bool) -> None:
+               progress: bool, as_json: bool, scheduler: str, dry_run: bool, volume_factor: str | None,
+               **flags) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
 
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
     change results (seed, starts, tolerances, potential contents) must match them.
     """
+    slurm_flags = {k: flags.pop(k) for k in list(flags) if k not in SEARCH_OPTIONS}
+    search = dict(flags, volume_factor=parse_range(volume_factor, "--volume-factor") if volume_factor else None)
+    if scheduler == "slurm":
+        from rmsearch.slurm import prepare_search
+
+        if workers is not None:
+            raise RMError("--workers applies to --scheduler local; a SLURM task runs one process")
+        prepare_search(rundir, potential=potential, nruns=nruns, **search)
+        submit_from_cli(rundir, dry_run=dry_run, **slurm_flags)
+        return
+    given = sorted(k for k, v in slurm_flags.items() if v is not None) + (["dry_run"] if dry_run else [])
+    if given:
+        raise RMError(f"--{given[0].replace('_', '-')} applies to --scheduler slurm only")
     summary = launch(rundir, potential=potential, nruns=nruns, workers=workers, progress=progress,
-                     seed=seed, system=system, composition=composition, molecule=molecule,
-                     natoms=natoms, spacegroup=spacegroup,
-                     volume_factor=parse_range(volume_factor, "--volume-factor") if volume_factor else None,
-                     minsep_factor=minsep_factor, fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps,
-                     dtype=dtype)
+                     **search)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         return

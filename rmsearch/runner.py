@@ -66,6 +66,8 @@ FAILED_STATUSES = ("lost_atoms", "exploded", "nan")
 MAX_DEATHS_PER_RUN = 2
 #: Worker deaths before any run was handed out, after which launch gives up.
 MAX_STARTUP_DEATHS = 5
+#: build_config options that are RelaxSettings fields.
+RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype")
 
 
 # ----------------------------------------------------------------------------- config
@@ -633,6 +635,34 @@ def _safe_start(config: dict[str, Any], run_id: int):
         return None
 
 
+def prepare_config(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = None,
+                   nruns: int | None = None, **options: Any) -> dict[str, Any]:
+    """The configuration a launch on ``rundir`` with these options would use (nothing written).
+
+    New run directory: ``potential`` and ``nruns`` are required and ``options`` go to
+    :func:`build_config`. Existing one: options left out (None) keep their stored values,
+    given ones replace them (giving one of system/composition/molecule replaces the
+    stored one); :func:`init_rundir` then checks that nothing that changes results differs.
+    """
+    rundir = Path(rundir)
+    options = {k: v for k, v in options.items() if v is not None}
+    if not (rundir / "config.json").exists():
+        if potential is None or nruns is None:
+            raise RMError(f"{rundir}: new run directory; --potential and --nruns are required")
+        return build_config(potential=potential, nruns=nruns, **options)
+    old = read_config(rundir)
+    if potential is None and not Path(old["potential"]).is_dir():
+        raise RMError(f"{rundir}/config.json: potential directory {old['potential']} no longer "
+                      "exists; pass --potential with its new location (same contents)")
+    merged = _options_from_config(old)
+    if any(k in options for k in ("system", "composition", "molecule")):
+        for k in ("system", "composition", "molecule"):
+            merged.pop(k)
+    merged["relax"].update({k: options.pop(k) for k in RELAX_OPTIONS if k in options})
+    merged.update(options)
+    return build_config(potential=potential or old["potential"], nruns=nruns or old["nruns"], **merged)
+
+
 def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = None,
            nruns: int | None = None, workers: int | None = None, progress: bool = True,
            **options: Any) -> dict[str, Any]:
@@ -648,25 +678,7 @@ def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = N
     Returns :func:`summarize` of this session's runs plus ``total`` (:func:`rundir_status`).
     """
     rundir = Path(rundir)
-    options = {k: v for k, v in options.items() if v is not None}
-    if (rundir / "config.json").exists():
-        old = read_config(rundir)
-        if potential is None and not Path(old["potential"]).is_dir():
-            raise RMError(f"{rundir}/config.json: potential directory {old['potential']} no longer "
-                          "exists; pass --potential with its new location (same contents)")
-        merged = _options_from_config(old)
-        if any(k in options for k in ("system", "composition", "molecule")):
-            for k in ("system", "composition", "molecule"):
-                merged.pop(k)
-        merged["relax"].update({k: options.pop(k) for k in ("fmax", "smax_gpa", "max_steps", "dtype")
-                                if k in options})
-        merged.update(options)
-        config = build_config(potential=potential or old["potential"], nruns=nruns or old["nruns"],
-                              **merged)
-    else:
-        if potential is None or nruns is None:
-            raise RMError(f"{rundir}: new run directory; --potential and --nruns are required")
-        config = build_config(potential=potential, nruns=nruns, **options)
+    config = prepare_config(rundir, potential=potential, nruns=nruns, **options)
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise RMError(f"--workers {workers}: must be >= 1")

@@ -181,6 +181,8 @@ def test_resume_refuses_a_different_search(ljpot, tmp_path):
         launch(rundir, composition="Li2S", progress=False)
     with pytest.raises(RMError, match="'relax'"):
         launch(rundir, fmax=0.05, progress=False)
+    with pytest.raises(RMError, match="'relax'"):
+        launch(rundir, dtype="float32", progress=False)
     changed = tmp_path / "pot2"
     changed.mkdir()
     meta = json.loads((ljpot / "potential.json").read_text())
@@ -266,6 +268,25 @@ def test_molecule_search_records_non_periodic_structures(ljpot, tmp_path):
     for rec in recs:
         assert rec.formula == "Li2S3" and not any(rec.pbc)
         assert rec.status in ("converged", "lost_atoms") and np.isnan(rec.volume_per_atom)
+
+
+def test_launch_with_slurm_scheduler_writes_a_job_array(ljpot, tmp_path):
+    """--scheduler slurm --dry-run: the run directory and RUNDIR/slurm/job.sh, no job, no runs."""
+    from click.testing import CliRunner
+
+    from rmsearch.cli import main
+
+    rundir = tmp_path / "run"
+    res = CliRunner().invoke(main, ["launch", "--scheduler", "slurm", "--dry-run", "--array-size", "3",
+                                    "--system", "Li-S", "--nruns", "9", "--potential", str(ljpot),
+                                    "-o", str(rundir)])
+    assert res.exit_code == 0, res.output
+    script = (rundir / "slurm" / "job.sh").read_text()
+    assert "--array=0-2" in script and "run-shard" in script
+    assert json.loads((rundir / "config.json").read_text())["nruns"] == 9
+    assert _n_records(rundir) == 0
+    res = CliRunner().invoke(main, ["launch", "--partition", "x", "-o", str(rundir)])
+    assert res.exit_code == 2 and "--partition applies to --scheduler slurm only" in res.output
 
 
 def test_bad_input_is_one_line_error(ljpot, tmp_path):
