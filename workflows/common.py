@@ -1,0 +1,93 @@
+"""Shared steps of the workflows: run the real command-line tools, time them, resume.
+
+Every workflow is a chain of the commands a user types (``rmdata make``, the
+``mace_run_train`` command printed by ``rmdata mace-command``, ``rmsearch export``,
+``rmsearch launch``, ``rmsearch analyze``). A step whose output already exists is skipped,
+so a workflow that was interrupted continues where it stopped (``rmsearch launch``
+resumes by itself).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("workflows")
+
+THREAD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def tool(name: str) -> str:
+    """Path of a console script of the running environment (``rmdata``, ``mace_run_train``, ...)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+class Pipeline:
+    """Runs and times the steps of one workflow in ``out``; writes ``out/steps.json``."""
+
+    def __init__(self, out: str | os.PathLike, force: bool = False):
+        self.out = Path(out).resolve()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.force = force
+        self.steps: list[dict[str, Any]] = []
+        self.t0 = time.perf_counter()
+
+    def run(self, name: str, args: list[str], done: Path | None = None, cwd: Path | None = None,
+            log_file: Path | None = None) -> None:
+        """Run one command; skipped when ``done`` exists (unless ``force``)."""
+        cmd = [tool(args[0]), *args[1:]]
+        if done is not None and done.exists() and not self.force:
+            print(f"[{name}] done already ({done.relative_to(self.out)}), skipped", flush=True)
+            self.steps.append({"step": name, "command": shlex.join(args), "skipped": True})
+            return
+        print(f"[{name}] {shlex.join(args)}", flush=True)
+        t0 = time.perf_counter()
+        env = {**os.environ, **THREAD_ENV}
+        if log_file is not None:
+            with open(log_file, "w") as fh:
+                proc = subprocess.run(cmd, cwd=cwd or self.out, env=env, stdout=fh, stderr=subprocess.STDOUT)
+        else:
+            proc = subprocess.run(cmd, cwd=cwd or self.out, env=env)
+        wall = time.perf_counter() - t0
+        self.steps.append({"step": name, "command": shlex.join(args), "wall_s": round(wall, 1)})
+        if proc.returncode != 0:
+            tail = ""
+            if log_file is not None and log_file.exists():
+                tail = "\n" + "\n".join(log_file.read_text().splitlines()[-15:])
+            raise SystemExit(f"workflow step '{name}' failed (exit {proc.returncode}){tail}")
+        print(f"[{name}] {wall:.1f} s", flush=True)
+
+    def train(self, dataset: Path, name: str, epochs: int, channels: int, seed: int) -> Path:
+        """Train MACE with the command ``rmdata mace-command`` prints; returns the model path."""
+        workdir = self.out / "train"
+        workdir.mkdir(exist_ok=True)
+        model = workdir / f"{name}.model"
+        out = subprocess.run([tool("rmdata"), "mace-command", str(dataset), "--name", name, "--epochs",
+                              str(epochs), "--channels", str(channels), "--seed", str(seed)],
+                             capture_output=True, text=True, check=True)
+        for i, line in enumerate(out.stdout.strip().splitlines()):
+            self.run(f"train{i}" if i else "train", shlex.split(line), done=model, cwd=workdir,
+                     log_file=workdir / f"train{i}.log")
+        return model
+
+    def finish(self, summary: dict[str, Any]) -> Path:
+        """Write ``summary.json`` (summary + steps + total wall time) and return its path."""
+        summary = {**summary, "steps": self.steps, "wall_s": round(time.perf_counter() - self.t0, 1)}
+        path = self.out / "summary.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+        return path
+
+
+def read_report(rundir: Path) -> dict[str, Any]:
+    """The analysis report data of a run directory (``report/report.json``)."""
+    return json.loads((rundir / "report" / "report.json").read_text())

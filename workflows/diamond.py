@@ -1,0 +1,198 @@
+"""One-shot diamond: train on one 8-atom cubic diamond cell, search carbon, find the polymorphs.
+
+Response Matching paper, diamond example (DESIGN §5): from a single cubic diamond cell,
+relaxing random carbon cells of 2-12 atoms at 3.8-5.6 A^3/atom finds cubic diamond
+(space group 227) as the lowest-energy structure, and hexagonal diamond (194),
+stacking variants and graphite-like layers as well.
+
+Steps (the commands a user would type; each is skipped when its output exists):
+
+1. ``rmdata make --dataset diamond`` (121 frames per copy)
+2. ``mace_run_train ...`` as printed by ``rmdata mace-command``
+3. ``rmsearch export`` (potential directory, self-checked against MACECalculator)
+4. ``rmsearch launch --system C --natoms 2-12`` with the volume window as a factor on the
+   fitted carbon volume
+5. ``rmsearch analyze`` (validity, dedupe, space groups, report)
+6. this script's own figure: energy vs volume per atom with the known polymorphs labelled,
+   found with StructureMatcher against ASE-built references, plus ``report.html``.
+
+Usage::
+
+    python workflows/diamond.py --out demo_run            # the `make demo` default
+    python workflows/diamond.py --out q --quick           # test size
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import Pipeline, read_report  # noqa: E402
+
+#: Sizes: (copies of the 121-frame set, epochs, MACE channels, search runs).
+SIZES = {"full": (2, 40, 16, 120), "quick": (1, 24, 16, 40)}
+
+
+def polymorph_references():
+    """ASE-built carbon polymorphs to label search results with."""
+    from ase.build import bulk, graphene
+
+    graphite = graphene(size=(1, 1, 1), vacuum=None)
+    graphite.cell[2] = [0, 0, 3.35]
+    layer2 = graphite.copy()
+    layer2.positions += [0, 0, 3.35]
+    layer2.translate(graphite.cell[0] / 3 + graphite.cell[1] / 3)
+    graphite_ab = graphite.copy()
+    graphite_ab.cell[2] = [0, 0, 6.7]
+    graphite_ab += layer2
+    graphite_ab.pbc = True
+    return {
+        "cubic diamond (Fd-3m, 227)": bulk("C", "diamond", a=3.567, cubic=True),
+        "hexagonal diamond (P6_3/mmc, 194)": bulk("CC", "wurtzite", a=2.51, c=4.17),
+        "graphite (AB)": graphite_ab,
+    }
+
+
+def label_clusters(rundir: Path, clusters: list[dict]) -> list[dict]:
+    """Attach a ``polymorph`` label and the sp2/sp3 coordination to each cluster."""
+    import numpy as np
+    from ase.io import read
+    from ase.neighborlist import neighbor_list
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    matcher = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
+    refs = {name: AseAtomsAdaptor.get_structure(a) for name, a in polymorph_references().items()}
+    out = []
+    for c in clusters:
+        atoms = read(rundir / "report" / c["cif"])
+        coordination = np.bincount(neighbor_list("i", atoms, 1.85), minlength=len(atoms))
+        structure = AseAtomsAdaptor.get_structure(atoms)
+        label = next((name for name, ref in refs.items() if matcher.fit(structure, ref, symmetric=True)), None)
+        if label is None and np.all(coordination == 3):
+            label = "graphite-like sp2 layers"
+        out.append({**c, "polymorph": label, "mean_coordination": float(coordination.mean())})
+    return out
+
+
+def plot_polymorphs(clusters: list[dict], path: Path) -> None:
+    """Energy vs volume per atom of the valid clusters, known polymorphs labelled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    colours = {"cubic": "tab:red", "hexagonal": "tab:blue", "graphite": "tab:green"}
+    others = [c for c in clusters if c["polymorph"] is None]
+    ax.scatter([c["volume_per_atom"] for c in others], [c["energy_per_atom"] for c in others],
+               s=[12 + 6 * c["hits"] for c in others], c="0.6", label="other clusters", zorder=2)
+    seen = set()
+    for c in clusters:
+        if c["polymorph"] is None:
+            continue
+        key = next((k for k in colours if c["polymorph"].startswith(k)), "graphite")
+        lab = c["polymorph"] if c["polymorph"] not in seen else None
+        seen.add(c["polymorph"])
+        ax.scatter(c["volume_per_atom"], c["energy_per_atom"], s=40 + 8 * c["hits"], c=colours[key],
+                   edgecolors="k", label=lab, zorder=3)
+        ax.annotate(f"{c['polymorph'].split(' (')[0]} (C{c['natoms']})",
+                    (c["volume_per_atom"], c["energy_per_atom"]), textcoords="offset points",
+                    xytext=(6, 4), fontsize=8)
+    ax.set_xlabel("volume (A^3/atom)")
+    ax.set_ylabel("energy (eV/atom, model)")
+    ax.set_title("One-shot diamond search: valid clusters (marker size ~ hits)")
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(out: Path, summary: dict, figure: str, clusters: list[dict]) -> Path:
+    """``report.html``: the workflow's figure and table, linking the analysis report."""
+    rows = "".join(
+        f"<tr><td>{i}</td><td>C{c['natoms']}</td><td>{c['energy_per_atom']:.4f}</td>"
+        f"<td>{c['volume_per_atom']:.2f}</td><td>{html.escape(str(c['spacegroups']['0.1'][1]))} "
+        f"({c['spacegroups']['0.1'][0]})</td><td>{c['hits']}</td><td>{html.escape(c['polymorph'] or '')}</td>"
+        f"<td><a href='run/report/{html.escape(c['cif'])}'>cif</a></td></tr>"
+        for i, c in enumerate(clusters[:20]))
+    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items()
+                    if k not in ("steps", "clusters"))
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>One-shot diamond</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 8px}}</style></head>
+<body><h1>One-shot diamond search</h1><ul>{facts}</ul>
+<img src="{figure}" alt="energy vs volume with polymorphs" style="max-width:100%">
+<h2>Lowest valid clusters</h2><table><tr><th>rank</th><th>cell</th><th>E (eV/atom)</th>
+<th>V (A^3/atom)</th><th>space group (0.1 A)</th><th>hits</th><th>polymorph</th><th>CIF</th></tr>{rows}</table>
+<p>Full analysis (dedupe, invalid structures, plots): <a href="run/report/index.html">run/report/index.html</a></p>
+</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="demo_run", help="output folder")
+    ap.add_argument("--quick", action="store_true", help="test size (fewer epochs and runs)")
+    ap.add_argument("--epochs", type=int, help="MACE epochs (default: by size)")
+    ap.add_argument("--copies", type=int, help="noise draws of the 121-frame set (default: by size)")
+    ap.add_argument("--nruns", type=int, help="random starts (default: by size)")
+    ap.add_argument("--natoms", default="2-12", help="atoms per cell")
+    ap.add_argument("--vmin", type=float, default=3.8, help="smallest start volume (A^3/atom)")
+    ap.add_argument("--vmax", type=float, default=5.6, help="largest start volume (A^3/atom)")
+    ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")
+    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    args = ap.parse_args(argv)
+    copies, epochs, channels, nruns = SIZES["quick" if args.quick else "full"]
+    copies, epochs, nruns = args.copies or copies, args.epochs or epochs, args.nruns or nruns
+
+    p = Pipeline(args.out, force=args.force)
+    data = p.out / "data" / "diamond.xyz"
+    p.run("data", ["rmdata", "make", "--dataset", "diamond", "--copies", str(copies), "--seed", str(args.seed),
+                   "-o", str(data), "-j", "1"], done=data)
+    model = p.train(data, "diamond", epochs, channels, args.seed)
+    potdir = p.out / "potential"
+    p.run("export", ["rmsearch", "export", str(model), "--training", str(data), "--out", str(potdir)],
+          done=potdir / "potential.json")
+    v_c = json.loads((potdir / "potential.json").read_text())["volumes"]["C"]
+    rundir = p.out / "run"
+    launch = ["rmsearch", "launch", "--potential", str(potdir), "--system", "C", "--natoms", args.natoms,
+              "--volume-factor", f"{args.vmin / v_c:.4f}-{args.vmax / v_c:.4f}", "--nruns", str(nruns),
+              "--seed", str(args.seed), "-o", str(rundir), "--no-progress"]
+    if args.workers:
+        launch += ["--workers", str(args.workers)]
+    p.run("search", launch)
+    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "200"])
+
+    report = read_report(rundir)
+    clusters = label_clusters(rundir, report["top_clusters"])
+    plot_polymorphs(clusters, p.out / "diamond_polymorphs.png")
+    lowest = clusters[0] if clusters else None
+    found = sorted({c["polymorph"] for c in clusters if c["polymorph"]})
+    summary = {
+        "lowest_cluster": None if lowest is None else (
+            f"C{lowest['natoms']} {lowest['spacegroups']['0.1'][1]} ({lowest['spacegroups']['0.1'][0]}), "
+            f"{lowest['energy_per_atom']:.4f} eV/atom, {lowest['volume_per_atom']:.2f} A^3/atom"),
+        "lowest_spacegroup": None if lowest is None else lowest["spacegroups"]["0.1"][0],
+        "lowest_is_cubic_diamond": bool(lowest and (lowest["polymorph"] or "").startswith("cubic")),
+        "polymorphs_found": found,
+        "runs": report["status_counts"], "invalid": report["n_invalid"], "clusters": report["n_clusters"],
+        "recipe": {"copies": copies, "epochs": epochs, "channels": channels, "nruns": nruns,
+                   "natoms": args.natoms, "volume_A3_per_atom": [args.vmin, args.vmax], "seed": args.seed},
+    }
+    p.finish({**summary, "clusters": clusters})
+    path = write_report(p.out, summary, "diamond_polymorphs.png", clusters)
+    print(json.dumps({k: v for k, v in summary.items()}, indent=2))
+    print(f"report: {path}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
