@@ -66,6 +66,9 @@ FAILED_STATUSES = ("lost_atoms", "exploded", "nan")
 MAX_DEATHS_PER_RUN = 2
 #: Worker deaths before any run was handed out, after which launch gives up.
 MAX_STARTUP_DEATHS = 5
+#: Runs in a row ending in ``error: ...`` after which a launch or task stops: one fault
+#: (a broken potential or install) must not use up the whole search as error records.
+MAX_ERROR_STREAK = 20
 #: build_config options that are RelaxSettings fields.
 RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype")
 
@@ -396,8 +399,10 @@ def run_shard(rundir: str | os.PathLike, task: int, ntasks: int) -> dict[str, An
         if todo:
             worker = ShardWorker(rundir, f"task-{task}")
             try:
+                streak = ErrorStreak()
                 for rid in todo:
                     records.append(worker.run_one(rid))
+                    streak.update(records[-1].status)
             finally:
                 worker.close()
     return summarize(records, time.perf_counter() - t0)
@@ -422,6 +427,23 @@ def summarize(records: list[RunRecord], wall_s: float) -> dict[str, Any]:
 
 def _status_class(status: str) -> str:
     return "error" if status.startswith("error") else status
+
+
+class ErrorStreak:
+    """Stops a search when :data:`MAX_ERROR_STREAK` runs in a row end in ``error: ...``."""
+
+    def __init__(self, limit: int | None = None):
+        self.limit = MAX_ERROR_STREAK if limit is None else limit
+        self.count = 0
+
+    def update(self, status: str) -> None:
+        """Count one finished run; raise RMError when the streak reaches the limit."""
+        self.count = self.count + 1 if status.startswith("error") else 0
+        if self.count >= self.limit:
+            raise RMError(f"{self.count} runs in a row failed, the last with '{status[:200]}'; "
+                          "stopped so that one fault does not use up the search. Fix the cause, then "
+                          "resume (the failed runs keep their error records; use a new -o directory "
+                          "to run them again)")
 
 
 # ----------------------------------------------------------------------------- status
@@ -518,6 +540,7 @@ class _Pool:
         self.slots: dict[int, _Slot] = {}
         self.deaths: collections.Counter = collections.Counter()
         self.startup_deaths = 0
+        self.streak = ErrorStreak()
         self.status_counts: collections.Counter = collections.Counter()
         self.bar = tqdm(total=len(todo), unit="run", disable=not progress, dynamic_ncols=True,
                         smoothing=0.05, file=sys.stderr)
@@ -548,6 +571,7 @@ class _Pool:
         self.bar.set_postfix_str(f"converged {conv}, other {sum(self.status_counts.values()) - conv}",
                                  refresh=False)
         self.bar.update(1)
+        self.streak.update(status)
 
     def run(self) -> None:
         while self.slots:

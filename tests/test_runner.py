@@ -234,6 +234,23 @@ def test_run_shard_partition_status_and_errors(ljpot, tmp_path, monkeypatch):
     assert out.returncode == 0 and json.loads(out.stdout)["done"] == 8
 
 
+def test_a_systematic_fault_stops_the_search(ljpot, tmp_path, monkeypatch):
+    """When every run fails the same way, the task stops after MAX_ERROR_STREAK runs."""
+    from rmsearch import runner
+    from rmsearch.relax import Relaxer
+
+    def broken(self, atoms):
+        raise KeyError("neighbor_style")
+
+    monkeypatch.setattr(Relaxer, "relax", broken)
+    monkeypatch.setattr(runner, "MAX_ERROR_STREAK", 4)
+    rundir = tmp_path / "run"
+    init_rundir(rundir, build_config(potential=ljpot, nruns=30, system="Li-S", natoms="2-4"))
+    with pytest.raises(RMError, match="4 runs in a row failed.*KeyError"):
+        run_shard(rundir, 0, 1)
+    assert rundir_status(rundir)["done"] == 4
+
+
 def test_records_carry_results_and_start_information(ljpot, tmp_path):
     rundir = tmp_path / "run"
     init_rundir(rundir, build_config(potential=ljpot, nruns=3, seed=2, composition="Li2S",
