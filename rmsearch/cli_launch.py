@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -74,14 +75,18 @@ def _print_total(status: dict) -> None:
                    "(options below, see 'rmsearch slurm --help').")
 @slurm_launch_options
 @click.option("--dry-run", is_flag=True, help="With --scheduler slurm: only write RUNDIR/slurm/job.sh.")
+@click.option("--resume", is_flag=True,
+              help="Require RUNDIR to exist (an existing RUNDIR is resumed with or without this flag).")
 def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers: int | None,
-               progress: bool, as_json: bool, scheduler: str, dry_run: bool, volume_factor: str | None,
-               **flags) -> None:
+               progress: bool, as_json: bool, scheduler: str, dry_run: bool, resume: bool,
+               volume_factor: str | None, **flags) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
 
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
     change results (seed, starts, tolerances, potential contents) must match them.
     """
+    if resume and not (rundir / "config.json").is_file():
+        raise RMError(f"{rundir}: --resume needs an existing run directory (no config.json there)")
     slurm_flags = {k: flags.pop(k) for k in list(flags) if k not in SEARCH_OPTIONS}
     search = dict(flags, volume_factor=parse_range(volume_factor, "--volume-factor") if volume_factor else None)
     if scheduler == "slurm":
@@ -112,10 +117,22 @@ def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers:
 def status_cmd(rundir: Path, as_json: bool) -> None:
     """Show done / failed / remaining runs of RUNDIR, counts per status and the best energy."""
     status = rundir_status(rundir)
+    table = None
+    if (rundir / "slurm" / "jobs.json").is_file():  # submitted as a SLURM array: per-task view too
+        from rmsearch import slurm
+
+        try:
+            tasks = slurm.slurm_status(rundir)
+            status["slurm"] = [dataclasses.asdict(t) for t in tasks]
+            table = slurm.format_status(tasks)
+        except RMError as exc:
+            status["slurm"] = table = f"scheduler state unavailable ({exc})"
     if as_json:
         click.echo(json.dumps(status, indent=2))
-    else:
-        _print_total(status)
+        return
+    _print_total(status)
+    if table:
+        click.echo(table)
 
 
 @click.command("run-shard", context_settings=CONTEXT)
