@@ -31,7 +31,7 @@ def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac
     d = data["dedupe"]
     click.echo(f"{data['n_records']} runs ({', '.join(f'{k} {v}' for k, v in data['status_counts'].items())}); "
                f"{data['n_invalid']} invalid; {d['n_structures']} valid -> {d['n_clusters']} clusters "
-               f"({d['n_matcher_calls']} matcher calls)")
+               f"({d['n_matcher_calls']} matcher calls, {d['n_quick_matches']} quick duplicate matches)")
     if data["problems"]:
         click.echo(f"{len(data['problems'])} shard lines/records skipped: see the report", err=True)
     if data.get("match"):

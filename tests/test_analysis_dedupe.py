@@ -45,7 +45,48 @@ def test_copies_merge_into_one_cluster():
     c = res.clusters[0]
     assert c.hits == 12 and c.members == list(range(12))
     assert c.representative == min(items, key=lambda it: it[2])[0]  # the lowest energy keeps the cluster
-    assert res.n_matcher_calls == 11  # each later copy matches the first cluster at once
+    # each later copy matches the first cluster at once, here all by the quick duplicate test
+    assert res.n_matcher_calls + res.n_quick_matches == 11 and res.n_quick_matches == 11
+
+
+def test_strained_copies_fall_back_to_the_matcher():
+    rng = np.random.default_rng(4)
+    base = diamond8()
+    items = [(0, base.copy(), -7.0)]
+    for k in (1, 2):  # 4 % strain: beyond the quick test (2 %), well inside ltol = 0.3
+        a = _disguise(base, rng, noise=0.01)
+        a.set_cell(np.asarray(a.cell) * (1 + 0.04 * k / 2), scale_atoms=True)
+        items.append((k, a, -7.0 + 0.001 * k))
+    res = dedupe(items, volume_bin=0.2)
+    assert len(res.clusters) == 1 and res.n_quick_matches == 0 and res.n_matcher_calls == 2
+
+
+def test_quick_test_is_sound_on_mp20_structures():
+    """Whenever the quick test says 'same', StructureMatcher agrees; distinct structures never pass it."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from rmsearch.analysis.dedupe import make_matcher, quick_form, quick_same
+    from rmsearch.analysis.references import load_references
+
+    def qf(s):
+        return quick_form(np.array([site.specie.Z for site in s]), s.lattice.matrix, s.cart_coords)
+
+    rng = np.random.default_rng(11)
+    ad = AseAtomsAdaptor()
+    matcher = make_matcher()
+    refs = [s for _, s in load_references("mp20-subset:val")[:40]]
+    hits = 0
+    for s in refs:
+        copy = ad.get_structure(_disguise(ad.get_atoms(s), rng, noise=0.01))
+        if quick_same(qf(s), qf(copy)):
+            hits += 1
+            assert matcher.fit(s, copy, symmetric=True)
+    assert hits >= 36  # nearly all plain copies are caught without the matcher
+    forms = [qf(s) for s in refs]
+    for i in range(len(refs)):
+        for j in range(i + 1, len(refs)):
+            if quick_same(forms[i], forms[j]):
+                assert matcher.fit(refs[i], refs[j], symmetric=True)
 
 
 def test_diamond_and_lonsdaleite_stay_apart():

@@ -85,6 +85,7 @@ def test_hull_ranking_and_match(run):
     assert hits == {"Cu": 2, "Au": 2, "Cu3Au": 2}  # two starts each, merged
     assert data["match"]["summary"]["n_references"] == 5
     assert data["match"]["summary"]["match_rate"] == 1.0  # every prototype is found again
+    assert data["match"]["summary"]["n_searched"] == 5
     assert data["metrics"]["cov_r"] == 1.0
     assert data["dedupe"]["n_matcher_calls"] < data["dedupe"]["n_all_pairs"]
 

@@ -13,6 +13,13 @@ does with its composition hash:
    length tolerance) with ``fit(symmetric=True)``, each structure Niggli/primitive-reduced
    once.
 
+Before StructureMatcher, a quick exact-duplicate test (:func:`quick_same`) accepts pairs
+that are obviously the same: Niggli cells equal within 2 % in length and 1 degree in angle
+up to a proper change of basis and, after one translation, every atom within
+``0.1 (V/N)^(1/3)`` of an atom of the same element in the other (a bijection). Such pairs are far inside the matcher's tolerances
+(it would accept them too); everything else goes to the matcher. In a search most results
+are repeat hits, so this removes most matcher calls and structure reductions.
+
 Structures are visited in order of (energy per atom, run id); each is compared with the
 candidate representatives nearest in energy and volume first, joins the first that
 matches or opens a new cluster, so every cluster's representative is its lowest-energy
@@ -37,7 +44,6 @@ import numpy as np
 from ase import Atoms
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
-from pymatgen.io.ase import AseAtomsAdaptor
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +87,7 @@ class DedupeResult:
     clusters: list[Cluster]
     n_structures: int
     n_matcher_calls: int
+    n_quick_matches: int  # pairs accepted by the quick exact-duplicate test, no matcher call
     n_all_pairs: int  # N (N - 1) / 2 over all structures: what all-pairs matching would cost
     n_pairs_same_composition: int  # pairs left after the composition filter alone
     wall_s: float
@@ -98,39 +105,167 @@ def _composition_key(atoms: Atoms) -> tuple[str, int]:
     return comp.reduced_formula, len(atoms)
 
 
-def _dedupe_group(args: tuple[list[tuple[int, float, float, Structure | None]], float, float]
-                  ) -> tuple[list[tuple[int, float, float, list[int]]], int]:
-    """Greedy clustering of one composition group; returns (clusters, matcher calls).
+QUICK_LTOL = 0.02  # relative Niggli cell length tolerance of the quick test
+QUICK_ANGLE_TOL = 1.0  # degrees
+QUICK_DTOL = 0.1  # atom displacement tolerance of the quick test, in units of (V/N)^(1/3)
 
-    Items are (run_id, energy_per_atom, volume_per_atom, structure or None), already sorted.
+
+@dataclass
+class QuickForm:
+    """Niggli-reduced description of a structure for :func:`quick_same`.
+
+    ``params``: a, b, c (A), alpha, beta, gamma (degrees); ``frac``: (n_atoms, 3) fractional
+    coordinates in the Niggli cell ``cell`` (3, 3); ``length``: (V/N)^(1/3) in A.
+    """
+
+    params: np.ndarray
+    cell: np.ndarray
+    frac: np.ndarray
+    numbers: np.ndarray
+    length: float
+
+
+def quick_form(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray) -> QuickForm:
+    """The :class:`QuickForm` of a periodic structure (ASE's Niggli reduction, no primitive search).
+
+    ``cell`` (3, 3) rows are lattice vectors (A); ``positions`` (n_atoms, 3) Cartesian (A).
+    """
+    from ase.build.tools import niggli_reduce_cell
+    from ase.geometry import cell_to_cellpar
+
+    _, op = niggli_reduce_cell(cell)
+    ncell = op @ cell  # the Niggli basis in the structure's own orientation
+    frac = np.linalg.solve(ncell.T, np.asarray(positions, float).T).T % 1.0
+    return QuickForm(params=cell_to_cellpar(ncell), cell=ncell, frac=frac, numbers=np.asarray(numbers),
+                     length=(abs(np.linalg.det(ncell)) / len(numbers)) ** (1.0 / 3.0))
+
+
+def _structure(raw: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Structure:
+    numbers, cell, positions = raw
+    return Structure(cell, numbers, positions, coords_are_cartesian=True)
+
+
+#: The 26 nonzero integer vectors with entries -1, 0, 1: rows of candidate changes of basis.
+_ROWS = np.array([(i, j, k) for i in (-1, 0, 1) for j in (-1, 0, 1) for k in (-1, 0, 1)
+                  if (i, j, k) != (0, 0, 0)], dtype=float)
+
+
+_DET = np.round(np.einsum("ia,jb,kc,abc->ijk", _ROWS, _ROWS, _ROWS,
+                          np.array([[[np.linalg.det(np.eye(3)[[a, b, c]]) for c in range(3)]
+                                     for b in range(3)] for a in range(3)])))  # det of rows i, j, k
+
+
+def _matching_bases(a_cell: np.ndarray, b_cell: np.ndarray) -> np.ndarray:
+    """Changes of basis U (rows from :data:`_ROWS`, det +-1) with ``U b_cell`` metrically equal to ``a_cell``.
+
+    Lengths must agree within QUICK_LTOL and angles within QUICK_ANGLE_TOL degrees; only
+    proper ones (same handedness as ``a_cell``) are returned, shape (n_bases, 3, 3).
+    """
+    vecs = _ROWS @ b_cell  # (26, 3) lattice vectors of b
+    lens = np.linalg.norm(vecs, axis=1)
+    la = np.linalg.norm(a_cell, axis=1)
+    choices = [np.flatnonzero(np.abs(lens / la[i] - 1.0) <= QUICK_LTOL) for i in range(3)]
+    if any(len(c) == 0 for c in choices):
+        return np.empty((0, 3, 3))
+    cos_b = (vecs @ vecs.T) / np.outer(lens, lens)
+    cos_a = (a_cell @ a_cell.T) / np.outer(la, la)
+    sin_tol = np.sin(np.radians(QUICK_ANGLE_TOL))
+    i, j, k = (g.ravel() for g in np.meshgrid(*choices, indexing="ij"))
+    sign = np.sign(np.linalg.det(b_cell)) * np.sign(np.linalg.det(a_cell))
+    ok = ((np.abs(cos_b[i, j] - cos_a[0, 1]) <= sin_tol) & (np.abs(cos_b[i, k] - cos_a[0, 2]) <= sin_tol)
+          & (np.abs(cos_b[j, k] - cos_a[1, 2]) <= sin_tol) & (_DET[i, j, k] == sign))
+    return np.stack([_ROWS[i[ok]], _ROWS[j[ok]], _ROWS[k[ok]]], axis=1)
+
+
+def quick_same(a: QuickForm, b: QuickForm) -> bool:
+    """True if ``b`` is obviously ``a`` moved, rotated, permuted and slightly perturbed.
+
+    Tries every change of basis ``U`` (entries -1, 0, 1) of b's Niggli cell whose metric
+    ``U G_b U^T`` equals a's within the quick tolerances and keeps the handedness (a
+    rotation, never a mirror), then one translation per anchor atom. Never True for
+    structures StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10) tells apart; False only
+    means "not obvious".
+    """
+    n = len(a.numbers)
+    if n != len(b.numbers) or not np.array_equal(np.sort(a.numbers), np.sort(b.numbers)):
+        return False
+    if (np.abs(np.sort(a.params[:3]) / np.sort(b.params[:3]) - 1.0) > 3 * QUICK_LTOL).any():
+        return False  # Niggli lengths are the three shortest: cheap early exit
+    bases = _matching_bases(a.cell, b.cell)
+    if not len(bases):
+        return False
+    elems, counts = np.unique(a.numbers, return_counts=True)
+    anchor_el = elems[np.argmin(counts)]
+    i0 = int(np.flatnonzero(a.numbers == anchor_el)[0])
+    same = a.numbers[:, None] == b.numbers[None, :]  # (n_a, n_b)
+    dtol = QUICK_DTOL * a.length
+    anchors = np.flatnonzero(b.numbers == anchor_el)
+    for u in bases:
+        fb = b.frac @ np.linalg.inv(u)  # b's fractional coordinates in the basis U b.cell
+        for j in anchors:
+            diff = a.frac[:, None, :] - (fb[None, :, :] + (a.frac[i0] - fb[j]))
+            diff -= np.round(diff)
+            dist = np.linalg.norm(diff @ a.cell, axis=-1)  # (n_a, n_b), A
+            dist[~same] = np.inf
+            nearest = dist.argmin(axis=1)
+            if (dist.min(axis=1) < dtol).all() and len(np.unique(nearest)) == n:
+                return True
+    return False
+
+
+_Raw = tuple[np.ndarray, np.ndarray, np.ndarray]  # numbers, cell (3, 3), Cartesian positions (n, 3)
+
+
+def _dedupe_group(args: tuple[list[tuple[int, float, float, _Raw | None]], float, float]
+                  ) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
+    """Greedy clustering of one composition group; returns (clusters, matcher calls, quick matches).
+
+    Items are (run_id, energy_per_atom, volume_per_atom, raw structure or None), already sorted.
     """
     items, energy_bin, volume_bin = args
     matcher = make_matcher()
     clusters: list[tuple[int, float, float, list[int]]] = []
-    reduced: list[Structure | None] = []
+    structs: list[_Raw | None] = []
+    quick: list[QuickForm | None] = []
+    reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
     bins: dict[tuple[int, int], list[int]] = defaultdict(list)
-    calls = 0
+    calls = quick_hits = 0
+
+    def reduce(raw: _Raw) -> Structure:
+        return matcher._get_reduced_structure(_structure(raw), matcher._primitive_cell, niggli=True)
+
     for run_id, e, v, struct in items:
         if struct is None:  # molecule: no periodic matcher, a cluster of its own
             clusters.append((run_id, e, v, [run_id]))
-            reduced.append(None)
+            structs.append(None)
+            quick.append(None)
             continue
-        red = matcher._get_reduced_structure(struct, matcher._primitive_cell, niggli=True)
         be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
         # nearest representatives (in energy and volume) first: a duplicate usually matches at once
         near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in bins.get((be + de, bv + dv), ())]
         candidates = sorted(near, key=lambda k: (abs(clusters[k][1] - e) / energy_bin
                                                  + abs(math.log(clusters[k][2] / v)) / volume_bin, k))
-        for k in candidates:
-            calls += 1
-            if matcher.fit(reduced[k], red, symmetric=True, skip_structure_reduction=True):
-                clusters[k][3].append(run_id)
-                break
+        q = quick_form(*struct)
+        found = next((k for k in candidates if quick_same(quick[k], q)), None)
+        if found is not None:
+            quick_hits += 1
+        elif candidates:
+            red = reduce(struct)
+            for k in candidates:
+                if k not in reduced:
+                    reduced[k] = reduce(structs[k])
+                calls += 1
+                if matcher.fit(reduced[k], red, symmetric=True, skip_structure_reduction=True):
+                    found = k
+                    break
+        if found is not None:
+            clusters[found][3].append(run_id)
         else:
             bins[(be, bv)].append(len(clusters))
             clusters.append((run_id, e, v, [run_id]))
-            reduced.append(red)
-    return clusters, calls
+            structs.append(struct)
+            quick.append(q)
+    return clusters, calls, quick_hits
 
 
 def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEFAULT_ENERGY_BIN,
@@ -142,13 +277,13 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
     if energy_bin <= 0 or volume_bin <= 0:
         raise ValueError(f"energy_bin={energy_bin} and volume_bin={volume_bin} must be positive")
     t0 = time.perf_counter()
-    groups: dict[tuple[str, int], list[tuple[int, float, float, Structure | None]]] = defaultdict(list)
-    adaptor = AseAtomsAdaptor()
+    groups: dict[tuple[str, int], list[tuple[int, float, float, _Raw | None]]] = defaultdict(list)
     for run_id, atoms, e in items:
         periodic = bool(atoms.pbc.all())
         v = atoms.get_volume() / len(atoms) if periodic else math.nan
         groups[_composition_key(atoms)].append(
-            (int(run_id), float(e), float(v), adaptor.get_structure(atoms) if periodic else None))
+            (int(run_id), float(e), float(v),
+             (atoms.numbers.copy(), np.asarray(atoms.cell).copy(), atoms.positions.copy()) if periodic else None))
     keys = sorted(groups)
     for key in keys:
         groups[key].sort(key=lambda it: (it[1], it[0]))
@@ -163,16 +298,19 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         results = [_dedupe_group(t) for t in tasks]
     clusters = [Cluster(formula=key[0], natoms=key[1], representative=rep, energy_per_atom=e,
                         volume_per_atom=v, members=sorted(members))
-                for key, (found, _) in zip(keys, results) for rep, e, v, members in found]
+                for key, (found, _, _) in zip(keys, results) for rep, e, v, members in found]
     clusters.sort(key=lambda c: (c.energy_per_atom, c.representative))
     n = len(items)
     sizes = np.array([len(groups[k]) for k in keys], dtype=np.int64)
-    res = DedupeResult(clusters=clusters, n_structures=n, n_matcher_calls=sum(c for _, c in results),
+    res = DedupeResult(clusters=clusters, n_structures=n, n_matcher_calls=sum(r[1] for r in results),
+                       n_quick_matches=sum(r[2] for r in results),
                        n_all_pairs=n * (n - 1) // 2,
                        n_pairs_same_composition=int((sizes * (sizes - 1) // 2).sum()),
                        wall_s=time.perf_counter() - t0,
                        settings={"matcher": make_matcher().as_dict(), "energy_bin_eV_atom": energy_bin,
-                                 "volume_bin_ln": volume_bin, "fit_symmetric": True})
-    log.info("dedupe: %d structures -> %d clusters, %d matcher calls (all pairs %d), %.1f s",
-             n, len(clusters), res.n_matcher_calls, res.n_all_pairs, res.wall_s)
+                                 "volume_bin_ln": volume_bin, "fit_symmetric": True,
+                                 "quick_test": {"ltol": QUICK_LTOL, "angle_tol_deg": QUICK_ANGLE_TOL,
+                                                "dtol_per_length": QUICK_DTOL}})
+    log.info("dedupe: %d structures -> %d clusters, %d matcher calls + %d quick matches (all pairs %d), %.1f s",
+             n, len(clusters), res.n_matcher_calls, res.n_quick_matches, res.n_all_pairs, res.wall_s)
     return res

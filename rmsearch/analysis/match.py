@@ -44,9 +44,15 @@ class MatchResult:
         rms = [r["rmsd"] for r in self.rows if r["matched"]]
         return sum(rms) / len(rms) if rms else math.nan
 
+    @property
+    def n_searched(self) -> int:
+        """References whose composition has at least one cluster (was searched)."""
+        return sum(r["n_candidates"] > 0 for r in self.rows)
+
     def summary(self) -> dict[str, Any]:
         return {"top_k": self.top_k, "n_references": self.n_references, "n_matched": self.n_matched,
-                "match_rate": self.match_rate, "mean_rmsd": self.mean_rmsd}
+                "match_rate": self.match_rate, "mean_rmsd": self.mean_rmsd, "n_searched": self.n_searched,
+                "match_rate_searched": self.n_matched / self.n_searched if self.n_searched else math.nan}
 
 
 def match_references(candidates: Sequence[tuple[int, Structure]], references: Sequence[tuple[str, Structure]],

@@ -105,8 +105,15 @@ def plot_hull(hull: HullResult, labels: Sequence[str], path: str | os.PathLike) 
         sc = ax.scatter(xy[:, 0], xy[:, 1], c=np.clip(hull.e_hull, 0, None), cmap="viridis_r", s=22,
                         edgecolor="k", linewidth=0.3)
         ax.scatter(xy[vert, 0], xy[vert, 1], s=70, facecolor="none", edgecolor="tab:red", label="hull vertices")
+        pd = hull.phase_diagram
+        for facet in pd.facets:  # tie lines of the lower hull
+            fr = np.array([[pd.qhull_entries[i].composition.get_atomic_fraction(el) for el in hull.elements]
+                           for i in facet])
+            pts = np.column_stack([fr[:, 1] + 0.5 * fr[:, 2], np.sqrt(3) / 2 * fr[:, 2]])
+            ax.plot(pts[[0, 1, 2, 0], 0], pts[[0, 1, 2, 0], 1], color="tab:red", lw=0.6, alpha=0.6, zorder=0)
         for k in np.flatnonzero(vert):
-            ax.annotate(labels[k], xy[k], textcoords="offset points", xytext=(4, 4), fontsize=8)
+            if np.count_nonzero(f[k] > 1e-9) > 1:  # the corners are labelled by element below
+                ax.annotate(labels[k], xy[k], textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.plot([0, 1, 0.5, 0], [0, 0, np.sqrt(3) / 2, 0], color="k", lw=0.8)
         for (px, py), el in zip([(0, 0), (1, 0), (0.5, np.sqrt(3) / 2)], hull.elements):
             ax.annotate(el, (px, py), textcoords="offset points", xytext=(-4, -14 if py == 0 else 6), fontsize=10)

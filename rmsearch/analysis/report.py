@@ -63,8 +63,9 @@ def _summary_items(data: dict[str, Any]) -> list[tuple[str, str]]:
                                       f"radii sum, or volume above {data['validity']['max_volume_factor']} x "
                                       "covalent-sphere volume)"),
              ("valid, deduplicated", f"{d['n_structures']} structures -> {d['n_clusters']} clusters"),
-             ("StructureMatcher calls", f"{d['n_matcher_calls']} (all pairs: {d['n_all_pairs']}, "
-                                        f"same composition: {d['n_pairs_same_composition']})"),
+             ("StructureMatcher calls", f"{d['n_matcher_calls']} plus {d['n_quick_matches']} obvious duplicates "
+                                        f"(all pairs: {d['n_all_pairs']}, same composition: "
+                                        f"{d['n_pairs_same_composition']})"),
              ("problems while reading", str(len(data["problems"])))]
     if data.get("hull_note"):
         items.append(("pseudo hull", data["hull_note"]))
@@ -94,7 +95,8 @@ def write_markdown(data: dict[str, Any], path: str | os.PathLike) -> Path:
         out += ["## Match against references", "",
                 f"{m['n_matched']} of {m['n_references']} reference structures matched by one of the top "
                 f"{m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, "
-                f"mean RMSD {_fmt(m['mean_rmsd'], 4)}).", ""]
+                f"mean RMSD {_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition "
+                f"that was searched (match rate among them {_fmt(m['match_rate_searched'])}).", ""]
     if data.get("metrics"):
         out += ["## Generation metrics", "", "| metric | value |", "|---|---|"]
         out += [f"| {k} | {_fmt(v, 4)} |" for k, v in data["metrics"].items()]
@@ -146,7 +148,8 @@ def write_html(data: dict[str, Any], path: str | os.PathLike) -> Path:
         parts += ["<h2>Match against references</h2>",
                   f"<p id='match'>{m['n_matched']} of {m['n_references']} reference structures matched by one of the "
                   f"top {m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, mean RMSD "
-                  f"{_fmt(m['mean_rmsd'], 4)}).</p>"]
+                  f"{_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition that was searched "
+                  f"(match rate among them {_fmt(m['match_rate_searched'])}).</p>"]
     if data.get("metrics"):
         parts += ["<h2>Generation metrics</h2>", "<table id='metrics'><tr><th>metric</th><th>value</th></tr>"]
         parts += [f"<tr><td>{e(k)}</td><td>{e(_fmt(v, 4))}</td></tr>" for k, v in data["metrics"].items()]

@@ -1,0 +1,209 @@
+"""Benchmark: analyse 5000 results of a Li-S-like search (dedupe must take < 1 min on 2 cores).
+
+Without ``--rundir`` a realistic synthetic result set is generated: several hundred distinct
+Li-S structures (pyxtal random symmetric crystals of Li, S, Li2S, LiS, LiS2, Li2S3, Li3S,
+LiS3, Li4S3 with 2-12 atoms), each found one or more times (hits skewed towards low
+energies, as in a real search) and every hit disguised by a random translation, atom
+permutation, rigid rotation, 0.01 A position noise and 2 meV/atom energy noise; plus 3 %
+non-converged runs and 1 % runs with two atoms 0.5 A apart (invalid). They are written as
+shards of a run directory and ``rmsearch.analysis.analyze`` is timed on it.
+
+Reports dedupe wall time, StructureMatcher calls against the all-pairs count, how many of
+the distinct structures were recovered, and the time of the whole analysis; writes the
+``## bench_analyze`` section of BENCHMARKS.md (``--no-write`` to skip).
+
+    python benchmarks/bench_analyze.py [--rundir RUNDIR] [--n 5000] [--distinct 400] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+from scipy.spatial.transform import Rotation
+
+from rmdata.utils import atomic_output, pin_threads
+from rmsearch.analysis.validity import check_validity
+from rmsearch.records import RunRecord
+
+COMPOSITIONS = [("Li", 1, 0), ("S", 0, 1), ("Li2S", 2, 1), ("LiS", 1, 1), ("LiS2", 1, 2), ("Li2S3", 2, 3),
+                ("Li3S", 3, 1), ("LiS3", 1, 3), ("Li4S3", 4, 3)]
+SPACEGROUPS = [1, 2, 5, 8, 12, 14, 15, 38, 62, 63, 65, 71, 119, 127, 139, 160, 164, 166, 191, 194, 216,
+               221, 225, 227, 229]
+E_LI, E_S = -1.9, -4.1  # eV/atom, pseudo elemental energies of the synthetic landscape
+V_LI, V_S = 20.0, 17.0  # A^3/atom
+
+
+def distinct_structures(n: int, rng: np.random.Generator) -> list[tuple[Atoms, float]]:
+    """``n`` distinct pyxtal crystals with synthetic energies (eV/atom)."""
+    from pyxtal import pyxtal
+
+    out: list[tuple[Atoms, float]] = []
+    while len(out) < n:
+        _, nli, ns = COMPOSITIONS[len(out) % len(COMPOSITIONS)]
+        z = int(rng.integers(1, max(2, 12 // (nli + ns)) + 1))
+        species = [s for s, k in (("Li", nli), ("S", ns)) if k]
+        counts = [k * z for k in (nli, ns) if k]
+        sg = int(rng.choice(SPACEGROUPS))
+        vol = sum(counts[i] * (V_LI if species[i] == "Li" else V_S) for i in range(len(species)))
+        crystal = pyxtal()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                crystal.from_random(3, sg, species, counts, factor=1.0, seed=int(rng.integers(1 << 30)))
+            except Exception:  # composition not compatible with this space group: draw again
+                continue
+        if not crystal.valid:
+            continue
+        atoms = crystal.to_ase()
+        if len(atoms) != sum(counts):  # pyxtal counts are for the conventional cell
+            continue
+        atoms.set_cell(atoms.cell * (vol / atoms.get_volume()) ** (1 / 3), scale_atoms=True)
+        if not check_validity(atoms).valid:  # a search result has no atoms on top of each other
+            continue
+        x = nli / (nli + ns)
+        e = x * E_LI + (1 - x) * E_S - 0.4 * 4 * x * (1 - x) + rng.exponential(0.25)
+        out.append((atoms, float(e)))
+    return out
+
+
+def disguise(atoms: Atoms, rng: np.random.Generator) -> Atoms:
+    """The same structure as found by another run: moved, permuted, rotated, slightly noisy."""
+    a = atoms[rng.permutation(len(atoms))]
+    a.translate(rng.normal(size=3) * 3.0)
+    a.wrap()
+    rot = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
+    a.set_cell(np.asarray(a.cell) @ rot.T, scale_atoms=False)
+    a.positions = a.positions @ rot.T + rng.normal(scale=0.01, size=(len(a), 3))
+    return a
+
+
+def make_synthetic_run(rundir: Path, n_records: int, n_distinct: int, seed: int) -> dict:
+    """Write a synthetic Li-S run directory; return what is known about it."""
+    rng = np.random.default_rng(seed)
+    t0 = time.perf_counter()
+    base = distinct_structures(n_distinct, rng)
+    t_gen = time.perf_counter() - t0
+    energies = np.array([e for _, e in base])
+    weights = 1.0 / (np.argsort(np.argsort(energies)) + 5.0)  # low energy: found more often
+    picks = np.concatenate([np.arange(n_distinct),
+                            rng.choice(n_distinct, n_records - n_distinct, p=weights / weights.sum())])
+    rng.shuffle(picks)
+    (rundir / "shards").mkdir(parents=True, exist_ok=True)
+    (rundir / "config.json").write_text(json.dumps({"seed": seed, "system": "Li-S", "synthetic": True,
+                                                    "n_records": n_records, "n_distinct": n_distinct}))
+    shards = [open(rundir / "shards" / f"worker{k}.jsonl", "wb") for k in range(2)]
+    n_bad = 0
+    for run_id, k in enumerate(picks):
+        atoms, e = base[k]
+        a = disguise(atoms, rng)
+        status = "converged"
+        u = rng.random()
+        if u < 0.03:
+            status = "not_converged"
+        elif u < 0.04 and len(a) > 1:
+            a.positions[1] = a.positions[0] + [0.5, 0.0, 0.0]
+            n_bad += 1
+        e_run = e + rng.normal(scale=0.002)
+        rec = RunRecord.from_atoms(a, run_id=run_id, seed=seed * 100000 + run_id, status=status,
+                                   energy=e_run * len(a), energy_per_atom=e_run,
+                                   pressure_gpa=float(rng.normal(scale=0.05)),
+                                   volume_per_atom=a.get_volume() / len(a), fmax=0.005, stress=[0.0] * 6)
+        shards[run_id % 2].write((rec.to_json() + "\n").encode())
+    for fh in shards:
+        fh.close()
+    return {"n_records": n_records, "n_distinct": n_distinct, "n_invalid_planted": n_bad,
+            "distinct_hit": int(len(set(picks.tolist()))), "generate_s": t_gen, "base_of_run": picks.tolist()}
+
+
+def cluster_purity(rundir: Path, base_of_run: list[int]) -> dict[str, int]:
+    """Compare the clusters in results.db with the known structure of every synthetic run."""
+    import ase.db
+
+    base_clusters: dict[int, set[int]] = {}
+    cluster_bases: dict[int, set[int]] = {}
+    for row in ase.db.connect(rundir / "results.db").select("cluster_id"):
+        b = base_of_run[row.run_id]
+        base_clusters.setdefault(b, set()).add(row.cluster_id)
+        cluster_bases.setdefault(row.cluster_id, set()).add(b)
+    return {"n_base": len(base_clusters), "split": sum(len(c) > 1 for c in base_clusters.values()),
+            "mixed": sum(len(b) > 1 for b in cluster_bases.values())}
+
+
+def write_section(path: Path, text: str) -> None:
+    """Replace (or append) the ``## bench_analyze`` section of BENCHMARKS.md."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    section = "## bench_analyze\n\n" + text.strip() + "\n"
+    pattern = re.compile(r"^## bench_analyze\n.*?(?=^## |\Z)", re.S | re.M)
+    new = pattern.sub(lambda _: section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section
+    with atomic_output(path) as tmp:
+        tmp.write_text(new)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("--rundir", help="analyse this run directory instead of a synthetic one")
+    ap.add_argument("--n", type=int, default=5000, help="synthetic records")
+    ap.add_argument("--distinct", type=int, default=400, help="distinct synthetic structures")
+    ap.add_argument("--workers", type=int, default=2, help="worker processes")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-write", action="store_true", help="do not update BENCHMARKS.md")
+    args = ap.parse_args()
+    pin_threads(1)
+    logging.basicConfig(level=logging.WARNING)
+    from rmsearch.analysis import analyze
+
+    tmp = None
+    if args.rundir:
+        rundir, truth = Path(args.rundir), None
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bench_analyze_")
+        rundir = Path(tmp.name) / "run"
+        truth = make_synthetic_run(rundir, args.n, args.distinct, args.seed)
+        print("synthetic run:", {k: v for k, v in truth.items() if k != "base_of_run"})
+    t0 = time.perf_counter()
+    data = analyze(rundir, top=20, workers=args.workers)
+    total = time.perf_counter() - t0
+    d = data["dedupe"]
+    purity = cluster_purity(rundir, truth["base_of_run"]) if truth else None
+    lines = [
+        f"- machine: {platform.machine()}, {os.cpu_count()} cores, workers={args.workers}, Python "
+        f"{platform.python_version()}",
+        "- input: " + (f"synthetic Li-S set (seed {args.seed}): {truth['n_records']} records of "
+                       f"{truth['n_distinct']} distinct pyxtal structures, {truth['n_invalid_planted']} "
+                       "planted invalid" if truth else str(rundir)),
+        f"- records {data['n_records']}, statuses {data['status_counts']}, invalid {data['n_invalid']}",
+        f"- **dedupe: {d['n_structures']} valid structures -> {d['n_clusters']} clusters in {d['wall_s']:.1f} s**"
+        + (f" (distinct structures among them: {truth['distinct_hit']})" if truth else ""),
+        (f"- against the known answer: {purity['n_base']} distinct structures have valid hits; "
+         f"{purity['split']} of them were split over more than one cluster, {purity['mixed']} clusters "
+         f"hold more than one of them" if purity else "- (real run: no known answer)"),
+        f"- StructureMatcher calls: **{d['n_matcher_calls']}** (plus {d['n_quick_matches']} pairs accepted by "
+        f"the quick duplicate test) vs {d['n_all_pairs']} all pairs "
+        f"({d['n_matcher_calls'] / max(d['n_all_pairs'], 1):.2e} of them; "
+        f"{d['n_pairs_same_composition']} pairs share a composition)",
+        f"- whole analysis (collect, validity, dedupe, spglib scores, hull, results.db, plots, report): "
+        f"{total:.1f} s",
+    ]
+    text = "Command: `python benchmarks/bench_analyze.py" + (f" --rundir {args.rundir}" if args.rundir else "") + \
+           f" --workers {args.workers}`\n\n" + "\n".join(lines)
+    print(text)
+    if not args.no_write:
+        write_section(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", text)
+    if tmp is not None:
+        tmp.cleanup()
+
+
+if __name__ == "__main__":
+    main()
