@@ -12,7 +12,7 @@ import click
 from rmdata.cliutils import CONTEXT
 from rmdata.errors import RMError
 from rmsearch.cli_slurm import slurm_launch_options, submit_from_cli
-from rmsearch.runner import default_workers, launch, rundir_status, run_shard
+from rmsearch.runner import default_workers, launch, run_shard, rundir_status
 from rmsearch.starts import parse_range
 
 #: launch options that describe the search (passed to rmsearch.runner.build_config).
@@ -46,14 +46,18 @@ def _print_total(status: dict) -> None:
 @click.option("--nruns", type=click.IntRange(min=1),
               help="Number of runs, ids 0..nruns-1 (required for a new run directory; may grow on resume).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help=f"Worker processes, one thread each [default: CPU cores available = {default_workers()}].")
-@click.option("--seed", type=click.IntRange(min=0), help="Search seed; run r starts from rng([seed, r]) [default: 0].")
-@click.option("--system", help="Elements of the search, e.g. Li-S: any Li_a S_b with an atom count in --natoms.")
+              help=f"Worker processes, one thread each [default: cores available, {default_workers()}].")
+@click.option("--seed", type=click.IntRange(min=0),
+              help="Search seed; run r starts from rng([seed, r]) [default: 0].")
+@click.option("--system",
+              help="Elements of the search, e.g. Li-S: any Li_a S_b with an atom count in --natoms.")
 @click.option("--composition", help="One formula unit, e.g. Li2S: whole formula units fitting --natoms.")
-@click.option("--molecule", help="Exact molecule, e.g. C4H6O: random atoms in a 10x5x5 A box, no periodicity.")
+@click.option("--molecule",
+              help="Exact molecule, e.g. C4H6O: random atoms in a 10x5x5 A box, no periodicity.")
 @click.option("--natoms", help="Atoms per cell, a number or a range [default: 2-12].")
 @click.option("--spacegroup", "--spacegroups", "spacegroup",
-              help="Space-group start: a number 1-230 or 'random' (pyxtal Wyckoff placement) [default: none].")
+              help="Space-group start: a number 1-230 or 'random' (pyxtal Wyckoff placement) "
+                   "[default: none].")
 @click.option("--volume-factor", help="Range of the random factor on the per-element volumes (A^3/atom) "
                                       "[default: 0.8-1.2].")
 @click.option("--minsep-factor", type=click.FloatRange(min=0),
@@ -88,7 +92,8 @@ def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers:
     if resume and not (rundir / "config.json").is_file():
         raise RMError(f"{rundir}: --resume needs an existing run directory (no config.json there)")
     slurm_flags = {k: flags.pop(k) for k in list(flags) if k not in SEARCH_OPTIONS}
-    search = dict(flags, volume_factor=parse_range(volume_factor, "--volume-factor") if volume_factor else None)
+    factor = parse_range(volume_factor, "--volume-factor") if volume_factor else None
+    search = dict(flags, volume_factor=factor)
     if scheduler == "slurm":
         from rmsearch.slurm import prepare_search
 

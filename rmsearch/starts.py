@@ -44,7 +44,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache, lru_cache
 from itertools import product
 from typing import Any
 
@@ -381,7 +381,7 @@ def _random_molecule(rng: np.random.Generator, spec: StartSpec, numbers: np.ndar
 
 # ----------------------------------------------------------------------------- space groups
 
-@lru_cache(maxsize=None)
+@cache
 def _group(sg: int):
     from pyxtal.symmetry import Group
 

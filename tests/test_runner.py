@@ -21,8 +21,14 @@ import pytest
 
 from rmdata.errors import RMError
 from rmsearch.records import read_records
-from rmsearch.runner import (build_config, init_rundir, launch, rundir_lock, rundir_status,
-                             run_shard)
+from rmsearch.runner import (
+    build_config,
+    init_rundir,
+    launch,
+    run_shard,
+    rundir_lock,
+    rundir_status,
+)
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
@@ -109,8 +115,8 @@ def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(ljpot, tmp_path):
     assert status["done"] == len(before) and status["remaining"] == nruns - len(before)
     assert status["running"] is None and status["problems"]
 
-    out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress", "--json"), env=ENV,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress", "--json"), check=False,
+                         env=ENV, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["runs"] == nruns - len(before)  # only the missing ids ran
@@ -151,7 +157,7 @@ def test_dead_worker_is_replaced_and_its_run_redone(ljpot, tmp_path):
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_records(rundir, proc, 3)
-        victim = [p for p in _children(proc.pid) if _is_worker(p)][0]
+        victim = next(p for p in _children(proc.pid) if _is_worker(p))
         os.kill(victim, signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
@@ -169,7 +175,7 @@ def test_lock_refuses_a_second_launch_naming_the_pid(ljpot, tmp_path):
     config = build_config(potential=ljpot, nruns=4, system="Li-S", natoms="2-4")
     init_rundir(rundir, config)
     with rundir_lock(rundir):
-        out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress"), env=ENV,
+        out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress"), check=False, env=ENV,
                              capture_output=True, text=True, timeout=120)
         assert out.returncode == 2
         err = out.stderr.strip()
@@ -239,8 +245,8 @@ def test_run_shard_partition_status_and_errors(ljpot, tmp_path, monkeypatch):
     best = min(r.energy_per_atom for r in read_records(rundir / "shards") if r.status == "converged")
     assert st["best_energy_per_atom"] == pytest.approx(best)
     # the CLI prints the same numbers
-    out = subprocess.run(_cli("status", str(rundir), "--json"), env=ENV, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(_cli("status", str(rundir), "--json"), check=False, env=ENV,
+                         capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and json.loads(out.stdout)["done"] == 8
 
 
@@ -318,8 +324,8 @@ def test_launch_with_slurm_scheduler_writes_a_job_array(ljpot, tmp_path):
 
 def test_bad_input_is_one_line_error(ljpot, tmp_path):
     out = subprocess.run(_cli("launch", "--system", "Li-Fe", "--nruns", "3", "--potential", str(ljpot),
-                              "-o", str(tmp_path / "r")), env=ENV, capture_output=True, text=True,
-                         timeout=120)
+                              "-o", str(tmp_path / "r")), check=False, env=ENV, capture_output=True,
+                         text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1
     assert "Fe" in out.stderr

@@ -10,8 +10,14 @@ from ase.data import covalent_radii
 from ase.neighborlist import neighbor_list
 
 from rmdata.errors import RMError
-from rmsearch.starts import (StartSpec, compositions, lammps_tilts, make_spec, make_start,
-                             to_lammps_frame)
+from rmsearch.starts import (
+    StartSpec,
+    compositions,
+    lammps_tilts,
+    make_spec,
+    make_start,
+    to_lammps_frame,
+)
 
 VOLUMES = {"Li": 20.0, "S": 25.0, "C": 5.7, "P": 20.0}  # A^3/atom
 
@@ -52,9 +58,9 @@ def test_symmetric_starts_are_deterministic():
     np.testing.assert_array_equal(a.positions, b.positions)
 
 
-@pytest.mark.parametrize("kwargs", [dict(system="Li-S"), dict(system="Li-P-S", natoms="3-9"),
-                                    dict(composition="C", natoms="2-12"),
-                                    dict(system="Li-S", spacegroup="random")])
+@pytest.mark.parametrize("kwargs", [{"system": "Li-S"}, {"system": "Li-P-S", "natoms": "3-9"},
+                                    {"composition": "C", "natoms": "2-12"},
+                                    {"system": "Li-S", "spacegroup": "random"}])
 def test_separation_volume_and_lammps_bounds(kwargs):
     spec = make_spec(volumes=VOLUMES, **kwargs)
     lo, hi = spec.volume_factor
@@ -66,7 +72,7 @@ def test_separation_volume_and_lammps_bounds(kwargs):
         factor = atoms.get_volume() / reference
         assert lo - 1e-9 <= factor <= hi + 1e-9
         assert factor == pytest.approx(atoms.info["volume_factor"], rel=1e-9)
-        lx, ly, lz, xy, xz, yz = lammps_tilts(atoms.cell[:])
+        lx, ly, _lz, xy, xz, yz = lammps_tilts(atoms.cell[:])
         assert abs(xy) <= lx / 2 + 1e-9 and abs(xz) <= lx / 2 + 1e-9 and abs(yz) <= ly / 2 + 1e-9
         assert np.linalg.det(atoms.cell[:]) > 0
 
@@ -130,7 +136,7 @@ def test_to_lammps_frame_reduces_without_changing_the_crystal():
     sheared.set_cell(cell, scale_atoms=False)
     sheared.wrap()
     red = to_lammps_frame(sheared)
-    lx, ly, lz, xy, xz, yz = lammps_tilts(red.cell[:])
+    lx, ly, _lz, xy, xz, yz = lammps_tilts(red.cell[:])
     assert abs(xy) <= lx / 2 + 1e-9 and abs(xz) <= lx / 2 + 1e-9 and abs(yz) <= ly / 2 + 1e-9
     assert red.get_volume() == pytest.approx(atoms.get_volume())
     assert _spg(red).number == 227
