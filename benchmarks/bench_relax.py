@@ -7,8 +7,9 @@ second, force calls per relaxation, mean final energy per atom (over all starts)
 share of starts ending within 1 meV/atom of ASE's final energy, and for rmsearch the
 share of wall time spent inside the model (LAMMPS ``run 0`` including the MACE callback).
 
-Without ``--model`` a small MACE model is trained first (rmdata diamond labels, the
-DESIGN section 3 command, 16 channels, L=1, r_max 4.5 A, float64, ~1 min on one core).
+Without ``--model`` a small MACE model is trained first: rmdata diamond labels and the
+``rmdata mace-command`` training command (one layer, 16 channels, L=1, r_max 4.5 A,
+float64, 12 epochs, ~1 min on one core), as the test suite does.
 
     python benchmarks/bench_relax.py [--quick] [--model M.model] [--write BENCHMARKS.md]
 """
@@ -36,23 +37,24 @@ log = logging.getLogger("bench_relax")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def train_model(workdir: Path, seed: int = 0, epochs: int = 30) -> Path:
-    """Train a tiny one-layer MACE model on rmdata diamond labels; return the .model path."""
+def train_model(workdir: Path, seed: int = 0, epochs: int = 12) -> tuple[Path, Path]:
+    """Train a tiny one-layer MACE on rmdata diamond labels with the command ``rmdata
+    mace-command`` prints (as the test suite does); return the model and dataset paths."""
+    import shlex
+
+    from rmdata.mace import mace_command
     from rmdata.make import make_dataset
 
     data = workdir / "diamond.xyz"
-    make_dataset(dataset="diamond", output=data, seed=seed)
-    cmd = ["mace_run_train", "--name=bench", "--model=MACE", "--num_interactions=1", "--E0s={6:0.0}",
-           "--loss=stress", "--energy_weight=0", "--forces_weight=10", "--stress_weight=100",
-           "--compute_stress=True", "--forces_key=REF_forces", "--stress_key=REF_stress",
-           "--default_dtype=float64", "--device=cpu", f"--train_file={data}", "--valid_fraction=0.1",
-           "--r_max=4.5", "--num_channels=16", "--max_L=1", f"--max_num_epochs={epochs}",
-           "--batch_size=10", f"--seed={seed}", f"--work_dir={workdir}", "--eval_interval=10"]
+    make_dataset(data, "diamond", seed=seed, workers=1)
+    (line,) = mace_command(data, name="bench", epochs=epochs, channels=16, seed=seed)
+    args = shlex.split(line)
+    args[0] = str(Path(sys.executable).parent / args[0])
     t0 = time.perf_counter()
-    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    res = subprocess.run(args, cwd=workdir, capture_output=True, text=True, check=False)
     if res.returncode != 0:
         sys.exit(f"error: mace_run_train failed:\n{res.stderr[-2000:]}")
-    log.info("trained model in %.0f s", time.perf_counter() - t0)
+    log.info("trained model in %.0f s: %s", time.perf_counter() - t0, line)
     return workdir / "bench.model", data
 
 
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         training = args.training
         if args.model is None:
             model_file, training = train_model(tmp, seed=args.seed)
-            model_desc = "one-layer MACE, 16 channels, L=1, r_max 4.5 A, trained here on rmdata diamond"
+            model_desc = "one-layer MACE (16 channels, L=1, r_max 4.5 A, 12 epochs) trained here on rmdata diamond"
         else:
             model_file = args.model
             model_desc = f"`{args.model.name}`"

@@ -51,7 +51,6 @@ import numpy as np
 from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers
 from ase.units import GPa
-from scipy.linalg import expm, expm_frechet
 
 from rmdata.errors import RMError
 from rmsearch.potentials import Potential, render_template
@@ -162,11 +161,15 @@ def pair_commands(potential: Potential, core_repulsion: CoreRepulsion | None) ->
         lines = render_template("pair.in", pair_style=pair_style, pair_coeff=coeffs)
     else:
         sub = potential.pair_style.split()[0]
-        pair_style = f"hybrid/overlay {potential.pair_style} lepton {core_repulsion.rc}"
-        coeffs = []
-        for c in potential.pair_coeff:
-            parts = c.split(maxsplit=2)
-            coeffs.append(" ".join(["pair_coeff", parts[0], parts[1], sub] + parts[2:]))
+        if sub == "hybrid/overlay":  # already a hybrid (e.g. snap on a zbl core): add lepton to it
+            pair_style = f"{potential.pair_style} lepton {core_repulsion.rc}"
+            coeffs = [f"pair_coeff {c}" for c in potential.pair_coeff]
+        else:
+            pair_style = f"hybrid/overlay {potential.pair_style} lepton {core_repulsion.rc}"
+            coeffs = []
+            for c in potential.pair_coeff:
+                parts = c.split(maxsplit=2)
+                coeffs.append(" ".join(["pair_coeff", parts[0], parts[1], sub] + parts[2:]))
         lines = render_template("pair.in", pair_style=pair_style, pair_coeff="\n".join(coeffs))
         lines += render_template("core_repulsion.in", m=core_repulsion.m, rc=core_repulsion.rc)
     if potential.callback is not None:
@@ -257,7 +260,8 @@ class LammpsEngine:
         diag = np.diag(cell_l) if periodic else np.ones(3)
         setup = render_template("setup.in", boundary="p p p" if periodic else "s s s",
                                 lx=diag[0], ly=diag[1], lz=diag[2],
-                                ntypes=len(self.potential.elements), masses=masses, skin=1.0)
+                                ntypes=len(self.potential.elements), masses=masses, skin=1.0,
+                                neighbor_style="bin" if periodic else "nsq")
         lmp.commands_list(setup + pair_commands(self.potential, self.core_repulsion))
         n = len(numbers)
         lmp.create_atoms(n, list(range(1, n + 1)), types, [0.0] * (3 * n))
@@ -351,14 +355,31 @@ def _voigt(s: np.ndarray) -> np.ndarray:
     return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
 
 
-def _cell_force(virial: np.ndarray, log_f: np.ndarray, fgrad: np.ndarray) -> np.ndarray:
-    """-dE/d(log F) (eV) for the virial ``W = -V (sigma + p)`` at ``F = expm(log_f)``.
+def _sym_expm(log_f: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``expm`` of a symmetric 3x3 matrix through its eigen-decomposition.
 
-    The exact gradient is the adjoint Frechet derivative of expm applied to ``W F^-T``;
-    like ASE's FrechetCellFilter, the plain virial is used instead whenever the two point
-    the same way (cosine > 0.8), which keeps the search direction close to the stress.
+    Returns ``(F, lam, vec)``. The cell variable stays symmetric because every update is
+    a combination of symmetric virials, so this replaces scipy's general ``expm``.
     """
-    exact = expm_frechet(log_f.T, virial @ np.linalg.inv(fgrad).T, compute_expm=False)
+    lam, vec = np.linalg.eigh(0.5 * (log_f + log_f.T))
+    return (vec * np.exp(lam)) @ vec.T, lam, vec
+
+
+def _cell_force(virial: np.ndarray, fgrad: np.ndarray, lam: np.ndarray, vec: np.ndarray) -> np.ndarray:
+    """-dE/d(log F) (eV) for the virial ``W = -V (sigma + p)`` at ``F = expm(L)``, L symmetric.
+
+    The exact gradient is the (self-adjoint, L symmetric) Frechet derivative of expm at L
+    applied to ``W F^-1``; in L's eigenbasis it is an elementwise product with the divided
+    differences ``(e^a - e^b)/(a - b)``. Like ASE's FrechetCellFilter, the plain virial is
+    used instead whenever the two point the same way (cosine > 0.8).
+    """
+    ea = np.exp(lam)
+    dl = lam[:, None] - lam[None, :]
+    close = np.abs(dl) < 1e-10
+    phi = np.where(close, 0.5 * (ea[:, None] + ea[None, :]),
+                   (ea[:, None] - ea[None, :]) / np.where(close, 1.0, dl))
+    g = vec.T @ (virial @ np.linalg.inv(fgrad)) @ vec
+    exact = vec @ (g * phi) @ vec.T
     exact = 0.5 * (exact + exact.T)
     denom = np.sqrt(np.vdot(exact, exact) * np.vdot(virial, virial))
     if denom == 0.0 or np.allclose(exact, virial) or np.vdot(exact, virial) / denom > 0.8:
@@ -423,37 +444,53 @@ class Relaxer:
                             model_time_s=self.engine.model_time_s - m0)
 
     def _relax(self, atoms: Atoms, state: _RunState) -> None:
-        s = self.settings
         pbc = np.asarray(atoms.pbc, dtype=bool)
         if pbc.any() and not pbc.all():
             raise RMError(f"pbc={pbc.tolist()}: only fully periodic or non-periodic structures")
         periodic = bool(pbc.all())
         numbers = atoms.numbers.copy()
-        n = len(atoms)
         cell0 = np.array(atoms.cell, dtype=float)
-        if periodic:
-            if abs(np.linalg.det(cell0)) < 1e-6:
-                raise RMError("periodic structure with a degenerate cell")
-            if np.linalg.det(cell0) < 0:  # same lattice, right-handed basis
-                cell0 = -cell0
-        relax_cell = s.relax_cell and periodic
+        if periodic and abs(np.linalg.det(cell0)) < 1e-6:
+            raise RMError("periodic structure with a degenerate cell")
         vol0 = abs(np.linalg.det(cell0)) if periodic else 0.0
+        x = atoms.positions.astype(float).copy()  # undeformed positions
+        last: list = [(x.copy(), cell0)]  # the last evaluated (positions, cell)
+        try:
+            self._fire(state, numbers, periodic, self.settings.relax_cell and periodic, cell0, vol0, x,
+                       last)
+        finally:
+            pos, cell = last[0]
+            state.atoms = Atoms(numbers=numbers, positions=pos, cell=cell if periodic else atoms.cell,
+                                pbc=pbc)
+        if not periodic and state.status in ("converged", "not_converged") and \
+                _isolated_atoms(state.atoms.positions, self.potential.cutoff):
+            state.status = "lost_atoms"
+        if periodic:
+            state.atoms.wrap()
+
+    def _fire(self, state: _RunState, numbers: np.ndarray, periodic: bool, relax_cell: bool,
+              cell0: np.ndarray, vol0: float, x: np.ndarray, last: list) -> None:
+        """FIRE on (x, N log F) from ``x`` (A); sets ``state`` and ``last[0] = (positions, cell)``."""
+        s = self.settings
+        n = len(numbers)
         p_ev = s.pressure_gpa * GPa
         smax = s.smax_gpa * GPa
         c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
-        x = atoms.positions.astype(float).copy()  # undeformed positions
         logf = np.zeros((3, 3))  # c * log(F)
         v = np.zeros((n + 3, 3))
         dt, a, n_pos = s.dt, s.a_start, 0
         first = True
+        vol = vol0
         while True:
-            fgrad = expm(logf / c) if relax_cell else np.eye(3)
+            if relax_cell:
+                fgrad, lam, vec = _sym_expm(logf / c)
+            else:
+                fgrad = np.eye(3)
             cell = cell0 @ fgrad.T
             pos = x @ fgrad.T
+            last[0] = (pos, cell)
             energy, forces, stress = self.engine.compute(pos, cell, numbers, periodic)
             state.n_calls += 1
-            state.atoms = Atoms(numbers=numbers, positions=pos, cell=cell if periodic else atoms.cell,
-                                pbc=pbc)
             state.energy, state.stress = energy, _voigt(stress)
             if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
                 state.status = "nan"
@@ -475,7 +512,7 @@ class Relaxer:
             # generalised forces on (x, c log F)
             g = np.empty((n + 3, 3))
             g[:n] = forces @ fgrad
-            g[n:] = _cell_force(-vol * resid, logf / c, fgrad) / c if relax_cell else 0.0
+            g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / c if relax_cell else 0.0
             # FIRE (ASE flavour): mix velocity towards the force, adapt dt, cap the step norm
             if not first:
                 vf = float(np.vdot(g, v))
@@ -500,10 +537,6 @@ class Relaxer:
             x += dr[:n]
             logf += dr[n:]
             state.n_steps += 1
-        if not periodic and _isolated_atoms(state.atoms.positions, self.potential.cutoff):
-            state.status = "lost_atoms"
-        if periodic:
-            state.atoms.wrap()
 
 
 @dataclass

@@ -1,0 +1,188 @@
+"""The relaxation engine: parity with ASE FIRE + FrechetCellFilter, diamond recovery, failures."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.io import read
+from ase.units import GPa
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+FMAX = 0.01  # eV/A
+SMAX_GPA = 0.1
+
+
+@pytest.fixture(scope="module")
+def diamond_potential(diamond_model, diamond_dataset, tmp_path_factory):
+    from rmsearch.potentials import export_potential
+
+    return export_potential(diamond_model, tmp_path_factory.mktemp("pot") / "diamond",
+                            training=diamond_dataset)
+
+
+@pytest.fixture(scope="module")
+def diamond_reference(diamond_dataset) -> Atoms:
+    """The unperturbed training cell (noise level 0, strain 0)."""
+    frames = read(diamond_dataset, ":")
+    ref = [a for a in frames if a.info.get("noise_level") == 0 and abs(a.info.get("strain", 1.0)) < 1e-12]
+    assert ref, "the diamond dataset has no unperturbed frame"
+    return ref[0]
+
+
+@pytest.fixture(scope="module")
+def relaxer(diamond_potential):
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    with Relaxer(diamond_potential, RelaxSettings(fmax=FMAX, smax_gpa=SMAX_GPA)) as r:
+        yield r
+
+
+def _ase_relax(atoms: Atoms, model_file) -> Atoms:
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from mace.calculators import MACECalculator
+
+    atoms = atoms.copy()
+    atoms.calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
+    opt = FIRE(FrechetCellFilter(atoms), logfile=None)
+    for _ in opt.irun(fmax=0.0, steps=2000):
+        if (np.linalg.norm(atoms.get_forces(), axis=1).max() < FMAX
+                and np.abs(atoms.get_stress()).max() < SMAX_GPA * GPa):
+            return atoms
+    raise AssertionError("ASE did not converge")
+
+
+def _near_minimum_starts(reference: Atoms) -> list[Atoms]:
+    rng = np.random.default_rng(7)
+    starts = []
+    for k, strain in enumerate((0.03, -0.03, 0.0)):
+        atoms = reference.copy()
+        deform = np.eye(3) * (1 + strain) + 0.03 * (rng.random((3, 3)) - 0.5)
+        atoms.set_cell(atoms.cell @ deform, scale_atoms=True)
+        atoms.rattle(0.05, seed=k)
+        starts.append(atoms)
+    return starts
+
+
+def test_same_minimum_as_ase(relaxer, diamond_reference, diamond_model):
+    """Rattled, strained diamond cells: rmsearch and ASE end at the same energy and volume."""
+    for start in _near_minimum_starts(diamond_reference):
+        out = relaxer.relax(start)
+        assert out.status == "converged", out.status
+        assert out.fmax < FMAX and np.abs(out.stress).max() < SMAX_GPA * GPa
+        ref = _ase_relax(start, diamond_model)
+        n = len(start)
+        assert out.energy / n == pytest.approx(ref.get_potential_energy() / n, abs=1e-3)
+        assert out.atoms.get_volume() == pytest.approx(ref.get_volume(), rel=0.01)
+        assert out.n_force_calls > 1 and out.model_time_s > 0 and out.wall_s >= out.model_time_s
+
+
+def test_strained_diamond_returns_to_training_lattice(relaxer, diamond_reference):
+    """Strain the training cell by +-5% (and a shear): relaxing restores it within 1%."""
+    a0 = diamond_reference.cell.cellpar()
+    for deform in (np.eye(3) * 1.05, np.eye(3) * 0.95, np.eye(3) + 0.05 * np.array(
+            [[0, 1, 0], [1, 0, 0], [0, 0, 0]]) / 2):
+        start = diamond_reference.copy()
+        start.set_cell(start.cell @ deform, scale_atoms=True)
+        out = relaxer.relax(start)
+        assert out.status == "converged"
+        par = out.atoms.cell.cellpar()
+        assert par[:3] == pytest.approx(a0[:3], rel=0.01)
+        assert par[3:] == pytest.approx(a0[3:], abs=0.9)  # degrees: 1% of 90
+        assert out.volume_per_atom == pytest.approx(diamond_reference.get_volume() / 8, rel=0.01)
+        assert abs(out.pressure_gpa) < SMAX_GPA
+
+
+def test_float32_agrees_with_float64(diamond_potential, diamond_reference):
+    """float32 model evaluation (for search) reaches the same minimum."""
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    start = _near_minimum_starts(diamond_reference)[0]
+    with Relaxer(diamond_potential, RelaxSettings(dtype="float32")) as r32, \
+            Relaxer(diamond_potential, RelaxSettings(dtype="float64")) as r64:
+        o32, o64 = r32.relax(start), r64.relax(start)
+    assert o32.status == o64.status == "converged"
+    assert o32.energy_per_atom == pytest.approx(o64.energy_per_atom, abs=1e-4)
+    assert o32.volume_per_atom == pytest.approx(o64.volume_per_atom, rel=1e-3)
+
+
+@pytest.fixture(scope="module")
+def random_potential(tmp_path_factory):
+    """An exported randomly initialised MACE (C, O) and one whose weights are NaN."""
+    from test_export import build_random_mace
+
+    from rmsearch.potentials import export_potential
+
+    d = tmp_path_factory.mktemp("rand")
+    good = export_potential(build_random_mace(d / "good.model", zs=(6, 8)), d / "good")
+    bad = export_potential(build_random_mace(d / "nan.model", zs=(6, 8), nan=True), d / "nan",
+                           verify=False)
+    return good, bad
+
+
+def _cube(symbols="C4", a=3.0, seed=0) -> Atoms:
+    rng = np.random.default_rng(seed)
+    frac = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]) + 0.05 * rng.random((4, 3))
+    return Atoms(symbols, scaled_positions=frac, cell=np.eye(3) * a, pbc=True)
+
+
+def test_failure_statuses_and_reuse(random_potential):
+    """NaN, step limit, explosion, unknown element and lost atoms give statuses, never raise."""
+    from rmsearch.records import STATUSES
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    good, bad = random_potential
+    with Relaxer(bad) as r:
+        out = r.relax(_cube())
+        assert out.status == "nan" and out.n_force_calls == 1
+    with Relaxer(good, RelaxSettings(max_steps=3)) as r:
+        out = r.relax(_cube())
+        assert out.status == "not_converged" and out.n_force_calls == 3
+        out = r.relax(_cube("Si4"))  # Si is not in the potential
+        assert out.status.startswith("error: ") and "Z=14" in out.status
+        out = r.relax(_cube("C2O2"))  # the instance still works after an error
+        assert out.status == "not_converged" and np.isfinite(out.energy)
+        mol = Atoms("CO2", positions=[[0, 0, 0], [1.2, 0, 0], [30.0, 0, 0]])  # O far away
+        out = r.relax(mol)
+        assert out.status == "lost_atoms" and np.all(out.stress == 0)
+    with Relaxer(good, RelaxSettings(max_volume_per_atom=1.0)) as r:
+        assert r.relax(_cube()).status == "exploded"
+    for s in ("nan", "not_converged", "lost_atoms", "exploded"):
+        assert s in STATUSES
+
+
+def test_core_repulsion_overlay(random_potential):
+    """The overlay adds exactly g(r) = m (1 - r^2/rc^2)^2 below rc and nothing beyond."""
+    from rmsearch.relax import CoreRepulsion, LammpsEngine
+
+    good, _ = random_potential
+    core = CoreRepulsion(m=1.0, rc=0.75)
+    plain = LammpsEngine(good)
+    overlaid = LammpsEngine(good, core_repulsion=core)
+    try:
+        for r in (0.5, 0.7, 0.9):
+            atoms = Atoms("CO", positions=[[0, 0, 0], [r, 0, 0]], cell=np.eye(3) * 6, pbc=True)
+            args = (atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+            e0, f0, _ = plain.compute(*args)
+            e1, f1, _ = overlaid.compute(*args)
+            g = core.m * (1 - (r / core.rc) ** 2) ** 2 if r < core.rc else 0.0
+            dg = -4 * core.m * r / core.rc**2 * (1 - (r / core.rc) ** 2) if r < core.rc else 0.0
+            assert e1 - e0 == pytest.approx(g, abs=1e-9)
+            assert (f1 - f0)[1, 0] == pytest.approx(-dg, abs=1e-6)
+    finally:
+        plain.close()
+        overlaid.close()
+
+
+def test_settings_validation():
+    from rmdata.errors import RMError
+    from rmsearch.relax import RelaxSettings
+
+    with pytest.raises(RMError, match="fmax"):
+        RelaxSettings(fmax=0)
+    with pytest.raises(RMError, match="dtype"):
+        RelaxSettings(dtype="float16")
