@@ -201,6 +201,9 @@ def init_rundir(rundir: str | os.PathLike, config: dict[str, Any]) -> dict[str, 
         log.info("%s: new search, %d runs", rundir, config["nruns"])
         return config
     old = read_config(rundir)
+    # normalise the stored settings (fields added by a later version take their defaults)
+    old["relax"] = relax_settings_to_dict(relax_settings_from_dict(old["relax"]))
+    old["start"] = StartSpec.from_dict(old["start"]).to_dict()
     for key in RESULT_KEYS:
         if old.get(key) != config.get(key):
             raise RMError(f"{path}: the existing search has a different {key!r} "
