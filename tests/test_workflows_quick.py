@@ -1,0 +1,236 @@
+"""Pieces of the molecules, MP-20 CSP and Li-S workflows, tested cheaply (no training).
+
+End-to-end runs of these workflows take tens of minutes on 2 cores (training included) and
+are recorded in RESULTS.md; here: the molecule validity checker on known good and bad
+molecules, isomer lookup, the kick stage on a randomly initialised model, target
+selection from ``csp15.json`` and the MP-20 subset, and the Li-S hull/antifluorite logic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "workflows"))
+CSP15 = ROOT.parent / "shared" / "data" / "csp15.json"
+
+import lis  # noqa: E402
+import molecules  # noqa: E402
+import mp20_csp  # noqa: E402
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+# ----------------------------------------------------------------------------- molecules
+
+@pytest.mark.parametrize("smiles", ["CC(C)=O", "C1COC1", "C=CC=C", "c1ccncc1", "CC(=O)NC", "ClCCS"])
+def test_built_molecules_are_valid_and_known(smiles):
+    from rmdata.molecules import molecule_from_smiles
+
+    atoms = molecule_from_smiles(smiles, seed=0)
+    known = {molecules.canonical_smiles(smiles)}
+    check = molecules.check_molecule(atoms, known)
+    assert check.valid, check.reason
+    assert check.smiles == molecules.canonical_smiles(smiles)
+    assert check.known
+
+
+def test_isomer_is_valid_but_not_the_other_isomer():
+    from rmdata.molecules import molecule_from_smiles
+
+    acetone = molecule_from_smiles("CC(C)=O", seed=0)
+    check = molecules.check_molecule(acetone, {molecules.canonical_smiles("CCC=O")})
+    assert check.valid and not check.known  # propanal has the same formula, other bonds
+
+
+def test_invalid_structures_are_rejected():
+    from rmdata.molecules import molecule_from_smiles
+
+    acetone = molecule_from_smiles("CC(C)=O", seed=0)
+    # atoms scattered 3 A apart on a line: no bonds, many fragments
+    apart = Atoms(acetone.numbers, positions=[[3.0 * k, 0, 0] for k in range(len(acetone))])
+    assert not molecules.check_molecule(apart).valid
+    # one H removed: a radical cannot sanitise at charge 0 with all valences filled
+    radical = acetone[[k for k in range(len(acetone)) if k != int(np.where(acetone.numbers == 1)[0][0])]]
+    bad = molecules.check_molecule(radical)
+    assert not bad.valid and bad.reason
+    # squeezed to 55 %: bonds of ~0.6-0.8 A are not chemistry
+    squeezed = acetone.copy()
+    squeezed.positions *= 0.55
+    assert not molecules.check_molecule(squeezed).valid
+
+
+def test_known_isomers_of_the_molecules_list():
+    iso = molecules.known_isomers(["C3H6O", "C4H6"])
+    assert "CC(C)=O" in iso["C3H6O"] and "CCC=O" in iso["C3H6O"]
+    assert "C=CC=C" in iso["C4H6"]
+    assert all(len(v) >= 5 for v in iso.values())  # several isomers each: a fair held-out test
+
+
+def test_posebusters_passes_a_good_molecule_and_fails_a_bad_one():
+    pytest.importorskip("posebusters")
+    from rmdata.molecules import molecule_from_smiles
+
+    good = molecule_from_smiles("CC(C)=O", seed=0)
+    stretched = good.copy()
+    stretched.positions *= 1.25  # every bond 25 % long: bonds still perceived, geometry checks fail
+    assert molecules.check_molecule(stretched).valid
+    res = molecules.posebusters_checks([good, stretched])
+    assert res is not None and res[0] and all(res[0].values())
+    assert not res[1]["bond_lengths"] and not res[1]["internal_energy"]
+
+
+def test_reference_writer_drops_held_out_compositions(tmp_path):
+    from ase.io import read
+
+    counts = molecules.write_references(tmp_path / "refs.xyz", ["C3H6O"], None, seed=0)
+    frames = read(tmp_path / "refs.xyz", index=":")
+    formulas = {a.get_chemical_formula(mode="hill") for a in frames}
+    assert "C3H6O" not in formulas and "C4H6" in formulas
+    assert counts["held_out"] == len(molecules.known_isomers(["C3H6O"])["C3H6O"])
+    assert counts["training"] == len(frames) == counts["molecules"] - counts["held_out"]
+
+
+def test_kick_stage_relaxes_every_finished_run_once(tmp_path):
+    """Kick stage on a random one-layer MACE for C, H, O: records, tolerance, resume."""
+    from test_export import build_random_mace
+
+    from rmsearch.potentials import export_potential
+    from rmsearch.records import read_records
+    from rmsearch.runner import ShardWriter, build_config, init_rundir, record_from_outcome
+    from rmsearch.relax import RelaxOutcome
+    from rmsearch.starts import StartSpec, make_start
+
+    model = build_random_mace(tmp_path / "cho.model", zs=(1, 6, 8), r_max=4.5, seed=3)
+    pot = tmp_path / "pot"
+    export_potential(model, pot, verify=False)
+    stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
+    config = build_config(potential=pot, nruns=3, molecule="CH2O", fmax=0.001, max_steps=50)
+    init_rundir(stage1, config)
+    spec = StartSpec.from_dict(config["start"])
+    writer = ShardWriter(stage1 / "shards" / "w0.jsonl")
+    for run_id, status in enumerate(("converged", "not_converged", "lost_atoms")):
+        start = make_start(spec, run_id, 0)
+        writer.append(record_from_outcome(RelaxOutcome(atoms=start, status=status, energy=0.0), start,
+                                          run_id, 0, 0.0))
+    writer.close()
+
+    n = molecules.kick_and_relax(stage1, stage2, pot, max_steps=60)
+    assert n == 2  # lost_atoms is not kicked
+    recs = {r.run_id: r for r in read_records(stage2 / "shards")}
+    assert sorted(recs) == [0, 1]
+    cfg2 = json.loads((stage2 / "config.json").read_text())
+    assert cfg2["relax"]["fmax"] == molecules.FMAX_2 and cfg2["kick"]["amplitude_A"] == molecules.KICK
+    for r in recs.values():
+        assert r.status in ("converged", "not_converged", "lost_atoms") and r.formula == "CH2O"
+        if r.status == "converged":
+            assert r.fmax < molecules.FMAX_2
+        assert 1 <= r.n_force_calls <= 60
+    assert molecules.kick_and_relax(stage1, stage2, pot, max_steps=60) == 0  # resume: nothing twice
+    result = molecules.evaluate(stage2, "CH2O", {"C=O"}, posebusters=False)
+    assert result["runs"] == 2 and 0 <= result["valid"] <= 2
+
+
+# ----------------------------------------------------------------------------- MP-20 CSP
+
+def test_csp15_targets_and_launch_arguments():
+    comps = mp20_csp.read_target_list(CSP15)
+    assert len(comps) == 15
+    args = {c: mp20_csp.search_args(c) for c in comps}
+    assert args["Co2Sb2"] == ("CoSb", 4)
+    assert args["KZnF3"][1] == 5 and args["Si2(CN2)4"][1] == 14 and args["Bi4S4Cl4"][1] == 12
+    from pymatgen.core import Composition
+
+    for c, (formula, natoms) in args.items():  # whole formula units give exactly the target cell
+        units = natoms / Composition(formula).num_atoms
+        assert units == int(units) and Composition(formula) * int(units) == Composition(c)
+
+
+def test_csp15_selection_without_references_and_unknown_elements():
+    wanted = mp20_csp.read_target_list(CSP15)
+    known = {el for c in wanted for el in __import__("pymatgen.core", fromlist=["Composition"])
+             .Composition(c).as_dict()} - {"Hg"}
+    refs = [("fake-1", Atoms("Co2Sb2", scaled_positions=[[0, 0, 0], [.5, .5, 0], [.5, 0, .5], [0, .5, .5]],
+                             cell=np.eye(3) * 4, pbc=True))]
+    targets, notes = mp20_csp.select_targets(refs, known, 99, 20, wanted)
+    assert len(targets) == 14  # Hg2S2O8 skipped: Hg unknown to the model
+    assert any("Hg2S2O8" in n and "Hg" in n for n in notes)
+    scored = [t for t in targets if t["atoms"] is not None]
+    assert [t["formula"] for t in scored] == ["Co2Sb2"] and scored[0]["id"] == "fake-1"
+    assert sum("searched, not scored" in n for n in notes) == 13
+
+
+def test_val_split_selection_respects_elements_and_size():
+    refs = mp20_csp.load_reference_atoms("mp20-subset:val")
+    assert len(refs) == 123
+    known = {"Li", "O", "S", "Mg", "Si", "Al", "Ca", "Na", "F", "Cl", "Zn", "Cu"}
+    targets, _ = mp20_csp.select_targets(refs, known, 5, 8, None)
+    assert 1 <= len(targets) <= 5
+    for t in targets:
+        assert set(t["atoms"].get_chemical_symbols()) <= known and len(t["atoms"]) == t["natoms"] <= 8
+        assert mp20_csp.cell_formula(t["atoms"]) == t["formula"]
+    # the order is the dataset order
+    ids = [rid for rid, _ in refs]
+    assert [ids.index(t["id"]) for t in targets] == sorted(ids.index(t["id"]) for t in targets)
+
+
+# ----------------------------------------------------------------------------- Li-S
+
+def test_antifluorite_recognised_in_other_cells_and_scales():
+    from ase.build import bulk
+
+    conv = lis.antifluorite_li2s()
+    assert lis.is_antifluorite(conv)
+    # primitive 3-atom cell at a 7 % smaller lattice constant (model volumes differ): still antifluorite
+    prim = Atoms("SLi2", scaled_positions=[[0, 0, 0], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]],
+                 cell=2.65 * np.array([[0, 1, 1], [1, 0, 1], [1, 1, 0]]), pbc=True)
+    assert len(prim) == 3 and lis.is_antifluorite(prim)
+    assert not lis.is_antifluorite(bulk("LiS", "rocksalt", a=5.0))
+    anti_sites = conv.copy()  # S and Li swapped: fluorite-type LiS2 ordering, not Li2S
+    anti_sites.numbers = np.where(conv.numbers == 3, 16, 3)
+    assert not lis.is_antifluorite(anti_sites)
+
+
+def test_hull_compositions_sorted_by_lithium_fraction():
+    report = {"hull_vertices": [{"formula": "Li4S2", "e_ex": -0.9, "cluster_id": 0},
+                                {"formula": "S8", "e_ex": 0.0, "cluster_id": 3},
+                                {"formula": "Li2", "e_ex": 0.0, "cluster_id": 5},
+                                {"formula": "Li2S8", "e_ex": -0.3, "cluster_id": 2}]}
+    hull = lis.hull_compositions(report)
+    assert [v["formula"] for v in hull] == ["S", "LiS4", "Li2S", "Li"]
+    assert [v["x_li"] for v in hull] == pytest.approx([0.0, 0.2, 2 / 3, 1.0])
+
+
+def test_li2s_check_on_a_run_directory(tmp_path):
+    """li2s_check reads the representatives from shards: antifluorite vs a distorted Li2S."""
+    from rmsearch.records import RunRecord, append_record
+
+    anti = lis.antifluorite_li2s(5.6)
+    other = Atoms("Li2S", scaled_positions=[[0, 0, 0], [0.5, 0, 0], [0.25, 0.5, 0.5]],
+                  cell=[4.0, 4.5, 5.0], pbc=True)
+    (tmp_path / "shards").mkdir()
+    with open(tmp_path / "shards" / "w.jsonl", "ab") as fh:
+        for rid, atoms in ((7, other), (9, anti)):
+            append_record(fh, RunRecord.from_atoms(atoms, run_id=rid, seed=0, status="converged"))
+
+    def cluster(cid, rep, formula, e_hull, e):
+        return {"cluster_id": cid, "representative": rep, "formula": formula, "e_hull": e_hull,
+                "energy_per_atom": e, "volume_per_atom": 10.0, "hits": 1,
+                "spacegroups": {"0.1": [0, ""]}}
+
+    on_hull = [cluster(0, 9, "Li8S4", 0.0, -1.0), cluster(1, 7, "Li2S", 0.2, -0.8)]
+    res = lis.li2s_check(tmp_path, on_hull)
+    assert res["on_hull"] and res["lowest"]["antifluorite"] and res["antifluorite_found"]
+    assert res["n_clusters"] == 2
+    off = [cluster(0, 7, "Li2S", 0.0, -1.0), cluster(1, 9, "Li8S4", 0.1, -0.9)]
+    res = lis.li2s_check(tmp_path, off)
+    assert res["on_hull"] and not res["lowest"]["antifluorite"] and res["antifluorite_found"]
+    assert res["antifluorite"]["e_hull"] == pytest.approx(0.1)
+    assert lis.li2s_check(tmp_path, [cluster(0, 7, "LiS", 0.0, -1.0)]) == {"found": False, "n_clusters": 0}
