@@ -129,3 +129,7 @@ def convert(source, dest):
 
     n = _convert(source, dest)
     click.echo(f"wrote {dest}: {n} frames")
+
+
+if __name__ == "__main__":
+    main()

@@ -362,7 +362,7 @@ def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, A
         if not structures:
             raise RMError(f"{file}: no structures in the file")
         for i, atoms in enumerate(structures):
-            sid = f"{file.stem}" if len(structures) == 1 else f"{file.stem}-{i}"
+            sid = file.name if len(structures) == 1 else f"{file.name}:{i}"
             yield sid, _strip_labels(atoms)
 
 

@@ -33,8 +33,11 @@ fsync, rename).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import logging
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,8 @@ from ase import Atoms
 
 from rmdata.errors import RMError
 from rmdata.utils import atomic_output
+
+log = logging.getLogger(__name__)
 
 H5_SUFFIXES = (".h5", ".hdf5")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -161,6 +166,8 @@ class HDF5Writer:
 
     #: buffered atoms before the arrays go to disk (bounds memory, amortises HDF5 calls)
     FLUSH_ATOMS = 1 << 18
+    #: bytes kept free for HDF5 metadata and the final close
+    DISK_MARGIN = 1 << 20
 
     def write(self, batch: FrameBatch) -> None:
         n_frames, n_atoms = batch.positions.shape[:2]
@@ -192,9 +199,19 @@ class HDF5Writer:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered frames to the file."""
-        for name, parts in self._pending.items():
-            values = np.concatenate(parts)
+        """Write the buffered frames to the file.
+
+        Raises ``OSError(ENOSPC)`` *before* writing when the disk cannot take the
+        buffered bytes (plus a margin for HDF5 metadata): HDF5 itself does not recover
+        from a full disk (it crashes at interpreter exit), so it must never hit one.
+        """
+        columns = {name: np.concatenate(parts) for name, parts in self._pending.items()}
+        need = sum(v.nbytes if v.dtype != object else 64 * len(v) for v in columns.values())
+        free = shutil.disk_usage(Path(self._f.filename).parent).free
+        if free < 1.2 * need + self.DISK_MARGIN:
+            raise OSError(errno.ENOSPC, f"No space left on device ({free} bytes free, "
+                                        f"about {int(1.2 * need) + self.DISK_MARGIN} needed)")
+        for name, values in columns.items():
             ds = self._f[name]
             start = ds.shape[0]
             ds.resize(start + len(values), axis=0)

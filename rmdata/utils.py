@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import glob
 import hashlib
 import json
 import logging
@@ -25,11 +27,15 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``.
 
     On any exception the temporary file is removed and ``path`` is left as it was, so a
-    crash, a full disk or bad input never leaves a half-written output behind.
+    crash, a full disk or bad input never leaves a half-written output behind. The
+    temporary name (``.NAME.PID.*``) carries the writer's pid, so the leftovers of a
+    process killed with SIGKILL are recognised and removed by the next writer.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
+    remove_stale_temporaries(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or path.suffix or ".tmp",
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -47,6 +53,29 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete temporaries of ``path`` left by writers that no longer run; return them."""
+    path = Path(path)
+    removed = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
+        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def pid_alive(pid: int) -> bool:
+    """True if a process with this pid exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def fsync_dir(directory: str | os.PathLike) -> None:
@@ -91,6 +120,7 @@ def pin_threads(n: int = 1) -> None:
             torch.set_num_interop_threads(n)
 
 
+@functools.lru_cache(maxsize=1)
 def git_commit() -> str | None:
     """The git commit of the source tree this package runs from, if it is a checkout."""
     root = Path(__file__).resolve().parent.parent
