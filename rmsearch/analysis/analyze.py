@@ -123,6 +123,8 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     adaptor = AseAtomsAdaptor()
     top_scores = scores[:top]
     cifs: dict[int, str] = {}
+    for stale in (report_dir / "cifs").glob("rank*_run*.cif"):  # from an earlier analysis of this run
+        stale.unlink()
     for s in top_scores:
         rel = f"cifs/rank{s.cluster_id:03d}_{s.formula}_run{s.representative}.cif"
         atoms = records[s.representative].to_atoms()
@@ -135,8 +137,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     plot_paths: dict[str, str] = {}
     (report_dir / "plots").mkdir(parents=True, exist_ok=True)
     if hull is not None:
-        plots.plot_hull(hull, _hull_labels(hull_order, scores),
-                        report_dir / "plots/hull.png")
+        plots.plot_hull(hull, _hull_labels(hull_order, scores), report_dir / "plots/hull.png")
         plot_paths["hull"] = "plots/hull.png"
     sg_of_run = {rid: s.spacegroup_number for s in scores for rid in s.members}
     valid_recs = [records[rid] for rid, _, _ in valid_items]
