@@ -21,13 +21,16 @@ from rmdata.cliutils import CONTEXT
               help="Dedupe volume bin in ln(V/atom) (0.05 = 5 %).")
 @click.option("--match-top-k", type=click.IntRange(min=1), default=20,
               help="Clusters per composition tried against each reference structure.")
+@click.option("--metrics/--no-metrics", default=True,
+              help="Generation metrics (CrystalNN/Magpie COV, FD) against --reference; CrystalNN costs "
+                   "~0.1-0.5 s per structure.")
 def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac: float, energy_bin: float,
-                volume_bin: float, match_top_k: int) -> None:
+                volume_bin: float, match_top_k: int, metrics: bool) -> None:
     """Collect, validate, deduplicate, score and report RUNDIR (writes RUNDIR/report/index.html)."""
     from rmsearch.analysis import analyze
 
     data = analyze(rundir, reference=reference, top=top, workers=workers, frac=frac, energy_bin=energy_bin,
-                   volume_bin=volume_bin, match_top_k=match_top_k)
+                   volume_bin=volume_bin, match_top_k=match_top_k, metrics=metrics)
     d = data["dedupe"]
     click.echo(f"{data['n_records']} runs ({', '.join(f'{k} {v}' for k, v in data['status_counts'].items())}); "
                f"{data['n_invalid']} invalid; {d['n_structures']} valid -> {d['n_clusters']} clusters "
