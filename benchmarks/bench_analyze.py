@@ -213,6 +213,9 @@ def main() -> None:
         f"- whole analysis (collect, validity, dedupe, spglib scores, hull, results.db, plots, report): "
         f"{total:.1f} s",
     ]
+    lines.append("- the quick duplicate test only accepts pairs far inside the matcher's tolerances (same Niggli "
+                 "cell within 2 %/1 degree, every atom within 0.1 (V/N)^(1/3)); "
+                 "tests/test_analysis_dedupe.py checks it against StructureMatcher")
     text = "Command: `python benchmarks/bench_analyze.py" + (f" --rundir {args.rundir}" if args.rundir else "") + \
            f" --workers {args.workers}`\n\n" + "\n".join(lines)
     print(text)
