@@ -92,8 +92,9 @@ def plot_hull(hull: HullResult, labels: Sequence[str], path: str | os.PathLike) 
         ax.scatter(x[~vert], hull.e_ex[~vert], s=14, color="0.55", alpha=0.7, label="above hull")
         order = np.argsort(x[vert])
         ax.plot(x[vert][order], hull.e_ex[vert][order], "-o", color="tab:red", ms=6, label="hull vertices")
-        for k in np.flatnonzero(vert):
-            ax.annotate(labels[k], (x[k], hull.e_ex[k]), textcoords="offset points", xytext=(3, -11), fontsize=8)
+        for n, k in enumerate(np.flatnonzero(vert)[np.argsort(x[vert])]):  # alternate below/above: less overlap
+            ax.annotate(labels[k], (x[k], hull.e_ex[k]), textcoords="offset points",
+                        xytext=(3, -12 if n % 2 == 0 else 6), fontsize=8)
         ax.set_xlabel(f"atom fraction x of {hull.elements[0]} in "
                       f"{hull.elements[0]}$_x${hull.elements[1]}$_{{1-x}}$")
         ax.set_ylabel("pseudo excess energy $E_{ex}$ (eV/atom)")
