@@ -90,29 +90,29 @@ def test_posebusters_passes_a_good_molecule_and_fails_a_bad_one():
 def test_reference_writer_drops_held_out_compositions(tmp_path):
     from ase.io import read
 
-    counts = molecules.write_references(tmp_path / "refs.xyz", ["C3H6O"], None, seed=0)
+    smiles = tmp_path / "smiles.txt"
+    smiles.write_text("CC(C)=O\nCCC=O\nC=CC=C\nCCO\nC1COC1\nCC#N\n")
+    counts = molecules.write_references(tmp_path / "refs.xyz", ["C3H6O"], None, seed=0, smiles_path=smiles)
     frames = read(tmp_path / "refs.xyz", index=":")
-    formulas = {a.get_chemical_formula(mode="hill") for a in frames}
-    assert "C3H6O" not in formulas and "C4H6" in formulas
-    assert counts["held_out"] == len(molecules.known_isomers(["C3H6O"])["C3H6O"])
-    assert counts["training"] == len(frames) == counts["molecules"] - counts["held_out"]
+    formulas = sorted(a.get_chemical_formula(mode="hill") for a in frames)
+    assert formulas == ["C2H3N", "C2H6O", "C4H6"]
+    assert counts == {"molecules": 6, "held_out": 3, "training": 3}
+    molecules.write_references(tmp_path / "two.xyz", ["C3H6O"], 2, seed=0, smiles_path=smiles)
+    assert len(read(tmp_path / "two.xyz", index=":")) == 2
 
 
-def test_kick_stage_relaxes_every_finished_run_once(tmp_path):
-    """Kick stage on a random one-layer MACE for C, H, O: records, tolerance, resume."""
-    from test_export import build_random_mace
-
+def test_kick_stage_relaxes_every_finished_run_once(tmp_path, diamond_model):
+    """Kick stage with the suite's small carbon MACE on C4 molecules: records, tolerance, resume."""
     from rmsearch.potentials import export_potential
     from rmsearch.records import read_records
     from rmsearch.runner import ShardWriter, build_config, init_rundir, record_from_outcome
     from rmsearch.relax import RelaxOutcome
     from rmsearch.starts import StartSpec, make_start
 
-    model = build_random_mace(tmp_path / "cho.model", zs=(1, 6, 8), r_max=4.5, seed=3)
     pot = tmp_path / "pot"
-    export_potential(model, pot, verify=False)
+    export_potential(diamond_model, pot, verify=False)
     stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
-    config = build_config(potential=pot, nruns=3, molecule="CH2O", fmax=0.001, max_steps=50)
+    config = build_config(potential=pot, nruns=3, molecule="C4", fmax=0.001, max_steps=50)
     init_rundir(stage1, config)
     spec = StartSpec.from_dict(config["start"])
     writer = ShardWriter(stage1 / "shards" / "w0.jsonl")
@@ -129,12 +129,12 @@ def test_kick_stage_relaxes_every_finished_run_once(tmp_path):
     cfg2 = json.loads((stage2 / "config.json").read_text())
     assert cfg2["relax"]["fmax"] == molecules.FMAX_2 and cfg2["kick"]["amplitude_A"] == molecules.KICK
     for r in recs.values():
-        assert r.status in ("converged", "not_converged", "lost_atoms") and r.formula == "CH2O"
+        assert r.status in ("converged", "not_converged", "lost_atoms") and r.formula == "C4"
         if r.status == "converged":
             assert r.fmax < molecules.FMAX_2
         assert 1 <= r.n_force_calls <= 60
     assert molecules.kick_and_relax(stage1, stage2, pot, max_steps=60) == 0  # resume: nothing twice
-    result = molecules.evaluate(stage2, "CH2O", {"C=O"}, posebusters=False)
+    result = molecules.evaluate(stage2, "C4", {"C=C=C=C"}, posebusters=False)
     assert result["runs"] == 2 and 0 <= result["valid"] <= 2
 
 

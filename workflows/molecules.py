@@ -38,6 +38,7 @@ import argparse
 import html
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -166,17 +167,18 @@ def known_isomers(formulas: list[str] | None = None) -> dict[str, set[str]]:
 # ----------------------------------------------------------------------------- steps
 
 def write_references(path: Path, holdout: list[str], limit: int | None, seed: int,
-                     qm7b: bool = False) -> dict[str, Any]:
+                     qm7b: bool = False, smiles_path: str | Path | None = None) -> dict[str, Any]:
     """Training references: the molecules list (and QM7b if asked) minus ``holdout`` formulas.
 
-    ``limit`` keeps the first ``limit`` kept molecules (None = all). Returns counts.
+    ``limit`` keeps the first ``limit`` kept molecules (None = all); ``smiles_path`` is
+    another SMILES list (None = the shipped one). Returns counts.
     """
     from ase.io import write
 
     from rmdata.molecules import load_molecules, load_qm7b
     from rmdata.utils import atomic_output
 
-    mols = load_molecules(seed=seed)
+    mols = load_molecules(seed=seed, path=smiles_path)
     if qm7b:
         mols += load_qm7b()
     held = set(holdout)
@@ -189,21 +191,51 @@ def write_references(path: Path, holdout: list[str], limit: int | None, seed: in
     return {"molecules": len(mols), "held_out": dropped, "training": len(kept)}
 
 
+_RELAXER = None  # the Relaxer of a kick worker process (set by _kick_worker_init)
+
+
+def _kick_worker_init(potdir: str, relax: dict[str, Any]) -> None:
+    """Pool initializer: one Relaxer (LAMMPS + model, one thread) per worker process."""
+    global _RELAXER
+    from rmsearch.potentials import load_potential
+    from rmsearch.relax import Relaxer
+    from rmsearch.runner import relax_settings_from_dict
+
+    _RELAXER = Relaxer(load_potential(potdir), relax_settings_from_dict(relax))
+
+
+def _kick_one(task: tuple[str, int, float]) -> str:
+    """Kick and relax one record (JSON in, JSON out) with the worker's Relaxer."""
+    from rmsearch.records import RunRecord
+    from rmsearch.runner import record_from_outcome
+
+    line, seed, kick = task
+    rec = RunRecord.from_json(line)
+    atoms = rec.to_atoms()
+    rng = np.random.default_rng([seed, rec.run_id, 1])
+    atoms.positions += rng.uniform(-kick, kick, size=atoms.positions.shape)
+    atoms.info.update(start_kind="kick", start_status="ok", spacegroup_start=None)
+    t0 = time.perf_counter()
+    outcome = _RELAXER.relax(atoms)
+    return record_from_outcome(outcome, atoms, rec.run_id, seed, time.perf_counter() - t0).to_json()
+
+
 def kick_and_relax(stage1: Path, stage2: Path, potdir: Path, kick: float = KICK, fmax: float = FMAX_2,
-                   max_steps: int = 4000) -> int:
+                   max_steps: int = 4000, workers: int = 1) -> int:
     """Kick every finished structure of run directory ``stage1`` and relax it again.
 
     Each structure with status ``converged`` or ``not_converged`` gets uniform noise in
     +-``kick`` A per Cartesian component from ``rng([seed, run_id, 1])`` and is relaxed to
-    ``fmax`` (eV/A) with the search's relax settings otherwise; records go to
-    ``stage2/shards/kick.jsonl`` (a run directory ``rmsearch analyze`` reads). Run ids
-    already there are skipped. Returns the number of structures relaxed now.
+    ``fmax`` (eV/A) with the search's relax settings otherwise, by ``workers`` processes
+    (one thread each); records go to ``stage2/shards/kick.jsonl`` as they finish (a run
+    directory ``rmsearch analyze`` reads). Run ids already there are skipped, so an
+    interrupted stage resumes. Returns the number of structures relaxed now.
     """
-    from rmsearch.potentials import load_potential
-    from rmsearch.records import read_records
-    from rmsearch.relax import Relaxer
-    from rmsearch.runner import (ShardWriter, init_rundir, read_config, record_from_outcome,
-                                 relax_settings_from_dict)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    from rmsearch.records import RunRecord, read_records
+    from rmsearch.runner import ShardWriter, init_rundir, read_config
 
     config = read_config(stage1)
     relax = {**config["relax"], "fmax": fmax, "max_steps": max_steps}
@@ -215,21 +247,17 @@ def kick_and_relax(stage1: Path, stage2: Path, potdir: Path, kick: float = KICK,
             if r.status in ("converged", "not_converged") and r.run_id not in done]
     if not todo:
         return 0
-    relaxer = Relaxer(load_potential(potdir), relax_settings_from_dict(relax))
+    tasks = [(r.to_json(), int(config["seed"]), kick) for r in todo]
     writer = ShardWriter(stage2 / "shards" / "kick.jsonl")
     try:
-        for rec in todo:
-            atoms = rec.to_atoms()
-            rng = np.random.default_rng([config["seed"], rec.run_id, 1])
-            atoms.positions += rng.uniform(-kick, kick, size=atoms.positions.shape)
-            atoms.info.update(start_kind="kick", start_status="ok", spacegroup_start=None)
-            t0 = time.perf_counter()
-            outcome = relaxer.relax(atoms)
-            writer.append(record_from_outcome(outcome, atoms, rec.run_id, config["seed"],
-                                              time.perf_counter() - t0))
+        with ProcessPoolExecutor(max_workers=max(1, min(workers, len(tasks))),
+                                 mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_kick_worker_init, initargs=(str(potdir), relax)) as pool:
+            futures = [pool.submit(_kick_one, task) for task in tasks]
+            for future in as_completed(futures):  # written as they finish: resumable
+                writer.append(RunRecord.from_json(future.result()))
     finally:
         writer.close()
-        relaxer.close()
     return len(todo)
 
 
@@ -385,7 +413,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             launch += ["--workers", str(args.workers)]
         p.run(f"search {formula}", launch)
         t0 = time.perf_counter()
-        n = kick_and_relax(run1, run2, potdir, max_steps=args.max_steps)
+        n = kick_and_relax(run1, run2, potdir, max_steps=args.max_steps, workers=args.workers or os.cpu_count() or 1)
         p.steps.append({"step": f"kick {formula}", "command": f"kick +-{KICK} A, FIRE fmax {FMAX_2} (Relaxer)",
                         "relaxed": n, "wall_s": round(time.perf_counter() - t0, 1)})
         p.run(f"analyze {formula}", ["rmsearch", "analyze", str(run2)])

@@ -77,11 +77,13 @@ def read_target_list(path: str | Path) -> list[str]:
 
 
 def cell_formula(formula_or_atoms) -> str:
-    """Formula per cell in a canonical form (pymatgen alphabetical, e.g. ``Co2 Sb2`` -> ``Co2Sb2``)."""
+    """Formula per cell in a canonical form: elements alphabetical, counts of 1 left out
+    (``Sb2Co2`` -> ``Co2Sb2``, ``Si2(CN2)4`` -> ``C4N8Si2``)."""
     from pymatgen.core import Composition
 
     text = formula_or_atoms if isinstance(formula_or_atoms, str) else formula_or_atoms.get_chemical_formula()
-    return Composition(text).alphabetical_formula.replace(" ", "")
+    amounts = Composition(text).get_el_amt_dict()
+    return "".join(f"{el}{'' if n == 1 else int(n)}" for el, n in sorted(amounts.items()))
 
 
 def search_args(formula_per_cell: str) -> tuple[str, int]:
