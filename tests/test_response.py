@@ -58,6 +58,20 @@ def one_frame(atoms: Atoms, ref: Atoms, params: LabelParams):
     return compute_labels(atoms.positions[None], cells, atoms.pbc, scaled, ref_cell, params)
 
 
+def numerical_forces(frame: Atoms, ref: Atoms, params: LabelParams, h: float = 1e-6) -> np.ndarray:
+    """-dE/dr of the pseudo energy by central finite differences (eV/A)."""
+    num = np.zeros((len(frame), 3))
+    for a in range(len(frame)):
+        for c in range(3):
+            e = []
+            for sign in (1, -1):
+                moved = frame.copy()
+                moved.positions[a, c] += sign * h
+                e.append(one_frame(moved, ref, params).pseudo_energy[0])
+            num[a, c] = -(e[0] - e[1]) / (2 * h)
+    return num
+
+
 @pytest.fixture
 def crystal_pair():
     """A reference diamond cell and a noisy, strained frame with two close contacts."""
@@ -80,17 +94,7 @@ def test_forces_are_minus_gradient_of_pseudo_energy_crystal(crystal_pair, raw):
     ref, frame = crystal_pair
     params = LabelParams(k=1.3, rc=0.75, raw=raw)
     labels = one_frame(frame, ref, params)
-    h = 1e-6
-    num = np.zeros((len(frame), 3))
-    for a in range(len(frame)):
-        for c in range(3):
-            e = []
-            for sign in (1, -1):
-                moved = frame.copy()
-                moved.positions[a, c] += sign * h
-                e.append(one_frame(moved, ref, params).pseudo_energy[0])
-            num[a, c] = -(e[0] - e[1]) / (2 * h)
-    np.testing.assert_allclose(labels.forces[0], num, atol=1e-7)
+    np.testing.assert_allclose(labels.forces[0], numerical_forces(frame, ref, params), atol=1e-7)
 
 
 @pytest.mark.parametrize("raw", [False, True])
@@ -104,17 +108,7 @@ def test_forces_are_minus_gradient_of_pseudo_energy_molecule(raw):
     params = LabelParams(k=0.8, rc=1.2, raw=raw)  # rc large enough that C-H contacts repel
     labels = one_frame(frame, ref, params)
     assert np.abs(labels.forces).max() > 0.1
-    h = 1e-6
-    num = np.zeros((len(frame), 3))
-    for a in range(len(frame)):
-        for c in range(3):
-            e = []
-            for sign in (1, -1):
-                moved = frame.copy()
-                moved.positions[a, c] += sign * h
-                e.append(one_frame(moved, ref, params).pseudo_energy[0])
-            num[a, c] = -(e[0] - e[1]) / (2 * h)
-    np.testing.assert_allclose(labels.forces[0], num, atol=1e-6)
+    np.testing.assert_allclose(labels.forces[0], numerical_forces(frame, ref, params), atol=1e-6)
 
 
 def test_raw_labels_equal_minus_k_dr_plus_repulsion_exactly(crystal_pair):

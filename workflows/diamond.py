@@ -143,6 +143,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=int, help="MACE epochs (default: by size)")
     ap.add_argument("--copies", type=int, help="noise draws of the 121-frame set (default: by size)")
     ap.add_argument("--nruns", type=int, help="random starts (default: by size)")
+    ap.add_argument("--label-rc", type=float, default=None,
+                    help="repulsion cutoff of the training labels (A) (default: the diamond preset's)")
     ap.add_argument("--natoms", default="2-12", help="atoms per cell")
     ap.add_argument("--vmin", type=float, default=3.8, help="smallest start volume (A^3/atom)")
     ap.add_argument("--vmax", type=float, default=5.6, help="largest start volume (A^3/atom)")
@@ -155,8 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     p = Pipeline(args.out, force=args.force)
     data = p.out / "data" / "diamond.xyz"
-    p.run("data", ["rmdata", "make", "--dataset", "diamond", "--copies", str(copies), "--seed", str(args.seed),
-                   "-o", str(data), "-j", "1"], done=data)
+    make = ["rmdata", "make", "--dataset", "diamond", "--copies", str(copies), "--seed", str(args.seed),
+            "-o", str(data), "-j", "1"]
+    if args.label_rc is not None:
+        make += ["--rc", str(args.label_rc)]
+    p.run("data", make, done=data)
     model = p.train(data, "diamond", epochs, channels, args.seed)
     potdir = p.out / "potential"
     p.run("export", ["rmsearch", "export", str(model), "--training", str(data), "--out", str(potdir)],
@@ -185,6 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
         "polymorphs_found": found,
         "runs": report["status_counts"], "invalid": report["n_invalid"], "clusters": report["n_clusters"],
         "recipe": {"copies": copies, "epochs": epochs, "channels": channels, "nruns": nruns,
+                   "label_rc_A": args.label_rc,
                    "natoms": args.natoms, "volume_A3_per_atom": [args.vmin, args.vmax], "seed": args.seed},
     }
     p.finish({**summary, "clusters": clusters})

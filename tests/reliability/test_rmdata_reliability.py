@@ -195,20 +195,12 @@ FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(Heal
 
 
 @FUZZ
-@given(text=broken_extxyz())
-def test_fuzzed_extxyz(tmp_path_factory, text):
-    tmp = tmp_path_factory.mktemp("fx")
-    src = tmp / "input.xyz"
-    src.write_text(text)
-    _check_one_line_error_or_ok(src, tmp)
-
-
-@FUZZ
-@given(text=broken_cif())
-def test_fuzzed_cif(tmp_path_factory, text):
-    tmp = tmp_path_factory.mktemp("fc")
-    src = tmp / "input.cif"
-    src.write_text(text)
+@given(data=st.data())
+@pytest.mark.parametrize("name,strategy", [("input.xyz", broken_extxyz()), ("input.cif", broken_cif())])
+def test_fuzzed_structure_files(tmp_path_factory, name, strategy, data):
+    tmp = tmp_path_factory.mktemp("fz")
+    src = tmp / name
+    src.write_text(data.draw(strategy))
     _check_one_line_error_or_ok(src, tmp)
 
 
