@@ -123,7 +123,7 @@ def make_synthetic_run(rundir: Path, n_records: int, n_distinct: int, seed: int)
     for fh in shards:
         fh.close()
     return {"n_records": n_records, "n_distinct": n_distinct, "n_invalid_planted": n_bad,
-            "distinct_hit": int(len(set(picks.tolist()))), "generate_s": t_gen, "base_of_run": picks.tolist()}
+            "distinct_hit": len(set(picks.tolist())), "generate_s": t_gen, "base_of_run": picks.tolist()}
 
 
 def cluster_purity(rundir: Path, base_of_run: list[int]) -> dict[str, int]:
@@ -157,7 +157,7 @@ def write_section(path: Path, text: str) -> None:
     """Replace (or append) the ``## bench_analyze`` section of BENCHMARKS.md."""
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     section = "## bench_analyze\n\n" + text.strip() + "\n"
-    pattern = re.compile(r"^## bench_analyze\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(r"^## bench_analyze\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
     new = pattern.sub(lambda _: section + "\n", old) if pattern.search(old) else old.rstrip() + "\n\n" + section
     with atomic_output(path) as tmp:
         tmp.write_text(new)

@@ -12,8 +12,13 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from rmsearch.analysis.match import match_references
-from rmsearch.analysis.metrics import (compositional_validity, frechet_distance, generation_metrics,
-                                       structural_validity, structure_fingerprints)
+from rmsearch.analysis.metrics import (
+    compositional_validity,
+    frechet_distance,
+    generation_metrics,
+    structural_validity,
+    structure_fingerprints,
+)
 from rmsearch.analysis.references import load_references
 
 

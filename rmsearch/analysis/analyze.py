@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ase import Atoms
 from pymatgen.core import Composition, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
@@ -21,14 +22,30 @@ from pymatgen.io.cif import CifWriter
 from rmdata.errors import RMError
 from rmdata.utils import atomic_output, provenance
 from rmsearch.analysis import plots
-from rmsearch.analysis.collect import FINAL_XYZ, load_run, write_final_structures, write_results_db
-from rmsearch.analysis.dedupe import DEFAULT_ENERGY_BIN, DEFAULT_VOLUME_BIN, dedupe
+from rmsearch.analysis.collect import (
+    FINAL_XYZ,
+    load_run,
+    write_final_structures,
+    write_results_db,
+)
+from rmsearch.analysis.dedupe import (
+    DEFAULT_ENERGY_BIN,
+    DEFAULT_VOLUME_BIN,
+    Cluster,
+    dedupe,
+)
 from rmsearch.analysis.hull import pseudo_hull
 from rmsearch.analysis.match import match_references
 from rmsearch.analysis.metrics import generation_metrics
 from rmsearch.analysis.references import load_references
-from rmsearch.analysis.score import score_clusters
-from rmsearch.analysis.validity import DEFAULT_FRAC, DEFAULT_MAX_VOLUME_FACTOR, check_validity
+from rmsearch.analysis.report import write_report
+from rmsearch.analysis.score import ClusterScore, score_clusters
+from rmsearch.analysis.validity import (
+    DEFAULT_FRAC,
+    DEFAULT_MAX_VOLUME_FACTOR,
+    check_validity,
+)
+from rmsearch.records import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -71,43 +88,89 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         raise RMError(f"--top {top}: must be at least 1")
     t0 = time.perf_counter()
     run = load_run(rundir)
+    refs = load_references(reference) if reference is not None else None  # fail before writing anything
     records = {r.run_id: r for r in run.records}
     report_dir = run.rundir / "report"
 
-    # validity first: invalid structures are counted and listed, never ranked
+    valid_items, invalid = _validate(run.usable, frac, max_volume_factor)
+    result = dedupe(valid_items, energy_bin=energy_bin, volume_bin=volume_bin, workers=workers)
+    ranked, hull_data = _rank(result.clusters, elemental)
+    scores = score_clusters(ranked, records)
+    for s in scores:
+        if s.representative in hull_data["e_hull_of"]:
+            s.e_ex, s.e_hull = hull_data["e_hull_of"][s.representative]
+
+    ann = _annotations(scores, invalid)
+    write_results_db(run, ann)
+    write_final_structures(run.usable, run.rundir / FINAL_XYZ, ann)
+    cifs = _write_cifs(scores[:top], records, report_dir)
+    valid_recs = [records[rid] for rid, _, _ in valid_items]
+    plot_paths = _write_plots(scores, valid_recs, hull_data, report_dir, top)
+
+    hull = hull_data["hull"]
+    data: dict[str, Any] = {
+        "title": run.rundir.resolve().name, "rundir": str(run.rundir), "n_records": len(run.records),
+        "status_counts": run.status_counts, "n_usable": len(run.usable), "n_invalid": len(invalid),
+        "invalid": invalid, "problems": run.problems,
+        "validity": {"frac": frac, "max_volume_factor": max_volume_factor},
+        "dedupe": {"n_structures": result.n_structures, "n_clusters": len(scores),
+                   "n_matcher_calls": result.n_matcher_calls, "n_quick_matches": result.n_quick_matches,
+                   "n_all_pairs": result.n_all_pairs,
+                   "n_pairs_same_composition": result.n_pairs_same_composition, "wall_s": result.wall_s,
+                   "settings": result.settings},
+        "hull_note": hull_data["note"], "elements": hull_data["elements"],
+        "hull_vertices": [{"formula": s.formula, "e_ex": s.e_ex, "cluster_id": s.cluster_id} for s in scores
+                          if hull is not None and s.e_hull is not None and abs(s.e_hull) < 1e-9],
+        "top_clusters": [dict(s.to_dict(), cif=cifs.get(s.cluster_id, "")) for s in scores[:top]],
+        "n_clusters": len(scores), "plots": plot_paths,
+        "provenance": provenance(run.config, run.config.get("seed")),
+    }
+    if refs is not None:
+        data.update(_compare(scores, invalid, records, refs, str(reference), match_top_k, metrics, workers))
+    data["wall_s"] = time.perf_counter() - t0
+    data = _jsonable(data)
+    write_report(data, report_dir)
+    log.info("report written to %s (%.1f s)", report_dir / "index.html", data["wall_s"])
+    return data
+
+
+def _validate(usable: list[RunRecord], frac: float, max_volume_factor: float
+              ) -> tuple[list[tuple[int, Atoms, float]], list[dict[str, Any]]]:
+    """Split converged records into valid (run_id, atoms, eV/atom) items and invalid entries with reasons."""
     valid_items, invalid = [], []
-    for rec in run.usable:
+    for rec in usable:
         atoms = rec.to_atoms()
         check = check_validity(atoms, frac=frac, max_volume_factor=max_volume_factor)
         if check.valid:
             valid_items.append((rec.run_id, atoms, rec.energy_per_atom))
         else:
             invalid.append({"run_id": rec.run_id, "formula": rec.formula, "reason": check.reason})
+    return valid_items, invalid
 
-    result = dedupe(valid_items, energy_bin=energy_bin, volume_bin=volume_bin, workers=workers)
-    clusters = result.clusters
 
-    # pseudo hull over the cluster representatives of binary and ternary searches
+def _rank(clusters: list[Cluster], elemental: dict[str, float] | None) -> tuple[list[Cluster], dict[str, Any]]:
+    """Build the pseudo hull (binaries, ternaries) and rank clusters by distance above it, else by energy."""
     elements = sorted({el.symbol for c in clusters for el in Composition(c.formula).elements})
-    hull, hull_note, e_hull_of = None, "", {}
-    hull_order = list(clusters)  # the order of the hull's entries
-    if 2 <= len(elements) <= 3 and clusters:
-        try:
-            hull = pseudo_hull([c.formula for c in clusters], [c.energy_per_atom for c in clusters], elemental)
-            e_hull_of = {c.representative: (float(hull.e_ex[k]), float(hull.e_hull[k])) for k, c in enumerate(clusters)}
-        except RMError as exc:
-            hull_note = str(exc)
-    elif len(elements) > 3:
-        hull_note = f"not built: {len(elements)} elements (binaries and ternaries only)"
-    if hull is not None:
-        clusters = sorted(clusters, key=lambda c: (round(e_hull_of[c.representative][1], 9), c.energy_per_atom,
-                                                   c.representative))
-    scores = score_clusters(clusters, records)
-    for s in scores:
-        if s.representative in e_hull_of:
-            s.e_ex, s.e_hull = e_hull_of[s.representative]
+    info: dict[str, Any] = {"hull": None, "note": "", "e_hull_of": {}, "order": list(clusters), "elements": elements}
+    if len(elements) > 3:
+        info["note"] = f"not built: {len(elements)} elements (binaries and ternaries only)"
+    if not (2 <= len(elements) <= 3 and clusters):
+        return clusters, info
+    try:
+        hull = pseudo_hull([c.formula for c in clusters], [c.energy_per_atom for c in clusters], elemental)
+    except RMError as exc:
+        info["note"] = str(exc)
+        return clusters, info
+    info["hull"] = hull
+    e_hull_of = {c.representative: (float(hull.e_ex[k]), float(hull.e_hull[k])) for k, c in enumerate(clusters)}
+    info["e_hull_of"] = e_hull_of
+    ranked = sorted(clusters, key=lambda c: (round(e_hull_of[c.representative][1], 9), c.energy_per_atom,
+                                             c.representative))
+    return ranked, info
 
-    # per-run annotations for the database and the extxyz
+
+def _annotations(scores: list[ClusterScore], invalid: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Per-run key-value pairs for the database and the extxyz."""
     ann: dict[int, dict[str, Any]] = {}
     for item in invalid:
         ann[item["run_id"]] = {"valid": False, "invalid_reason": item["reason"]}
@@ -116,79 +179,59 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
             ann[rid] = {"valid": True, "cluster_id": s.cluster_id, "representative": rid == s.representative,
                         "hits": s.hits, "spacegroup": s.spacegroup_number, "spacegroup_symbol": s.spacegroup_symbol,
                         "e_hull": s.e_hull}
-    write_results_db(run, ann)
-    write_final_structures(run.usable, run.rundir / FINAL_XYZ, ann)
+    return ann
 
-    # CIFs of the top clusters
+
+def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], report_dir: Path) -> dict[int, str]:
+    """CIFs of the top clusters' representatives; returns cluster id -> path relative to the report."""
     adaptor = AseAtomsAdaptor()
-    top_scores = scores[:top]
     cifs: dict[int, str] = {}
     for stale in (report_dir / "cifs").glob("rank*_run*.cif"):  # from an earlier analysis of this run
         stale.unlink()
     for s in top_scores:
-        rel = f"cifs/rank{s.cluster_id:03d}_{s.formula}_run{s.representative}.cif"
         atoms = records[s.representative].to_atoms()
         if atoms.pbc.all():
+            rel = f"cifs/rank{s.cluster_id:03d}_{s.formula}_run{s.representative}.cif"
             with atomic_output(report_dir / rel) as tmp:
                 CifWriter(adaptor.get_structure(atoms)).write_file(tmp)
             cifs[s.cluster_id] = rel
+    return cifs
 
-    # plots
-    plot_paths: dict[str, str] = {}
-    (report_dir / "plots").mkdir(parents=True, exist_ok=True)
-    if hull is not None:
-        plots.plot_hull(hull, _hull_labels(hull_order, scores), report_dir / "plots/hull.png")
-        plot_paths["hull"] = "plots/hull.png"
+
+def _write_plots(scores: list[ClusterScore], valid_recs: list[RunRecord], hull_data: dict[str, Any],
+                 report_dir: Path, top: int) -> dict[str, str]:
+    """All PNG plots; returns plot name -> path relative to the report."""
+    paths: dict[str, str] = {}
+    if hull_data["hull"] is not None:
+        sg = {s.representative: s.spacegroup_symbol for s in scores}
+        labels = [f"{c.formula} {sg.get(c.representative, '')}".strip() for c in hull_data["order"]]
+        plots.plot_hull(hull_data["hull"], labels, report_dir / "plots/hull.png")
+        paths["hull"] = "plots/hull.png"
     sg_of_run = {rid: s.spacegroup_number for s in scores for rid in s.members}
-    valid_recs = [records[rid] for rid, _, _ in valid_items]
-    plots.plot_energy_volume([r.energy_per_atom for r in valid_recs], [r.volume_per_atom for r in valid_recs],
+    energies = [r.energy_per_atom for r in valid_recs]
+    plots.plot_energy_volume(energies, [r.volume_per_atom for r in valid_recs],
                              [sg_of_run.get(r.run_id, 0) for r in valid_recs], report_dir / "plots/energy_volume.png")
-    plot_paths["energy_volume"] = "plots/energy_volume.png"
-    plots.plot_energy_histogram([r.energy_per_atom for r in valid_recs], report_dir / "plots/energy_histogram.png")
-    plot_paths["energy_histogram"] = "plots/energy_histogram.png"
+    paths["energy_volume"] = "plots/energy_volume.png"
+    plots.plot_energy_histogram(energies, report_dir / "plots/energy_histogram.png")
+    paths["energy_histogram"] = "plots/energy_histogram.png"
     plots.plot_hits(scores, report_dir / "plots/hits.png", top=max(top, 10))
-    plot_paths["hits"] = "plots/hits.png"
-
-    data: dict[str, Any] = {
-        "title": run.rundir.resolve().name, "rundir": str(run.rundir), "n_records": len(run.records),
-        "status_counts": run.status_counts, "n_usable": len(run.usable), "n_invalid": len(invalid),
-        "invalid": invalid, "problems": run.problems,
-        "validity": {"frac": frac, "max_volume_factor": max_volume_factor},
-        "dedupe": {"n_structures": result.n_structures, "n_clusters": len(clusters),
-                   "n_matcher_calls": result.n_matcher_calls, "n_quick_matches": result.n_quick_matches,
-                   "n_all_pairs": result.n_all_pairs,
-                   "n_pairs_same_composition": result.n_pairs_same_composition, "wall_s": result.wall_s,
-                   "settings": result.settings},
-        "hull_note": hull_note, "elements": elements,
-        "hull_vertices": [{"formula": scores[k].formula, "e_ex": scores[k].e_ex, "cluster_id": scores[k].cluster_id}
-                          for k in range(len(scores)) if hull is not None and scores[k].e_hull is not None
-                          and abs(scores[k].e_hull) < 1e-9],
-        "top_clusters": [dict(s.to_dict(), cif=cifs.get(s.cluster_id, "")) for s in top_scores],
-        "n_clusters": len(scores), "plots": plot_paths,
-        "provenance": provenance(run.config, run.config.get("seed")),
-    }
-
-    if reference is not None:
-        refs = load_references(reference)
-        cand = [(s.cluster_id, adaptor.get_structure(records[s.representative].to_atoms())) for s in scores
-                if records[s.representative].to_atoms().pbc.all()]
-        match = match_references(cand, refs, top_k=match_top_k)
-        data["match"] = {"reference": str(reference), "summary": match.summary(), "rows": match.rows}
-        if metrics and cand:
-            gen: list[Structure] = [st for _, st in cand]
-            gen += [adaptor.get_structure(records[i["run_id"]].to_atoms()) for i in invalid
-                    if records[i["run_id"]].to_atoms().pbc.all()]
-            data["metrics"] = generation_metrics(gen, [st for _, st in refs], workers=workers)
-    data["wall_s"] = time.perf_counter() - t0
-    data = _jsonable(data)
-    from rmsearch.analysis.report import write_report
-
-    write_report(data, report_dir)
-    log.info("report written to %s (%.1f s)", report_dir / "index.html", data["wall_s"])
-    return data
+    paths["hits"] = "plots/hits.png"
+    return paths
 
 
-def _hull_labels(clusters, scores) -> list[str]:
-    """Labels of hull points in the order the hull was built (``clusters`` before ranking)."""
-    sg = {s.representative: s.spacegroup_symbol for s in scores}
-    return [f"{c.formula} {sg.get(c.representative, '')}".strip() for c in clusters]
+def _compare(scores: list[ClusterScore], invalid: list[dict[str, Any]], records: dict[int, RunRecord],
+             refs: list[tuple[str, Structure]], reference: str, match_top_k: int, metrics: bool,
+             workers: int) -> dict[str, Any]:
+    """Match rate against the references and, with ``metrics``, the generation metrics."""
+    adaptor = AseAtomsAdaptor()
+    periodic = [s for s in scores if records[s.representative].to_atoms().pbc.all()]
+    cand = [(s.cluster_id, adaptor.get_structure(records[s.representative].to_atoms())) for s in periodic]
+    match = match_references(cand, refs, top_k=match_top_k)
+    out: dict[str, Any] = {"match": {"reference": reference, "summary": match.summary(), "rows": match.rows}}
+    if metrics and cand:
+        # generated set: one structure per cluster plus every invalid result
+        gen: list[Structure] = [st for _, st in cand]
+        gen += [adaptor.get_structure(records[i["run_id"]].to_atoms()) for i in invalid
+                if records[i["run_id"]].to_atoms().pbc.all()]
+        out["metrics"] = generation_metrics(gen, [st for _, st in refs], workers=workers)
+    return out

@@ -14,12 +14,12 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from rmdata.utils import atomic_output  # noqa: E402
-from rmsearch.analysis.hull import HullResult  # noqa: E402
-from rmsearch.analysis.score import ClusterScore  # noqa: E402
+from rmdata.utils import atomic_output
+from rmsearch.analysis.hull import HullResult
+from rmsearch.analysis.score import ClusterScore
 
 DPI = 110
 

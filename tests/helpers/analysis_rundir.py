@@ -69,7 +69,7 @@ def make_rundir(path: str | Path, seed: int = 0, copies: int = 3, n_random: int 
     (path / "config.json").write_text(json.dumps({"seed": seed, "system": "Cu-Au", "potential": "EMT (test)"}))
     recs: list[RunRecord] = []
     run_id = 0
-    for name, proto in prototypes().items():
+    for proto in prototypes().values():
         a = proto.copy()
         a.set_cell(a.cell * (1 + rng.uniform(-0.03, 0.03, (3, 3)) * np.eye(3)), scale_atoms=True)
         a.rattle(0.03, seed=int(rng.integers(1 << 30)))
