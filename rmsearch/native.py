@@ -1,0 +1,504 @@
+"""A LAMMPS-native SNAP potential fitted on rmdata files (forces and stresses only).
+
+Descriptors come from LAMMPS ``compute snap`` (rows: summed bispectrum, 3N force rows in
+tag order, 6 virial rows xx yy zz yz xz xy; the last column holds the reference pair
+style's contribution), the coefficients from ridge-regularised least squares on the force
+and stress labels alone: no energy rows, ``beta0 = 0``. The result is a potential
+directory (``potential.json`` + ``<el>.snapcoeff`` + ``<el>.snapparam``) that
+``rmsearch.relax`` loads as ``pair_style snap`` (overlaid on ``zbl`` when the fit used a
+core), so a search runs with no Python in the force computation.
+
+Conventions. Forces are ``A_f @ beta`` directly. The virial rows give ``W = -V sigma``
+(sigma in ASE's sign, positive = tensile), so stress labels enter as ``-V sigma``; both
+are divided by the number of atoms so that one stress row weighs like one force row at
+``stress_weight = 1`` per atom. Cells are rotated into LAMMPS' lower-triangular frame
+(:func:`rmsearch.relax.lammps_cell`) and the labels with them.
+
+Recipe, and why (measured on the rmdata diamond set, see README "Native potentials"):
+see :data:`DEFAULT_RECIPE` and the numbers in the README section.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_masses, atomic_numbers
+
+from rmdata.errors import RMError
+from rmdata.utils import provenance, write_json_atomic
+
+log = logging.getLogger(__name__)
+
+KINDS = ("snap",)
+#: LAMMPS metal-units pressure (bar) per eV/A^3.
+BAR_PER_EV_A3 = 1.6021765e6
+
+
+@dataclass
+class SnapSettings:
+    """Hyper-parameters of a SNAP fit.
+
+    twojmax: 2J, the bispectrum band limit (6: 30 components, 8: 55). rcut: cutoff (A)
+    for all element pairs (element radii 0.5, ``rcutfac = rcut``). rfac0, rmin0: SNAP
+    radial mapping. quadratic: add the ``B_i B_j`` terms (``quadraticflag 1``). alpha:
+    ridge strength relative to the mean diagonal of the weighted normal matrix.
+    stress_weight: weight of a stress row (of ``-V sigma / N``, eV) against a force row
+    (eV/A). zbl_inner, zbl_outer (A): a ZBL core, switched off between inner and outer,
+    overlaid in LAMMPS (``zbl_outer = 0``: no core); fit_core: subtract the core from the
+    labels before the fit (else SNAP is fitted to the labels alone and the core only adds
+    a wall below zbl_outer). holdout: fraction of frames kept out of the fit for the error
+    report. seed: the holdout draw.
+    """
+
+    twojmax: int = 6
+    rcut: float = 4.5
+    rfac0: float = 0.99363
+    rmin0: float = 0.0
+    quadratic: bool = True
+    alpha: float = 1e-6
+    stress_weight: float = 1.0
+    zbl_inner: float = 0.6
+    zbl_outer: float = 1.0
+    fit_core: bool = False
+    holdout: float = 0.1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.twojmax < 0 or self.twojmax % 1:
+            raise RMError(f"--twojmax {self.twojmax}: must be an integer >= 0")
+        if not self.rcut > 0:
+            raise RMError(f"--rcut {self.rcut}: must be > 0 (A)")
+        if not self.alpha >= 0:
+            raise RMError(f"--alpha {self.alpha}: must be >= 0")
+        if not self.stress_weight >= 0:
+            raise RMError(f"--stress-weight {self.stress_weight}: must be >= 0")
+        if not 0.0 <= self.holdout < 1.0:
+            raise RMError(f"--holdout {self.holdout}: must be in [0, 1)")
+        if self.zbl_outer and not 0 < self.zbl_inner < self.zbl_outer:
+            raise RMError(f"--zbl {self.zbl_inner},{self.zbl_outer}: need 0 < inner < outer (A)")
+
+    @property
+    def core(self) -> bool:
+        return self.zbl_outer > 0
+
+    def param_lines(self) -> list[str]:
+        """The ``.snapparam`` keywords (shared by compute snap and pair_style snap)."""
+        return [f"rcutfac {self.rcut!r}", f"twojmax {int(self.twojmax)}", f"rfac0 {self.rfac0!r}",
+                f"rmin0 {self.rmin0!r}", "bzeroflag 1", f"quadraticflag {int(self.quadratic)}",
+                "switchflag 1"]
+
+
+# ----------------------------------------------------------------------------- descriptors
+
+def _zbl_pair(settings: SnapSettings, elements: list[str]) -> tuple[str, list[str]]:
+    """(pair_style, pair_coeff lines) of the ZBL core, or of a ``zero`` style without one."""
+    if not settings.core:
+        return f"zero {settings.rcut!r}", ["* *"]
+    coeffs = []
+    for i, a in enumerate(elements, 1):
+        for j, b in enumerate(elements, 1):
+            if j >= i:
+                coeffs.append(f"{i} {j} {atomic_numbers[a]} {atomic_numbers[b]}")
+    return f"zbl {settings.zbl_inner!r} {settings.zbl_outer!r}", coeffs
+
+
+class SnapDescriptors:
+    """Per-frame SNAP descriptor rows from one reused LAMMPS instance.
+
+    :meth:`rows` returns, for one structure, the force block ``(3 N, ncol)`` (forces =
+    block @ beta, in the structure's own frame), the virial block ``(3, 3, ncol)`` (W =
+    -V sigma, eV) and the reference core's forces (eV/A) and virial (eV).
+    """
+
+    def __init__(self, settings: SnapSettings, elements: list[str]):
+        from rmsearch.lammps_env import new_lammps
+
+        self.settings = settings
+        self.elements = list(elements)
+        self._type_of = {atomic_numbers[e]: k + 1 for k, e in enumerate(self.elements)}
+        self.lmp = new_lammps()
+
+    def close(self) -> None:
+        self.lmp.close()
+
+    def __enter__(self) -> SnapDescriptors:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _commands(self, atoms: Atoms, cell_l: np.ndarray) -> tuple[list[str], list[str]]:
+        s = self.settings
+        ne = len(self.elements)
+        style, coeffs = _zbl_pair(s, self.elements)
+        if s.core:  # compute snap needs a pair cutoff >= its own: overlay a zero style
+            style = f"hybrid/overlay {style} zero {s.rcut!r}"
+            coeffs = [" ".join(c.split(maxsplit=2)[:2] + ["zbl"] + c.split(maxsplit=2)[2:])
+                      for c in coeffs] + ["* * zero"]
+        keywords = (f"rmin0 {s.rmin0!r} bzeroflag 1 quadraticflag {int(s.quadratic)} switchflag 1")
+        radii = " ".join(["0.5"] * ne)
+        weights = " ".join(["1.0"] * ne)
+        masses = [f"mass {k + 1} {atomic_masses[atomic_numbers[e]]:.6f}" for k, e in enumerate(self.elements)]
+        b = cell_l.tolist()
+        return ["clear", "units metal", "atom_style atomic", "atom_modify map array sort 0 0.0",
+                "boundary p p p",
+                f"region box prism 0 {b[0][0]!r} 0 {b[1][1]!r} 0 {b[2][2]!r} {b[1][0]!r} {b[2][0]!r} "
+                f"{b[2][1]!r} units box",
+                f"create_box {ne} box", *masses,
+                f"pair_style {style}", *[f"pair_coeff {c}" for c in coeffs],
+                "neighbor 1.0 bin", "thermo_style custom step pe"], \
+            [f"compute rm_snap all snap {s.rcut!r} {s.rfac0!r} {int(s.twojmax)} {radii} {weights} "
+             + keywords]
+
+    def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial (3, 3))."""
+        from rmsearch.relax import lammps_cell
+
+        if not atoms.pbc.all() or atoms.cell.volume <= 0:
+            raise RMError("SNAP fitting needs periodic frames with a cell (rmdata crystal presets)")
+        cell = np.asarray(atoms.cell, dtype=float)
+        if np.linalg.det(cell) < 0:
+            cell = -cell
+        cell_l, q = lammps_cell(cell)
+        frac = np.linalg.solve(cell_l.T, (atoms.positions @ q).T).T
+        pos_l = (frac % 1.0) @ cell_l
+        n = len(atoms)
+        try:
+            types = [self._type_of[int(z)] for z in atoms.numbers]
+        except KeyError as exc:
+            raise RMError(f"element Z={exc.args[0]} not among the fitted elements {self.elements}") from None
+        lmp = self.lmp
+        setup, compute = self._commands(atoms, cell_l)
+        lmp.commands_list(setup)
+        lmp.create_atoms(n, list(range(1, n + 1)), types, pos_l.ravel().tolist())
+        if lmp.get_natoms() != n:
+            raise RuntimeError(f"LAMMPS created {lmp.get_natoms()} of {n} atoms")
+        # compute snap sizes its array by the atom count when defined: after create_atoms
+        lmp.commands_list(compute)
+        lmp.command("run 0 post no")
+        arr = np.array(lmp.numpy.extract_compute("rm_snap", 0, 2), dtype=float, copy=True)
+        if arr.shape[0] != 1 + 3 * n + 6:
+            raise RuntimeError(f"compute snap returned {arr.shape[0]} rows for {n} atoms")
+        f_rows = arr[1:1 + 3 * n, :-1].reshape(n, 3, -1)
+        ref_f = arr[1:1 + 3 * n, -1].reshape(n, 3)
+        v6 = arr[1 + 3 * n:, :-1]
+        ref_v6 = arr[1 + 3 * n:, -1]
+        # rotate back to the structure's frame: vectors with q.T, tensors q W q.T
+        f_rows = np.einsum("nkc,jk->njc", f_rows, q)
+        ref_f = ref_f @ q.T
+        vir = _sym(v6)
+        # the reference column's virial rows are the pair style's pressure tensor (bar)
+        ref_vir = q @ _sym(ref_v6[:, None])[..., 0] @ q.T * abs(np.linalg.det(cell_l)) / BAR_PER_EV_A3
+        vir = np.einsum("ik,klc,jl->ijc", q, vir, q)
+        return f_rows.reshape(3 * n, -1), vir, ref_f, ref_vir
+
+
+def _sym(v6: np.ndarray) -> np.ndarray:
+    """(6, c) Voigt rows xx yy zz yz xz xy -> (3, 3, c) symmetric tensors."""
+    xx, yy, zz, yz, xz, xy = v6
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+# ----------------------------------------------------------------------------- potential files
+
+def write_snap_files(directory: Path, element: str, beta: np.ndarray, settings: SnapSettings) -> tuple[str, str]:
+    """Write ``<element>.snapcoeff`` (beta0 = 0 then ``beta``) and ``<element>.snapparam``."""
+    coeff = directory / f"{element}.snapcoeff"
+    param = directory / f"{element}.snapparam"
+    lines = ["# SNAP coefficients fitted by rmsearch fit-native (forces and stresses only; beta0 = 0)",
+             "", f"1 {len(beta) + 1}", f"{element} 0.5 1.0", repr(0.0)]
+    lines += [repr(float(b)) for b in beta]
+    coeff.write_text("\n".join(lines) + "\n")
+    param.write_text("# SNAP parameters (rmsearch fit-native)\n" + "\n".join(settings.param_lines()) + "\n")
+    return coeff.name, param.name
+
+
+def pair_definition(settings: SnapSettings, elements: list[str]) -> tuple[str, list[str]]:
+    """``pair_style`` and ``pair_coeff`` of the fitted potential ({potdir} placeholders)."""
+    if len(elements) != 1:
+        raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
+    el = elements[0]
+    snap_coeff = f"{{potdir}}/{el}.snapcoeff {{potdir}}/{el}.snapparam {el}"
+    if not settings.core:
+        return "snap", [f"* * {snap_coeff}"]
+    style, coeffs = _zbl_pair(settings, elements)
+    return (f"hybrid/overlay {style} snap",
+            [f"{c.split(maxsplit=2)[0]} {c.split(maxsplit=2)[1]} zbl {c.split(maxsplit=2)[2]}" for c in coeffs]
+            + [f"* * snap {snap_coeff}"])
+
+
+# ----------------------------------------------------------------------------- fit
+
+@dataclass
+class DesignMatrix:
+    """Least-squares rows of a set of frames.
+
+    Per frame 3N force rows (eV/A) then 6 stress rows ``-V sigma / N`` (eV, Voigt xx yy zz
+    yz xz xy) scaled by sqrt(stress_weight). ``a`` (rows, ncol): SNAP descriptor rows;
+    ``label`` (rows,): the rmdata labels in row units; ``core`` (rows,): the ZBL core's
+    share in row units (zeros without a core); ``frame`` (rows,) frame index; ``kind``
+    (rows,) 0 force row, 1 stress row; ``volume`` (A^3) and ``natoms`` per frame.
+    The full potential predicts ``a @ beta + core``.
+    """
+
+    a: np.ndarray
+    label: np.ndarray
+    core: np.ndarray
+    frame: np.ndarray
+    kind: np.ndarray
+    volume: np.ndarray
+    natoms: np.ndarray
+
+    def subset(self, frames: np.ndarray) -> np.ndarray:
+        """Row mask of the frames where the boolean per-frame mask ``frames`` is True."""
+        return frames[self.frame]
+
+
+_VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
+
+
+def design_matrix(frames: Sequence[Atoms], settings: SnapSettings, elements: list[str]) -> DesignMatrix:
+    """Descriptor rows, labels and core contributions of ``frames`` (see :class:`DesignMatrix`)."""
+    a_rows, lab_rows, core_rows, frame_idx, kinds, vols, nat = [], [], [], [], [], [], []
+    ws = math.sqrt(settings.stress_weight)
+    iv = np.array([i for i, _ in _VOIGT])
+    jv = np.array([j for _, j in _VOIGT])
+    with SnapDescriptors(settings, elements) as desc:
+        for k, atoms in enumerate(frames):
+            forces, stress = _labels(atoms, k)
+            a_f, w_c, ref_f, ref_w = desc.rows(atoms)
+            n = len(atoms)
+            vol = abs(atoms.get_volume())
+            a_rows += [a_f, ws * w_c[iv, jv] / n]
+            lab_rows += [forces.ravel(), ws * (-vol * stress)[iv, jv] / n]
+            core_rows += [ref_f.ravel(), ws * ref_w[iv, jv] / n]
+            frame_idx.append(np.full(3 * n + 6, k))
+            kinds.append(np.r_[np.zeros(3 * n, int), np.ones(6, int)])
+            vols.append(vol)
+            nat.append(n)
+    return DesignMatrix(np.vstack(a_rows), np.concatenate(lab_rows), np.concatenate(core_rows),
+                        np.concatenate(frame_idx), np.concatenate(kinds), np.array(vols), np.array(nat))
+
+
+def _labels(atoms: Atoms, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``REF_forces`` (N, 3) eV/A and ``REF_stress`` (3, 3) eV/A^3 of one rmdata frame."""
+    forces = atoms.arrays.get("REF_forces")
+    stress = atoms.info.get("REF_stress")
+    if forces is None or stress is None:
+        raise RMError(f"frame {k}: REF_forces/REF_stress missing; fit-native reads rmdata crystal files "
+                      "('rmdata make --dataset diamond -o FILE.xyz')")
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (6,):
+        from ase.stress import voigt_6_to_full_3x3_stress
+
+        stress = voigt_6_to_full_3x3_stress(stress)
+    return np.asarray(forces, dtype=float), stress.reshape(3, 3)
+
+
+def ridge_solve(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    """``argmin |a x - b|^2 + lam |D x|^2`` with D the column norms and ``lam = alpha``.
+
+    Columns are scaled to unit norm first (so alpha is dimensionless and the same for
+    linear and quadratic terms), then solved by SVD (``scipy.linalg.lstsq`` on the
+    augmented system), which stays accurate when the descriptors are nearly collinear.
+    """
+    from scipy.linalg import lstsq
+
+    norms = np.linalg.norm(a, axis=0)
+    norms[norms == 0] = 1.0
+    an = a / norms
+    if alpha > 0:
+        an = np.vstack([an, math.sqrt(alpha) * np.eye(a.shape[1])])
+        b = np.concatenate([b, np.zeros(a.shape[1])])
+    x, *_ = lstsq(an, b, lapack_driver="gelsd")
+    return x / norms
+
+
+def errors(dm: DesignMatrix, beta: np.ndarray, settings: SnapSettings, frames: np.ndarray, *,
+           core: bool = True) -> dict[str, float]:
+    """RMSE against the labels on the frames of mask ``frames``: of the full potential
+    (SNAP + core), or of the SNAP part alone with ``core=False``.
+
+    Forces in eV/A per Cartesian component, stress in eV/A^3 per Voigt component.
+    """
+    rows = dm.subset(frames)
+    resid = dm.a[rows] @ beta + (dm.core[rows] if core else 0.0) - dm.label[rows]
+    kind = dm.kind[rows]
+    f = resid[kind == 0]
+    ws = math.sqrt(settings.stress_weight) or 1.0
+    fr = dm.frame[rows][kind == 1]
+    s = resid[kind == 1] * dm.natoms[fr] / ws / dm.volume[fr]
+    return {"force_rmse_eV_per_A": float(np.sqrt(np.mean(f**2))) if f.size else math.nan,
+            "stress_rmse_eV_per_A3": float(np.sqrt(np.mean(s**2))) if s.size else math.nan,
+            "n_frames": int(frames.sum())}
+
+
+def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out frames: ``round(fraction * n)`` frames drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    k = int(round(fraction * n))
+    if k:
+        mask[rng.choice(n, size=k, replace=False)] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------- potential directory
+
+def _read_frames(data: str | os.PathLike) -> list[Atoms]:
+    import rmdata
+
+    path = Path(data)
+    if not path.is_file():
+        raise RMError(f"{path}: training file not found; make one with 'rmdata make --dataset diamond -o {path}'")
+    frames = rmdata.read(path)
+    if not frames:
+        raise RMError(f"{path}: no frames")
+    return frames
+
+
+def verify_native(potential, frames: Sequence[Atoms], predicted: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Largest |LAMMPS pair_style - fit prediction| of forces (eV/A) and stress (eV/A^3) on ``frames``."""
+    from rmsearch.relax import LammpsEngine
+
+    df = ds = 0.0
+    engine = LammpsEngine(potential, core_repulsion=None)
+    try:
+        for atoms, (f_pred, s_pred) in zip(frames, predicted):
+            _, f, s = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+            df = max(df, float(np.abs(f - f_pred).max()))
+            ds = max(ds, float(np.abs(s - s_pred).max()))
+    finally:
+        engine.close()
+    return {"forces_eV_per_A": df, "stress_eV_per_A3": ds, "n_frames": len(frames)}
+
+
+def predict(dm: DesignMatrix, beta: np.ndarray, settings: SnapSettings, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Forces (N, 3) eV/A and stress (3, 3) eV/A^3 of frame ``index`` from the fit (SNAP + core)."""
+    rows = dm.frame == index
+    pred = dm.a[rows] @ beta + dm.core[rows]
+    n = int(dm.natoms[index])
+    ws = math.sqrt(settings.stress_weight) or 1.0
+    w6 = pred[3 * n:] * n / ws
+    w = np.zeros((3, 3))
+    for k, (i, j) in enumerate(_VOIGT):
+        w[i, j] = w[j, i] = w6[k]
+    return pred[: 3 * n].reshape(n, 3), -w / dm.volume[index]
+
+
+def fit_beta(dm: DesignMatrix, settings: SnapSettings, train: np.ndarray) -> np.ndarray:
+    """SNAP coefficients (without beta0) fitted on the frames of mask ``train``."""
+    rows = dm.subset(train)
+    target = dm.label[rows] - (dm.core[rows] if settings.fit_core else 0.0)
+    return ridge_solve(dm.a[rows], target, settings.alpha)
+
+
+def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str = "snap",
+               settings: SnapSettings | None = None, mace_model: str | os.PathLike | None = None,
+               overwrite: bool = False) -> dict[str, Any]:
+    """Fit a SNAP potential on an rmdata file and write the potential directory ``out``.
+
+    Returns the fit report (also stored as ``fit.json`` in ``out``): settings, train and
+    held-out RMSEs of forces (eV/A) and stress (eV/A^3), MACE's on the same held-out
+    frames when ``mace_model`` is given, and the LAMMPS self-check.
+    """
+    from rmsearch.potentials import FORMAT_VERSION, fit_volumes, load_potential
+
+    if kind not in KINDS:
+        raise RMError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
+    settings = settings or SnapSettings()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RMError(f"{out}: already exists; choose another -o or pass --overwrite")
+    t0 = time.perf_counter()
+    frames = _read_frames(data)
+    elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    dm = design_matrix(frames, settings, elements)
+    held = holdout_mask(len(frames), settings.holdout, settings.seed)
+    train = ~held
+    beta = fit_beta(dm, settings, train)
+    report: dict[str, Any] = {
+        "kind": kind, "settings": asdict(settings), "elements": elements,
+        "n_frames": len(frames), "n_coefficients": int(beta.size),
+        "n_rows": int(dm.subset(train).sum()),
+        "train": errors(dm, beta, settings, train),
+        "holdout": errors(dm, beta, settings, held) if held.any() else None,
+        "holdout_snap_only": (errors(dm, beta, settings, held, core=False)
+                              if held.any() and settings.core else None),
+        "holdout_frames": np.flatnonzero(held).tolist(),
+    }
+    if mace_model is not None and held.any():
+        report["mace_holdout"] = mace_errors(mace_model, [frames[i] for i in np.flatnonzero(held)])
+    volumes, vsource = fit_volumes(frames, elements)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        write_snap_files(tmp, elements[0], beta, settings) if len(elements) == 1 else None
+        pair_style, pair_coeff = pair_definition(settings, elements)
+        meta = {
+            "format": FORMAT_VERSION, "backend": kind, "model": None, "elements": elements,
+            "cutoff": settings.rcut, "pair_style": pair_style, "pair_coeff": pair_coeff,
+            "callback": None, "volumes": volumes, "volumes_source": vsource,
+            "training": str(Path(data).resolve()),
+            "fit": {k: report[k] for k in ("train", "holdout", "holdout_snap_only", "n_coefficients")}
+                   | ({"mace_holdout": report["mace_holdout"]} if "mace_holdout" in report else {}),
+            "provenance": provenance({"data": str(data), "kind": kind, **asdict(settings)}, settings.seed),
+        }
+        write_json_atomic(tmp / "potential.json", meta)
+        pot = load_potential(tmp)
+        check = [i for i in range(len(frames))][: 3]
+        report["verification"] = verify_native(pot, [frames[i] for i in check],
+                                               [predict(dm, beta, settings, i) for i in check])
+        if not (report["verification"]["forces_eV_per_A"] <= 1e-6
+                and report["verification"]["stress_eV_per_A3"] <= 1e-6):
+            raise RMError(f"{out}: self-check failed, pair_style snap differs from the fit by "
+                          f"{report['verification']}; report this as a bug")
+        meta["verification"] = report["verification"]
+        write_json_atomic(tmp / "potential.json", meta)
+        report["wall_s"] = round(time.perf_counter() - t0, 3)
+        report["provenance"] = meta["provenance"]
+        write_json_atomic(tmp / "fit.json", report)
+        from rmsearch.relax import pair_commands
+
+        lines = ["# LAMMPS commands that load this potential (rmsearch fit-native)"]
+        lines += pair_commands(pot, core_repulsion=None)
+        (tmp / "potential.in").write_text("\n".join(lines).replace(str(tmp.resolve()), str(out.resolve())) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("fit-native: %s", {k: report[k] for k in ("train", "holdout")})
+    return report
+
+
+def mace_errors(model: str | os.PathLike, frames: Sequence[Atoms]) -> dict[str, float]:
+    """RMSE of a MACE model (forces eV/A per component, stress eV/A^3 per Voigt component) on ``frames``."""
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=str(model), device="cpu", default_dtype="float64")
+    df, ds = [], []
+    for k, atoms in enumerate(frames):
+        forces, stress = _labels(atoms, k)
+        at = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        at.calc = calc
+        df.append((at.get_forces() - forces).ravel())
+        s = at.get_stress(voigt=False) - stress
+        ds.append(np.array([s[i, j] for i, j in _VOIGT]))
+    df, ds = np.concatenate(df), np.concatenate(ds)
+    return {"force_rmse_eV_per_A": float(np.sqrt(np.mean(df**2))),
+            "stress_rmse_eV_per_A3": float(np.sqrt(np.mean(ds**2))), "n_frames": len(frames),
+            "model": str(Path(model).resolve())}
