@@ -37,6 +37,10 @@ log = logging.getLogger("bench_relax")
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: The FIRE 2.0 variant measured against ASE's FIRE (RelaxSettings options).
+FIRE2_OPTIONS = {"optimizer": "fire2", "a_start": 0.25, "n_min": 10, "max_step": 0.3}
+
+
 def train_model(workdir: Path, seed: int = 0, epochs: int = 12) -> tuple[Path, Path]:
     """Train a tiny one-layer MACE on rmdata diamond labels with the command ``rmdata
     mace-command`` prints (as the test suite does); return the model and dataset paths."""
@@ -66,54 +70,72 @@ def make_starts(volumes: dict[str, float], n: int, seed: int) -> list:
     return [make_start(spec, run_id, seed) for run_id in range(n)]
 
 
-def run_rmsearch(potential, starts, fmax, smax_gpa, max_steps, dtype) -> dict:
-    from rmsearch.relax import Relaxer, RelaxSettings
+class RmsearchEngine:
+    """rmsearch Relaxer (LAMMPS + MACE callback) with the given model dtype."""
 
-    settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype)
-    relaxer = Relaxer(potential, settings)
-    relaxer.relax(starts[0])  # warm-up (first-call allocations), not timed
-    rows = []
-    t0 = time.perf_counter()
-    for atoms in starts:
-        o = relaxer.relax(atoms)
-        rows.append({"status": o.status, "e": o.energy_per_atom, "calls": o.n_force_calls,
-                     "wall": o.wall_s, "model": o.model_time_s})
-    wall = time.perf_counter() - t0
-    relaxer.close()
-    return {"rows": rows, "wall": wall}
+    def __init__(self, potential, fmax, smax_gpa, max_steps, dtype, **options):
+        from rmsearch.relax import Relaxer, RelaxSettings
+
+        self.relaxer = Relaxer(potential, RelaxSettings(fmax=fmax, smax_gpa=smax_gpa,
+                                                        max_steps=max_steps, dtype=dtype, **options))
+
+    def __call__(self, atoms) -> dict:
+        o = self.relaxer.relax(atoms)
+        return {"status": o.status, "e": o.energy_per_atom, "calls": o.n_force_calls,
+                "model": self.relaxer.engine.evaluator.model_time_s}
 
 
-def run_ase(model_file, starts, fmax, smax_gpa, max_steps) -> dict:
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
-    from ase.units import GPa
-    from mace.calculators import MACECalculator
+class AseEngine:
+    """ASE FIRE + FrechetCellFilter + MACECalculator (float64), the same stop rule."""
 
-    calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
-    warm = starts[0].copy()
-    warm.calc = calc
-    warm.get_forces()
-    rows = []
-    t0 = time.perf_counter()
-    for start in starts:
+    def __init__(self, model_file, fmax, smax_gpa, max_steps):
+        from mace.calculators import MACECalculator
+
+        self.calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
+        self.fmax, self.smax_gpa, self.max_steps = fmax, smax_gpa, max_steps
+
+    def __call__(self, start) -> dict:
+        from ase.filters import FrechetCellFilter
+        from ase.optimize import FIRE
+        from ase.units import GPa
+
         atoms = start.copy()
-        atoms.calc = calc
-        t1 = time.perf_counter()
+        atoms.calc = self.calc
         opt = FIRE(FrechetCellFilter(atoms), logfile=None)
         calls, status = 0, "not_converged"
-        for _ in opt.irun(fmax=0.0, steps=max_steps - 1):
+        for _ in opt.irun(fmax=0.0, steps=self.max_steps - 1):
             calls += 1
             f = atoms.get_forces()
             s = atoms.get_stress()
             if not (np.isfinite(f).all() and np.isfinite(s).all()):
                 status = "nan"
                 break
-            if np.linalg.norm(f, axis=1).max() < fmax and np.abs(s).max() < smax_gpa * GPa:
+            if np.linalg.norm(f, axis=1).max() < self.fmax and np.abs(s).max() < self.smax_gpa * GPa:
                 status = "converged"
                 break
-        rows.append({"status": status, "e": atoms.get_potential_energy() / len(atoms), "calls": calls,
-                     "wall": time.perf_counter() - t1, "model": float("nan")})
-    return {"rows": rows, "wall": time.perf_counter() - t0}
+        return {"status": status, "e": atoms.get_potential_energy() / len(atoms), "calls": calls,
+                "model": float("nan")}
+
+
+def run_interleaved(engines: dict, starts: list) -> dict:
+    """Relax every start with every engine, engine after engine per start, so that all
+    engines see the same machine load; wall and CPU (process) time are summed per engine."""
+    for eng in engines.values():  # warm-up (first-call allocations), not timed
+        eng(starts[0])
+    out = {k: {"rows": [], "wall": 0.0, "cpu": 0.0} for k in engines}
+    for k, start in enumerate(starts):
+        for name, eng in engines.items():
+            model0 = getattr(getattr(getattr(eng, "relaxer", None), "engine", None), "evaluator", None)
+            m0 = model0.model_time_s if model0 is not None else 0.0
+            w0, c0 = time.perf_counter(), time.process_time()
+            row = eng(start)
+            row["wall"], row["cpu"] = time.perf_counter() - w0, time.process_time() - c0
+            row["model"] = row["model"] - m0 if model0 is not None else float("nan")
+            out[name]["rows"].append(row)
+            out[name]["wall"] += row["wall"]
+            out[name]["cpu"] += row["cpu"]
+        log.info("start %d/%d done", k + 1, len(starts))
+    return out
 
 
 def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
@@ -157,12 +179,14 @@ def summarise(name: str, res: dict, ref_e: np.ndarray | None) -> dict:
     out = {
         "engine": name,
         "relaxations_per_s": len(rows) / res["wall"],
+        "relaxations_per_cpu_s": len(rows) / res["cpu"] if res.get("cpu") else None,
         "force_calls_per_relaxation": float(np.nanmean(calls)) if np.isfinite(calls).any() else None,
         "mean_final_e_per_atom": float(np.nanmean(e)),
         "converged": int(sum(r["status"] == "converged" for r in rows)),
         "n": len(rows),
         "model_share": float(np.nansum(model) / np.nansum(walls)) if np.isfinite(model).any() else None,
-        "ms_per_force_call": float(1e3 * np.nansum(walls) / np.nansum(calls))
+        "mean_wall_s": float(np.nanmean(walls)),
+        "ms_per_force_call": float(1e3 * res.get("cpu", res["wall"]) / np.nansum(calls))
         if np.isfinite(calls).any() else None,
     }
     if ref_e is not None:
@@ -180,20 +204,26 @@ def markdown(results: list[dict], meta: dict) -> str:
         f"model: {meta['model']}; stop at max|F| < {meta['fmax']} eV/A and max|sigma| < "
         f"{meta['smax']} GPa, at most {meta['max_steps']} force calls. "
         "Energies include nothing but the model at the end points (the core-repulsion overlay is "
-        "zero beyond 0.75 A).",
+        "zero beyond 0.75 A). Engines run interleaved (each start by every engine in turn) in "
+        "one process, so they share the same machine load; CPU time (process time) is the "
+        "per-core measure, wall time is shown as well. 'time in model' = time inside the "
+        "MACE evaluation (neighbour list + model call) / total relaxation time.",
         "",
-        "| engine | relaxations/s | speed-up vs ASE | force calls / relaxation | ms / force call | "
-        "mean final E (eV/atom) | converged | within 1 meV/atom of ASE | time in model |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| engine | relaxations/s (wall) | relaxations per CPU-s | speed-up vs ASE (CPU) | "
+        "force calls / relaxation | CPU ms / force call | mean final E (eV/atom) | converged | "
+        "within 1 meV/atom of ASE | time in model |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def fmt(v, spec):
         return "-" if v is None or (isinstance(v, float) and not np.isfinite(v)) else format(v, spec)
 
+    base = ase["relaxations_per_cpu_s"] or ase["relaxations_per_s"]
     for r in results:
+        rate = r["relaxations_per_cpu_s"] or r["relaxations_per_s"]
         lines.append(
             f"| {r['engine']} | {fmt(r['relaxations_per_s'], '.3f')} | "
-            f"{r['relaxations_per_s'] / ase['relaxations_per_s']:.2f}x | "
+            f"{fmt(r['relaxations_per_cpu_s'], '.3f')} | {rate / base:.2f}x | "
             f"{fmt(r['force_calls_per_relaxation'], '.0f')} | {fmt(r['ms_per_force_call'], '.1f')} | "
             f"{r['mean_final_e_per_atom']:.4f} | {r['converged']}/{r['n']} | "
             f"{fmt(r.get('within_1meV_of_ase'), '.0%')} | {fmt(r['model_share'], '.0%')} |")
@@ -236,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fmax", type=float, default=0.01, help="force tolerance (eV/A)")
     ap.add_argument("--smax", type=float, default=0.1, help="stress tolerance (GPa)")
     ap.add_argument("--max-steps", type=int, default=2000, help="force-call cap per relaxation")
-    ap.add_argument("--engines", default="rmsearch-float64,rmsearch-float32,ase,torch-sim",
+    ap.add_argument("--engines", default="rmsearch-float64,rmsearch-float32,rmsearch-fire2,ase,torch-sim",
                     help="comma-separated engines to run")
     ap.add_argument("--write", type=Path, help="write the table into this markdown file "
                     "(section '## bench_relax'), e.g. BENCHMARKS.md")
@@ -248,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pin_threads(1)
     n = 10 if args.quick else args.nstarts
-    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
     with tempfile.TemporaryDirectory(prefix="bench_relax_") as tmpd:
         tmp = Path(tmpd)
         training = args.training
@@ -263,17 +293,22 @@ def main(argv: list[str] | None = None) -> int:
         potential = export_potential(model_file, tmp / "pot", training=training)
         starts = make_starts(potential.volumes, n, args.seed)
         results: list[dict] = []
-        raw: dict[str, dict] = {}
-        if "ase" in engines:
-            log.info("ASE FIRE + FrechetCellFilter on %d starts", n)
-            raw["ase"] = run_ase(model_file, starts, args.fmax, args.smax, args.max_steps)
+        engines = {}
+        if "rmsearch-float64" in wanted:
+            engines["rmsearch-float64"] = RmsearchEngine(potential, args.fmax, args.smax, args.max_steps,
+                                                         "float64")
+        if "rmsearch-float32" in wanted:
+            engines["rmsearch-float32"] = RmsearchEngine(potential, args.fmax, args.smax, args.max_steps,
+                                                         "float32")
+        if "rmsearch-fire2" in wanted:
+            engines["rmsearch-fire2"] = RmsearchEngine(potential, args.fmax, args.smax, args.max_steps,
+                                                       "float32", **FIRE2_OPTIONS)
+        if "ase" in wanted:
+            engines["ase"] = AseEngine(model_file, args.fmax, args.smax, args.max_steps)
+        log.info("%s on %d starts, interleaved", ", ".join(engines), n)
+        raw = run_interleaved(engines, starts)
         ref_e = np.array([r["e"] for r in raw["ase"]["rows"]]) if "ase" in raw else None
-        for dtype in ("float64", "float32"):
-            if f"rmsearch-{dtype}" in engines:
-                log.info("rmsearch (%s) on %d starts", dtype, n)
-                raw[f"rmsearch-{dtype}"] = run_rmsearch(potential, starts, args.fmax, args.smax,
-                                                        args.max_steps, dtype)
-        if "torch-sim" in engines:
+        if "torch-sim" in wanted:
             res = run_torchsim(model_file, starts, args.fmax, args.smax, args.max_steps)
             if res is None:
                 log.info("torch-sim not installed; skipped")
@@ -282,8 +317,10 @@ def main(argv: list[str] | None = None) -> int:
         names = {"ase": "ASE FIRE + FrechetCellFilter + MACECalculator (float64)",
                  "rmsearch-float64": "rmsearch Relaxer, LAMMPS + MACE callback, float64",
                  "rmsearch-float32": "rmsearch Relaxer, LAMMPS + MACE callback, float32",
+                 "rmsearch-fire2": "rmsearch Relaxer, float32, FIRE 2.0 (a_start 0.25, n_min 10, "
+                                   "max_step 0.3 A)",
                  "torch-sim": "torch-sim batched FIRE + Frechet (float64, all starts in one batch)"}
-        for key in ("rmsearch-float64", "rmsearch-float32", "ase", "torch-sim"):
+        for key in ("rmsearch-float64", "rmsearch-float32", "rmsearch-fire2", "ase", "torch-sim"):
             if key in raw:
                 results.append(summarise(names[key], raw[key], ref_e))
     import torch

@@ -23,6 +23,12 @@ construction, and the per-step cost is one model call plus ~0.1 ms of numpy and 
 (ASE adds ~10 ms per step of its own). ``benchmarks/bench_relax.py`` measures speed and
 final energies against ASE on the same starts (results in BENCHMARKS.md).
 
+``optimizer="fire2"`` switches to FIRE 2.0 (Guenole et al., Comput. Mater. Sci. 175,
+109584, 2020: semi-implicit Euler, half step back on uphill motion) on the same
+variables; with ``a_start=0.25, n_min=10, max_step=0.3`` it needed about 20% fewer force
+calls than the ASE flavour on random carbon starts (BENCHMARKS.md). The default stays the
+ASE flavour, so that rmsearch and ASE follow the same trajectory from the same start.
+
 Stopping: converged only when max |F_i| < ``fmax`` (eV/A) and, for periodic cells with
 cell relaxation, max |sigma_ij + p delta_ij| < ``smax_gpa`` (GPa). Hitting
 ``max_steps`` force calls is ``not_converged``, never converged. NaN energies, forces or
@@ -80,7 +86,8 @@ class RelaxSettings:
     of periodic structures. pressure_gpa: external pressure (GPa). dtype: "float64" or
     "float32" model evaluation (mace backend). core_repulsion: overlay term or None.
     dt, dt_max, max_step (A), n_min, f_inc, f_dec, a_start, f_a: FIRE parameters (ASE's
-    defaults). max_volume_factor, max_volume_per_atom (A^3): explosion limits.
+    defaults). optimizer: "fire" (ASE flavour) or "fire2" (FIRE 2.0).
+    max_volume_factor, max_volume_per_atom (A^3): explosion limits.
     """
 
     fmax: float = 0.01
@@ -98,6 +105,7 @@ class RelaxSettings:
     f_dec: float = 0.5
     a_start: float = 0.1
     f_a: float = 0.99
+    optimizer: str = "fire"
     max_volume_factor: float = 10.0
     max_volume_per_atom: float = 200.0
 
@@ -108,6 +116,8 @@ class RelaxSettings:
                 raise RMError(f"relax setting {name}={getattr(self, name)!r}: must be > 0")
         if self.max_steps < 1:
             raise RMError(f"relax setting max_steps={self.max_steps!r}: must be >= 1")
+        if self.optimizer not in ("fire", "fire2"):
+            raise RMError(f"relax setting optimizer={self.optimizer!r}: must be fire or fire2")
         if self.dtype not in ("float64", "float32"):
             raise RMError(f"relax setting dtype={self.dtype!r}: must be float64 or float32")
 
@@ -513,6 +523,11 @@ class Relaxer:
             g = np.empty((n + 3, 3))
             g[:n] = forces @ fgrad
             g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / c if relax_cell else 0.0
+            if s.optimizer == "fire2":
+                dt, a, n_pos = self._fire2_step(g, v, x, logf, dt, a, n_pos, first, n)
+                first = False
+                state.n_steps += 1
+                continue
             # FIRE (ASE flavour): mix velocity towards the force, adapt dt, cap the step norm
             if not first:
                 vf = float(np.vdot(g, v))
@@ -537,6 +552,43 @@ class Relaxer:
             x += dr[:n]
             logf += dr[n:]
             state.n_steps += 1
+
+
+    def _fire2_step(self, g: np.ndarray, v: np.ndarray, x: np.ndarray, logf: np.ndarray, dt: float,
+                    a: float, n_pos: int, first: bool, n: int) -> tuple[float, float, int]:
+        """One FIRE 2.0 step (Guenole et al., Comput. Mater. Sci. 175, 109584, 2020), in place.
+
+        Semi-implicit Euler, velocity mixing after the force update, and on uphill motion a
+        half step back, velocities zeroed and dt reduced. The step norm is capped at
+        ``max_step`` as in the ASE flavour.
+        """
+        s = self.settings
+        if not first:
+            if float(np.vdot(g, v)) > 0.0:
+                n_pos += 1
+                if n_pos > s.n_min:
+                    dt = min(dt * s.f_inc, s.dt_max)
+                    a *= s.f_a
+            else:
+                n_pos = 0
+                back = -0.5 * dt * v
+                x += back[:n]
+                logf += back[n:]
+                v[:] = 0.0
+                dt = max(dt * s.f_dec, 0.02 * s.dt)
+                a = s.a_start
+        v += dt * g
+        if n_pos > 0:
+            gnorm = np.sqrt(np.vdot(g, g))
+            v *= 1.0 - a
+            v += a * np.sqrt(np.vdot(v, v)) / (1.0 - a) * g / max(gnorm, 1e-300)
+        dr = dt * v
+        norm = np.sqrt(np.vdot(dr, dr))
+        if norm > s.max_step:
+            dr *= s.max_step / norm
+        x += dr[:n]
+        logf += dr[n:]
+        return dt, a, n_pos
 
 
 @dataclass
