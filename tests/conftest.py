@@ -77,3 +77,18 @@ def diamond_training(diamond_dataset, tmp_path_factory) -> dict:
 def diamond_model(diamond_training) -> Path:
     """Path of a MACE model (``.model``) trained on the diamond response labels."""
     return diamond_training["model"]
+
+
+@pytest.fixture(scope="session")
+def lj_potential(tmp_path_factory) -> Path:
+    """A cheap Li-S potential directory: LAMMPS' native lj/cut (eps 0.05 eV, sigma 2.2 A).
+
+    For tests of orchestration (runner, SLURM, faults) where the physics does not matter.
+    """
+    import json
+
+    d = tmp_path_factory.mktemp("ljpot")
+    meta = {"backend": "lj", "elements": ["Li", "S"], "cutoff": 5.0, "pair_style": "lj/cut 5.0",
+            "pair_coeff": ["* * 0.05 2.2"], "callback": None, "volumes": {"Li": 14.0, "S": 14.0}}
+    (d / "potential.json").write_text(json.dumps(meta))
+    return d
