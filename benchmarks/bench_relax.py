@@ -31,7 +31,7 @@ from pathlib import Path
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 log = logging.getLogger("bench_relax")
 ROOT = Path(__file__).resolve().parent.parent
@@ -197,21 +197,21 @@ def summarise(name: str, res: dict, ref_e: np.ndarray | None) -> dict:
 def markdown(results: list[dict], meta: dict) -> str:
     ase = next(r for r in results if r["engine"].startswith("ASE"))
     lines = [
-        f"`python benchmarks/bench_relax.py{meta['args']}` ({meta['date']}, {meta['machine']}, "
-        f"1 process, 1 thread; torch {meta['torch']}).",
+        (f"`python benchmarks/bench_relax.py{meta['args']}` ({meta['date']}, {meta['machine']}, "
+         f"1 process, 1 thread; torch {meta['torch']})."),
         "",
-        f"{meta['n']} seeded random C8 starts (`rmsearch.starts`, composition C8, seed {meta['seed']}); "
-        f"model: {meta['model']}; stop at max|F| < {meta['fmax']} eV/A and max|sigma| < "
-        f"{meta['smax']} GPa, at most {meta['max_steps']} force calls. "
-        "Energies include nothing but the model at the end points (the core-repulsion overlay is "
-        "zero beyond 0.75 A). Engines run interleaved (each start by every engine in turn) in "
-        "one process, so they share the same machine load; CPU time (process time) is the "
-        "per-core measure, wall time is shown as well. 'time in model' = time inside the "
-        "MACE evaluation (neighbour list + model call) / total relaxation time.",
+        (f"{meta['n']} seeded random C8 starts (`rmsearch.starts`, composition C8, seed {meta['seed']}); "
+         f"model: {meta['model']}; stop at max|F| < {meta['fmax']} eV/A and max|sigma| < "
+         f"{meta['smax']} GPa, at most {meta['max_steps']} force calls. "
+         "Energies include nothing but the model at the end points (the core-repulsion overlay is "
+         "zero beyond 0.75 A). Engines run interleaved (each start by every engine in turn) in "
+         "one process, so they share the same machine load; CPU time (process time) is the "
+         "per-core measure, wall time is shown as well. 'time in model' = time inside the "
+         "MACE evaluation (neighbour list + model call) / total relaxation time."),
         "",
-        "| engine | relaxations/s (wall) | relaxations per CPU-s | speed-up vs ASE (CPU) | "
-        "force calls / relaxation | CPU ms / force call | mean final E (eV/atom) | converged | "
-        "within 1 meV/atom of ASE | time in model |",
+        ("| engine | relaxations/s (wall) | relaxations per CPU-s | speed-up vs ASE (CPU) | "
+         "force calls / relaxation | CPU ms / force call | mean final E (eV/atom) | converged | "
+         "within 1 meV/atom of ASE | time in model |"),
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
 

@@ -49,7 +49,7 @@ def load_mace_model(path: str | os.PathLike, dtype: str = "float64"):
                   "using the pickle loader", path)
         try:
             model = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        except Exception as exc:  # any unpickling failure means an unusable file
             raise RMError(f"{path}: cannot load as a MACE model ({type(exc).__name__}: {exc}); "
                           "give the .model file written by mace_run_train") from exc
     if not isinstance(model, torch.nn.Module) or not hasattr(model, "atomic_numbers") \

@@ -156,8 +156,8 @@ def fit_volumes(frames: list, elements: list[str]) -> tuple[dict[str, float], st
     cov = np.array([covalent_volume(e) for e in elements])
     if not use:
         return ({e: float(v) for e, v in zip(elements, cov)},
-                "covalent radii: the training set has no periodic frames "
-                f"((4/3) pi r_cov^3 / {COVALENT_PACKING})")
+                ("covalent radii: the training set has no periodic frames "
+                 f"((4/3) pi r_cov^3 / {COVALENT_PACKING})"))
     index = {e: k for k, e in enumerate(elements)}
     counts = np.zeros((len(use), len(elements)))
     for f, atoms in enumerate(use):
@@ -267,7 +267,7 @@ def export_potential(model: str | os.PathLike, out: str | os.PathLike, *,
             raise RMError(f"{training}: training file not found (--training)")
         try:
             frames = read(training, index=":")
-        except Exception as exc:  # noqa: BLE001 - ASE raises many types for bad files
+        except Exception as exc:  # ASE raises many types for unreadable files
             raise RMError(f"{training}: cannot read as extxyz ({type(exc).__name__}: {exc})") from exc
         volumes, source = fit_volumes(frames, elements)
     else:

@@ -246,7 +246,7 @@ class LammpsEngine:
         if self.lmp is not None:
             try:
                 self.lmp.close()
-            except Exception:  # noqa: BLE001 - a wedged instance may fail to close
+            except Exception:  # a wedged instance may fail to close
                 log.debug("closing a failed LAMMPS instance raised", exc_info=True)
         self.lmp = None
         self._loaded = None
@@ -426,7 +426,7 @@ class Relaxer:
         """Release LAMMPS and the model."""
         self.engine.close()
 
-    def __enter__(self) -> Relaxer:
+    def __enter__(self) -> Relaxer:  # noqa: PYI034
         return self
 
     def __exit__(self, *exc) -> None:
@@ -442,7 +442,7 @@ class Relaxer:
         except LostAtoms:
             state.status = "lost_atoms"
             self.engine.reset()
-        except Exception as exc:  # noqa: BLE001 - a failed run must not stop the search
+        except Exception as exc:  # a failed run must not stop the search
             msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             log.debug("relaxation failed", exc_info=True)
             state.status = f"error: {msg}"

@@ -23,8 +23,8 @@ warnings.filterwarnings("ignore", category=UserWarning)
 
 def build_random_mace(path, zs=(6,), r_max=4.0, seed=0, nan=False):
     """Save a randomly initialised one-layer MACE model (float64) for elements ``zs``."""
-    import torch
-    from mace import modules  # before e3nn: mace sets up torch.load for e3nn's constants
+    import torch  # noqa: I001 - mace before e3nn: mace sets up torch.load for e3nn
+    from mace import modules
     from e3nn import o3
 
     torch.manual_seed(seed)  # torch module initialisation has no generator argument
