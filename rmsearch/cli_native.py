@@ -26,7 +26,7 @@ def _zbl(text: str) -> tuple[float, float]:
 @click.option("-o", "--out", required=True, type=click.Path(path_type=Path),
               help="Potential directory to create (use with 'rmsearch launch --potential').")
 @click.option("--twojmax", type=int, default=6, help="SNAP band limit 2J (6: 30 descriptors, 8: 55).")
-@click.option("--rcut", type=float, default=4.5, help="Descriptor cutoff (A).")
+@click.option("--rcut", type=float, default=3.5, help="Descriptor cutoff (A).")
 @click.option("--quadratic/--linear", default=True, help="Quadratic SNAP (B_i B_j terms) or linear.")
 @click.option("--alpha", type=float, default=1.0,
               help="Ridge strength on unit-norm descriptor columns (dimensionless).")

@@ -61,14 +61,14 @@ class SnapSettings:
     """
 
     twojmax: int = 6
-    rcut: float = 4.5
+    rcut: float = 3.5
     rfac0: float = 0.99363
     rmin0: float = 0.0
     quadratic: bool = True
-    alpha: float = 1e-6
+    alpha: float = 1.0
     stress_weight: float = 1.0
-    zbl_inner: float = 0.6
-    zbl_outer: float = 1.0
+    zbl_inner: float = 0.8
+    zbl_outer: float = 1.2
     fit_core: bool = False
     holdout: float = 0.1
     seed: int = 0

@@ -145,3 +145,39 @@ def test_bad_input_is_one_line_error(tmp_path):
         from rmsearch.cli_native import _zbl
 
         _zbl("1.0")
+
+
+#: The data recipe of the native potential (README "Native potentials"): the diamond
+#: preset with compressive strains down to -20 % and three noise draws per (strain, level).
+NATIVE_STRAINS = [-0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1]
+
+
+def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path):
+    """Quick diamond one-shot search (C, 2-4 atoms, 16 runs) with the native potential:
+    the lowest-energy valid cluster is cubic diamond (spglib 227, ~5.7 A^3/atom)."""
+    from rmdata.make import make_dataset
+    from rmsearch.analysis.dedupe import dedupe
+    from rmsearch.analysis.score import spacegroup
+    from rmsearch.analysis.validity import check_validity
+    from rmsearch.native import fit_native
+    from rmsearch.records import read_records
+    from rmsearch.runner import launch
+
+    data = tmp_path / "diamond_s20.xyz"
+    make_dataset(data, "diamond", seed=0, workers=1, strains=NATIVE_STRAINS, copies=3)
+    fit_native(data, tmp_path / "pot")
+    summary = launch(tmp_path / "run", potential=tmp_path / "pot", nruns=16, workers=1, progress=False,
+                     system="C", natoms="2-4", seed=0)
+    assert summary["total"]["done"] == 16
+    records = [r for r in read_records(tmp_path / "run" / "shards") if r.status == "converged"]
+    assert len(records) >= 12, summary
+    items = [(r.run_id, r.to_atoms(), r.energy_per_atom) for r in records
+             if check_validity(r.to_atoms()).valid]
+    clusters = dedupe(items).clusters
+    best = min(clusters, key=lambda c: c.energy_per_atom)
+    atoms = next(a for rid, a, _ in items if rid == best.representative)
+    assert spacegroup(atoms, 0.1)[0] == 227, (best, spacegroup(atoms, 0.1))
+    assert abs(best.volume_per_atom / (A_DIAMOND**3 / 8) - 1) < 0.05
+    # dedupe keeps cell sizes apart: count the diamond hits over all cell sizes
+    hits = [rid for rid, a, e in items if spacegroup(a, 0.1)[0] == 227 and e < best.energy_per_atom + 1e-3]
+    assert len(hits) >= 2, hits
