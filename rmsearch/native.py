@@ -14,8 +14,27 @@ are divided by the number of atoms so that one stress row weighs like one force 
 ``stress_weight = 1`` per atom. Cells are rotated into LAMMPS' lower-triangular frame
 (:func:`rmsearch.relax.lammps_cell`) and the labels with them.
 
-Recipe, and why (measured on the rmdata diamond set, see README "Native potentials"):
-see :data:`DEFAULT_RECIPE` and the numbers in the README section.
+Recipe, and why. Defaults of :class:`SnapSettings`: quadratic SNAP, 2J = 6 (30 linear +
+465 quadratic coefficients), cutoff 3.5 A, ridge alpha = 1 on unit-norm columns, and a ZBL
+wall switched off between 0.8 and 1.2 A that is overlaid but *not* fitted; data: the
+diamond preset with strains -0.2..0.1 in steps of 0.05 and ``--copies 3``. Measured on
+random carbon starts relaxed by :class:`rmsearch.relax.Relaxer` (default g-term overlay):
+
+- linear 2J=6, rcut 4.5 A, preset data: 0 of 20 C8 starts valid (16 collapsed until the
+  neighbour list overflowed, 4 converged with atoms < 1.06 A apart);
+- quadratic, rcut 4.5 A, ridge 1e-6, with or without a ZBL 0.6-1.0 A core: 0 of 20 valid
+  (NaN, overflow, merged atoms): the nearly collinear quadratic columns give huge
+  coefficients that pull atoms through any wall;
+- quadratic, ridge 1, ZBL 0.8-1.2 A, rcut 4.5 A, 3 copies: 7 of 12 C8 valid, the lowest a
+  dense P2/m phase at 3.6 A^3/atom, diamond third; with rcut 3.5 A diamond appears but
+  dense hexagonal phases (3.5-3.9 A^3/atom) are lower;
+- the same with compressive strains to -20 % (the default recipe): 40 of 40 C2-C12 runs
+  converged and valid, cubic diamond lowest (5 hits, 5.67 A^3/atom), simple hexagonal
+  next at +35 meV/atom; 12 of 12 C8, diamond 32 meV/atom below the next. With one copy
+  instead of three, hexagonal diamond ends 1 meV/atom below cubic.
+
+Subtracting the ZBL core from the labels (``fit_core``) is offered but worse: the labels
+have no wall, so SNAP learns to cancel it.
 """
 
 from __future__ import annotations
