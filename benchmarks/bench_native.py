@@ -134,18 +134,18 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                     "load_after": [round(x, 1) for x in load]}}
     lines = [f"Command: `python benchmarks/bench_native.py{' --quick' if args.quick else ''}`", "",
-             f"- machine: {out['meta']['machine']}; one process, one thread; load average after "
-             f"{out['meta']['load_after']} (other jobs share the cores)",
-             f"- {n} seeded random C8 starts (rmsearch.starts), fmax {args.fmax} eV/A, smax {args.smax} GPa, "
-             f"at most {args.max_steps} force calls; both engines on the same starts, interleaved", "",
+             (f"- machine: {out['meta']['machine']}; one process, one thread; load average after "
+              f"{out['meta']['load_after']} (other jobs share the cores)"),
+             (f"- {n} seeded random C8 starts (rmsearch.starts), fmax {args.fmax} eV/A, smax {args.smax} GPa, "
+              f"at most {args.max_steps} force calls; both engines on the same starts, interleaved"), "",
              "| backend | relaxations/s | force calls/relaxation | ms/force call | statuses |",
              "|---|---|---|---|---|"]
     for name, s in summ.items():
         lines.append(f"| {name} | {s['relaxations_per_s']} | {s['force_calls_per_relaxation']} | "
                      f"{s['ms_per_force_call']} | {s['statuses']} |")
     f = out["fit"]
-    lines += ["", f"- **native / MACE: {out['speedup_relaxations_per_s']}x relaxations per second, "
-                  f"{out['speedup_per_force_call']}x per force call** (target 50x)",
+    lines += ["", (f"- **native / MACE: {out['speedup_relaxations_per_s']}x relaxations per second, "
+                   f"{out['speedup_per_force_call']}x per force call** (target 50x)"),
               f"- held-out frames ({f['snap_holdout']['n_frames']} of {report['n_frames']}), RMSE force (eV/A) / "
               f"stress (eV/A^3): SNAP {f['snap_holdout']['force_rmse_eV_per_A']:.4f} / "
               f"{f['snap_holdout']['stress_rmse_eV_per_A3']:.4f}"

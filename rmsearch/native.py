@@ -39,15 +39,15 @@ have no wall, so SNAP learns to cancel it.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Self
 
 import numpy as np
 from ase import Atoms
@@ -150,7 +150,7 @@ class SnapDescriptors:
     def close(self) -> None:
         self.lmp.close()
 
-    def __enter__(self) -> SnapDescriptors:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -171,8 +171,8 @@ class SnapDescriptors:
         b = cell_l.tolist()
         return ["clear", "units metal", "atom_style atomic", "atom_modify map array sort 0 0.0",
                 "boundary p p p",
-                f"region box prism 0 {b[0][0]!r} 0 {b[1][1]!r} 0 {b[2][2]!r} {b[1][0]!r} {b[2][0]!r} "
-                f"{b[2][1]!r} units box",
+                (f"region box prism 0 {b[0][0]!r} 0 {b[1][1]!r} 0 {b[2][2]!r} {b[1][0]!r} {b[2][0]!r} "
+                 f"{b[2][1]!r} units box"),
                 f"create_box {ne} box", *masses,
                 f"pair_style {style}", *[f"pair_coeff {c}" for c in coeffs],
                 "neighbor 1.0 bin", "thermo_style custom step pe"], \
@@ -366,7 +366,7 @@ def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of held-out frames: ``round(fraction * n)`` frames drawn with ``seed``."""
     rng = np.random.default_rng(seed)
     mask = np.zeros(n, dtype=bool)
-    k = int(round(fraction * n))
+    k = round(fraction * n)
     if k:
         mask[rng.choice(n, size=k, replace=False)] = True
     return mask
@@ -464,8 +464,8 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str = "
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        write_snap_files(tmp, elements[0], beta, settings) if len(elements) == 1 else None
-        pair_style, pair_coeff = pair_definition(settings, elements)
+        pair_style, pair_coeff = pair_definition(settings, elements)  # one element for now
+        write_snap_files(tmp, elements[0], beta, settings)
         meta = {
             "format": FORMAT_VERSION, "backend": kind, "model": None, "elements": elements,
             "cutoff": settings.rcut, "pair_style": pair_style, "pair_coeff": pair_coeff,

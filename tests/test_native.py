@@ -124,7 +124,7 @@ def test_pair_style_reproduces_fit_and_report(native_pot, diamond_dataset):
 def test_strained_diamond_relaxes_back(native_pot):
     """A 5 % expanded and a 5 % compressed diamond cell relax back to a = 3.567 A within 1 %."""
     from rmsearch.potentials import load_potential
-    from rmsearch.relax import RelaxSettings, Relaxer
+    from rmsearch.relax import Relaxer, RelaxSettings
 
     with Relaxer(load_potential(native_pot), RelaxSettings(fmax=0.005, smax_gpa=0.05)) as relaxer:
         for factor in (1.05, 0.95):
