@@ -29,8 +29,8 @@ random carbon starts relaxed by :class:`rmsearch.relax.Relaxer` (default g-term 
   dense P2/m phase at 3.6 A^3/atom, diamond third; with rcut 3.5 A diamond appears but
   dense hexagonal phases (3.5-3.9 A^3/atom) are lower;
 - the same with compressive strains to -20 % (the default recipe): 40 of 40 C2-C12 runs
-  converged and valid, cubic diamond lowest (5 hits, 5.67 A^3/atom), simple hexagonal
-  next at +35 meV/atom; 12 of 12 C8, diamond 32 meV/atom below the next. With one copy
+  converged and valid, cubic diamond lowest (4-5 hits, 5.67 A^3/atom; FIRE and FIRE 2.0),
+  the next structure +31-35 meV/atom; 12 of 12 C8, diamond 32 meV/atom below the next. With one copy
   instead of three, hexagonal diamond ends 1 meV/atom below cubic.
 
 Subtracting the ZBL core from the labels (``fit_core``) is offered but worse: the labels
