@@ -41,7 +41,7 @@ def relaxer(diamond_potential):
         yield r
 
 
-def _ase_relax(atoms: Atoms, model_file) -> Atoms:
+def _ase_relax(atoms: Atoms, model_file) -> tuple[Atoms, int]:
     from ase.filters import FrechetCellFilter
     from ase.optimize import FIRE
     from mace.calculators import MACECalculator
@@ -49,10 +49,10 @@ def _ase_relax(atoms: Atoms, model_file) -> Atoms:
     atoms = atoms.copy()
     atoms.calc = MACECalculator(model_paths=str(model_file), device="cpu", default_dtype="float64")
     opt = FIRE(FrechetCellFilter(atoms), logfile=None)
-    for _ in opt.irun(fmax=0.0, steps=2000):
+    for calls, _ in enumerate(opt.irun(fmax=0.0, steps=2000), start=1):
         if (np.linalg.norm(atoms.get_forces(), axis=1).max() < FMAX
                 and np.abs(atoms.get_stress()).max() < SMAX_GPA * GPa):
-            return atoms
+            return atoms, calls
     raise AssertionError("ASE did not converge")
 
 
@@ -74,11 +74,28 @@ def test_same_minimum_as_ase(relaxer, diamond_reference, diamond_model):
         out = relaxer.relax(start)
         assert out.status == "converged", out.status
         assert out.fmax < FMAX and np.abs(out.stress).max() < SMAX_GPA * GPa
-        ref = _ase_relax(start, diamond_model)
+        ref, _ = _ase_relax(start, diamond_model)
         n = len(start)
         assert out.energy / n == pytest.approx(ref.get_potential_energy() / n, abs=1e-3)
         assert out.atoms.get_volume() == pytest.approx(ref.get_volume(), rel=0.01)
         assert out.n_force_calls > 1 and out.model_time_s > 0 and out.wall_s >= out.model_time_s
+
+
+def test_ase_fire_step_rule_follows_ase(diamond_potential, diamond_reference, diamond_model):
+    """With ASE's FIRE parameters the relaxer takes ASE's steps: same force calls, same end."""
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    start = _near_minimum_starts(diamond_reference)[1]
+    settings = RelaxSettings(fmax=FMAX, smax_gpa=SMAX_GPA, optimizer="fire", max_step=0.2, n_min=5,
+                             a_start=0.1, core_repulsion=None)
+    with Relaxer(diamond_potential, settings) as r:
+        out = r.relax(start)
+    ref, calls = _ase_relax(start, diamond_model)
+    assert out.status == "converged"
+    assert abs(out.n_force_calls - calls) <= 2
+    dfrac = out.atoms.get_scaled_positions() - ref.get_scaled_positions()
+    assert np.abs(dfrac - np.round(dfrac)).max() < 1e-3
+    assert np.abs(np.asarray(out.atoms.cell) - np.asarray(ref.cell)).max() < 1e-3
 
 
 def test_strained_diamond_returns_to_training_lattice(relaxer, diamond_reference):
