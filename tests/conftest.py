@@ -31,9 +31,13 @@ def _isolated_cache(tmp_path_factory):
     else:
         os.environ["RMDATA_CACHE"] = old
 
-#: Training settings of the session model: small, but enough to put a minimum at diamond.
-DIAMOND_MODEL_EPOCHS = int(os.environ.get("RM_TEST_EPOCHS", "12"))
-DIAMOND_MODEL_CHANNELS = 16
+
+#: Training recipe of the session model: the quick diamond workflow's (workflows/diamond.py),
+#: so that the tests and the quick workflow run share one trained model.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "workflows"))
+from diamond import SIZES  # noqa: E402
+
+DIAMOND_COPIES, DIAMOND_MODEL_EPOCHS, DIAMOND_MODEL_CHANNELS, _ = SIZES["quick"]
 
 
 def _bin(name: str) -> str:
@@ -44,11 +48,11 @@ def _bin(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def diamond_dataset(tmp_path_factory) -> Path:
-    """An rmdata extxyz of the diamond preset (121 frames, seed 0)."""
+    """An rmdata extxyz of the diamond preset (2 x 121 frames, seed 0), as the workflow makes it."""
     from rmdata.make import make_dataset
 
     out = tmp_path_factory.mktemp("diamond_data") / "diamond.xyz"
-    make_dataset(out, "diamond", seed=0, workers=1)
+    make_dataset(out, "diamond", seed=0, workers=1, copies=DIAMOND_COPIES)
     return out
 
 
