@@ -43,14 +43,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report  # noqa: E402
+from common import Pipeline, read_report
 
 log = logging.getLogger("workflows.lis")
 
 #: Sizes: (training crystals (None = all Li/S ones), strains, levels, epochs, channels, runs, natoms).
 SIZES = {
     "full": (None, "-0.1,-0.05,0,0.05,0.1", "0,1,2,4,8,16,32", 20, 16, 5000, "2-12"),
-    "quick": (60, "-0.05,0,0.05", "0,2,4,8,16", 4, 16, 120, "2-6"),
+    "quick": (60, "-0.05,0,0.05", "0,2,4,8,16", 4, 16, 60, "2-4"),
 }
 #: Antifluorite Li2S lattice constant (A), experiment.
 LI2S_A = 5.71
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--levels", help="position-noise levels, comma-separated (default: by size)")
     ap.add_argument("--epochs", type=int, help="MACE epochs (default: by size)")
     ap.add_argument("--channels", type=int, help="MACE channels (default: by size)")
-    ap.add_argument("--nruns", type=int, help="random starts (default: 5000, quick 120)")
-    ap.add_argument("--natoms", help="atoms per cell (default: 2-12, quick 2-6)")
+    ap.add_argument("--nruns", type=int, help="random starts (default: 5000, quick 60)")
+    ap.add_argument("--natoms", help="atoms per cell (default: 2-12, quick 2-4)")
     ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
     ap.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="model precision in search")
     ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")

@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report  # noqa: E402
+from common import Pipeline, read_report
 
 log = logging.getLogger("workflows.molecules")
 
@@ -235,10 +235,18 @@ def kick_and_relax(stage1: Path, stage2: Path, potdir: Path, kick: float = KICK,
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from rmsearch.records import RunRecord, read_records
-    from rmsearch.runner import ShardWriter, init_rundir, read_config
+    from rmsearch.runner import (
+        ShardWriter,
+        init_rundir,
+        read_config,
+        relax_settings_from_dict,
+        relax_settings_to_dict,
+    )
 
     config = read_config(stage1)
-    relax = {**config["relax"], "fmax": fmax, "max_steps": max_steps}
+    # normalised as init_rundir compares them (fields added by later versions take defaults)
+    relax = relax_settings_to_dict(relax_settings_from_dict({**config["relax"], "fmax": fmax,
+                                                             "max_steps": max_steps}))
     config2 = {**config, "relax": relax, "kick": {"from": str(stage1), "amplitude_A": kick,
                                                   "rng": "default_rng([seed, run_id, 1])"}}
     init_rundir(stage2, config2)
@@ -249,6 +257,15 @@ def kick_and_relax(stage1: Path, stage2: Path, potdir: Path, kick: float = KICK,
         return 0
     tasks = [(r.to_json(), int(config["seed"]), kick) for r in todo]
     writer = ShardWriter(stage2 / "shards" / "kick.jsonl")
+    if workers <= 1 or len(tasks) == 1:  # in this process: no start-up cost of a pool
+        _kick_worker_init(str(potdir), relax)
+        try:
+            for task in tasks:
+                writer.append(RunRecord.from_json(_kick_one(task)))
+        finally:
+            writer.close()
+            _RELAXER.close()
+        return len(todo)
     try:
         with ProcessPoolExecutor(max_workers=max(1, min(workers, len(tasks))),
                                  mp_context=multiprocessing.get_context("spawn"),
@@ -261,10 +278,13 @@ def kick_and_relax(stage1: Path, stage2: Path, potdir: Path, kick: float = KICK,
     return len(todo)
 
 
-def evaluate(rundir: Path, formula: str, isomers: set[str], posebusters: bool = True) -> dict[str, Any]:
+def evaluate(rundir: Path, formula: str, isomers: set[str], posebusters: bool = True,
+             nstarts: int | None = None) -> dict[str, Any]:
     """Validity, known-isomer and PoseBusters figures of the finished molecules in ``rundir``.
 
-    Every run counts in the denominator (a failed relaxation is not a valid molecule).
+    Every start counts in the denominator (a failed relaxation is not a valid molecule):
+    ``nstarts`` random starts (default: the records of ``rundir``; give the first stage's
+    count for the kick stage, which only holds the runs that finished the first stage).
     """
     from rmsearch.records import read_records
 
@@ -280,7 +300,7 @@ def evaluate(rundir: Path, formula: str, isomers: set[str], posebusters: bool = 
             row["posebusters_pass"] = bool(pb[k]) and all(pb[k].values())
             row["posebusters_failed"] = sorted(key for key, ok in pb[k].items() if not ok) if pb[k] else ["bonds"]
         rows.append(row)
-    n = len(records)
+    n = nstarts if nstarts is not None else len(records)
     valid = [row for row in rows if row["valid"]]
     smiles_counts: dict[str, int] = {}
     for row in valid:
@@ -417,7 +437,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.steps.append({"step": f"kick {formula}", "command": f"kick +-{KICK} A, FIRE fmax {FMAX_2} (Relaxer)",
                         "relaxed": n, "wall_s": round(time.perf_counter() - t0, 1)})
         p.run(f"analyze {formula}", ["rmsearch", "analyze", str(run2)])
-        res = evaluate(run2, formula, isomers[formula], posebusters=not args.no_posebusters)
+        res = evaluate(run2, formula, isomers[formula], posebusters=not args.no_posebusters, nstarts=nstarts)
         res["before_kick"] = {k: v for k, v in evaluate(run1, formula, isomers[formula], posebusters=False).items()
                               if k in ("valid_percent", "known_isomer_percent", "converged")}
         res["analysis_clusters"] = read_report(run2)["n_clusters"]

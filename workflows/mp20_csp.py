@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report  # noqa: E402
+from common import Pipeline, read_report
 
 log = logging.getLogger("workflows.mp20_csp")
 
@@ -94,7 +94,7 @@ def search_args(formula_per_cell: str) -> tuple[str, int]:
     reduced, _ = comp.get_reduced_formula_and_factor()
     counts = Composition(reduced).get_el_amt_dict()
     formula = "".join(f"{el}{int(n) if n != 1 else ''}" for el, n in counts.items())
-    return formula, int(round(comp.num_atoms))
+    return formula, round(comp.num_atoms)
 
 
 def select_targets(references: list[tuple[str, Any]], known: set[str], n: int, max_natoms: int,
