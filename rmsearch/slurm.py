@@ -696,20 +696,7 @@ def prepare_search(rundir: str | os.PathLike, *, potential: str | os.PathLike | 
     exists = (rundir / "config.json").exists()
     if exists and potential is None and nruns is None and not options:
         return runner.read_config(rundir)
-    if exists:
-        old = runner.read_config(rundir)
-        merged = runner._options_from_config(old)  # noqa: SLF001 - the merge rule of runner.launch
-        if any(k in options for k in ("system", "composition", "molecule")):
-            for k in ("system", "composition", "molecule"):
-                merged.pop(k)
-        merged["relax"].update({k: options.pop(k) for k in ("fmax", "smax_gpa", "max_steps") if k in options})
-        merged.update(options)
-        config = runner.build_config(potential=potential or old["potential"], nruns=nruns or old["nruns"],
-                                     **merged)
-    else:
-        if potential is None or nruns is None:
-            raise RMError(f"{rundir}: new run directory; --potential and --nruns are required")
-        config = runner.build_config(potential=potential, nruns=nruns, **options)
+    config = runner.prepare_config(rundir, potential=potential, nruns=nruns, **options)
     rundir.mkdir(parents=True, exist_ok=True)
     with runner.rundir_lock(rundir):
         return runner.init_rundir(rundir, config)

@@ -33,16 +33,6 @@ from rmsearch.runner import (
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 
-@pytest.fixture(scope="module")
-def ljpot(tmp_path_factory) -> Path:
-    """A potential directory with LAMMPS' lj/cut for Li and S (eps 0.05 eV, sigma 2.2 A)."""
-    d = tmp_path_factory.mktemp("ljpot")
-    meta = {"backend": "lj", "elements": ["Li", "S"], "cutoff": 5.0, "pair_style": "lj/cut 5.0",
-            "pair_coeff": ["* * 0.05 2.2"], "callback": None, "volumes": {"Li": 14.0, "S": 14.0}}
-    (d / "potential.json").write_text(json.dumps(meta))
-    return d
-
-
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-c", "from rmsearch.cli import main; main()", *args]
 
@@ -85,12 +75,12 @@ def _wait_for_records(rundir: Path, proc: subprocess.Popen, n: int, timeout: flo
         time.sleep(0.05)
 
 
-def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(ljpot, tmp_path):
+def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(lj_potential, tmp_path):
     rng = np.random.default_rng(4)
     rundir = tmp_path / "run"
     nruns = 30
     args = _cli("launch", "--system", "Li-S", "--natoms", "2-8", "--nruns", str(nruns), "--potential",
-                str(ljpot), "--workers", "2", "--seed", "3", "--no-progress", "-o", str(rundir))
+                str(lj_potential), "--workers", "2", "--seed", "3", "--no-progress", "-o", str(rundir))
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         _wait_for_records(rundir, proc, int(rng.integers(3, 8)))
@@ -134,7 +124,7 @@ def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(ljpot, tmp_path):
 
     config = read_config(rundir)
     rid = min(before)
-    with Relaxer(load_potential(ljpot), relax_settings_from_dict(config["relax"])) as relaxer:
+    with Relaxer(load_potential(lj_potential), relax_settings_from_dict(config["relax"])) as relaxer:
         again = relaxer.relax(make_start(StartSpec.from_dict(config["start"]), rid, 3))
     assert again.energy_per_atom == pytest.approx(after[rid]["energy_per_atom"], abs=1e-12)
     assert summary["total"]["done"] == nruns and summary["total"]["remaining"] == 0
@@ -148,11 +138,11 @@ def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(ljpot, tmp_path):
     assert sorted(r["run_id"] for r in _raw_lines(rundir)) == list(range(nruns + 3))
 
 
-def test_dead_worker_is_replaced_and_its_run_redone(ljpot, tmp_path):
+def test_dead_worker_is_replaced_and_its_run_redone(lj_potential, tmp_path):
     rundir = tmp_path / "run"
     nruns = 16
     proc = subprocess.Popen(_cli("launch", "--composition", "LiS", "--natoms", "2-6", "--nruns",
-                                 str(nruns), "--potential", str(ljpot), "--workers", "2",
+                                 str(nruns), "--potential", str(lj_potential), "--workers", "2",
                                  "--no-progress", "-o", str(rundir)),
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -170,9 +160,9 @@ def test_dead_worker_is_replaced_and_its_run_redone(ljpot, tmp_path):
     assert f"{nruns}/{nruns} done" in out
 
 
-def test_lock_refuses_a_second_launch_naming_the_pid(ljpot, tmp_path):
+def test_lock_refuses_a_second_launch_naming_the_pid(lj_potential, tmp_path):
     rundir = tmp_path / "run"
-    config = build_config(potential=ljpot, nruns=4, system="Li-S", natoms="2-4")
+    config = build_config(potential=lj_potential, nruns=4, system="Li-S", natoms="2-4")
     init_rundir(rundir, config)
     with rundir_lock(rundir):
         out = subprocess.run(_cli("launch", "-o", str(rundir), "--no-progress"), check=False, env=ENV,
@@ -188,9 +178,9 @@ def test_lock_refuses_a_second_launch_naming_the_pid(ljpot, tmp_path):
     assert _n_records(rundir) == 0
 
 
-def test_resume_refuses_a_different_search(ljpot, tmp_path):
+def test_resume_refuses_a_different_search(lj_potential, tmp_path):
     rundir = tmp_path / "run"
-    init_rundir(rundir, build_config(potential=ljpot, nruns=4, seed=1, system="Li-S"))
+    init_rundir(rundir, build_config(potential=lj_potential, nruns=4, seed=1, system="Li-S"))
     with pytest.raises(RMError, match="'seed'"):
         launch(rundir, seed=2, progress=False)
     with pytest.raises(RMError, match="'start'"):
@@ -201,7 +191,7 @@ def test_resume_refuses_a_different_search(ljpot, tmp_path):
         launch(rundir, dtype="float32", progress=False)
     changed = tmp_path / "pot2"
     changed.mkdir()
-    meta = json.loads((ljpot / "potential.json").read_text())
+    meta = json.loads((lj_potential / "potential.json").read_text())
     meta["pair_coeff"] = ["* * 0.06 2.2"]
     (changed / "potential.json").write_text(json.dumps(meta))
     with pytest.raises(RMError, match="'potential_sha256'"):
@@ -209,12 +199,12 @@ def test_resume_refuses_a_different_search(ljpot, tmp_path):
     assert _n_records(rundir) == 0
 
 
-def test_run_shard_partition_status_and_errors(ljpot, tmp_path, monkeypatch):
+def test_run_shard_partition_status_and_errors(lj_potential, tmp_path, monkeypatch):
     """run_shard runs its ids only; a relaxer that raises gives 'error: ...' and the rest go on."""
     from rmsearch.relax import Relaxer
 
     rundir = tmp_path / "run"
-    init_rundir(rundir, build_config(potential=ljpot, nruns=12, seed=5, system="Li-S", natoms="2-6"))
+    init_rundir(rundir, build_config(potential=lj_potential, nruns=12, seed=5, system="Li-S", natoms="2-6"))
     real_relax = Relaxer.relax
     calls = Counter()
 
@@ -254,7 +244,7 @@ def test_run_shard_partition_status_and_errors(ljpot, tmp_path, monkeypatch):
     assert out.returncode == 0 and json.loads(out.stdout)["done"] == 8
 
 
-def test_a_systematic_fault_stops_the_search(ljpot, tmp_path, monkeypatch):
+def test_a_systematic_fault_stops_the_search(lj_potential, tmp_path, monkeypatch):
     """When every run fails the same way, the task stops after MAX_ERROR_STREAK runs."""
     from rmsearch import runner
     from rmsearch.relax import Relaxer
@@ -265,15 +255,15 @@ def test_a_systematic_fault_stops_the_search(ljpot, tmp_path, monkeypatch):
     monkeypatch.setattr(Relaxer, "relax", broken)
     monkeypatch.setattr(runner, "MAX_ERROR_STREAK", 4)
     rundir = tmp_path / "run"
-    init_rundir(rundir, build_config(potential=ljpot, nruns=30, system="Li-S", natoms="2-4"))
+    init_rundir(rundir, build_config(potential=lj_potential, nruns=30, system="Li-S", natoms="2-4"))
     with pytest.raises(RMError, match="4 runs in a row failed.*KeyError"):
         run_shard(rundir, 0, 1)
     assert rundir_status(rundir)["done"] == 4
 
 
-def test_records_carry_results_and_start_information(ljpot, tmp_path):
+def test_records_carry_results_and_start_information(lj_potential, tmp_path):
     rundir = tmp_path / "run"
-    init_rundir(rundir, build_config(potential=ljpot, nruns=3, seed=2, composition="Li2S",
+    init_rundir(rundir, build_config(potential=lj_potential, nruns=3, seed=2, composition="Li2S",
                                      natoms="3-6", spacegroup="random", fmax=0.02))
     run_shard(rundir, 0, 1)
     from ase.units import GPa
@@ -300,9 +290,9 @@ def test_records_carry_results_and_start_information(ljpot, tmp_path):
         assert rec.n_force_calls >= rec.n_steps > 0 and rec.wall_s > 0
 
 
-def test_molecule_search_records_non_periodic_structures(ljpot, tmp_path):
+def test_molecule_search_records_non_periodic_structures(lj_potential, tmp_path):
     rundir = tmp_path / "run"
-    init_rundir(rundir, build_config(potential=ljpot, nruns=2, seed=0, molecule="Li2S3"))
+    init_rundir(rundir, build_config(potential=lj_potential, nruns=2, seed=0, molecule="Li2S3"))
     run_shard(rundir, 0, 1)
     recs = read_records(rundir / "shards")
     assert len(recs) == 2
@@ -311,7 +301,7 @@ def test_molecule_search_records_non_periodic_structures(ljpot, tmp_path):
         assert rec.status in ("converged", "lost_atoms") and np.isnan(rec.volume_per_atom)
 
 
-def test_launch_with_slurm_scheduler_writes_a_job_array(ljpot, tmp_path):
+def test_launch_with_slurm_scheduler_writes_a_job_array(lj_potential, tmp_path):
     """--scheduler slurm --dry-run: the run directory and RUNDIR/slurm/job.sh, no job, no runs."""
     from click.testing import CliRunner
 
@@ -319,7 +309,7 @@ def test_launch_with_slurm_scheduler_writes_a_job_array(ljpot, tmp_path):
 
     rundir = tmp_path / "run"
     res = CliRunner().invoke(main, ["launch", "--scheduler", "slurm", "--dry-run", "--array-size", "3",
-                                    "--system", "Li-S", "--nruns", "9", "--potential", str(ljpot),
+                                    "--system", "Li-S", "--nruns", "9", "--potential", str(lj_potential),
                                     "-o", str(rundir)])
     assert res.exit_code == 0, res.output
     script = (rundir / "slurm" / "job.sh").read_text()
@@ -330,8 +320,8 @@ def test_launch_with_slurm_scheduler_writes_a_job_array(ljpot, tmp_path):
     assert res.exit_code == 2 and "--partition applies to --scheduler slurm only" in res.output
 
 
-def test_bad_input_is_one_line_error(ljpot, tmp_path):
-    out = subprocess.run(_cli("launch", "--system", "Li-Fe", "--nruns", "3", "--potential", str(ljpot),
+def test_bad_input_is_one_line_error(lj_potential, tmp_path):
+    out = subprocess.run(_cli("launch", "--system", "Li-Fe", "--nruns", "3", "--potential", str(lj_potential),
                               "-o", str(tmp_path / "r")), check=False, env=ENV, capture_output=True,
                          text=True, timeout=120)
     assert out.returncode == 2
