@@ -19,7 +19,7 @@ from ase import Atoms
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "workflows"))
-CSP15 = ROOT.parent / "shared" / "data" / "csp15.json"
+CSP15 = ROOT / "rmdata" / "data" / "csp15.json"  # the 15 DiffCSP/Response Matching test compositions
 
 import lis
 import molecules

@@ -34,7 +34,7 @@ Usage::
 
     python workflows/mp20_csp.py --out mp20_run                       # default size
     python workflows/mp20_csp.py --out q --quick                      # test size
-    python workflows/mp20_csp.py --out c --targets ../shared/data/csp15.json --dataset mp20
+    python workflows/mp20_csp.py --out c --targets rmdata/data/csp15.json --dataset mp20
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def read_target_list(path: str | Path) -> list[str]:
     comps = data.get("compositions") if isinstance(data, dict) else data
     if not isinstance(comps, list) or not comps or not all(isinstance(c, str) for c in comps):
         raise SystemExit(f"error: --targets {path}: needs a non-empty list of formulas under "
-                         "'compositions' (as ../shared/data/csp15.json)")
+                         "'compositions' (as rmdata/data/csp15.json)")
     return comps
 
 
