@@ -17,14 +17,11 @@ import ase.io
 import pytest
 from click.testing import CliRunner
 from helpers.analysis_rundir import make_rundir, prototypes
+from helpers.browser import load_report
 from pymatgen.core import Structure
 
 from rmsearch.analysis import analyze
 from rmsearch.cli import main
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
@@ -90,53 +87,15 @@ def test_hull_ranking_and_match(run):
     assert data["dedupe"]["n_matcher_calls"] < data["dedupe"]["n_all_pairs"]
 
 
-def _chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.fail("chromium not found: run 'bash tests/helpers/ensure_system_packages.sh' (Debian package 'chromium')")
-
-
-_CHECK_JS = """<script>
-window.addEventListener('load', function () {
-  var out = [];
-  document.querySelectorAll('img').forEach(function (i) {
-    out.push(i.id + '=' + (i.complete ? i.naturalWidth : 0) + 'x' + i.naturalHeight); });
-  document.querySelectorAll('a.cif').forEach(function (a) { out.push('cif=' + a.href); });
-  var p = document.createElement('pre'); p.id = 'rmcheck'; p.textContent = out.join('\\n');
-  document.body.appendChild(p);
-});
-</script>"""
-
-
 def test_report_opens_in_headless_chromium(run, tmp_path):
     rundir, data = run
     report = rundir / "report"
-    html = (report / "index.html").read_text()
-    # a copy of the page beside it (same relative links) that lists what the browser loaded;
-    # a deliberately broken image checks that the check can fail
-    probe = html.replace("</body>", "<img id='broken-control' src='plots/missing.png'>" + _CHECK_JS + "</body>")
-    (report / "_probe.html").write_text(probe)
-    try:
-        out = subprocess.run([_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
-                              "--virtual-time-budget=10000", "--dump-dom", (report / "_probe.html").as_uri()],
-                             capture_output=True, text=True, timeout=120, check=False)
-    finally:
-        (report / "_probe.html").unlink()
-    assert out.returncode == 0, out.stderr[-2000:]
-    m = re.search(r'<pre id="rmcheck">(.*?)</pre>', out.stdout, re.DOTALL)
-    assert m, "the report did not finish loading in chromium"
-    lines = m.group(1).split("\n")
-    imgs = dict(line.split("=", 1) for line in lines if not line.startswith("cif="))
-    assert imgs.pop("broken-control") == "0x0"
+    imgs, cifs = load_report(report, tmp_path / "profile")
     assert set(imgs) == {f"plot-{k}" for k in ("hull", "energy_volume", "energy_histogram", "hits")}
-    for key, size in imgs.items():
-        w, h = map(int, size.split("x"))
-        assert w > 300 and h > 200, f"{key} not shown ({size})"
-    cifs = [line[4:] for line in lines if line.startswith("cif=")]
+    for key, (w, h) in imgs.items():
+        assert w > 300 and h > 200, f"{key} not shown ({w}x{h})"
     assert len(cifs) == min(10, data["n_clusters"])
-    for uri in cifs:
-        path = Path(uri.removeprefix("file://"))
+    for path in cifs:
         s = Structure.from_file(path)
         assert len(s) == 4 and path.parent == report / "cifs"
 

@@ -14,6 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ase.io import read
+from helpers.browser import load_report
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -33,5 +36,10 @@ def test_diamond_quick_finds_cubic_diamond_lowest(diamond_training, tmp_path):
     assert "cubic diamond (Fd-3m, 227)" in summary["polymorphs_found"]
     # the report exists, with the workflow figure and the analysis report it links
     assert (out / "report.html").exists() and (out / "diamond_polymorphs.png").stat().st_size > 10_000
-    assert (out / "run" / "report" / "index.html").exists()
     assert f"report: {out / 'report.html'}" in proc.stdout
+    # the analysis report of this real run opens in a browser with every plot shown
+    imgs, cifs = load_report(out / "run" / "report", tmp_path / "profile")
+    assert {"plot-energy_volume", "plot-energy_histogram", "plot-hits"} <= set(imgs)
+    for key, (w, h) in imgs.items():
+        assert w > 300 and h > 200, f"{key} not shown ({w}x{h})"
+    assert cifs and all(len(read(path)) >= 2 for path in cifs)
