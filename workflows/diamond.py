@@ -95,18 +95,18 @@ def plot_polymorphs(clusters: list[dict], path: Path) -> None:
     others = [c for c in clusters if c["polymorph"] is None]
     ax.scatter([c["volume_per_atom"] for c in others], [c["energy_per_atom"] for c in others],
                s=[12 + 6 * c["hits"] for c in others], c="0.6", label="other clusters", zorder=2)
-    seen = set()
+    known: dict[str, list[dict]] = {}
     for c in clusters:
-        if c["polymorph"] is None:
-            continue
-        key = next((k for k in colours if c["polymorph"].startswith(k)), "graphite")
-        lab = c["polymorph"] if c["polymorph"] not in seen else None
-        seen.add(c["polymorph"])
-        ax.scatter(c["volume_per_atom"], c["energy_per_atom"], s=40 + 8 * c["hits"], c=colours[key],
-                   edgecolors="k", label=lab, zorder=3)
-        ax.annotate(f"{c['polymorph'].split(' (')[0]} (C{c['natoms']})",
-                    (c["volume_per_atom"], c["energy_per_atom"]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8)
+        if c["polymorph"] is not None:
+            known.setdefault(c["polymorph"], []).append(c)
+    for name, members in known.items():
+        key = next((k for k in colours if name.startswith(k)), "graphite")
+        ax.scatter([c["volume_per_atom"] for c in members], [c["energy_per_atom"] for c in members],
+                   s=[40 + 8 * c["hits"] for c in members], c=colours[key], edgecolors="k", label=name, zorder=3)
+        best = min(members, key=lambda c: c["energy_per_atom"])
+        cells = ", ".join(f"C{n}" for n in sorted({c["natoms"] for c in members}))
+        ax.annotate(f"{name.split(' (')[0]} ({cells})", (best["volume_per_atom"], best["energy_per_atom"]),
+                    textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("volume (A^3/atom)")
     ax.set_ylabel("energy (eV/atom, model)")
     ax.set_title("One-shot diamond search: valid clusters (marker size ~ hits)")
