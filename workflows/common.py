@@ -88,6 +88,34 @@ class Pipeline:
         return path
 
 
+def add_run_options(ap, search: bool = True) -> None:
+    """The options every workflow shares (workers, seed, force; relaxation limits if ``search``)."""
+    if search:
+        ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
+        ap.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+                        help="model precision in search")
+    ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")
+    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+
+
+def write_page(out: Path, title: str, summary: dict[str, Any], figure: str, body: str,
+               skip: tuple[str, ...] = ("steps",)) -> Path:
+    """``out/report.html``: the summary as a list, the workflow's figure, then ``body`` (HTML)."""
+    import html
+
+    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v if isinstance(v, str) else json.dumps(v, default=str))}"
+                    "</li>" for k, v in summary.items() if k not in skip)
+    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 8px}}</style></head>
+<body><h1>{html.escape(title)}</h1><ul>{facts}</ul>
+<img src="{figure}" alt="{html.escape(title)}" style="max-width:100%">
+{body}</body></html>"""
+    path = out / "report.html"
+    path.write_text(page)
+    return path
+
+
 def read_report(rundir: Path) -> dict[str, Any]:
     """The analysis report data of a run directory (``report/report.json``)."""
     return json.loads((rundir / "report" / "report.json").read_text())

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report  # noqa: E402
+from common import Pipeline, add_run_options, read_report, write_page  # noqa: E402
 
 #: Sizes: (copies of the 121-frame set, epochs, MACE channels, search runs). The recipe
 #: (2 copies, 32 channels, 30 epochs) is the smallest measured to put cubic diamond
@@ -124,19 +124,10 @@ def write_report(out: Path, summary: dict, figure: str, clusters: list[dict]) ->
         f"({c['spacegroups']['0.1'][0]})</td><td>{c['hits']}</td><td>{html.escape(c['polymorph'] or '')}</td>"
         f"<td><a href='run/report/{html.escape(c['cif'])}'>cif</a></td></tr>"
         for i, c in enumerate(clusters[:20]))
-    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items()
-                    if k not in ("steps", "clusters"))
-    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>One-shot diamond</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 8px}}</style></head>
-<body><h1>One-shot diamond search</h1><ul>{facts}</ul>
-<img src="{figure}" alt="energy vs volume with polymorphs" style="max-width:100%">
-<h2>Lowest valid clusters</h2><table><tr><th>rank</th><th>cell</th><th>E (eV/atom)</th>
+    body = f"""<h2>Lowest valid clusters</h2><table><tr><th>rank</th><th>cell</th><th>E (eV/atom)</th>
 <th>V (A^3/atom)</th><th>space group (0.1 A)</th><th>hits</th><th>polymorph</th><th>CIF</th></tr>{rows}</table>
-<p>Full analysis (dedupe, invalid structures, plots): <a href="run/report/index.html">run/report/index.html</a></p>
-</body></html>"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+<p>Full analysis (dedupe, invalid structures, plots): <a href="run/report/index.html">run/report/index.html</a></p>"""
+    return write_page(out, "One-shot diamond search", summary, figure, body, skip=("steps", "clusters"))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -151,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--natoms", default="2-12", help="atoms per cell")
     ap.add_argument("--vmin", type=float, default=3.8, help="smallest start volume (A^3/atom)")
     ap.add_argument("--vmax", type=float, default=5.6, help="largest start volume (A^3/atom)")
-    ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")
-    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    add_run_options(ap, search=False)
     args = ap.parse_args(argv)
     copies, epochs, channels, nruns = SIZES["quick" if args.quick else "full"]
     copies, epochs, nruns = args.copies or copies, args.epochs or epochs, args.nruns or nruns

@@ -43,7 +43,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report
+from common import Pipeline, add_run_options, read_report, write_page
 
 log = logging.getLogger("workflows.lis")
 
@@ -167,19 +167,11 @@ def plot_hull(clusters: list[dict[str, Any]], hull: list[dict[str, Any]], path: 
 
 def write_report(out: Path, summary: dict[str, Any], hull: list[dict[str, Any]], figure: str) -> Path:
     """``report.html``: summary, hull table, link to the analysis report."""
-    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(json.dumps(v, default=str))}</li>"
-                    for k, v in summary.items() if k not in ("steps", "hull"))
     rows = "".join(f"<tr><td>{html.escape(v['formula'])}</td><td>{v['x_li']:.3f}</td><td>{v['e_ex']:.4f}</td>"
                    f"<td>{v['cluster_id']}</td></tr>" for v in hull)
-    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>Li-S hull</title>
-<style>body{{font-family:sans-serif;max-width:1000px;margin:2em auto}}td,th{{padding:2px 8px}}</style></head>
-<body><h1>Li-S pseudo convex hull</h1><ul>{facts}</ul>
-<img src="{figure}" alt="pseudo hull" style="max-width:100%">
-<h2>Hull compositions</h2><table><tr><th>formula</th><th>x_Li</th><th>E_ex (eV/atom)</th><th>cluster</th></tr>
-{rows}</table><p>Full analysis: <a href="run/report/index.html">run/report/index.html</a></p></body></html>"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    body = f"""<h2>Hull compositions</h2><table><tr><th>formula</th><th>x_Li</th><th>E_ex (eV/atom)</th>
+<th>cluster</th></tr>{rows}</table><p>Full analysis: <a href="run/report/index.html">run/report/index.html</a></p>"""
+    return write_page(out, "Li-S pseudo convex hull", summary, figure, body, skip=("steps", "hull"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -195,11 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--channels", type=int, help="MACE channels (default: by size)")
     ap.add_argument("--nruns", type=int, help="random starts (default: 5000, quick 60)")
     ap.add_argument("--natoms", help="atoms per cell (default: 2-12, quick 2-4)")
-    ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
-    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="model precision in search")
-    ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")
-    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     limit, strains, levels, epochs, channels, nruns, natoms = SIZES["quick" if args.quick else "full"]

@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report
+from common import Pipeline, add_run_options, read_report, write_page
 
 log = logging.getLogger("workflows.molecules")
 
@@ -351,8 +351,6 @@ def plot_validity(results: list[dict[str, Any]], path: Path) -> None:
 
 def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any]], figure: str) -> Path:
     """``report.html``: summary, per-composition table, generated SMILES, links to analysis reports."""
-    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items()
-                    if k not in ("steps", "per_composition"))
     rows = "".join(
         f"<tr><td>{html.escape(r['formula'])}</td><td>{r['runs']}</td><td>{r['converged']}</td>"
         f"<td>{r['valid_percent']:.1f}</td><td>{r.get('posebusters_percent', float('nan')):.1f}</td>"
@@ -360,16 +358,10 @@ def write_report(out: Path, summary: dict[str, Any], results: list[dict[str, Any
         f"<td>{html.escape(', '.join(f'{s} x{n}' for s, n in list(r['distinct_valid_smiles'].items())[:8]))}</td>"
         f"<td><a href='runs/{html.escape(r['formula'])}_kick/report/index.html'>analysis</a></td></tr>"
         for r in results)
-    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>Molecules</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 8px}}</style></head>
-<body><h1>Molecules from random atoms</h1><ul>{facts}</ul>
-<img src="{figure}" alt="validity per composition" style="max-width:100%">
-<h2>Held-out compositions</h2><table><tr><th>formula</th><th>runs</th><th>converged</th><th>valid %</th>
-<th>PoseBusters %</th><th>known isomer %</th><th>isomers found</th><th>generated (SMILES x count)</th>
-<th>report</th></tr>{rows}</table></body></html>"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    body = f"""<h2>Held-out compositions</h2><table><tr><th>formula</th><th>runs</th><th>converged</th>
+<th>valid %</th><th>PoseBusters %</th><th>known isomer %</th><th>isomers found</th>
+<th>generated (SMILES x count)</th><th>report</th></tr>{rows}</table>"""
+    return write_page(out, "Molecules from random atoms", summary, figure, body, skip=("steps", "per_composition"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -386,9 +378,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--qm7b", action="store_true", help="add QM7b to the training set (needs the download)")
     ap.add_argument("--max-steps", type=int, default=3000, help="force calls per relaxation stage")
     ap.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters even if installed")
-    ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")
-    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    add_run_options(ap, search=False)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     limit, epochs, channels, ncomp, nstarts = SIZES["quick" if args.quick else "full"]

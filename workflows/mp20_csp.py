@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report
+from common import Pipeline, add_run_options, read_report, write_page
 
 log = logging.getLogger("workflows.mp20_csp")
 
@@ -193,25 +193,17 @@ def plot_targets(rows: list[dict[str, Any]], path: Path) -> None:
 
 def write_report(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], figure: str) -> Path:
     """``report.html``: summary, target table, links to each run's analysis report."""
-    facts = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>" for k, v in summary.items()
-                    if k not in ("steps", "targets"))
-    body = "".join(
+    rows = "".join(
         f"<tr><td>{html.escape(r['formula'])}</td><td>{html.escape(str(r['id']))}</td><td>{r['natoms']}</td>"
         f"<td>{r['trials']}</td><td>{r['converged']}</td><td>{r['clusters']}</td>"
         f"<td>{'yes' if r['matched'] else ('no' if r['scored'] else 'no reference')}</td>"
         f"<td>{'' if r['rmsd'] is None else format(r['rmsd'], '.3f')}</td>"
         f"<td>{html.escape(str(r['lowest_spacegroup']))}</td><td>{html.escape(str(r['reference_spacegroup']))}</td>"
         f"<td><a href='runs/{html.escape(r['formula'])}/report/index.html'>analysis</a></td></tr>" for r in rows)
-    page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>MP-20 CSP</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}td,th{{padding:2px 8px}}</style></head>
-<body><h1>MP-20 crystal structure prediction</h1><ul>{facts}</ul>
-<img src="{figure}" alt="match per target" style="max-width:100%">
-<h2>Targets</h2><table><tr><th>formula</th><th>reference</th><th>atoms</th><th>trials</th><th>converged</th>
-<th>clusters</th><th>found</th><th>RMSD</th><th>lowest trial (space group)</th><th>reference space group</th>
-<th>report</th></tr>{body}</table></body></html>"""
-    path = out / "report.html"
-    path.write_text(page)
-    return path
+    body = f"""<h2>Targets</h2><table><tr><th>formula</th><th>reference</th><th>atoms</th><th>trials</th>
+<th>converged</th><th>clusters</th><th>found</th><th>RMSD</th><th>lowest trial (space group)</th>
+<th>reference space group</th><th>report</th></tr>{rows}</table>"""
+    return write_page(out, "MP-20 crystal structure prediction", summary, figure, body, skip=("steps", "targets"))
 
 
 def spacegroup_of(atoms) -> str:
@@ -239,11 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--ntargets", type=int, help="targets taken from the reference split (default: by size)")
     ap.add_argument("--max-natoms", type=int, default=12, help="largest target cell from the split (atoms)")
     ap.add_argument("--trials", type=int, help="random starts per target (default 30)")
-    ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
-    ap.add_argument("--dtype", default="float64", choices=["float64", "float32"], help="model precision in search")
-    ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
-    ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")
-    ap.add_argument("--force", action="store_true", help="redo steps whose outputs exist")
+    add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     limit, strains, levels, epochs, channels, ntargets, trials = SIZES["quick" if args.quick else "full"]
