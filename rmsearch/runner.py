@@ -318,7 +318,8 @@ class ShardWriter:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "ab")  # noqa: SIM115 - held open for the life of the writer
+        # unbuffered: a failed append can be rolled back exactly (nothing left in a buffer)
+        self._fh = open(self.path, "ab", buffering=0)  # noqa: SIM115 - held open for the life of the writer
         try:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -328,7 +329,16 @@ class ShardWriter:
         repair_shard(self.path)
 
     def append(self, record: RunRecord) -> None:
-        append_record(self._fh, record)
+        """Append one record; on a write error (e.g. a full disk) roll the shard back and raise RMError."""
+        size = os.fstat(self._fh.fileno()).st_size
+        try:
+            append_record(self._fh, record)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fh.fileno(), size)  # no partial record stays behind
+            reason = "no space left on device" if exc.errno == errno.ENOSPC else exc.strerror or str(exc)
+            raise RMError(f"{self.path}: {reason}; fix that and run the same launch again "
+                          "(finished runs are kept, the others will run)") from exc
 
     def close(self) -> None:
         self._fh.close()
@@ -515,6 +525,8 @@ def _worker_main(rundir: str, slot: int, conn) -> None:
                 break
             rec = worker.run_one(run_id)
             conn.send(("done", (run_id, rec.status, rec.energy_per_atom)))
+    except RMError as exc:  # e.g. the shard cannot be written: the launch must stop
+        conn.send(("fatal", str(exc)))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the parent is gone or stopping
     finally:
@@ -527,6 +539,7 @@ class _Slot:
     conn: Any
     run_id: int | None = None
     stopping: bool = False
+    ready: bool = False  # the worker has started (a later "fatal" is a run-time fault)
 
 
 class _Pool:
@@ -588,7 +601,8 @@ class _Pool:
                     except (EOFError, OSError):
                         break
                     if kind == "fatal":
-                        raise RMError(f"worker {slot} could not start: {payload}")
+                        raise RMError(payload if s.ready else f"worker {slot} could not start: {payload}")
+                    s.ready = True
                     if kind == "done" and payload[0] == s.run_id:
                         self._finished(*payload)
                         s.run_id = None

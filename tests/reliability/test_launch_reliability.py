@@ -61,3 +61,26 @@ def test_sigkill_at_ten_random_points_then_resume_equals_uninterrupted(lj_potent
         assert rec["energy_per_atom"] == ref_rec["energy_per_atom"]
         assert rec["positions"] == ref_rec["positions"]
     assert counts[-1] > 0 and counts == sorted(counts)  # progress was kept across kills
+
+
+def test_full_disk_stops_launch_with_one_line_and_resume_completes(lj_potential, tmp_path):
+    fs = tmp_path / "small"
+    fs.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=48k", "tmpfs", str(fs)], capture_output=True,
+                             text=True)
+    assert mounted.returncode == 0, f"cannot mount a small tmpfs: {mounted.stderr.strip()}"
+    try:
+        rundir = fs / "run"
+        proc = subprocess.run(_launch(rundir, lj_potential), env=ENV, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 2
+        errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 1 and "no space left on device" in errors[0], proc.stderr[-2000:]
+        assert "Traceback" not in proc.stderr
+        kept = len(_lines(rundir))
+        assert 0 < kept < NRUNS
+        subprocess.run(["mount", "-o", "remount,size=4m", str(fs)], check=True)
+        subprocess.run(_launch(rundir, None), env=ENV, check=True, capture_output=True, timeout=600)
+        ids = sorted(json.loads(ln)["run_id"] for ln in _lines(rundir))  # no cut line remains
+        assert ids == list(range(NRUNS))
+    finally:
+        subprocess.run(["umount", str(fs)], check=False)
