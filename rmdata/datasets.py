@@ -377,14 +377,19 @@ def _strip_labels(atoms: Atoms) -> Atoms:
 
 
 MIN_SEPARATION_A = 0.5
+#: Sane bounds of a reference structure (A): shortest and longest lattice vector, and the
+#: largest span of a molecule; a cell with volume / (|a||b||c|) below the flatness bound
+#: is degenerate (angles near 0 or 180 degrees).
+MIN_CELL_LENGTH_A, MAX_LENGTH_A, MIN_CELL_FLATNESS = 1.0, 1000.0, 0.01
 
 
 def validate_reference(atoms: Atoms, origin: str, need_stress: bool) -> None:
     """Check a reference structure; raise a one-line :class:`RMError` naming ``origin``.
 
-    Checks: known elements, finite coordinates, all-or-nothing periodicity, a cell of
-    positive volume for crystals, no two atoms closer than 0.5 A (a duplicated site),
-    and no stress requested for a non-periodic molecule.
+    Checks: known elements, finite coordinates of sane size, all-or-nothing periodicity,
+    for crystals a cell of positive volume with lattice vectors of 1-1000 A that is not
+    flat, for molecules a span below 1000 A, no two atoms closer than 0.5 A (a duplicated
+    site), and no stress requested for a non-periodic molecule.
     """
     numbers = atoms.numbers
     if len(numbers) == 0:
@@ -397,11 +402,25 @@ def validate_reference(atoms: Atoms, origin: str, need_stress: bool) -> None:
     if pbc.any() and not pbc.all():
         raise RMError(f"{origin}: periodic in some directions only (pbc={pbc.tolist()}); "
                       "rmdata handles bulk crystals (all periodic) and molecules (none)")
+    if np.abs(atoms.positions).max() > MAX_LENGTH_A * 10:
+        raise RMError(f"{origin}: coordinates up to {np.abs(atoms.positions).max():.3g} A; "
+                      "are they in Angstrom?")
     if pbc.all():
-        volume = abs(np.linalg.det(atoms.cell.array)) if np.all(np.isfinite(atoms.cell.array)) else 0.0
+        cell = atoms.cell.array
+        volume = abs(np.linalg.det(cell)) if np.all(np.isfinite(cell)) else 0.0
         if not volume > 1e-6:
             raise RMError(f"{origin}: periodic structure with zero or invalid cell volume")
-    elif need_stress:
+        lengths = np.linalg.norm(cell, axis=1)
+        if lengths.min() < MIN_CELL_LENGTH_A or lengths.max() > MAX_LENGTH_A:
+            raise RMError(f"{origin}: lattice vector lengths {np.round(lengths, 3).tolist()} A outside "
+                          f"{MIN_CELL_LENGTH_A}-{MAX_LENGTH_A} A; check the cell")
+        if volume / np.prod(lengths) < MIN_CELL_FLATNESS:
+            raise RMError(f"{origin}: nearly flat cell (volume {volume:.3g} A^3 for lattice vectors of "
+                          f"{np.round(lengths, 3).tolist()} A); check the cell angles")
+    elif np.ptp(atoms.positions, axis=0).max() > MAX_LENGTH_A:
+        raise RMError(f"{origin}: molecule spans {np.ptp(atoms.positions, axis=0).max():.3g} A "
+                      f"(more than {MAX_LENGTH_A} A); are the coordinates in Angstrom?")
+    if not pbc.all() and need_stress:
         raise RMError(f"{origin}: stress/strain labels need a periodic cell, but this structure is a "
                       "non-periodic molecule; drop --strains or use a crystal")
     if len(atoms) > 1:

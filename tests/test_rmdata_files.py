@@ -188,3 +188,23 @@ def test_provenance_is_json_everywhere(tmp_path):
     json.dumps(prov)
     assert prov["config"]["presets"]["crystal"]["labels"]["k"] == 2.0
     assert len(prov["config_hash"]) == 16
+
+
+def test_error_absurd_cell_or_coordinates(tmp_path):
+    """Found by the fuzzer: a CIF with a = -1.6e15 A asked for a 26 GiB array."""
+    atoms = bulk("C", "diamond", a=3.567, cubic=True)
+    huge = atoms.copy()
+    huge.set_cell([1.6e15, 3.567, 3.567])
+    src = tmp_path / "huge.cif"
+    write(src, huge)
+    assert "lattice vector lengths" in _bad(tmp_path, "--input", str(src))
+    flat = atoms.copy()
+    flat.set_cell([[3.567, 0, 0], [3.567, 0.001, 0], [0, 0, 3.567]], scale_atoms=True)
+    src = tmp_path / "flat.xyz"
+    write(src, flat)
+    assert "flat cell" in _bad(tmp_path, "--input", str(src))
+    far = molecule("H2O")
+    far.positions[0] = [5e4, 0, 0]
+    src = tmp_path / "far.xyz"
+    write(src, far)
+    assert "Angstrom" in _bad(tmp_path, "--input", str(src))

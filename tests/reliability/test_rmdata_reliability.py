@@ -191,7 +191,7 @@ def _check_one_line_error_or_ok(src: Path, tmp: Path) -> None:
     assert all(np.isfinite(f.arrays["REF_forces"]).all() for f in frames)
 
 
-FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ = settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 
 @FUZZ
@@ -204,7 +204,7 @@ def test_fuzzed_structure_files(tmp_path_factory, name, strategy, data):
     _check_one_line_error_or_ok(src, tmp)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(n_atoms=st.integers(0, 5), shape=st.sampled_from(["ok", "pos2", "forces_short", "no_offsets", "cell2",
                                                             "count_mismatch", "not_rmdata"]))
 def test_fuzzed_hdf5(tmp_path_factory, n_atoms, shape):
