@@ -515,7 +515,8 @@ def _worker_main(rundir: str, slot: int, conn) -> None:
     try:
         worker = ShardWorker(rundir, f"local-{slot}")
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the launch
-        conn.send(("fatal", f"{type(exc).__name__}: {exc}" if not isinstance(exc, RMError) else str(exc)))
+        with contextlib.suppress(OSError, EOFError):  # the parent may have stopped already
+            conn.send(("fatal", f"{type(exc).__name__}: {exc}" if not isinstance(exc, RMError) else str(exc)))
         return
     try:
         conn.send(("ready", None))
@@ -526,7 +527,8 @@ def _worker_main(rundir: str, slot: int, conn) -> None:
             rec = worker.run_one(run_id)
             conn.send(("done", (run_id, rec.status, rec.energy_per_atom)))
     except RMError as exc:  # e.g. the shard cannot be written: the launch must stop
-        conn.send(("fatal", str(exc)))
+        with contextlib.suppress(OSError, EOFError):  # the parent may have stopped already
+            conn.send(("fatal", str(exc)))
     except (EOFError, BrokenPipeError, KeyboardInterrupt):
         pass  # the parent is gone or stopping
     finally:
