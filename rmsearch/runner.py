@@ -45,6 +45,7 @@ import multiprocessing as mp
 import os
 import signal
 import sys
+import threading
 import time
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -61,7 +62,7 @@ CONFIG_FORMAT = 1
 #: config.json fields whose change would change results: resume refuses if they differ.
 RESULT_KEYS = ("seed", "start", "relax", "potential_sha256")
 #: Statuses counted as "failed" by :func:`rundir_status` (plus every ``error: ...``).
-FAILED_STATUSES = ("lost_atoms", "exploded", "nan")
+FAILED_STATUSES = ("lost_atoms", "exploded", "collapsed", "nan", "timeout")
 #: Deaths of worker processes on one run before it is recorded as an error.
 MAX_DEATHS_PER_RUN = 2
 #: Worker deaths before any run was handed out, after which launch gives up.
@@ -70,7 +71,11 @@ MAX_STARTUP_DEATHS = 5
 #: (a broken potential or install) must not use up the whole search as error records.
 MAX_ERROR_STREAK = 20
 #: build_config options that are RelaxSettings fields.
-RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype")
+RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype", "optimizer")
+#: Exit code of a worker process whose run hit the run timeout (the run is recorded).
+EXIT_TIMEOUT = 75
+#: Default wall-time limit of one relaxation in ``rmsearch launch`` / ``run-shard`` (s).
+DEFAULT_RUN_TIMEOUT_S = 600.0
 
 
 # ----------------------------------------------------------------------------- config
@@ -137,7 +142,8 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
                  molecule: str | None = None, natoms: str | tuple[int, int] = (2, 12),
                  spacegroup: int | str | None = None, volume_factor: tuple[float, float] = (0.8, 1.2),
                  minsep_factor: float = 0.7, fmax: float = 0.01, smax_gpa: float = 0.1,
-                 max_steps: int = 2000, dtype: str = "float64",
+                 max_steps: int = 2000, dtype: str = "float32", optimizer: str = "fire2-lbfgs",
+                 run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
                  relax: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of a new search (validated; nothing is written).
 
@@ -147,8 +153,10 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     "random". volume_factor: range of the random factor on the per-element volumes.
     minsep_factor: minimum separation as a fraction of the covalent radii sum. fmax
     (eV/A), smax_gpa (GPa), max_steps (force calls): relaxation tolerances. dtype:
-    "float64" or "float32" model evaluation (mace backend). ``relax`` overrides any
-    RelaxSettings field.
+    "float32" or "float64" model evaluation (mace backend). optimizer: the relaxer's step
+    rule (:data:`rmsearch.optimizers.OPTIMIZERS`). run_timeout_s: wall-time limit of one
+    run (s; 0 = none), an execution setting that may change on resume. ``relax`` overrides
+    any RelaxSettings field.
     """
     from rmsearch.potentials import load_potential
     from rmsearch.relax import RelaxSettings
@@ -166,7 +174,10 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     if unknown:
         raise RMError(f"{potdir}: the potential knows {pot.elements}, not {unknown}; "
                       "search only elements it was trained on")
-    settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype)
+    if not (isinstance(run_timeout_s, (int, float)) and run_timeout_s >= 0):
+        raise RMError(f"--run-timeout {run_timeout_s!r}: must be a number of seconds >= 0 (0 = no limit)")
+    settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype,
+                             optimizer=optimizer)
     if relax:
         settings = relax_settings_from_dict({**relax_settings_to_dict(settings), **relax})
     config = {
@@ -178,8 +189,10 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
         "potential": str(potdir),
         "potential_sha256": potential_fingerprint(potdir),
         "relax": relax_settings_to_dict(settings),
+        "run_timeout_s": float(run_timeout_s),
     }
-    config["provenance"] = provenance({k: config[k] for k in config if k != "nruns"}, seed)
+    config["provenance"] = provenance({k: config[k] for k in config if k not in ("nruns", "run_timeout_s")},
+                                      seed)
     return config
 
 
@@ -209,7 +222,7 @@ def init_rundir(rundir: str | os.PathLike, config: dict[str, Any]) -> dict[str, 
             raise RMError(f"{path}: the existing search has a different {key!r} "
                           f"({_short(old.get(key))} vs {_short(config.get(key))}); resume with the "
                           "same options or use a new -o directory")
-    changed = {k: config[k] for k in ("nruns", "potential") if old.get(k) != config[k]}
+    changed = {k: config[k] for k in ("nruns", "potential", "run_timeout_s") if old.get(k) != config[k]}
     if changed:
         log.info("%s: updating %s in config.json", rundir, changed)
         old.update(changed)
@@ -301,15 +314,19 @@ def _start_extra(start, outcome=None) -> dict[str, Any]:
     return extra
 
 
-def error_record(run_id: int, seed: int, message: str, start=None, wall_s: float = 0.0) -> RunRecord:
-    """A record with status ``error: <message>`` (the start as structure, if there is one)."""
-    status = "error: " + " ".join(message.split())[:300]
+def error_record(run_id: int, seed: int, message: str, start=None, wall_s: float = 0.0,
+                 status: str | None = None) -> RunRecord:
+    """A record with status ``error: <message>`` (or ``status``, with the message in
+    ``extra["message"]``) and the start as structure, if there is one."""
+    message = " ".join(message.split())[:300]
+    if status is None:
+        status = "error: " + message
     if start is None:
         return RunRecord(run_id=run_id, seed=seed, status=status, formula="", numbers=[],
                          positions=[], cell=[[0.0] * 3] * 3, pbc=[True] * 3, wall_s=wall_s)
     return RunRecord.from_atoms(start, run_id=run_id, seed=seed, status=status, wall_s=wall_s,
                                 spacegroup_start=start.info.get("spacegroup_start"),
-                                extra=_start_extra(start))
+                                extra={**_start_extra(start), "message": message})
 
 
 class ShardWriter:
@@ -350,9 +367,15 @@ class ShardWorker:
 
     Builds the start spec, relaxation settings and one ``Relaxer`` from ``config.json``
     once, and reuses them for every run.
+
+    ``run_timeout_s``: a run still going after this many seconds (wall) is stopped by a
+    watchdog thread, which records it with status ``timeout`` and then calls ``on_timeout``
+    (which must not return: the relaxation may be stuck inside LAMMPS or torch, where it
+    cannot be interrupted, so the process has to go; see :data:`EXIT_TIMEOUT`).
     """
 
-    def __init__(self, rundir: str | os.PathLike, shard: str):
+    def __init__(self, rundir: str | os.PathLike, shard: str, *, run_timeout_s: float | None = None,
+                 on_timeout=None):
         from rmsearch.potentials import load_potential
         from rmsearch.relax import Relaxer
 
@@ -365,13 +388,25 @@ class ShardWorker:
         self.writer = ShardWriter(self.rundir / "shards" / f"{shard}.jsonl")
         self._relaxer_cls = Relaxer
         self.relaxer = Relaxer(self.potential, self.settings)
+        self.run_timeout_s = run_timeout_s or None
+        self.on_timeout = on_timeout or (lambda: os._exit(EXIT_TIMEOUT))
+        self._write_lock = threading.Lock()
+        self._current: tuple | None = None  # (run_id, start, t0) of the run in progress
 
     def run_one(self, run_id: int) -> RunRecord:
         """Make the start of ``run_id``, relax it, append its record; never raises for a bad run."""
         t0 = time.perf_counter()
         start = None
+        timer = None
+        if self.run_timeout_s:
+            self._current = (run_id, None, t0)
+            timer = threading.Timer(self.run_timeout_s, self._timed_out, args=(run_id,))
+            timer.daemon = True
+            timer.start()
         try:
             start = make_start(self.spec, run_id, self.seed)
+            if timer is not None:
+                self._current = (run_id, start, t0)
             outcome = self.relaxer.relax(start)
             record = record_from_outcome(outcome, start, run_id, self.seed, time.perf_counter() - t0)
         except Exception as exc:
@@ -379,8 +414,26 @@ class ShardWorker:
             record = error_record(run_id, self.seed, f"{type(exc).__name__}: {exc}", start,
                                   time.perf_counter() - t0)
             self._rebuild_relaxer()
-        self.writer.append(record)
+        with self._write_lock:  # the watchdog cannot write this run's record any more
+            self._current = None
+            if timer is not None:
+                timer.cancel()
+            self.writer.append(record)
         return record
+
+    def _timed_out(self, run_id: int) -> None:
+        """Watchdog: record the run in progress as ``timeout``, then stop (``on_timeout``)."""
+        with self._write_lock:
+            if self._current is None or self._current[0] != run_id:
+                return  # the run finished while the timer fired
+            _, start, t0 = self._current
+            wall = time.perf_counter() - t0
+            log.warning("run %d: still running after %.0f s (--run-timeout); recorded as timeout, "
+                        "restarting the worker", run_id, wall)
+            self.writer.append(error_record(
+                run_id, self.seed, f"stopped after {wall:.1f} s (run timeout {self.run_timeout_s:g} s)",
+                start, wall, status="timeout"))
+            self.on_timeout()
 
     def _rebuild_relaxer(self) -> None:
         """Start from a fresh Relaxer after an unexpected exception (its state is unknown)."""
@@ -394,9 +447,16 @@ class ShardWorker:
         self.writer.close()
 
 
-def run_shard(rundir: str | os.PathLike, task: int, ntasks: int) -> dict[str, Any]:
+def run_shard(rundir: str | os.PathLike, task: int, ntasks: int, *,
+              run_timeout_s: float | None = None, restart_argv: list[str] | None = None) -> dict[str, Any]:
     """Run, in this process, the run ids ``r`` with ``r % ntasks == task`` that have no
     record yet, into ``shards/task-<task>.jsonl``. Returns a summary (see :func:`summarize`).
+
+    ``run_timeout_s`` (default: config.json's ``run_timeout_s``; 0 = none): a run past it is
+    recorded as ``timeout`` and this process is replaced by ``restart_argv`` (``os.execv``:
+    the command line that resumes this task, as ``rmsearch run-shard`` passes), or exits with
+    :data:`EXIT_TIMEOUT` if none is given. A limit applies only with ``restart_argv`` or
+    when given explicitly, so that a library caller's process is never ended unasked.
     """
     if ntasks < 1 or not 0 <= task < ntasks:
         raise RMError(f"--task {task} --ntasks {ntasks}: need ntasks >= 1 and 0 <= task < ntasks")
@@ -409,8 +469,11 @@ def run_shard(rundir: str | os.PathLike, task: int, ntasks: int) -> dict[str, An
         todo = [r for r in range(task, int(config["nruns"]), ntasks) if r not in done]
         log.info("task %d/%d: %d runs to do", task, ntasks, len(todo))
         records = []
+        if run_timeout_s is None and restart_argv is not None:
+            run_timeout_s = float(config.get("run_timeout_s", DEFAULT_RUN_TIMEOUT_S))
         if todo:
-            worker = ShardWorker(rundir, f"task-{task}")
+            worker = ShardWorker(rundir, f"task-{task}", run_timeout_s=run_timeout_s,
+                                 on_timeout=(lambda: _restart(restart_argv)) if restart_argv else None)
             try:
                 streak = ErrorStreak()
                 for rid in todo:
@@ -419,6 +482,14 @@ def run_shard(rundir: str | os.PathLike, task: int, ntasks: int) -> dict[str, An
             finally:
                 worker.close()
     return summarize(records, time.perf_counter() - t0)
+
+
+def _restart(argv: list[str]) -> None:
+    """Replace this process by ``argv`` (after a run timeout; never returns)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(argv[0], argv)
 
 
 def summarize(records: list[RunRecord], wall_s: float) -> dict[str, Any]:
@@ -504,7 +575,7 @@ def _die_with_parent() -> None:
         return
 
 
-def _worker_main(rundir: str, slot: int, conn) -> None:
+def _worker_main(rundir: str, slot: int, conn, run_timeout_s: float | None = None) -> None:
     """Body of local worker ``slot``: receive run ids, relax them into ``local-<slot>.jsonl``."""
     _die_with_parent()
     parent = mp.parent_process()
@@ -513,7 +584,7 @@ def _worker_main(rundir: str, slot: int, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and stops us
     pin_threads(1)  # before the model brings in torch
     try:
-        worker = ShardWorker(rundir, f"local-{slot}")
+        worker = ShardWorker(rundir, f"local-{slot}", run_timeout_s=run_timeout_s)
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which stops the launch
         with contextlib.suppress(OSError, EOFError):  # the parent may have stopped already
             conn.send(("fatal", f"{type(exc).__name__}: {exc}" if not isinstance(exc, RMError) else str(exc)))
@@ -567,7 +638,9 @@ class _Pool:
 
     def _start(self, slot: int) -> None:
         parent_conn, child_conn = self.ctx.Pipe(duplex=True)
-        proc = self.ctx.Process(target=_worker_main, args=(str(self.rundir), slot, child_conn),
+        proc = self.ctx.Process(target=_worker_main,
+                                args=(str(self.rundir), slot, child_conn,
+                                      float(self.config.get("run_timeout_s", DEFAULT_RUN_TIMEOUT_S))),
                                 name=f"rmsearch-worker-{slot}", daemon=True)
         proc.start()
         child_conn.close()
@@ -622,8 +695,9 @@ class _Pool:
         s.conn.close()
         shard = self.rundir / "shards" / f"local-{slot}.jsonl"
         rid = s.run_id
-        log.warning("worker %d (pid %d) died with exit code %s while on run %s", slot, s.process.pid,
-                    s.process.exitcode, rid)
+        if s.process.exitcode != EXIT_TIMEOUT:  # a timeout was logged by the worker itself
+            log.warning("worker %d (pid %d) died with exit code %s while on run %s", slot, s.process.pid,
+                        s.process.exitcode, rid)
         if rid is not None:
             writer = ShardWriter(shard)  # the dead worker's shard: repair, and we may append
             try:
@@ -713,7 +787,8 @@ def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = N
 
     New run directory: ``potential`` and ``nruns`` are required; ``options`` are those of
     :func:`build_config` (seed, system/composition/molecule, natoms, spacegroup,
-    volume_factor, minsep_factor, fmax, smax_gpa, max_steps, dtype). Existing run directory:
+    volume_factor, minsep_factor, fmax, smax_gpa, max_steps, dtype, optimizer, run_timeout_s).
+    Existing run directory:
     options left out (None) keep their stored values; given ones must agree with the
     stored search on everything that changes results (RMError otherwise), except
     ``nruns``, which may grow. Only run ids without a record are run.
@@ -758,4 +833,5 @@ def _options_from_config(config: dict[str, Any]) -> dict[str, Any]:
         "natoms": tuple(start["natoms"]), "spacegroup": start.get("spacegroup"),
         "volume_factor": tuple(start["volume_factor"]), "minsep_factor": start["minsep_factor"],
         "relax": relax,
+        "run_timeout_s": config.get("run_timeout_s", DEFAULT_RUN_TIMEOUT_S),
     }

@@ -167,9 +167,12 @@ def test_failure_statuses_and_reuse(random_potential):
         mol = Atoms("CO2", positions=[[0, 0, 0], [1.2, 0, 0], [30.0, 0, 0]])  # O far away
         out = r.relax(mol)
         assert out.status == "lost_atoms" and np.all(out.stress == 0)
-    with Relaxer(good, RelaxSettings(max_volume_per_atom=1.0)) as r:
+    with Relaxer(good, RelaxSettings(max_volume_per_atom=1.0, min_volume_per_atom=0.5)) as r:
         assert r.relax(_cube()).status == "exploded"
-    for s in ("nan", "not_converged", "lost_atoms", "exploded"):
+    with Relaxer(good, RelaxSettings(min_volume_per_atom=1e4)) as r:
+        out = r.relax(_cube())  # stopped before LAMMPS sees the cell
+        assert out.status == "collapsed" and out.n_force_calls == 0
+    for s in ("nan", "not_converged", "lost_atoms", "exploded", "collapsed", "timeout"):
         assert s in STATUSES
 
 

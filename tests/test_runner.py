@@ -188,7 +188,7 @@ def test_resume_refuses_a_different_search(lj_potential, tmp_path):
     with pytest.raises(RMError, match="'relax'"):
         launch(rundir, fmax=0.05, progress=False)
     with pytest.raises(RMError, match="'relax'"):
-        launch(rundir, dtype="float32", progress=False)
+        launch(rundir, dtype="float64", progress=False)
     changed = tmp_path / "pot2"
     changed.mkdir()
     meta = json.loads((lj_potential / "potential.json").read_text())

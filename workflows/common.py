@@ -92,7 +92,7 @@ def add_run_options(ap, search: bool = True) -> None:
     """The options every workflow shares (workers, seed, force; relaxation limits if ``search``)."""
     if search:
         ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
-        ap.add_argument("--dtype", default="float64", choices=["float64", "float32"],
+        ap.add_argument("--dtype", default="float32", choices=["float32", "float64"],
                         help="model precision in search")
     ap.add_argument("--workers", type=int, default=None, help="search processes (default: cores)")
     ap.add_argument("--seed", type=int, default=0, help="seed of data, training and search")

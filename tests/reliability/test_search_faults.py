@@ -73,3 +73,36 @@ def test_fault_records_carry_bookkeeping(tmp_path, field):
     pot = _potential(tmp_path / "nanpot2", f"{LJ} + 1e-9*sqrt(r-2.1)")
     out = _search(tmp_path, "nan2", pot, nruns=6)
     assert all(getattr(r, field) >= 0 for r in out["records"])
+
+
+def test_runs_past_the_run_timeout_are_recorded_and_the_pool_goes_on(tmp_path):
+    # fmax 1e-30 eV/A is out of reach: every relaxation would go on for 1e9 force calls, as a
+    # run stuck inside LAMMPS would; the watchdog records it and the worker is replaced
+    pot = _potential(tmp_path / "ljpot", LJ)
+    out = _search(tmp_path, "slow", pot, nruns=3, fmax=1e-30, max_steps=10**9, run_timeout_s=1.0)
+    assert out["counted"] == {"timeout": 3}, out["counted"]
+    assert out["summary"]["status_counts"] == {"timeout": 3}
+    for r in out["records"]:
+        assert r.wall_s >= 1.0 and "run timeout 1 s" in r.extra["message"]
+        assert len(r.numbers) > 0  # the start is kept as the structure
+
+
+def test_run_shard_restarts_itself_after_a_timeout(tmp_path):
+    import subprocess
+    import sys
+
+    from rmsearch.runner import build_config, init_rundir
+
+    pot = _potential(tmp_path / "ljpot", LJ)
+    rundir = tmp_path / "task"
+    init_rundir(rundir, build_config(potential=pot, nruns=3, seed=1, system="Li-S", natoms=(2, 4),
+                                     max_steps=10**9, relax={"core_repulsion": None, "fmax": 1e-30},
+                                     run_timeout_s=1.0))
+    res = subprocess.run([sys.executable, "-c", "from rmsearch.cli import main; main()", "run-shard",
+                          str(rundir), "--task", "0", "--ntasks", "1"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert res.returncode == 0, res.stderr[-2000:]
+    records = read_records(rundir / "shards")
+    assert sorted(r.run_id for r in records) == [0, 1, 2]  # each exactly once, none lost
+    assert {r.status for r in records} == {"timeout"}
+    assert res.stderr.count("recorded as timeout") == 3
