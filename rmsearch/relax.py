@@ -39,8 +39,8 @@ atoms left with no neighbour within the cutoff) give ``lost_atoms``; anything el
 goes wrong gives ``error: <message>`` and the LAMMPS instance is rebuilt for the next run.
 
 Core repulsion (on by default): the rmdata term ``g(r) = m (1 - r^2/rc^2)^2`` (m = 1 eV,
-rc = 0.75 A, all element pairs) as a ``lepton`` pair style overlaid on the potential
-(``pair_style hybrid/overlay``). The model was trained with the same term in its labels
+rc = 0.75 A, all element pairs) tabulated for ``pair_style table`` and overlaid on the
+potential (``pair_style hybrid/overlay``; see :func:`write_core_table`). The model was trained with the same term in its labels
 but is unreliable where training data are sparse; the overlay keeps random starts from
 collapsing and is exactly zero beyond rc, so it never shifts minima with normal bonds.
 
@@ -51,8 +51,12 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -191,25 +195,51 @@ class RelaxOutcome:
 
 # ----------------------------------------------------------------------------- LAMMPS engine
 
-def pair_commands(potential: Potential, core_repulsion: CoreRepulsion | None) -> list[str]:
-    """LAMMPS commands that load ``potential`` (plus the core overlay if given)."""
+#: Points of the tabulated core repulsion (spacing rc/CORE_TABLE_POINTS).
+CORE_TABLE_POINTS = 2000
+
+
+def write_core_table(core: CoreRepulsion, path: str | os.PathLike) -> Path:
+    """Write ``g(r) = m (1 - r^2/rc^2)^2`` and ``-dg/dr`` (eV, eV/A) for 0 < r <= rc as a LAMMPS
+    ``pair_style table`` file with keyword ``CORE``; returns the path."""
+    r = np.linspace(1e-6, core.rc, CORE_TABLE_POINTS)
+    x2 = (r / core.rc) ** 2
+    table = np.column_stack((np.arange(1, len(r) + 1), r, core.m * (1 - x2) ** 2,
+                             4 * core.m * r / core.rc**2 * (1 - x2)))
+    path = Path(path)
+    header = (f"# rmsearch core repulsion g(r) = {core.m!r} (1 - r^2/{core.rc!r}^2)^2 (eV, A)\n\nCORE\n"
+              f"N {len(r)} R {float(r[0])!r} {float(core.rc)!r}\n")
+    np.savetxt(path, table, fmt=["%d", "%.17g", "%.17g", "%.17g"], header=header, comments="")
+    return path
+
+
+def pair_commands(potential: Potential, core_repulsion: CoreRepulsion | None,
+                  core_table: str | os.PathLike | None = None) -> list[str]:
+    """LAMMPS commands that load ``potential`` (plus the core overlay if given, tabulated in
+    ``core_table`` by :func:`write_core_table`)."""
     if core_repulsion is None:
         pair_style = potential.pair_style
         coeffs = "\n".join(f"pair_coeff {c}" for c in potential.pair_coeff)
         lines = render_template("pair.in", pair_style=pair_style, pair_coeff=coeffs)
     else:
+        if core_table is None:
+            raise ValueError("core_table is required with core_repulsion")
+        if " table " in f" {potential.pair_style} ":
+            raise RMError(f"{potential.directory}: the potential uses pair_style table, which the "
+                          "core-repulsion overlay uses too; relax with core_repulsion=None")
+        overlay = f"table spline {CORE_TABLE_POINTS}"
         sub = potential.pair_style.split()[0]
-        if sub == "hybrid/overlay":  # already a hybrid (e.g. snap on a zbl core): add lepton to it
-            pair_style = f"{potential.pair_style} lepton {core_repulsion.rc}"
+        if sub == "hybrid/overlay":  # already a hybrid (e.g. snap on a zbl core): add the table to it
+            pair_style = f"{potential.pair_style} {overlay}"
             coeffs = [f"pair_coeff {c}" for c in potential.pair_coeff]
         else:
-            pair_style = f"hybrid/overlay {potential.pair_style} lepton {core_repulsion.rc}"
+            pair_style = f"hybrid/overlay {potential.pair_style} {overlay}"
             coeffs = []
             for c in potential.pair_coeff:
                 parts = c.split(maxsplit=2)
                 coeffs.append(" ".join(["pair_coeff", parts[0], parts[1], sub] + parts[2:]))
         lines = render_template("pair.in", pair_style=pair_style, pair_coeff="\n".join(coeffs))
-        lines += render_template("core_repulsion.in", m=core_repulsion.m, rc=core_repulsion.rc)
+        lines += render_template("core_repulsion.in", table=str(core_table), rc=core_repulsion.rc)
     if potential.callback is not None:
         lines += render_template("fix_external.in")
     return lines
@@ -253,6 +283,11 @@ class LammpsEngine:
             raise RMError(f"{potential.directory}/potential.json: unknown callback "
                           f"{potential.callback!r}; must be 'mace' or null")
         self._type_of = {atomic_numbers[e]: k + 1 for k, e in enumerate(potential.elements)}
+        self._tmpdir = None
+        self._core_table = None
+        if core_repulsion is not None:
+            self._tmpdir = tempfile.mkdtemp(prefix="rmsearch-core-")
+            self._core_table = write_core_table(core_repulsion, Path(self._tmpdir) / "core.table")
         self.lmp = None
         self._loaded: tuple | None = None
         self._node_attrs = None
@@ -280,8 +315,15 @@ class LammpsEngine:
         self._loaded = None
 
     def close(self) -> None:
-        """Release the LAMMPS instance."""
+        """Release the LAMMPS instance (and the core-repulsion table)."""
         self.reset()
+        if self._tmpdir is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+    def __del__(self) -> None:
+        if getattr(self, "_tmpdir", None) is not None:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
     def _load(self, numbers: np.ndarray, periodic: bool, cell_l: np.ndarray) -> None:
         """Set up box, types, pair style and atoms for a new structure."""
@@ -300,7 +342,7 @@ class LammpsEngine:
                                 lx=diag[0], ly=diag[1], lz=diag[2],
                                 ntypes=len(self.potential.elements), masses=masses, skin=1.0,
                                 neighbor_style="bin" if periodic else "nsq")
-        lmp.commands_list(setup + pair_commands(self.potential, self.core_repulsion))
+        lmp.commands_list(setup + pair_commands(self.potential, self.core_repulsion, self._core_table))
         n = len(numbers)
         lmp.create_atoms(n, list(range(1, n + 1)), types, [0.0] * (3 * n))
         if lmp.get_natoms() != n:
