@@ -78,9 +78,27 @@ class DatasetInfo:
 
 def parse_cif_row(source_id: str, cif: str) -> Atoms:
     """Parse one MP-20 CIF with pymatgen; a one-line :class:`RMError` names the row on failure."""
-    from pymatgen.io.ase import AseAtomsAdaptor
+    numbers, positions, cell = parse_cif_arrays(source_id, cif)
+    return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+
+
+def parse_cif_arrays(source_id: str, cif: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Atomic numbers, Cartesian positions (A) and cell rows (A) of one CIF, parsed by pymatgen.
+
+    MP-20 rows are ordered P1 CIFs written by pymatgen; those take :func:`_p1_arrays`
+    (4x faster, identical results, checked on every shipped row by the tests). Every other
+    CIF goes through pymatgen's ``CifParser`` (all symmetry operations, site merging), and
+    the result is taken straight from the ``Structure`` (not ``AseAtomsAdaptor``, which also
+    converts site properties MP-20 rows do not have).
+    """
     from pymatgen.io.cif import CifParser
 
+    try:
+        fast = _p1_arrays(cif or "")
+    except Exception:  # noqa: BLE001 - anything odd goes to the full parser, which reports it
+        fast = None
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -90,12 +108,63 @@ def parse_cif_row(source_id: str, cif: str) -> Atoms:
             if not parsed:
                 raise ValueError("no structure in the CIF")
             structure = parsed[0]
-        atoms = AseAtomsAdaptor.get_atoms(structure)
+            if not structure.is_ordered:
+                raise ValueError("partial occupancies (a disordered structure)")
+            numbers = np.array(structure.atomic_numbers, dtype=int)
+            positions = np.array(structure.cart_coords, dtype=float)
+            cell = np.array(structure.lattice.matrix, dtype=float)
     except Exception as exc:  # noqa: BLE001 - pymatgen raises many types on bad CIFs
         reason = str(exc).splitlines()[0][:80] if str(exc) else ""
         raise RMError(f"{source_id}: unreadable CIF ({type(exc).__name__}: {reason})") from exc
-    atoms.info.pop("spacegroup", None)
-    return atoms
+    return numbers, positions, cell
+
+
+def _p1_arrays(cif: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """The structure of an ordered P1 CIF read with pymatgen's CIF reader (``CifFile``),
+    without ``CifParser``'s general symmetry machinery; None when the CIF is anything else.
+
+    Reproduces ``CifParser(...).parse_structures(primitive=False)[0]``: the lattice from
+    ``Lattice.from_parameters``, coordinates within a relative 1e-4 of 1/3 or 2/3 set to
+    those fractions, fractional coordinates wrapped into [0, 1), and the sites in
+    pymatgen's default order (a stable sort by electronegativity, then symbol).
+    """
+    from pymatgen.core import Element, Lattice
+    from pymatgen.io.cif import CifFile
+
+    blocks = list(CifFile.from_str(cif).data.values())
+    if len(blocks) != 1:
+        return None
+    d = blocks[0].data
+    ops = d.get("_symmetry_equiv_pos_as_xyz", d.get("_space_group_symop_operation_xyz"))
+    if isinstance(ops, str):
+        ops = [ops]
+    if not ops or [o.replace(" ", "").lower() for o in ops] != ["x,y,z"]:
+        return None
+    symbols = d.get("_atom_site_type_symbol")
+    if not symbols or isinstance(symbols, str):
+        return None
+    occupancy = d.get("_atom_site_occupancy", ["1"] * len(symbols))
+    if len(occupancy) != len(symbols) or any(float(o) != 1.0 for o in occupancy):
+        return None
+    if not all(Element.is_valid_symbol(sym) for sym in symbols):
+        return None  # oxidation states, labels: leave them to CifParser
+    frac = np.array([[float(v) for v in d[f"_atom_site_fract_{k}"]] for k in "xyz"]).T
+    if frac.shape != (len(symbols), 3):
+        return None
+    params = [float(d[f"_cell_length_{k}"]) for k in "abc"] + \
+        [float(d[f"_cell_angle_{k}"]) for k in ("alpha", "beta", "gamma")]
+    lattice = Lattice.from_parameters(*params)
+    for ideal in (1 / 3, 2 / 3):  # CifParser's rounding of 0.3333 or 0.6667 to 1/3 or 2/3
+        frac[np.abs(frac / ideal - 1.0) <= 1e-4] = ideal
+    frac = np.mod(frac, 1.0)
+    elements = [Element(sym) for sym in symbols]
+    x = np.array([el.X for el in elements])
+    if not np.isfinite(x).all():
+        return None  # noble gases have no electronegativity: pymatgen's order is undefined
+    order = sorted(range(len(symbols)), key=lambda i: (x[i], symbols[i]))
+    numbers = np.array([elements[i].Z for i in order], dtype=int)
+    cell = np.array(lattice.matrix, dtype=float)
+    return numbers, frac[order] @ cell, cell
 
 
 def iter_mp20_csv(text_stream, origin: str, bad: list[str], lazy: bool = False
@@ -129,13 +198,16 @@ def _parse_rows(rows: list[tuple[str, str]], workers: int) -> list[tuple[str, At
 
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         with ctx.Pool(workers) as pool:
-            return pool.map(_parse_or_message, rows, chunksize=64)
-    return [_parse_or_message(row) for row in rows]
+            parsed = pool.map(_parse_or_message, rows, chunksize=64)
+    else:
+        parsed = [_parse_or_message(row) for row in rows]
+    return [(mid, x if isinstance(x, str) else Atoms(numbers=x[0], positions=x[1], cell=x[2], pbc=True))
+            for mid, x in parsed]
 
 
-def _parse_or_message(row: tuple[str, str]) -> tuple[str, Atoms | str]:
+def _parse_or_message(row: tuple[str, str]) -> tuple[str, tuple | str]:
     try:
-        return row[0], parse_cif_row(*row)
+        return row[0], parse_cif_arrays(*row)
     except RMError as exc:
         return row[0], str(exc)
 

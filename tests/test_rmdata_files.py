@@ -208,3 +208,39 @@ def test_error_absurd_cell_or_coordinates(tmp_path):
     src = tmp_path / "far.xyz"
     write(src, far)
     assert "Angstrom" in _bad(tmp_path, "--input", str(src))
+
+
+def test_p1_fast_path_equals_pymatgen_cifparser_on_every_shipped_row():
+    """MP-20 rows take a fast P1 path; it must give CifParser's structure exactly (sites in
+    pymatgen's order, 1/3 and 2/3 rounding, wrapping), and odd CIFs must fall back."""
+    import gzip
+    import io
+    import warnings
+    from importlib.resources import files
+
+    from pymatgen.io.cif import CifParser
+
+    from rmdata.datasets import _p1_arrays, iter_mp20_csv, parse_cif_arrays
+
+    fast_rows = 0
+    for split in ("train", "val"):
+        text = gzip.decompress((files("rmdata") / "data" / f"mp20_subset_{split}.csv.gz").read_bytes())
+        for mid, cif in iter_mp20_csv(io.StringIO(text.decode()), split, [], lazy=True):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fast = _p1_arrays(cif)
+                ref = CifParser.from_str(cif, check_cif=False).parse_structures(primitive=False)[0]
+            got = fast if fast is not None else parse_cif_arrays(mid, cif)
+            fast_rows += fast is not None
+            assert got[0].tolist() == list(ref.atomic_numbers), mid
+            assert np.abs(got[1] - ref.cart_coords).max() < 1e-10, mid
+            assert np.abs(got[2] - ref.lattice.matrix).max() < 1e-12, mid
+    assert fast_rows >= 960  # all but the rows with a noble gas (no electronegativity)
+    p1 = "data_x\n_cell_length_a 3\n_cell_length_b 3\n_cell_length_c 3\n_cell_angle_alpha 90\n" \
+         "_cell_angle_beta 90\n_cell_angle_gamma 90\nloop_\n_symmetry_equiv_pos_as_xyz\n{ops}\n" \
+         "loop_\n_atom_site_type_symbol\n_atom_site_label\n_atom_site_fract_x\n_atom_site_fract_y\n" \
+         "_atom_site_fract_z\n_atom_site_occupancy\n{sites}\n"
+    assert _p1_arrays(p1.format(ops="'x, y, z'", sites="Na Na0 0 0 0 1\nCl Cl1 0.5 0.5 0.5 1")) is not None
+    assert _p1_arrays(p1.format(ops="'x, y, z'\n'-x, -y, -z'", sites="Na Na0 0 0 0 1")) is None
+    assert _p1_arrays(p1.format(ops="'x, y, z'", sites="Na Na0 0 0 0 0.5")) is None
+    assert _p1_arrays(p1.format(ops="'x, y, z'", sites="Na+ Na0 0 0 0 1")) is None
