@@ -19,8 +19,6 @@ import json
 import logging
 import os
 import platform
-import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,17 +33,12 @@ log = logging.getLogger("bench_native")
 
 def train_mace(train_xyz: Path, workdir: Path, epochs: int = 12) -> Path:
     """Train the test-suite MACE recipe on ``train_xyz``; return the model path."""
-    from rmdata.mace import mace_command
+    from rmdata.mace import train
 
-    (line,) = mace_command(train_xyz, name="bench", epochs=epochs, channels=16, seed=0)
-    args = shlex.split(line)
-    args[0] = str(Path(sys.executable).parent / args[0])
     t0 = time.perf_counter()
-    res = subprocess.run(args, cwd=workdir, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        sys.exit(f"error: mace_run_train failed:\n{res.stderr[-2000:]}")
+    model, _ = train(train_xyz, workdir, name="bench", epochs=epochs, channels=16, seed=0)
     log.info("trained MACE in %.0f s", time.perf_counter() - t0)
-    return workdir / "bench.model"
+    return model
 
 
 def relax_all(relaxers: dict, starts: list) -> dict:

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,22 +46,15 @@ ASE_FIRE_OPTIONS = {"optimizer": "fire", "a_start": 0.1, "n_min": 5, "max_step":
 def train_model(workdir: Path, seed: int = 0, epochs: int = 12) -> tuple[Path, Path]:
     """Train a tiny one-layer MACE on rmdata diamond labels with the command ``rmdata
     mace-command`` prints (as the test suite does); return the model and dataset paths."""
-    import shlex
-
-    from rmdata.mace import mace_command
+    from rmdata.mace import train
     from rmdata.make import make_dataset
 
     data = workdir / "diamond.xyz"
     make_dataset(data, "diamond", seed=seed, workers=1)
-    (line,) = mace_command(data, name="bench", epochs=epochs, channels=16, seed=seed)
-    args = shlex.split(line)
-    args[0] = str(Path(sys.executable).parent / args[0])
     t0 = time.perf_counter()
-    res = subprocess.run(args, cwd=workdir, capture_output=True, text=True, check=False)
-    if res.returncode != 0:
-        sys.exit(f"error: mace_run_train failed:\n{res.stderr[-2000:]}")
-    log.info("trained model in %.0f s: %s", time.perf_counter() - t0, line)
-    return workdir / "bench.model", data
+    model, _ = train(data, workdir, name="bench", epochs=epochs, channels=16, seed=seed)
+    log.info("trained model in %.0f s", time.perf_counter() - t0)
+    return model, data
 
 
 def make_starts(volumes: dict[str, float], n: int, seed: int) -> list:

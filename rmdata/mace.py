@@ -105,3 +105,36 @@ def check_training_file(path: str | os.PathLike) -> None:
     """Raise a one-line error unless ``path`` is an rmdata file."""
     if not Path(path).exists():
         raise RMError(f"{path}: no such file")
+
+
+def train(path: str | os.PathLike, workdir: str | os.PathLike, *, name: str = "model",
+          timeout_s: float | None = None, **options) -> tuple[Path, str]:
+    """Train MACE on ``path`` in ``workdir`` with the command of :func:`mace_command`.
+
+    ``options`` go to :func:`mace_command` (epochs, channels, seed, ...). Console scripts
+    are taken from this Python's environment, and every process runs one thread (faster on
+    CPU, see the README). Returns ``(workdir/<name>.model, training log)``; a failed run
+    raises :class:`RMError` with the end of the log.
+    """
+    import subprocess
+    import sys
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    log = []
+    for line in mace_command(Path(path).resolve(), name=name, **options):
+        args = shlex.split(line)
+        local = Path(sys.executable).parent / args[0]
+        if local.exists():
+            args[0] = str(local)
+        proc = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env=env,
+                              timeout=timeout_s, check=False)
+        log.append(proc.stdout + proc.stderr)
+        if proc.returncode != 0:
+            raise RMError(f"{args[0]} failed (exit {proc.returncode}) in {workdir}: "
+                          + " | ".join(log[-1].strip().splitlines()[-3:]))
+    model = workdir / f"{name}.model"
+    if not model.exists():
+        raise RMError(f"{workdir}: training finished without writing {model.name}")
+    return model, "".join(log)

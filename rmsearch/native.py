@@ -489,14 +489,9 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str = "
         report["wall_s"] = round(time.perf_counter() - t0, 3)
         report["provenance"] = meta["provenance"]
         write_json_atomic(tmp / "fit.json", report)
-        from rmsearch.relax import pair_commands
+        from rmsearch.potentials import finish_potential_dir
 
-        lines = ["# LAMMPS commands that load this potential (rmsearch fit-native)"]
-        lines += pair_commands(pot, core_repulsion=None)
-        (tmp / "potential.in").write_text("\n".join(lines).replace(str(tmp.resolve()), str(out.resolve())) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        finish_potential_dir(tmp, out, pot, ["# LAMMPS commands that load this potential (rmsearch fit-native)"])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -235,6 +235,19 @@ def verify_potential(potential: Potential, seed: int = 0) -> dict[str, float]:
     return diff
 
 
+def finish_potential_dir(tmp: Path, out: Path, pot: Potential, header: list[str]) -> None:
+    """Write ``tmp/potential.in`` (``header`` comment lines, then the LAMMPS commands that load
+    ``pot``, with paths pointing into ``out``) and move the finished ``tmp`` to ``out``,
+    replacing an older ``out``."""
+    from rmsearch.relax import pair_commands
+
+    text = "\n".join(header + pair_commands(pot, core_repulsion=None)) + "\n"
+    (tmp / "potential.in").write_text(text.replace(str(tmp.resolve()), str(out.resolve())))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+
+
 def export_potential(model: str | os.PathLike, out: str | os.PathLike, *,
                      training: str | os.PathLike | None = None, backend: str = "mace",
                      verify: bool = True, overwrite: bool = False) -> Potential:
@@ -305,16 +318,10 @@ def export_potential(model: str | os.PathLike, out: str | os.PathLike, *,
             meta["verification"] = verify_potential(pot)
             log.info("export self-check passed: %s", meta["verification"])
             write_json_atomic(tmp / "potential.json", meta)
-        from rmsearch.relax import pair_commands
-
-        lines = ["# LAMMPS commands that load this potential (rmsearch export); the mace backend",
-                 "# needs a Python callback set with lammps.set_fix_external_callback('rm_ext', ...),",
-                 "# which rmsearch.relax.LammpsEngine does."]
-        lines += pair_commands(pot, core_repulsion=None)
-        (tmp / "potential.in").write_text("\n".join(lines) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        finish_potential_dir(tmp, out, pot, [
+            "# LAMMPS commands that load this potential (rmsearch export); the mace backend",
+            "# needs a Python callback set with lammps.set_fix_external_callback('rm_ext', ...),",
+            "# which rmsearch.relax.LammpsEngine does."])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

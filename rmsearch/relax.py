@@ -84,8 +84,8 @@ class CoreRepulsion:
 
 
 @dataclass
-class RelaxSettings:
-    """Options of one relaxation.
+class RelaxSettings(FireParameters):
+    """Options of one relaxation (the FIRE parameters of :class:`FireParameters` included).
 
     fmax: force tolerance, max |F_i| (eV/A). smax_gpa: stress tolerance, max |sigma_ij + p|
     (GPa). max_steps: cap on force calls (not converged when hit). relax_cell: relax the cell
@@ -112,14 +112,9 @@ class RelaxSettings:
     core_repulsion: CoreRepulsion | None = field(default_factory=CoreRepulsion)
     optimizer: str = "fire2-lbfgs"
     switch_fmax: float = 2.0
-    dt: float = 0.1
-    dt_max: float = 1.0
-    max_step: float | None = None
+    max_step: float | None = None  # resolved per optimizer in __post_init__
     n_min: int | None = None
-    f_inc: float = 1.1
-    f_dec: float = 0.5
     a_start: float | None = None
-    f_a: float = 0.99
     memory: int = 20
     alpha: float = 70.0
     max_volume_factor: float = 10.0
@@ -146,12 +141,6 @@ class RelaxSettings:
                           "must be >= 1")
         if self.dtype not in ("float64", "float32"):
             raise RMError(f"relax setting dtype={self.dtype!r}: must be float64 or float32")
-
-    def fire_parameters(self) -> FireParameters:
-        """The FIRE parameters of these settings."""
-        return FireParameters(dt=self.dt, dt_max=self.dt_max, max_step=self.max_step,
-                              n_min=self.n_min, f_inc=self.f_inc, f_dec=self.f_dec,
-                              a_start=self.a_start, f_a=self.f_a)
 
 
 @dataclass
@@ -559,7 +548,7 @@ class Relaxer:
         c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
         r = np.zeros((n + 3, 3))  # generalised coordinates: x (A), then c * log(F)
         r[:n] = x
-        rule = make_step_rule(s.optimizer, r.shape, s.fire_parameters(), memory=s.memory,
+        rule = make_step_rule(s.optimizer, r.shape, s, memory=s.memory,
                               alpha=s.alpha, switch_fmax=s.switch_fmax)
         while True:
             if relax_cell:

@@ -8,8 +8,6 @@ the same pipeline a user runs.
 from __future__ import annotations
 
 import os
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -40,12 +38,6 @@ from diamond import SIZES  # noqa: E402
 DIAMOND_COPIES, DIAMOND_MODEL_EPOCHS, DIAMOND_MODEL_CHANNELS, _ = SIZES["quick"]
 
 
-def _bin(name: str) -> str:
-    """Path of a console script of this environment."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
-
-
 @pytest.fixture(scope="session")
 def diamond_dataset(tmp_path_factory) -> Path:
     """An rmdata extxyz of the diamond preset (2 x 121 frames, seed 0), as the workflow makes it."""
@@ -59,21 +51,15 @@ def diamond_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def diamond_training(diamond_dataset, tmp_path_factory) -> dict:
     """Train a tiny one-layer MACE on the diamond set; returns paths and the training log."""
-    from rmdata.mace import mace_command
+    from rmdata.errors import RMError
+    from rmdata.mace import train
 
     workdir = tmp_path_factory.mktemp("diamond_model")
-    lines = mace_command(diamond_dataset, name="diamond", epochs=DIAMOND_MODEL_EPOCHS,
-                         channels=DIAMOND_MODEL_CHANNELS, seed=0)
-    assert len(lines) == 1, lines  # extxyz input: no conversion step
-    args = shlex.split(lines[0])
-    args[0] = _bin(args[0])
-    env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    proc = subprocess.run(args, cwd=workdir, capture_output=True, text=True, env=env, timeout=900)
-    log = proc.stdout + proc.stderr
-    if proc.returncode != 0:
-        pytest.fail(f"mace_run_train failed (exit {proc.returncode}):\n{log[-3000:]}")
-    model = workdir / "diamond.model"
-    assert model.exists(), log[-2000:]
+    try:
+        model, log = train(diamond_dataset, workdir, name="diamond", epochs=DIAMOND_MODEL_EPOCHS,
+                           channels=DIAMOND_MODEL_CHANNELS, seed=0, timeout_s=900)
+    except RMError as exc:
+        pytest.fail(f"mace_run_train failed: {exc}")
     return {"model": model, "workdir": workdir, "log": log, "dataset": diamond_dataset}
 
 

@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk, molecule
 from ase.io import write
 from click.testing import CliRunner
