@@ -1,5 +1,8 @@
 """Benchmark: rmsearch relaxations against ASE FIRE + FrechetCellFilter (+ torch-sim if installed).
 
+torch-sim is optional: ``pip install -e ".[bench]" -c constraints.txt`` with
+``torch==2.13.0`` in the constraints file (otherwise pip pulls another torch).
+
 Same model, same seeded random 8-atom carbon starts (``rmsearch.starts``, composition C8),
 same stop rule for every engine: max |F_i| < fmax (eV/A) and max |sigma_ij| < smax (GPa),
 at most ``--max-steps`` force calls. One process, one thread each. Reports relaxations per

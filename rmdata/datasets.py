@@ -158,7 +158,9 @@ def _p1_arrays(cif: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         frac[np.abs(frac / ideal - 1.0) <= 1e-4] = ideal
     frac = np.mod(frac, 1.0)
     elements = [Element(sym) for sym in symbols]
-    x = np.array([el.X for el in elements])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pymatgen warns when an element has no electronegativity
+        x = np.array([el.X for el in elements])
     if not np.isfinite(x).all():
         return None  # noble gases have no electronegativity: pymatgen's order is undefined
     order = sorted(range(len(symbols)), key=lambda i: (x[i], symbols[i]))
