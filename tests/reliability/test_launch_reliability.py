@@ -20,8 +20,10 @@ def _launch(rundir: Path, pot: Path | None) -> list[str]:
     args = [sys.executable, "-c", "from rmsearch.cli import main; main()", "launch", "-o", str(rundir),
             "--no-progress", "--json"]
     if pot is not None:
+        # ASE's FIRE (~3x the force calls of the default) keeps each run long enough that the
+        # kill points fall between records, not all into the workers' start-up
         args += ["--system", "Li-S", "--natoms", "2-8", "--nruns", str(NRUNS), "--potential", str(pot),
-                 "--workers", "2", "--seed", "7"]
+                 "--workers", "2", "--seed", "7", "--optimizer", "fire"]
     return args
 
 
