@@ -42,11 +42,19 @@ def test_sigkill_at_ten_random_points_then_resume_equals_uninterrupted(lj_potent
 
     rundir = tmp_path / "run"
     rng = np.random.default_rng(2024)
+    # Kill points are random points in the search's progress, not in wall time: the workers' start-up
+    # (imports, LAMMPS) dominates a short search, so wall-time points can all land before the first
+    # record. Each kill waits for a random record count, then a random fraction of a run's duration,
+    # so that it also hits runs in flight.
+    per_run_s = full / NRUNS
     counts = []
-    for k, point in enumerate(np.sort(rng.uniform(0.1, 0.9, size=10)) * full):
+    for k, target in enumerate(np.sort(rng.choice(np.arange(1, NRUNS - 4), size=10, replace=False))):
         proc = subprocess.Popen(_launch(rundir, lj_potential if k == 0 else None), env=ENV,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(point / 3 if k else point)
+        deadline = time.perf_counter() + 300
+        while proc.poll() is None and len(_lines(rundir)) < target and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 2.0 * per_run_s))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         time.sleep(0.3)  # workers notice their parent died and exit
@@ -62,7 +70,8 @@ def test_sigkill_at_ten_random_points_then_resume_equals_uninterrupted(lj_potent
         assert rec["status"] == ref_rec["status"]
         assert rec["energy_per_atom"] == ref_rec["energy_per_atom"]
         assert rec["positions"] == ref_rec["positions"]
-    assert counts[-1] > 0 and counts == sorted(counts)  # progress was kept across kills
+    assert counts == sorted(counts) and counts[0] > 0  # progress was kept across kills
+    assert counts[-1] < NRUNS, "the last kill came after the search had finished"
 
 
 def test_full_disk_stops_launch_with_one_line_and_resume_completes(lj_potential, tmp_path):
