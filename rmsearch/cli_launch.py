@@ -12,7 +12,7 @@ import click
 from rmdata.cliutils import CONTEXT
 from rmdata.errors import RMError
 from rmsearch.cli_slurm import slurm_launch_options, submit_from_cli
-from rmsearch.optimizers import OPTIMIZERS
+from rmsearch.relax import RELAX_OPTIMIZERS
 from rmsearch.runner import default_workers, launch, run_shard, rundir_status
 from rmsearch.starts import parse_range
 
@@ -73,10 +73,11 @@ def _print_total(status: dict) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float64"]),
               help="Precision of the model evaluation (mace backend); float32 is ~1.4x faster on CPU "
                    "and reaches the same minima [default: float32].")
-@click.option("--optimizer", type=click.Choice(list(OPTIMIZERS)),
-              help="Step rule of the relaxation: FIRE 2.0 until max|F| < 2 eV/A, then L-BFGS "
-                   "(fire2-lbfgs), FIRE 2.0 alone, ASE's FIRE, or L-BFGS alone; see "
-                   "rmsearch/optimizers.py [default: fire2-lbfgs].")
+@click.option("--optimizer", type=click.Choice(list(RELAX_OPTIMIZERS)),
+              help="Relaxation method: auto (what the potential directory recommends, else "
+                   "fire2-lbfgs), FIRE 2.0 until max|F| < 2 eV/A then L-BFGS (fire2-lbfgs), FIRE 2.0 "
+                   "alone, ASE's FIRE, L-BFGS alone (rmsearch/optimizers.py), or conjugate gradients "
+                   "with fix box/relax inside LAMMPS (lammps-cg, rmsearch/lammps_min.py) [default: auto].")
 @click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
               help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
                    "and its worker restarted (0 = no limit; may change on resume) [default: 600].")

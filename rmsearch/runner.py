@@ -142,7 +142,7 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
                  molecule: str | None = None, natoms: str | tuple[int, int] = (2, 12),
                  spacegroup: int | str | None = None, volume_factor: tuple[float, float] = (0.8, 1.2),
                  minsep_factor: float = 0.7, fmax: float = 0.01, smax_gpa: float = 0.1,
-                 max_steps: int = 2000, dtype: str = "float32", optimizer: str = "fire2-lbfgs",
+                 max_steps: int = 2000, dtype: str = "float32", optimizer: str = "auto",
                  run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
                  relax: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of a new search (validated; nothing is written).
@@ -153,8 +153,8 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     "random". volume_factor: range of the random factor on the per-element volumes.
     minsep_factor: minimum separation as a fraction of the covalent radii sum. fmax
     (eV/A), smax_gpa (GPa), max_steps (force calls): relaxation tolerances. dtype:
-    "float32" or "float64" model evaluation (mace backend). optimizer: the relaxer's step
-    rule (:data:`rmsearch.optimizers.OPTIMIZERS`). run_timeout_s: wall-time limit of one
+    "float32" or "float64" model evaluation (mace backend). optimizer: the relaxation
+    method (:data:`rmsearch.relax.RELAX_OPTIMIZERS`). run_timeout_s: wall-time limit of one
     run (s; 0 = none), an execution setting that may change on resume. ``relax`` overrides
     any RelaxSettings field.
     """

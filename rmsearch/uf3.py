@@ -1,0 +1,256 @@
+"""UF3 (ultra-fast force field) features and potential files: a two- plus three-body cubic
+B-spline potential that LAMMPS evaluates natively (``pair_style uf3 3``, package ML-UF3).
+
+Model (Xie et al., npj Comput. Mater. 9, 87, 2023), as LAMMPS implements it (one element):
+
+    E = sum_i sum_{j != i} V2(r_ij)  +  sum_i sum_{j < k} V3(r_ij, r_ik, r_jk)
+    V2(r) = sum_n c_n B_n(r),   V3 = sum_{l,m,n} c_lmn B_l(r_ij) B_m(r_ik) B_n(r_jk)
+
+The two-body sum runs over *ordered* pairs (each pair twice, as LAMMPS does), the
+three-body sum over centres i and unordered pairs of neighbours j, k with r_ij, r_ik
+below the three-body cutoff rc3 (r_jk is not cut: it spans [0, 2 rc3]). B_n are cubic
+B-splines on clamped, uniform knots from 0 to the cutoff; the last three two-body
+coefficients and the last three (ij and ik) three-body coefficients are fixed at zero,
+so energy, force and curvature go to zero at the cutoffs. ``c_lmn`` is symmetric in
+(l, m) (LAMMPS reads only its upper triangle), so the fit uses one column per l <= m.
+
+The model is linear in the coefficients: :func:`feature_rows` returns, per structure,
+the force block (3N, ncol) and the virial block (3, 3, ncol) (``W = -V sigma``, eV;
+sigma in ASE's sign) from an ASE neighbour list, vectorised over pairs and triplets
+(sparse incidence matrices scatter them onto atoms). :func:`write_potential` writes the
+single-file format of LAMMPS' ML-UF3 package (2B and 3B blocks, ``nk`` knots).
+
+Why UF3 as the fast native path: with the three-body term cut at the first carbon shell
+(2.2 A) one force call on 8 carbon atoms costs ~14 microseconds against ~1.5 ms for the
+quadratic SNAP (2J = 6), and the fit takes seconds. Its limit, measured on the diamond
+preset: a two- plus three-body sum cannot penalise over-coordination the way SNAP's
+quadratic bispectrum terms do, so denser phases end below diamond (README, "Native
+potentials").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+from scipy import sparse
+from scipy.interpolate import BSpline
+
+from rmdata.errors import RMError
+
+#: Coefficients fixed at zero at the outer end of a cutoff (value, slope and curvature vanish).
+TRAILING_ZEROS = 3
+
+
+@dataclass
+class UF3Basis:
+    """Knots of one UF3 potential: two-body cutoff ``rc2`` (A) with ``n2`` uniform intervals,
+    three-body cutoff ``rc3`` (A) with ``n3`` intervals on r_ij, r_ik and ``n3jk`` on r_jk
+    (which spans 0 to 2 rc3)."""
+
+    rc2: float = 4.0
+    n2: int = 16
+    rc3: float = 3.0
+    n3: int = 6
+    n3jk: int = 6
+
+    def __post_init__(self) -> None:
+        if not (self.rc2 > 0 and self.rc3 > 0):
+            raise RMError(f"UF3 cutoffs rc2={self.rc2!r}, rc3={self.rc3!r}: must be > 0 (A)")
+        if self.rc3 > self.rc2:
+            raise RMError(f"UF3 cutoffs: rc3={self.rc3!r} must not exceed rc2={self.rc2!r} "
+                          "(LAMMPS only forms triplets within the two-body cutoff)")
+        for name in ("n2", "n3", "n3jk"):
+            if getattr(self, name) < 1:
+                raise RMError(f"UF3 setting {name}={getattr(self, name)!r}: must be >= 1 interval")
+
+    @staticmethod
+    def knots(cutoff: float, intervals: int) -> np.ndarray:
+        """Clamped uniform cubic knots on [0, cutoff] (A): ends repeated four times."""
+        inner = np.linspace(0.0, cutoff, intervals + 1)
+        return np.concatenate([[0.0] * 3, inner, [cutoff] * 3])
+
+    @property
+    def t2(self) -> np.ndarray:
+        return self.knots(self.rc2, self.n2)
+
+    @property
+    def t3(self) -> np.ndarray:
+        return self.knots(self.rc3, self.n3)
+
+    @property
+    def t3jk(self) -> np.ndarray:
+        return self.knots(2.0 * self.rc3, self.n3jk)
+
+    @property
+    def nb2(self) -> int:
+        """Number of two-body basis functions (coefficients in the file)."""
+        return self.n2 + 3
+
+    @property
+    def nb3(self) -> int:
+        return self.n3 + 3
+
+    @property
+    def nb3jk(self) -> int:
+        return self.n3jk + 3
+
+    @property
+    def free2(self) -> int:
+        """Fitted two-body coefficients (the trailing ones are zero)."""
+        return max(self.nb2 - TRAILING_ZEROS, 0)
+
+    @property
+    def free3(self) -> int:
+        return max(self.nb3 - TRAILING_ZEROS, 0)
+
+    @property
+    def pairs_lm(self) -> tuple[np.ndarray, np.ndarray]:
+        """(l, m) index pairs with l <= m < free3: the symmetric three-body columns."""
+        return np.triu_indices(self.free3)
+
+    @property
+    def n_columns(self) -> int:
+        return self.free2 + len(self.pairs_lm[0]) * self.nb3jk
+
+
+def _basis(t: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Values and first derivatives (per A) of all cubic B-splines on knots ``t`` at ``r``:
+    two arrays of shape (len(r), len(t) - 4)."""
+    nb = len(t) - 4
+    spline = BSpline(t, np.eye(nb), 3, extrapolate=False)
+    r = np.clip(r, t[0], t[-1])
+    b = np.nan_to_num(spline(r))
+    db = np.nan_to_num(spline.derivative()(r))
+    return b, db
+
+
+def _scatter(n_atoms: int, rows: list[tuple[np.ndarray, float]], values: np.ndarray) -> np.ndarray:
+    """Sum ``sign * values[t]`` into atom ``atoms[t]`` for each (atoms, sign) in ``rows``:
+    ``values`` (T, k) -> (n_atoms, k), through one sparse incidence matrix."""
+    t = values.shape[0]
+    idx = np.concatenate([a for a, _ in rows])
+    col = np.tile(np.arange(t), len(rows))
+    val = np.concatenate([np.full(t, s) for _, s in rows])
+    inc = sparse.csr_matrix((val, (idx, col)), shape=(n_atoms, t))
+    return np.asarray(inc @ values)
+
+
+def feature_rows(atoms: Atoms, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]:
+    """Force block (3N, ncol) and virial block (3, 3, ncol) of one periodic structure.
+
+    Forces (eV/A) = block @ coef; virial ``W = -V sigma`` (eV) = block @ coef, with the
+    column order of :func:`coefficients`. Vectorised over the neighbour list.
+    """
+    n = len(atoms)
+    ii, jj, dist, vec = neighbor_list("ijdD", atoms, basis.rc2)
+    ncol = basis.n_columns
+    forces = np.zeros((n, 3, ncol))
+    virial = np.zeros((3, 3, ncol))
+    if len(ii) == 0:
+        return forces.reshape(3 * n, ncol), virial
+    if dist.min() <= 0.0:
+        raise RMError("two atoms on top of each other: UF3 features need distinct positions")
+    unit = vec / dist[:, None]
+    # two-body: E = sum over ordered pairs of V2(r); dE/dr_j = V2'(r) u, dE/dr_i = -V2'(r) u
+    _, db2 = _basis(basis.t2, dist)
+    db2 = db2[:, : basis.free2]
+    c2 = unit[:, :, None] * db2[:, None, :]  # (P, 3, free2)
+    f2 = _scatter(n, [(ii, 1.0), (jj, -1.0)], c2.reshape(len(ii), -1)).reshape(n, 3, -1)
+    forces[:, :, : basis.free2] = f2
+    virial[:, :, : basis.free2] = -np.einsum("pa,pb,pk->abk", vec, unit, db2)
+    # three-body: centres i, unordered neighbour pairs (p < q) within rc3
+    inner = np.flatnonzero(dist <= basis.rc3)
+    if len(inner) < 2:
+        return forces.reshape(3 * n, ncol), virial
+    centre = ii[inner]
+    order = np.argsort(centre, kind="stable")
+    inner, centre = inner[order], centre[order]
+    ends = np.searchsorted(centre, centre, side="right")
+    partners = ends - np.arange(len(inner)) - 1  # entries after p in the same centre
+    total = int(partners.sum())
+    if total == 0:
+        return forces.reshape(3 * n, ncol), virial
+    p = np.repeat(np.arange(len(inner)), partners)
+    q = p + 1 + (np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners))
+    ep, eq = inner[p], inner[q]
+    ci, cj, ck = ii[ep], jj[ep], jj[eq]
+    d_ij, d_ik = vec[ep], vec[eq]
+    d_jk = d_ik - d_ij
+    r_ij, r_ik = dist[ep], dist[eq]
+    r_jk = np.linalg.norm(d_jk, axis=1)
+    if r_jk.min() <= 0.0:
+        raise RMError("two atoms on top of each other: UF3 features need distinct positions")
+    b_ij, db_ij = (x[:, : basis.free3] for x in _basis(basis.t3, r_ij))
+    b_ik, db_ik = (x[:, : basis.free3] for x in _basis(basis.t3, r_ik))
+    b_jk, db_jk = _basis(basis.t3jk, r_jk)
+    lidx, midx = basis.pairs_lm
+    diag = lidx == midx
+
+    def sym(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """a_l b_m + a_m b_l for l < m, a_l b_l on the diagonal: (T, n_lm)."""
+        out = a[:, lidx] * b[:, midx] + a[:, midx] * b[:, lidx]
+        out[:, diag] *= 0.5
+        return out
+
+    # dE/dr_ij, dE/dr_ik, dE/dr_jk per triplet and column (T, n_lm * nb3jk)
+    g_ij = (sym(db_ij, b_ik)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
+    g_ik = (sym(b_ij, db_ik)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
+    g_jk = (sym(b_ij, b_ik)[:, :, None] * db_jk[:, None, :]).reshape(total, -1)
+    u_ij = d_ij / r_ij[:, None]
+    u_ik = d_ik / r_ik[:, None]
+    u_jk = d_jk / r_jk[:, None]
+    f3 = np.zeros((n, 3, g_ij.shape[1]))
+    for axis in range(3):
+        # force = -dE/dr: on i +g_ij u_ij + g_ik u_ik, on j -g_ij u_ij + g_jk u_jk,
+        # on k -g_ik u_ik - g_jk u_jk
+        a = g_ij * u_ij[:, axis, None]
+        b = g_ik * u_ik[:, axis, None]
+        c = g_jk * u_jk[:, axis, None]
+        f3[:, axis] = (_scatter(n, [(ci, 1.0), (cj, -1.0)], a) + _scatter(n, [(ci, 1.0), (ck, -1.0)], b)
+                       + _scatter(n, [(cj, 1.0), (ck, -1.0)], c))
+    forces[:, :, basis.free2:] = f3
+    virial[:, :, basis.free2:] = -(np.einsum("ta,tb,tk->abk", d_ij, u_ij, g_ij)
+                                   + np.einsum("ta,tb,tk->abk", d_ik, u_ik, g_ik)
+                                   + np.einsum("ta,tb,tk->abk", d_jk, u_jk, g_jk))
+    return forces.reshape(3 * n, ncol), virial
+
+
+def coefficients(coef: np.ndarray, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]:
+    """Full two-body (nb2,) and symmetric three-body (nb3, nb3, nb3jk) coefficient arrays
+    (eV) from the fitted columns, trailing coefficients zero."""
+    if coef.shape != (basis.n_columns,):
+        raise ValueError(f"expected {basis.n_columns} coefficients, got {coef.shape}")
+    c2 = np.zeros(basis.nb2)
+    c2[: basis.free2] = coef[: basis.free2]
+    c3 = np.zeros((basis.nb3, basis.nb3, basis.nb3jk))
+    lidx, midx = basis.pairs_lm
+    block = coef[basis.free2:].reshape(len(lidx), basis.nb3jk)
+    c3[lidx, midx] = block
+    c3[midx, lidx] = block
+    return c2, c3
+
+
+def _numbers(values: np.ndarray) -> str:
+    return " ".join(repr(float(v)) for v in values)
+
+
+def write_potential(path, element: str, coef: np.ndarray, basis: UF3Basis, header: str = "") -> None:
+    """Write a one-element UF3 potential file for ``pair_style uf3 3``
+    (``pair_coeff * * FILE element``)."""
+    c2, c3 = coefficients(coef, basis)
+    t2, t3, tjk = basis.t2, basis.t3, basis.t3jk
+    tag = f"#UF3 POT UNITS: metal DATE: - AUTHOR: rmsearch fit-native CITATION: Xie et al. 2023 {header}".rstrip()
+    lines = [tag, f"2B {element} {element} 0 3 nk", f"{basis.rc2!r} {len(t2)}", _numbers(t2),
+             str(len(c2)), _numbers(c2), "#",
+             tag, f"3B {element} {element} {element} 0 3 nk",
+             f"{2.0 * basis.rc3!r} {basis.rc3!r} {basis.rc3!r} {len(tjk)} {len(t3)} {len(t3)}",
+             _numbers(tjk), _numbers(t3), _numbers(t3),
+             f"{c3.shape[0]} {c3.shape[1]} {c3.shape[2]}"]
+    lines += [_numbers(row) for row in c3.reshape(-1, c3.shape[2])]
+    lines.append("#")
+    with open(path, "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+

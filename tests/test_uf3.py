@@ -1,0 +1,146 @@
+"""UF3 features (rmsearch.uf3) against LAMMPS ``pair_style uf3``, and UF3 fits (fit-native --kind uf3).
+
+- the numpy feature rows times any coefficients equal LAMMPS' forces and stress to 1e-9
+  (rattled triclinic cell), and LAMMPS' forces are minus the gradient of its energy
+  (finite differences), so the features are the true derivatives of the model;
+- labels made by a known UF3 potential are fitted back exactly;
+- the CLI writes a potential directory that recommends the in-LAMMPS minimiser.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.io import write
+from click.testing import CliRunner
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _potential(directory: Path, coef: np.ndarray, basis):
+    from rmsearch.potentials import load_potential
+    from rmsearch.uf3 import write_potential
+
+    directory.mkdir(parents=True, exist_ok=True)
+    write_potential(directory / "C.uf3", "C", coef, basis)
+    (directory / "potential.json").write_text(json.dumps({
+        "backend": "uf3", "elements": ["C"], "cutoff": basis.rc2, "pair_style": "uf3 3",
+        "pair_coeff": ["* * {potdir}/C.uf3 C"], "volumes": {"C": 5.67}, "callback": None}))
+    return load_potential(directory)
+
+
+def _frames(n_frames: int, seed: int) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_frames):
+        atoms = bulk("C", "diamond", a=3.567, cubic=True)
+        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.08 * (rng.random((3, 3)) - 0.5)), scale_atoms=True)
+        atoms.positions += 0.3 * (rng.random(atoms.positions.shape) - 0.5)
+        out.append(atoms)
+    return out
+
+
+def _teacher(basis, seed=1) -> np.ndarray:
+    """Smooth random coefficients: a repulsive-looking two-body part and a small three-body part."""
+    rng = np.random.default_rng(seed)
+    coef = np.zeros(basis.n_columns)
+    coef[: basis.free2] = np.linspace(2.0, -0.2, basis.free2) + 0.05 * rng.normal(size=basis.free2)
+    coef[basis.free2:] = 0.02 * rng.normal(size=basis.n_columns - basis.free2)
+    return coef
+
+
+def test_features_equal_lammps_and_are_the_gradient(tmp_path):
+    from rmsearch.relax import LammpsEngine
+    from rmsearch.uf3 import UF3Basis, feature_rows
+
+    basis = UF3Basis(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5)
+    coef = _teacher(basis)
+    engine = LammpsEngine(_potential(tmp_path / "pot", coef, basis))
+    for atoms in _frames(3, seed=2):
+        f_rows, w_rows = feature_rows(atoms, basis)
+        energy, forces, stress = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+        scale = max(1.0, np.abs(forces).max())
+        assert np.abs((f_rows @ coef).reshape(-1, 3) - forces).max() < 1e-9 * scale
+        assert np.abs(-(w_rows @ coef) / atoms.get_volume() - stress).max() < 1e-9 * scale
+        # LAMMPS' forces are -dE/dx of its own energy: the file is read as the features assume
+        h = 1e-5
+        for atom, axis in ((0, 0), (3, 2), (6, 1)):
+            pos = atoms.positions.copy()
+            pos[atom, axis] += h
+            ep = engine.compute(pos, np.asarray(atoms.cell), atoms.numbers, True)[0]
+            pos[atom, axis] -= 2 * h
+            em = engine.compute(pos, np.asarray(atoms.cell), atoms.numbers, True)[0]
+            assert abs(-(ep - em) / (2 * h) - forces[atom, axis]) < 1e-6 * scale
+    engine.close()
+
+
+def test_coefficient_arrays_are_symmetric_with_zero_tails():
+    from rmsearch.uf3 import TRAILING_ZEROS, UF3Basis, coefficients
+
+    basis = UF3Basis(rc2=3.0, n2=8, rc3=2.2, n3=5, n3jk=4)
+    c2, c3 = coefficients(np.arange(1.0, basis.n_columns + 1), basis)
+    assert c2.shape == (basis.nb2,) and np.all(c2[-TRAILING_ZEROS:] == 0) and np.all(c2[:-TRAILING_ZEROS] > 0)
+    assert c3.shape == (basis.nb3, basis.nb3, basis.nb3jk)
+    assert np.array_equal(c3, c3.transpose(1, 0, 2))
+    assert np.all(c3[-TRAILING_ZEROS:] == 0) and np.all(c3[:, -TRAILING_ZEROS:] == 0)
+    assert np.count_nonzero(c3) == basis.n_columns - basis.free2 + \
+        (basis.free3 * (basis.free3 - 1) // 2) * basis.nb3jk  # off-diagonal pairs stored twice
+
+
+def test_fit_recovers_a_known_uf3_potential(tmp_path):
+    """Forces and stresses of a known UF3 potential are fitted back exactly (no ridge, no core)."""
+    from rmsearch.native import UF3Settings, fit_native
+    from rmsearch.relax import LammpsEngine
+    from rmsearch.uf3 import UF3Basis
+
+    settings = UF3Settings(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5, alpha=0.0, zbl_outer=0.0, holdout=0.25)
+    basis = UF3Basis(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5)
+    coef = _teacher(basis)
+    teacher = LammpsEngine(_potential(tmp_path / "teacher", coef, basis))
+    frames = _frames(24, seed=3)
+    for atoms in frames:
+        _, forces, stress = teacher.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+        atoms.arrays["REF_forces"] = forces
+        atoms.info["REF_stress"] = stress.ravel()
+    teacher.close()
+    write(tmp_path / "teacher.xyz", frames, format="extxyz")
+    report = fit_native(tmp_path / "teacher.xyz", tmp_path / "fit", settings=settings)
+    assert report["kind"] == "uf3"
+    for split in ("train", "holdout"):  # held-out too (same model class); extxyz keeps ~1e-8 eV/A
+        assert report[split]["force_rmse_eV_per_A"] < 1e-6, report[split]
+        assert report[split]["stress_rmse_eV_per_A3"] < 1e-7, report[split]
+    assert report["verification"]["forces_eV_per_A"] < 1e-9
+
+
+def test_fit_native_cli_uf3_recommends_lammps_minimiser(tmp_path):
+    from rmdata.make import make_dataset
+    from rmsearch.cli import main
+    from rmsearch.potentials import load_potential
+    from rmsearch.relax import resolve_optimizer
+
+    data = tmp_path / "diamond.xyz"
+    make_dataset(data, "diamond", seed=0, workers=1)
+    res = CliRunner().invoke(main, ["fit-native", str(data), "--kind", "uf3", "-o", str(tmp_path / "pot")])
+    assert res.exit_code == 0, res.output
+    assert "self-check LAMMPS pair style vs fit" in res.output
+    pot = load_potential(tmp_path / "pot")
+    assert pot.pair_style == "hybrid/overlay zbl 0.8 1.2 uf3 3"
+    assert resolve_optimizer("auto", pot) == "lammps-cg"
+    assert resolve_optimizer("fire2", pot) == "fire2"
+    fit = json.loads((tmp_path / "pot" / "fit.json").read_text())
+    assert fit["verification"]["forces_eV_per_A"] < 1e-6 and fit["settings"]["rc3"] == 2.2
+
+
+def test_uf3_settings_reject_bad_cutoffs():
+    from rmdata.errors import RMError
+    from rmsearch.native import UF3Settings
+
+    with pytest.raises(RMError, match="rc3"):
+        UF3Settings(rc2=2.0, rc3=2.5)
+    with pytest.raises(RMError, match="n3"):
+        UF3Settings(n3=0)
