@@ -101,4 +101,7 @@ def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax
         state.status = "not_converged"
     finally:
         if box:
-            lmp.command("unfix rm_box")
+            try:
+                lmp.command("unfix rm_box")
+            except Exception:  # a failed minimize may leave LAMMPS unusable; the relaxer resets it
+                pass

@@ -4,7 +4,9 @@ Matching all pairs with pymatgen's StructureMatcher is quadratic (1000 unique st
 take ~12 min), so candidates are narrowed down first, as pymatgen's ``group_structures``
 does with its composition hash:
 
-1. **composition**: reduced formula and number of atoms must agree;
+1. **composition**: reduced formulas must agree; cell sizes may differ (the matcher
+   compares primitive cells, so diamond found in a 2-atom and in an 8-atom cell is one
+   cluster; its hits count both);
 2. **energy and volume bins**: energy per atom in bins of ``energy_bin`` (eV/atom) and
    volume per atom in bins of ``volume_bin`` in ``ln V`` (0.05 = 5 %); a structure is only
    compared with clusters whose representative lies in the same or a neighbouring bin;
@@ -64,7 +66,8 @@ class Cluster:
     """Results that relaxed into the same structure.
 
     ``representative`` is the run id of the lowest-energy member; ``members`` all run ids
-    (sorted); energies in eV/atom, volume in A^3/atom of the representative.
+    (sorted, of any cell size); ``natoms``, energies (eV/atom) and volume (A^3/atom) are the
+    representative's.
     """
 
     formula: str
@@ -98,11 +101,10 @@ class DedupeResult:
         return {rid: k for k, c in enumerate(self.clusters) for rid in c.members}
 
 
-def _composition_key(atoms: Atoms) -> tuple[str, int]:
+def _composition_key(atoms: Atoms) -> str:
     from pymatgen.core import Composition
 
-    comp = Composition(atoms.get_chemical_formula())
-    return comp.reduced_formula, len(atoms)
+    return Composition(atoms.get_chemical_formula()).reduced_formula
 
 
 QUICK_LTOL = 0.02  # relative Niggli cell length tolerance of the quick test
@@ -277,8 +279,10 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
     if energy_bin <= 0 or volume_bin <= 0:
         raise ValueError(f"energy_bin={energy_bin} and volume_bin={volume_bin} must be positive")
     t0 = time.perf_counter()
-    groups: dict[tuple[str, int], list[tuple[int, float, float, _Raw | None]]] = defaultdict(list)
+    groups: dict[str, list[tuple[int, float, float, _Raw | None]]] = defaultdict(list)
+    natoms_of: dict[int, int] = {}
     for run_id, atoms, e in items:
+        natoms_of[int(run_id)] = len(atoms)
         periodic = bool(atoms.pbc.all())
         v = atoms.get_volume() / len(atoms) if periodic else math.nan
         groups[_composition_key(atoms)].append(
@@ -296,7 +300,7 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         results = [done[i] for i in range(len(tasks))]
     else:
         results = [_dedupe_group(t) for t in tasks]
-    clusters = [Cluster(formula=key[0], natoms=key[1], representative=rep, energy_per_atom=e,
+    clusters = [Cluster(formula=key, natoms=natoms_of[rep], representative=rep, energy_per_atom=e,
                         volume_per_atom=v, members=sorted(members))
                 for key, (found, _, _) in zip(keys, results) for rep, e, v, members in found]
     clusters.sort(key=lambda c: (c.energy_per_atom, c.representative))
