@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -150,3 +152,65 @@ def test_validity_close_atoms_and_exploded(bad):
         d.set_cell(np.asarray(d.cell) * 4, scale_atoms=True)
         v = check_validity(d)
         assert not v.valid and "exploded" in v.reason
+
+
+def _disguise_molecule(mol: Atoms, rng: np.random.Generator, noise: float = 0.004) -> Atoms:
+    """The same molecule moved, rotated, with its atoms re-ordered and rattled by ``noise`` (A)."""
+    a = mol[rng.permutation(len(mol))]
+    rot = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
+    a.positions = a.positions @ rot.T + rng.normal(size=3) * 3.0 + rng.normal(scale=noise, size=(len(a), 3))
+    return a
+
+
+def _chfclbr() -> Atoms:
+    """A chiral molecule (bromochlorofluoromethane) on an ideal tetrahedron (A)."""
+    tet = np.array([[1, 1, 1], [1, -1, -1], [-1, 1, -1], [-1, -1, 1]]) / np.sqrt(3.0)
+    bonds = np.array([1.09, 1.35, 1.77, 1.94])[:, None]
+    return Atoms("CHFClBr", positions=np.vstack([[0, 0, 0], tet * bonds]))
+
+
+def test_molecules_copies_and_mirror_images_merge_isomers_and_conformers_stay_apart():
+    from ase.build import molecule
+
+    from rmsearch.analysis.dedupe import molecule_form, same_molecule
+
+    rng = np.random.default_rng(11)
+    ethanol, ether = molecule("CH3CH2OH"), molecule("CH3OCH3")
+    # the other conformer: the hydroxyl H turned by 120 degrees about the C-O bond
+    turned = ethanol.copy()
+    dist_o = np.linalg.norm(turned.positions - turned.positions[turned.numbers == 8][0], axis=1)
+    o = int(np.flatnonzero(turned.numbers == 8)[0])
+    c = int(np.argmin(np.where(turned.numbers == 6, dist_o, np.inf)))
+    h = int(np.argmin(np.where(turned.numbers == 1, dist_o, np.inf)))
+    turned.rotate(120.0, turned.positions[o] - turned.positions[c], center=turned.positions[o])
+    rotated_h = turned.positions[h].copy()
+    turned.positions = ethanol.positions
+    turned.positions[h] = rotated_h
+    chiral = _chfclbr()
+    mirror = chiral.copy()
+    mirror.positions[:, 0] *= -1
+    for a in (ethanol, ether, turned, chiral, mirror):
+        a.pbc = False
+    # the mirror image is not a rotation of the molecule (so the mirror branch is what merges it)
+    from pymatgen.analysis.molecule_matcher import HungarianOrderMatcher
+    from pymatgen.core import Molecule
+
+    rmsd = HungarianOrderMatcher(Molecule(chiral.numbers, chiral.positions)).match(
+        Molecule(mirror.numbers, mirror.positions))[3]
+    assert rmsd > 0.3
+    assert same_molecule(molecule_form(chiral.numbers, chiral.positions),
+                         molecule_form(mirror.numbers, mirror.positions))
+
+    items = [(k, _disguise_molecule(ethanol, rng), -3.0 + 1e-4 * k) for k in range(5)]
+    items += [(10, _disguise_molecule(ether, rng), -3.0), (11, _disguise_molecule(turned, rng), -3.0001)]
+    items += [(20, _disguise_molecule(chiral, rng), -1.0), (21, _disguise_molecule(mirror, rng), -0.9999)]
+    res = dedupe(items)
+    assert sorted(c.members for c in res.clusters) == [[0, 1, 2, 3, 4], [10], [11], [20, 21]]
+    eth = next(c for c in res.clusters if 0 in c.members)
+    assert eth.representative == 0 and eth.natoms == 9 and math.isnan(eth.volume_per_atom)
+    assert res.settings["molecules"]["mirror_images_merged"]
+    # a copy farther than the RMSD tolerance (atoms displaced 0.3 A) is a different structure
+    far = ethanol.copy()
+    far.positions += np.random.default_rng(1).normal(scale=0.3, size=far.positions.shape)
+    assert not same_molecule(molecule_form(ethanol.numbers, ethanol.positions),
+                             molecule_form(far.numbers, far.positions))

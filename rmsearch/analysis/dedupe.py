@@ -28,7 +28,13 @@ matches or opens a new cluster, so every cluster's representative is its lowest-
 member and the result is deterministic. Compositions are independent
 and can be processed in parallel worker processes.
 
-Periodic structures only: a non-periodic (molecule) result becomes a cluster of its own.
+Molecules (non-periodic results) follow the same greedy order with energy bins only, and
+:func:`same_molecule` as the test: sorted interatomic distances first (equal within
+``MOLECULE_QUICK_DTOL``: the same; differing by more than ``MOLECULE_GATE_DTOL``: not),
+then pymatgen's HungarianOrderMatcher (inertia-axis alignment, Hungarian atom ordering,
+Kabsch rotation) on the molecule and on its mirror image: the same when the RMSD is below
+``MOLECULE_RMSD_TOL``. Mirror images (enantiomers) are one cluster, as they have the same
+energy under any potential.
 """
 
 from __future__ import annotations
@@ -54,6 +60,14 @@ MATCHER_SETTINGS: dict[str, Any] = {"stol": 0.5, "ltol": 0.3, "angle_tol": 10.0,
                                     "primitive_cell": True, "scale": True, "attempt_supercell": False}
 DEFAULT_ENERGY_BIN = 0.02  # eV/atom
 DEFAULT_VOLUME_BIN = 0.05  # in ln(V/atom), i.e. about 5 %
+
+
+#: Molecules: largest RMSD (A) after the best rotation (or rotation + mirror) and atom order.
+MOLECULE_RMSD_TOL = 0.1
+#: Sorted interatomic distances equal within this (A): the same molecule without a matcher call.
+MOLECULE_QUICK_DTOL = 0.01
+#: Sorted interatomic distances differing by more than this (A): different, without a matcher call.
+MOLECULE_GATE_DTOL = 0.5
 
 
 def make_matcher() -> StructureMatcher:
@@ -218,29 +232,82 @@ def quick_same(a: QuickForm, b: QuickForm) -> bool:
 _Raw = tuple[np.ndarray, np.ndarray, np.ndarray]  # numbers, cell (3, 3), Cartesian positions (n, 3)
 
 
-def _dedupe_group(args: tuple[list[tuple[int, float, float, _Raw | None]], float, float]
+@dataclass
+class MoleculeForm:
+    """A non-periodic structure for :func:`same_molecule`: atomic numbers, Cartesian
+    positions (A) and the sorted interatomic distances (A), invariant under rotation,
+    translation, mirror and atom order."""
+
+    numbers: np.ndarray
+    positions: np.ndarray
+    distances: np.ndarray
+
+
+def molecule_form(numbers: np.ndarray, positions: np.ndarray) -> MoleculeForm:
+    """The :class:`MoleculeForm` of a molecule (``positions`` (n_atoms, 3), A)."""
+    from scipy.spatial.distance import pdist
+
+    positions = np.asarray(positions, dtype=float)
+    return MoleculeForm(np.asarray(numbers), positions, np.sort(pdist(positions)))
+
+
+def _pmg_molecule(m: MoleculeForm, mirror: bool = False):
+    from pymatgen.core import Molecule
+
+    return Molecule(m.numbers, m.positions * (-1.0 if mirror else 1.0))
+
+
+def same_molecule(a: MoleculeForm, b: MoleculeForm, rmsd_tol: float = MOLECULE_RMSD_TOL) -> bool:
+    """True if ``b`` is ``a`` (or its mirror image) rotated, translated and re-ordered, to
+    ``rmsd_tol`` (A) after the best alignment; see the module doc for the two distance gates."""
+    if len(a.numbers) != len(b.numbers) or not np.array_equal(np.sort(a.numbers), np.sort(b.numbers)):
+        return False
+    if len(a.numbers) < 2:
+        return True
+    gap = float(np.abs(a.distances - b.distances).max())
+    if gap <= MOLECULE_QUICK_DTOL:
+        return True
+    if gap > MOLECULE_GATE_DTOL:
+        return False
+    from pymatgen.analysis.molecule_matcher import HungarianOrderMatcher
+
+    matcher = HungarianOrderMatcher(_pmg_molecule(a))
+    return any(matcher.match(_pmg_molecule(b, mirror))[3] <= rmsd_tol for mirror in (False, True))
+
+
+def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ...]]], float, float]
                   ) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
     """Greedy clustering of one composition group; returns (clusters, matcher calls, quick matches).
 
-    Items are (run_id, energy_per_atom, volume_per_atom, raw structure or None), already sorted.
+    Items are (run_id, energy_per_atom, volume_per_atom, raw structure), already sorted; a
+    molecule has volume NaN and raw structure (numbers, positions).
     """
     items, energy_bin, volume_bin = args
     matcher = make_matcher()
     clusters: list[tuple[int, float, float, list[int]]] = []
     structs: list[_Raw | None] = []
-    quick: list[QuickForm | None] = []
+    quick: list[QuickForm | MoleculeForm] = []
     reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
-    bins: dict[tuple[int, int], list[int]] = defaultdict(list)
+    bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
     calls = quick_hits = 0
 
     def reduce(raw: _Raw) -> Structure:
         return matcher._get_reduced_structure(_structure(raw), matcher._primitive_cell, niggli=True)
 
     for run_id, e, v, struct in items:
-        if struct is None:  # molecule: no periodic matcher, a cluster of its own
-            clusters.append((run_id, e, v, [run_id]))
-            structs.append(None)
-            quick.append(None)
+        if not math.isfinite(v):  # molecule: struct holds (numbers, positions)
+            be = math.floor(e / energy_bin)
+            near = [k for de in (-1, 0, 1) for k in bins.get((be + de, None), ())]
+            m = molecule_form(*struct)
+            found = next((k for k in sorted(near, key=lambda k: (abs(clusters[k][1] - e), k))
+                          if same_molecule(quick[k], m)), None)
+            if found is not None:
+                clusters[found][3].append(run_id)
+            else:
+                bins[(be, None)].append(len(clusters))
+                clusters.append((run_id, e, v, [run_id]))
+                structs.append(None)
+                quick.append(m)
             continue
         be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
         # nearest representatives (in energy and volume) first: a duplicate usually matches at once
@@ -279,7 +346,7 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
     if energy_bin <= 0 or volume_bin <= 0:
         raise ValueError(f"energy_bin={energy_bin} and volume_bin={volume_bin} must be positive")
     t0 = time.perf_counter()
-    groups: dict[str, list[tuple[int, float, float, _Raw | None]]] = defaultdict(list)
+    groups: dict[str, list[tuple[int, float, float, tuple[np.ndarray, ...]]]] = defaultdict(list)
     natoms_of: dict[int, int] = {}
     for run_id, atoms, e in items:
         natoms_of[int(run_id)] = len(atoms)
@@ -287,7 +354,8 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         v = atoms.get_volume() / len(atoms) if periodic else math.nan
         groups[_composition_key(atoms)].append(
             (int(run_id), float(e), float(v),
-             (atoms.numbers.copy(), np.asarray(atoms.cell).copy(), atoms.positions.copy()) if periodic else None))
+             (atoms.numbers.copy(), np.asarray(atoms.cell).copy(), atoms.positions.copy()) if periodic
+             else (atoms.numbers.copy(), atoms.positions.copy())))
     keys = sorted(groups)
     for key in keys:
         groups[key].sort(key=lambda it: (it[1], it[0]))
@@ -314,7 +382,9 @@ def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEF
                        settings={"matcher": make_matcher().as_dict(), "energy_bin_eV_atom": energy_bin,
                                  "volume_bin_ln": volume_bin, "fit_symmetric": True,
                                  "quick_test": {"ltol": QUICK_LTOL, "angle_tol_deg": QUICK_ANGLE_TOL,
-                                                "dtol_per_length": QUICK_DTOL}})
+                                                "dtol_per_length": QUICK_DTOL},
+                                 "molecules": {"rmsd_tol_A": MOLECULE_RMSD_TOL, "quick_dtol_A": MOLECULE_QUICK_DTOL,
+                                               "gate_dtol_A": MOLECULE_GATE_DTOL, "mirror_images_merged": True}})
     log.info("dedupe: %d structures -> %d clusters, %d matcher calls + %d quick matches (all pairs %d), %.1f s",
              n, len(clusters), res.n_matcher_calls, res.n_quick_matches, res.n_all_pairs, res.wall_s)
     return res
