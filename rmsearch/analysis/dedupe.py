@@ -285,7 +285,7 @@ def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ..
     items, energy_bin, volume_bin = args
     matcher = make_matcher()
     clusters: list[tuple[int, float, float, list[int]]] = []
-    structs: list[_Raw | None] = []
+    structs: list[tuple[np.ndarray, ...]] = []
     quick: list[QuickForm | MoleculeForm] = []
     reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
     bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
@@ -296,44 +296,38 @@ def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ..
 
     for run_id, e, v, struct in items:
         if not math.isfinite(v):  # molecule: struct holds (numbers, positions)
-            be = math.floor(e / energy_bin)
-            near = [k for de in (-1, 0, 1) for k in bins.get((be + de, None), ())]
-            m = molecule_form(*struct)
+            key: tuple[int, int | None] = (math.floor(e / energy_bin), None)
+            near = [k for de in (-1, 0, 1) for k in bins.get((key[0] + de, None), ())]
+            form: QuickForm | MoleculeForm = molecule_form(*struct)
             found = next((k for k in sorted(near, key=lambda k: (abs(clusters[k][1] - e), k))
-                          if same_molecule(quick[k], m)), None)
+                          if same_molecule(quick[k], form)), None)
+        else:
+            be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
+            key = (be, bv)
+            # nearest representatives (in energy and volume) first: a duplicate usually matches at once
+            near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in bins.get((be + de, bv + dv), ())]
+            candidates = sorted(near, key=lambda k: (abs(clusters[k][1] - e) / energy_bin
+                                                     + abs(math.log(clusters[k][2] / v)) / volume_bin, k))
+            form = quick_form(*struct)
+            found = next((k for k in candidates if quick_same(quick[k], form)), None)
             if found is not None:
-                clusters[found][3].append(run_id)
-            else:
-                bins[(be, None)].append(len(clusters))
-                clusters.append((run_id, e, v, [run_id]))
-                structs.append(None)
-                quick.append(m)
-            continue
-        be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
-        # nearest representatives (in energy and volume) first: a duplicate usually matches at once
-        near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in bins.get((be + de, bv + dv), ())]
-        candidates = sorted(near, key=lambda k: (abs(clusters[k][1] - e) / energy_bin
-                                                 + abs(math.log(clusters[k][2] / v)) / volume_bin, k))
-        q = quick_form(*struct)
-        found = next((k for k in candidates if quick_same(quick[k], q)), None)
-        if found is not None:
-            quick_hits += 1
-        elif candidates:
-            red = reduce(struct)
-            for k in candidates:
-                if k not in reduced:
-                    reduced[k] = reduce(structs[k])
-                calls += 1
-                if matcher.fit(reduced[k], red, symmetric=True, skip_structure_reduction=True):
-                    found = k
-                    break
+                quick_hits += 1
+            elif candidates:
+                red = reduce(struct)
+                for k in candidates:
+                    if k not in reduced:
+                        reduced[k] = reduce(structs[k])
+                    calls += 1
+                    if matcher.fit(reduced[k], red, symmetric=True, skip_structure_reduction=True):
+                        found = k
+                        break
         if found is not None:
             clusters[found][3].append(run_id)
         else:
-            bins[(be, bv)].append(len(clusters))
+            bins[key].append(len(clusters))
             clusters.append((run_id, e, v, [run_id]))
             structs.append(struct)
-            quick.append(q)
+            quick.append(form)
     return clusters, calls, quick_hits
 
 
