@@ -214,3 +214,24 @@ def test_molecules_copies_and_mirror_images_merge_isomers_and_conformers_stay_ap
     far.positions += np.random.default_rng(1).normal(scale=0.3, size=far.positions.shape)
     assert not same_molecule(molecule_form(ethanol.numbers, ethanol.positions),
                              molecule_form(far.numbers, far.positions))
+
+
+def test_molecules_with_the_same_shape_but_other_element_sites_stay_apart():
+    """A trigonal bipyramid Li2S3 with Li on the two axial sites vs on two equatorial sites:
+    the same distances if elements are ignored, the same energy under an element-blind
+    potential, but different molecules."""
+    from scipy.spatial.distance import pdist
+
+    from rmsearch.analysis.dedupe import molecule_form, same_molecule
+
+    ang = np.radians([0, 120, 240])
+    tbp = np.vstack([[0, 0, 1.9], [0, 0, -1.9], np.c_[2.2 * np.cos(ang), 2.2 * np.sin(ang), np.zeros(3)]])
+    axial = Atoms("Li2S3", positions=tbp, pbc=False)
+    equatorial = Atoms("SSLiLiS", positions=tbp, pbc=False)
+    assert np.allclose(np.sort(pdist(axial.positions)), np.sort(pdist(equatorial.positions)))
+    assert not same_molecule(molecule_form(axial.numbers, axial.positions),
+                             molecule_form(equatorial.numbers, equatorial.positions))
+    rng = np.random.default_rng(2)
+    items = [(0, _disguise_molecule(axial, rng), -0.5), (1, _disguise_molecule(equatorial, rng), -0.5),
+             (2, _disguise_molecule(axial, rng), -0.5), (3, _disguise_molecule(equatorial, rng), -0.5)]
+    assert sorted(c.members for c in dedupe(items).clusters) == [[0, 2], [1, 3]]

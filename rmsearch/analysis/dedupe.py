@@ -29,7 +29,7 @@ member and the result is deterministic. Compositions are independent
 and can be processed in parallel worker processes.
 
 Molecules (non-periodic results) follow the same greedy order with energy bins only, and
-:func:`same_molecule` as the test: sorted interatomic distances first (equal within
+:func:`same_molecule` as the test: interatomic distances sorted per element pair first (equal within
 ``MOLECULE_QUICK_DTOL``: the same; differing by more than ``MOLECULE_GATE_DTOL``: not),
 then pymatgen's HungarianOrderMatcher (inertia-axis alignment, Hungarian atom ordering,
 Kabsch rotation) on the molecule and on its mirror image: the same when the RMSD is below
@@ -235,8 +235,8 @@ _Raw = tuple[np.ndarray, np.ndarray, np.ndarray]  # numbers, cell (3, 3), Cartes
 @dataclass
 class MoleculeForm:
     """A non-periodic structure for :func:`same_molecule`: atomic numbers, Cartesian
-    positions (A) and the sorted interatomic distances (A), invariant under rotation,
-    translation, mirror and atom order."""
+    positions (A) and the interatomic distances (A) sorted by element pair, then by value:
+    invariant under rotation, translation, mirror and atom order."""
 
     numbers: np.ndarray
     positions: np.ndarray
@@ -247,8 +247,11 @@ def molecule_form(numbers: np.ndarray, positions: np.ndarray) -> MoleculeForm:
     """The :class:`MoleculeForm` of a molecule (``positions`` (n_atoms, 3), A)."""
     from scipy.spatial.distance import pdist
 
-    positions = np.asarray(positions, dtype=float)
-    return MoleculeForm(np.asarray(numbers), positions, np.sort(pdist(positions)))
+    positions, numbers = np.asarray(positions, dtype=float), np.asarray(numbers)
+    i, j = np.triu_indices(len(numbers), k=1)  # pdist's pair order
+    zi, zj = np.minimum(numbers[i], numbers[j]), np.maximum(numbers[i], numbers[j])
+    d = pdist(positions)
+    return MoleculeForm(numbers, positions, d[np.lexsort((d, zj, zi))])
 
 
 def _pmg_molecule(m: MoleculeForm, mirror: bool = False):
