@@ -260,22 +260,26 @@ def _pmg_molecule(m: MoleculeForm, mirror: bool = False):
     return Molecule(m.numbers, m.positions * (-1.0 if mirror else 1.0))
 
 
-def same_molecule(a: MoleculeForm, b: MoleculeForm, rmsd_tol: float = MOLECULE_RMSD_TOL) -> bool:
-    """True if ``b`` is ``a`` (or its mirror image) rotated, translated and re-ordered, to
-    ``rmsd_tol`` (A) after the best alignment; see the module doc for the two distance gates."""
+def molecule_match(a: MoleculeForm, b: MoleculeForm, rmsd_tol: float = MOLECULE_RMSD_TOL) -> tuple[bool, bool]:
+    """(same, matcher called): whether ``b`` is ``a`` (or its mirror image) rotated,
+    translated and re-ordered, to ``rmsd_tol`` (A) after the best alignment, and whether
+    that took a HungarianOrderMatcher call (see the module doc for the two distance gates)."""
     if len(a.numbers) != len(b.numbers) or not np.array_equal(np.sort(a.numbers), np.sort(b.numbers)):
-        return False
+        return False, False
     if len(a.numbers) < 2:
-        return True
+        return True, False
     gap = float(np.abs(a.distances - b.distances).max())
-    if gap <= MOLECULE_QUICK_DTOL:
-        return True
-    if gap > MOLECULE_GATE_DTOL:
-        return False
+    if gap <= MOLECULE_QUICK_DTOL or gap > MOLECULE_GATE_DTOL:
+        return gap <= MOLECULE_QUICK_DTOL, False
     from pymatgen.analysis.molecule_matcher import HungarianOrderMatcher
 
     matcher = HungarianOrderMatcher(_pmg_molecule(a))
-    return any(matcher.match(_pmg_molecule(b, mirror))[3] <= rmsd_tol for mirror in (False, True))
+    return any(matcher.match(_pmg_molecule(b, mirror))[3] <= rmsd_tol for mirror in (False, True)), True
+
+
+def same_molecule(a: MoleculeForm, b: MoleculeForm, rmsd_tol: float = MOLECULE_RMSD_TOL) -> bool:
+    """True if ``b`` is ``a`` (or its mirror image) moved, rotated and re-ordered (:func:`molecule_match`)."""
+    return molecule_match(a, b, rmsd_tol)[0]
 
 
 def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ...]]], float, float]
@@ -302,8 +306,14 @@ def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ..
             key: tuple[int, int | None] = (math.floor(e / energy_bin), None)
             near = [k for de in (-1, 0, 1) for k in bins.get((key[0] + de, None), ())]
             form: QuickForm | MoleculeForm = molecule_form(*struct)
-            found = next((k for k in sorted(near, key=lambda k: (abs(clusters[k][1] - e), k))
-                          if same_molecule(quick[k], form)), None)
+            for k in sorted(near, key=lambda k: (abs(clusters[k][1] - e), k)):
+                same, called = molecule_match(quick[k], form)
+                calls += called
+                if same:
+                    found, quick_hits = k, quick_hits + (not called)
+                    break
+            else:
+                found = None
         else:
             be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
             key = (be, bv)
