@@ -56,7 +56,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 from ase import Atoms
@@ -67,7 +67,6 @@ from rmdata.utils import provenance, write_json_atomic
 
 log = logging.getLogger(__name__)
 
-KINDS = ("uf3", "snap")
 #: The kind ``fit-native`` fits unless told otherwise.
 DEFAULT_KIND = "snap"
 #: LAMMPS metal-units pressure (bar) per eV/A^3.
@@ -86,6 +85,11 @@ class FitSettings:
     zbl_outer). holdout: fraction of frames kept out of the fit for the error report.
     seed: the holdout draw.
     """
+
+    #: The ``--kind`` name of the fit, and the relaxation method its potential directory
+    #: recommends (None: the relaxer's default).
+    kind: ClassVar[str] = ""
+    optimizer: ClassVar[str | None] = None
 
     alpha: float = 1.0
     stress_weight: float = 1.0
@@ -116,7 +120,12 @@ class UF3Settings(FitSettings):
     three-body cutoff rc3 (A) with n3 intervals on r_ij, r_ik and n3jk on r_jk. The
     defaults keep the three-body term to the first shell of carbon (2.2 A), which makes a
     force call on 8 atoms ~14 us in LAMMPS (2.4 A: 21 us; 3.0 A: 0.5 ms); the ZBL core of
-    :class:`FitSettings` stays on (without it random starts collapse to 0.7 A bonds)."""
+    :class:`FitSettings` stays on (without it random starts collapse to 0.7 A bonds). Its
+    potential directories recommend ``lammps-cg``: the force call is so cheap that the
+    Python relaxer's per-step work would dominate."""
+
+    kind: ClassVar[str] = "uf3"
+    optimizer: ClassVar[str | None] = "lammps-cg"
 
     alpha: float = 1e-6
     rc2: float = 3.0
@@ -139,6 +148,19 @@ class UF3Settings(FitSettings):
     def cutoff(self) -> float:
         return self.rc2
 
+    def pair_style(self, element: str) -> tuple[str, str]:
+        """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
+        return "uf3 3", f"{{potdir}}/{element}.uf3 {element}"
+
+    def descriptors(self, elements: list[str]) -> UF3Descriptors:
+        return UF3Descriptors(self, elements)
+
+    def write_model(self, directory: Path, element: str, beta: np.ndarray) -> None:
+        """Write the fitted coefficients ``beta`` as ``<element>.uf3``."""
+        from rmsearch.uf3 import write_potential
+
+        write_potential(directory / f"{element}.uf3", element, beta, self.basis)
+
 
 @dataclass
 class SnapSettings(FitSettings):
@@ -148,6 +170,8 @@ class SnapSettings(FitSettings):
     for all element pairs (element radii 0.5, ``rcutfac = rcut``). rfac0, rmin0: SNAP
     radial mapping. quadratic: add the ``B_i B_j`` terms (``quadraticflag 1``).
     """
+
+    kind: ClassVar[str] = "snap"
 
     twojmax: int = 6
     rcut: float = 3.5
@@ -166,6 +190,17 @@ class SnapSettings(FitSettings):
     def cutoff(self) -> float:
         return self.rcut
 
+    def pair_style(self, element: str) -> tuple[str, str]:
+        """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
+        return "snap", f"{{potdir}}/{element}.snapcoeff {{potdir}}/{element}.snapparam {element}"
+
+    def descriptors(self, elements: list[str]) -> SnapDescriptors:
+        return SnapDescriptors(self, elements)
+
+    def write_model(self, directory: Path, element: str, beta: np.ndarray) -> None:
+        """Write the fitted coefficients ``beta`` as ``<element>.snapcoeff`` and ``.snapparam``."""
+        write_snap_files(directory, element, beta, self)
+
     def param_lines(self) -> list[str]:
         """The ``.snapparam`` keywords (shared by compute snap and pair_style snap)."""
         return [f"rcutfac {self.rcut!r}", f"twojmax {int(self.twojmax)}", f"rfac0 {self.rfac0!r}",
@@ -173,7 +208,25 @@ class SnapSettings(FitSettings):
                 "switchflag 1"]
 
 
+#: Settings class of each ``--kind``.
+SETTINGS: dict[str, type[FitSettings]] = {"uf3": UF3Settings, "snap": SnapSettings}
+KINDS = tuple(SETTINGS)
+
+
 # ----------------------------------------------------------------------------- descriptors
+
+class _Descriptors:
+    """Context-manager protocol of the descriptor classes (``close`` frees LAMMPS)."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
 
 def _zbl_pair(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
     """(pair_style, pair_coeff lines) of the ZBL core, or of a ``zero`` style without one."""
@@ -187,7 +240,7 @@ def _zbl_pair(settings: FitSettings, elements: list[str]) -> tuple[str, list[str
     return f"zbl {settings.zbl_inner!r} {settings.zbl_outer!r}", coeffs
 
 
-class SnapDescriptors:
+class SnapDescriptors(_Descriptors):
     """Per-frame SNAP descriptor rows from one reused LAMMPS instance.
 
     :meth:`rows` returns, for one structure, the force block ``(3 N, ncol)`` (forces =
@@ -205,12 +258,6 @@ class SnapDescriptors:
 
     def close(self) -> None:
         self.lmp.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _commands(self, atoms: Atoms, cell_l: np.ndarray) -> tuple[list[str], list[str]]:
         s = self.settings
@@ -278,7 +325,7 @@ class SnapDescriptors:
         return f_rows.reshape(3 * n, -1), vir, ref_f, ref_vir
 
 
-class UF3Descriptors:
+class UF3Descriptors(_Descriptors):
     """Per-frame UF3 feature rows (:func:`rmsearch.uf3.feature_rows`, numpy) with the same
     interface as :class:`SnapDescriptors`; the ZBL core's share comes from LAMMPS."""
 
@@ -300,12 +347,6 @@ class UF3Descriptors:
     def close(self) -> None:
         if self.core is not None:
             self.core.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial (3, 3))."""
@@ -345,27 +386,13 @@ def pair_definition(settings: FitSettings, elements: list[str]) -> tuple[str, li
     """``pair_style`` and ``pair_coeff`` of the fitted potential ({potdir} placeholders)."""
     if len(elements) != 1:
         raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
-    el = elements[0]
-    if isinstance(settings, UF3Settings):
-        sub, args = "uf3 3", f"{{potdir}}/{el}.uf3 {el}"
-    else:
-        sub, args = "snap", f"{{potdir}}/{el}.snapcoeff {{potdir}}/{el}.snapparam {el}"
+    sub, args = settings.pair_style(elements[0])
     if not settings.core:
         return sub, [f"* * {args}"]
     style, coeffs = _zbl_pair(settings, elements)
+    types = [c.split(maxsplit=2) for c in coeffs]
     return (f"hybrid/overlay {style} {sub}",
-            [f"{c.split(maxsplit=2)[0]} {c.split(maxsplit=2)[1]} zbl {c.split(maxsplit=2)[2]}" for c in coeffs]
-            + [f"* * {sub.split()[0]} {args}"])
-
-
-def write_model_files(directory: Path, element: str, beta: np.ndarray, settings: FitSettings) -> None:
-    """Write the coefficient file(s) of a fitted model into ``directory``."""
-    if isinstance(settings, UF3Settings):
-        from rmsearch.uf3 import write_potential
-
-        write_potential(directory / f"{element}.uf3", element, beta, settings.basis)
-    else:
-        write_snap_files(directory, element, beta, settings)
+            [f"{i} {j} zbl {rest}" for i, j, rest in types] + [f"* * {sub.split()[0]} {args}"])
 
 
 # ----------------------------------------------------------------------------- fit
@@ -404,8 +431,7 @@ def design_matrix(frames: Sequence[Atoms], settings: FitSettings, elements: list
     ws = math.sqrt(settings.stress_weight)
     iv = np.array([i for i, _ in _VOIGT])
     jv = np.array([j for _, j in _VOIGT])
-    descriptors = UF3Descriptors if isinstance(settings, UF3Settings) else SnapDescriptors
-    with descriptors(settings, elements) as desc:
+    with settings.descriptors(elements) as desc:
         for k, atoms in enumerate(frames):
             forces, stress = _labels(atoms, k)
             a_f, w_c, ref_f, ref_w = desc.rows(atoms)
@@ -547,10 +573,10 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
     from rmsearch.potentials import FORMAT_VERSION, fit_volumes, load_potential
 
     if kind is None:
-        kind = "uf3" if isinstance(settings, UF3Settings) else "snap" if settings is not None else DEFAULT_KIND
+        kind = settings.kind if settings is not None else DEFAULT_KIND
     if kind not in KINDS:
         raise RMError(f"--kind {kind!r}: must be one of {', '.join(KINDS)}")
-    expected = UF3Settings if kind == "uf3" else SnapSettings
+    expected = SETTINGS[kind]
     settings = settings or expected()
     if type(settings) is not expected:
         raise RMError(f"--kind {kind}: settings are {type(settings).__name__}, expected {expected.__name__}")
@@ -583,12 +609,12 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
     tmp.mkdir(parents=True)
     try:
         pair_style, pair_coeff = pair_definition(settings, elements)  # one element for now
-        write_model_files(tmp, elements[0], beta, settings)
+        settings.write_model(tmp, elements[0], beta)
         meta = {
             "format": FORMAT_VERSION, "backend": kind, "model": None, "elements": elements,
             "cutoff": settings.cutoff, "pair_style": pair_style, "pair_coeff": pair_coeff,
             "callback": None, "volumes": volumes, "volumes_source": vsource,
-            **({"optimizer": "lammps-cg"} if kind == "uf3" else {}),
+            **({"optimizer": settings.optimizer} if settings.optimizer else {}),
             "training": str(Path(data).resolve()),
             "fit": {k: report[k] for k in ("train", "holdout", "holdout_snap_only", "n_coefficients")}
                    | ({"mace_holdout": report["mace_holdout"]} if "mace_holdout" in report else {}),
