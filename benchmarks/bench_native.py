@@ -34,8 +34,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 log = logging.getLogger("bench_native")
-#: Linear strains of the native recipe (README "Native potentials", tests/test_native.py).
-NATIVE_STRAINS = [-0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1]
 
 
 def train_mace(train_xyz: Path, workdir: Path, epochs: int = 12) -> Path:
@@ -100,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import rmdata
     from rmdata.make import make_dataset
-    from rmsearch.native import fit_native, mace_errors
+    from rmsearch.native import NATIVE_COPIES, NATIVE_STRAINS, fit_native, mace_errors
     from rmsearch.potentials import export_potential, load_potential
     from rmsearch.relax import Relaxer, RelaxSettings, resolve_optimizer
     from rmsearch.starts import make_spec, make_start
@@ -109,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="bench_native"))
     data = work / "diamond.xyz"
     # the native recipe of the README ("Native potentials"): compressive strains to -20 %, 3 copies
-    make_dataset(data, "diamond", seed=0, workers=1, strains=NATIVE_STRAINS, copies=3)
+    make_dataset(data, "diamond", seed=0, workers=1, strains=list(NATIVE_STRAINS), copies=NATIVE_COPIES)
     fits, fit_s = {}, {}
     for kind in ("snap", "uf3"):
         t0 = time.perf_counter()

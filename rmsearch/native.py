@@ -67,6 +67,11 @@ from rmdata.utils import provenance, write_json_atomic
 
 log = logging.getLogger(__name__)
 
+#: The data recipe of the native potentials (README "Native potentials"): the diamond preset
+#: with these linear strains (compressive down to -20 %) and this many noise draws per
+#: (strain, level), i.e. ``make_dataset(..., strains=NATIVE_STRAINS, copies=NATIVE_COPIES)``.
+NATIVE_STRAINS = (-0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1)
+NATIVE_COPIES = 3
 #: The kind ``fit-native`` fits unless told otherwise.
 DEFAULT_KIND = "snap"
 #: LAMMPS metal-units pressure (bar) per eV/A^3.

@@ -147,9 +147,6 @@ def test_bad_input_is_one_line_error(tmp_path):
         _zbl("1.0")
 
 
-#: The data recipe of the native potential (README "Native potentials"): the diamond
-#: preset with compressive strains down to -20 % and three noise draws per (strain, level).
-NATIVE_STRAINS = [-0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1]
 
 
 def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path):
@@ -159,12 +156,12 @@ def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path):
     from rmsearch.analysis.dedupe import dedupe
     from rmsearch.analysis.score import spacegroup
     from rmsearch.analysis.validity import check_validity
-    from rmsearch.native import fit_native
+    from rmsearch.native import NATIVE_COPIES, NATIVE_STRAINS, fit_native
     from rmsearch.records import read_records
     from rmsearch.runner import launch
 
     data = tmp_path / "diamond_s20.xyz"
-    make_dataset(data, "diamond", seed=0, workers=1, strains=NATIVE_STRAINS, copies=3)
+    make_dataset(data, "diamond", seed=0, workers=1, strains=list(NATIVE_STRAINS), copies=NATIVE_COPIES)
     fit_native(data, tmp_path / "pot")
     summary = launch(tmp_path / "run", potential=tmp_path / "pot", nruns=16, workers=1, progress=False,
                      system="C", natoms="2-4", seed=0)
