@@ -2,7 +2,8 @@
 
 All potentials come from the same rmdata diamond file (seed 0, the README's native recipe:
 strains -20 % to +10 %, three copies): SNAP and UF3 from
-``rmsearch fit-native`` (default recipes), and a tiny one-layer MACE trained with the
+``rmsearch fit-native`` (default recipes: UF3 learns from a SNAP teacher, rmsearch.distill),
+UF3 fitted on the rmdata labels alone (``--no-teacher``, the baseline the teacher fixes), and a tiny one-layer MACE trained with the
 command ``rmdata mace-command`` prints (16 channels, 12 epochs, as the test suite does) on
 the *training split of the native fits only*, so that all are scored on the same
 held-out frames. Then every engine relaxes the same seeded random C8 starts with
@@ -109,12 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     # the native recipe of the README ("Native potentials"): compressive strains to -20 %, 3 copies
     make_dataset(data, "diamond", seed=0, workers=1, strains=list(NATIVE_STRAINS), copies=NATIVE_COPIES)
     fits, fit_s = {}, {}
-    for kind in ("snap", "uf3"):
+    for name, kind, teacher in (("snap", "snap", False), ("uf3", "uf3", True), ("uf3 no teacher", "uf3", False)):
         t0 = time.perf_counter()
-        fits[kind] = fit_native(data, work / kind, kind=kind)
-        fit_s[kind] = round(time.perf_counter() - t0, 1)
+        fits[name] = fit_native(data, work / name.replace(" ", "_"), kind=kind, teacher=teacher)
+        fit_s[name] = round(time.perf_counter() - t0, 1)
     held = set(fits["snap"]["holdout_frames"])
-    assert held == set(fits["uf3"]["holdout_frames"])
+    assert all(held == set(f["holdout_frames"]) for f in fits.values())
     frames = rmdata.read(data)
     if args.model is None:
         from ase.io import write
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         model = args.model
     mace_hold = mace_errors(model, [frames[k] for k in sorted(held)])
     export_potential(model, work / "mace", training=data)
-    pots = {k: load_potential(work / k) for k in ("snap", "uf3", "mace")}
+    pots = {k: load_potential(work / k.replace(" ", "_")) for k in (*fits, "mace")}
     spec = make_spec(composition="C8", natoms=8, volumes=pots["snap"].volumes)
     starts = [make_start(spec, i, 0) for i in range(n)]
 
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         how = resolve_optimizer(optimizer, pots[kind])
         return f"{kind} ({how}{', default' if optimizer == 'auto' else ''})", Relaxer(pots[kind], rs)
 
-    relaxers = dict([relaxer("mace"), relaxer("uf3"), relaxer("uf3", "fire2-lbfgs"), relaxer("snap"),
-                     relaxer("snap", "lammps-cg")])
+    relaxers = dict([relaxer("mace"), relaxer("uf3"), relaxer("uf3", "fire2-lbfgs"), relaxer("uf3 no teacher"),
+                     relaxer("snap"), relaxer("snap", "lammps-cg")])
     res = relax_all(relaxers, starts)
     summ = {k: summarise(v) for k, v in res.items()}
     mace_name = next(iter(summ))
@@ -182,9 +183,12 @@ def main(argv: list[str] | None = None) -> int:
               (f"- held-out frames ({f['snap']['holdout']['n_frames']} of {fits['snap']['n_frames']}), RMSE "
                f"force (eV/A) / stress (eV/A^3): SNAP {err(f['snap']['holdout'])} (without its ZBL core "
                f"{err(f['snap']['holdout_no_core'])}); UF3 {err(f['uf3']['holdout'])} (without its ZBL core "
-               f"{err(f['uf3']['holdout_no_core'])}); MACE (trained on the other frames) "
+               f"{err(f['uf3']['holdout_no_core'])}); UF3 without teacher {err(f['uf3 no teacher']['holdout'])} "
+               f"(without its ZBL core {err(f['uf3 no teacher']['holdout_no_core'])}); MACE (trained on the other frames) "
                f"{err(f['mace_holdout'])}"),
-              (f"- fits: SNAP {f['snap']['fit_s']} s, UF3 {f['uf3']['fit_s']} s; settings "
+              (f"- UF3 distillation: {json.dumps(fits['uf3']['distillation']['rounds'])}"),
+              (f"- fits: SNAP {f['snap']['fit_s']} s, UF3 {f['uf3']['fit_s']} s (teacher included), "
+               f"UF3 without teacher {f['uf3 no teacher']['fit_s']} s; settings "
                + "; ".join(f"{k} {json.dumps({x: y for x, y in f[k]['settings'].items() if x not in ('holdout', 'seed', 'fit_core')})}"
                            for k in ("snap", "uf3")))]
     text = "\n".join(lines) + "\n"

@@ -4,8 +4,10 @@ Both are linear in their coefficients, so one fit serves both: a design matrix o
 rows and ``-V sigma / N`` stress rows (:class:`DesignMatrix`), ridge least squares, a
 held-out error report, and a self-check of the LAMMPS pair style against the fit's own
 predictions. The descriptors differ: SNAP rows come from LAMMPS ``compute snap``
-(below), UF3 rows from numpy (:mod:`rmsearch.uf3`). ``KINDS`` lists them; SNAP is the
-default because it is the one that finds diamond (README, "Native potentials").
+(below), UF3 rows from numpy (:mod:`rmsearch.uf3`). ``KINDS`` lists them. UF3 is the
+default: ~20-40x cheaper per force call than SNAP, and taught by a quadratic SNAP fitted
+on the same file (:mod:`rmsearch.distill`) it finds diamond, which UF3 fitted on the
+labels alone does not (README, "Native potentials").
 
 SNAP.
 
@@ -64,6 +66,7 @@ from ase.data import atomic_masses, atomic_numbers
 
 from rmdata.errors import RMError
 from rmdata.utils import provenance, write_json_atomic
+from rmsearch.distill import DistillSettings
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,7 @@ log = logging.getLogger(__name__)
 NATIVE_STRAINS = (-0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1)
 NATIVE_COPIES = 3
 #: The kind ``fit-native`` fits unless told otherwise.
-DEFAULT_KIND = "snap"
+DEFAULT_KIND = "uf3"
 #: LAMMPS metal-units pressure (bar) per eV/A^3.
 BAR_PER_EV_A3 = 1.6021765e6
 
@@ -95,6 +98,8 @@ class FitSettings:
     #: recommends (None: the relaxer's default).
     kind: ClassVar[str] = ""
     optimizer: ClassVar[str | None] = None
+    #: Whether the fit learns from a SNAP teacher by default (:mod:`rmsearch.distill`).
+    distils: ClassVar[bool] = False
 
     alpha: float = 1.0
     stress_weight: float = 1.0
@@ -124,17 +129,20 @@ class UF3Settings(FitSettings):
     """A UF3 fit (:mod:`rmsearch.uf3`): two-body cutoff rc2 (A) with n2 knot intervals,
     three-body cutoff rc3 (A) with n3 intervals on r_ij, r_ik and n3jk on r_jk. The
     defaults keep the three-body term to the first shell of carbon (2.2 A), which makes a
-    force call on 8 atoms ~14 us in LAMMPS (2.4 A: 21 us; 3.0 A: 0.5 ms); the ZBL core of
+    force call on 8 atoms ~14 us in LAMMPS (2.4 A: 21 us; 3.0 A: 0.5 ms); the two-body term
+    reaches 3.5 A, the third diamond shell, which tells cubic from hexagonal diamond. The
+    fit learns from a SNAP teacher by default (``distils``); the ZBL core of
     :class:`FitSettings` stays on (without it random starts collapse to 0.7 A bonds). Its
     potential directories recommend ``lammps-cg``: the force call is so cheap that the
     Python relaxer's per-step work would dominate."""
 
     kind: ClassVar[str] = "uf3"
     optimizer: ClassVar[str | None] = "lammps-cg"
+    distils: ClassVar[bool] = True
 
     alpha: float = 1e-6
-    rc2: float = 3.0
-    n2: int = 12
+    rc2: float = 3.5
+    n2: int = 14
     rc3: float = 2.2
     n3: int = 6
     n3jk: int = 6
@@ -568,12 +576,16 @@ def fit_beta(dm: DesignMatrix, settings: FitSettings, train: np.ndarray) -> np.n
 
 def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
                settings: FitSettings | None = None, mace_model: str | os.PathLike | None = None,
-               overwrite: bool = False) -> dict[str, Any]:
+               overwrite: bool = False, teacher: bool | DistillSettings = True) -> dict[str, Any]:
     """Fit a native potential (``kind`` uf3 or snap) on an rmdata file and write the potential directory ``out``.
 
+    A UF3 fit learns from a quadratic SNAP teacher fitted on the same file
+    (:mod:`rmsearch.distill`; ``teacher``: True for the default recipe, a
+    :class:`DistillSettings`, or False for the rmdata labels alone); SNAP fits ignore it.
     Returns the fit report (also stored as ``fit.json`` in ``out``): settings, train and
-    held-out RMSEs of forces (eV/A) and stress (eV/A^3), MACE's on the same held-out
-    frames when ``mace_model`` is given, and the LAMMPS self-check.
+    held-out RMSEs of forces (eV/A) and stress (eV/A^3) on the rmdata frames, MACE's on the
+    same held-out frames when ``mace_model`` is given, the distillation rounds, and the
+    LAMMPS self-check.
     """
     from rmsearch.potentials import FORMAT_VERSION, fit_volumes, load_potential
 
@@ -594,25 +606,33 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
     dm = design_matrix(frames, settings, elements)
     held = holdout_mask(len(frames), settings.holdout, settings.seed)
     train = ~held
-    beta = fit_beta(dm, settings, train)
-    report: dict[str, Any] = {
-        "kind": kind, "settings": asdict(settings), "elements": elements,
-        "n_frames": len(frames), "n_coefficients": int(beta.size),
-        "n_rows": int(dm.subset(train).sum()),
-        "train": errors(dm, beta, settings, train),
-        "holdout": errors(dm, beta, settings, held) if held.any() else None,
-        "holdout_snap_only": (errors(dm, beta, settings, held, core=False)
-                              if held.any() and settings.core else None),
-        "holdout_frames": np.flatnonzero(held).tolist(),
-    }
-    if mace_model is not None and held.any():
-        report["mace_holdout"] = mace_errors(mace_model, [frames[i] for i in np.flatnonzero(held)])
-    volumes, vsource = fit_volumes(frames, elements)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    distillation = None
     try:
+        if teacher is not False and settings.distils:
+            from rmsearch.distill import distil
+
+            beta, distillation = distil(data, frames, train, dm, settings, elements, tmp,
+                                        teacher if isinstance(teacher, DistillSettings) else None)
+        else:
+            beta = fit_beta(dm, settings, train)
+        report: dict[str, Any] = {
+            "kind": kind, "settings": asdict(settings), "elements": elements,
+            "n_frames": len(frames), "n_coefficients": int(beta.size),
+            "n_rows": int(dm.subset(train).sum()),
+            "train": errors(dm, beta, settings, train),
+            "holdout": errors(dm, beta, settings, held) if held.any() else None,
+            "holdout_snap_only": (errors(dm, beta, settings, held, core=False)
+                                  if held.any() and settings.core else None),
+            "holdout_frames": np.flatnonzero(held).tolist(),
+            **({"distillation": distillation} if distillation else {}),
+        }
+        if mace_model is not None and held.any():
+            report["mace_holdout"] = mace_errors(mace_model, [frames[i] for i in np.flatnonzero(held)])
+        volumes, vsource = fit_volumes(frames, elements)
         pair_style, pair_coeff = pair_definition(settings, elements)  # one element for now
         settings.write_model(tmp, elements[0], beta)
         meta = {
@@ -622,6 +642,8 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
             **({"optimizer": settings.optimizer} if settings.optimizer else {}),
             "training": str(Path(data).resolve()),
             "fit": {k: report[k] for k in ("train", "holdout", "holdout_snap_only", "n_coefficients")}
+                   | ({"teacher": "teacher", "teacher_frames": distillation["teacher_frames"]}
+                      if distillation else {})
                    | ({"mace_holdout": report["mace_holdout"]} if "mace_holdout" in report else {}),
             "provenance": provenance({"data": str(data), "kind": kind, **asdict(settings)}, settings.seed),
         }

@@ -14,8 +14,9 @@ coefficients and the last three (ij and ik) three-body coefficients are fixed at
 so energy, force and curvature go to zero at the cutoffs. ``c_lmn`` is symmetric in
 (l, m) (LAMMPS reads only its upper triangle), so the fit uses one column per l <= m.
 
-The model is linear in the coefficients: :func:`feature_rows` returns, per structure,
-the force block (3N, ncol) and the virial block (3, 3, ncol) (``W = -V sigma``, eV;
+The model is linear in the coefficients: :func:`energy_row` returns the energy features
+(ncol,) of a structure, :func:`feature_rows` the force block (3N, ncol) and the virial
+block (3, 3, ncol) (``W = -V sigma``, eV;
 sigma in ASE's sign) from an ASE neighbour list, vectorised over pairs and triplets
 (sparse incidence matrices scatter them onto atoms). :func:`write_potential` writes the
 single-file format of LAMMPS' ML-UF3 package (2B and 3B blocks, ``nk`` knots).
@@ -23,9 +24,10 @@ single-file format of LAMMPS' ML-UF3 package (2B and 3B blocks, ``nk`` knots).
 Why UF3 as the fast native path: with the three-body term cut at the first carbon shell
 (2.2 A) one force call on 8 carbon atoms costs ~14 microseconds against ~1.5 ms for the
 quadratic SNAP (2J = 6), and the fit takes seconds. Its limit, measured on the diamond
-preset: a two- plus three-body sum cannot penalise over-coordination the way SNAP's
-quadratic bispectrum terms do, so denser phases end below diamond (README, "Native
-potentials").
+preset: fitted on response-matched labels alone, a two- plus three-body sum does not
+learn to penalise over-coordination the way SNAP's quadratic bispectrum terms do, so
+denser phases end below diamond; :mod:`rmsearch.distill` fixes that with a SNAP teacher
+(README, "Native potentials").
 """
 
 from __future__ import annotations
@@ -138,6 +140,45 @@ def _scatter(n_atoms: int, rows: list[tuple[np.ndarray, float]], values: np.ndar
     return np.asarray(inc @ values)
 
 
+def _triplets(ii: np.ndarray, dist: np.ndarray, rc3: float) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour-list entries (p, q) of every three-body triplet: same centre ``ii``, both
+    within ``rc3`` (A), each unordered pair of neighbours once (p before q)."""
+    inner = np.flatnonzero(dist <= rc3)
+    centre = ii[inner]
+    order = np.argsort(centre, kind="stable")
+    inner, centre = inner[order], centre[order]
+    ends = np.searchsorted(centre, centre, side="right")
+    partners = ends - np.arange(len(inner)) - 1  # entries after p in the same centre
+    total = int(partners.sum())
+    p = np.repeat(np.arange(len(inner)), partners)
+    q = p + 1 + (np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners))
+    return inner[p], inner[q]
+
+
+def _sym_lm(a: np.ndarray, b: np.ndarray, basis: UF3Basis) -> np.ndarray:
+    """a_l b_m + a_m b_l for l < m, a_l b_l on the diagonal: (T, n_lm), the symmetric
+    three-body columns of per-triplet r_ij and r_ik basis values ``a``, ``b``."""
+    lidx, midx = basis.pairs_lm
+    out = a[:, lidx] * b[:, midx] + a[:, midx] * b[:, lidx]
+    out[:, lidx == midx] *= 0.5
+    return out
+
+
+def energy_row(atoms: Atoms, basis: UF3Basis) -> np.ndarray:
+    """Energy features (ncol,) of one periodic structure: E (eV) = row @ coef, in the column
+    order of :func:`feature_rows` (sums of the basis functions over pairs and triplets)."""
+    ii, _, dist, vec = neighbor_list("ijdD", atoms, basis.rc2)
+    row = np.zeros(basis.n_columns)
+    row[: basis.free2] = _basis(basis.t2, dist)[0][:, : basis.free2].sum(axis=0)
+    ep, eq = _triplets(ii, dist, basis.rc3)
+    if len(ep):
+        b_ij = _basis(basis.t3, dist[ep])[0][:, : basis.free3]
+        b_ik = _basis(basis.t3, dist[eq])[0][:, : basis.free3]
+        b_jk = _basis(basis.t3jk, np.linalg.norm(vec[eq] - vec[ep], axis=1))[0]
+        row[basis.free2:] = np.einsum("tl,tn->ln", _sym_lm(b_ij, b_ik, basis), b_jk).ravel()
+    return row
+
+
 def feature_rows(atoms: Atoms, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]:
     """Force block (3N, ncol) and virial block (3, 3, ncol) of one periodic structure.
 
@@ -162,20 +203,10 @@ def feature_rows(atoms: Atoms, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]
     forces[:, :, : basis.free2] = f2
     virial[:, :, : basis.free2] = -np.einsum("pa,pb,pk->abk", vec, unit, db2)
     # three-body: centres i, unordered neighbour pairs (p < q) within rc3
-    inner = np.flatnonzero(dist <= basis.rc3)
-    if len(inner) < 2:
-        return forces.reshape(3 * n, ncol), virial
-    centre = ii[inner]
-    order = np.argsort(centre, kind="stable")
-    inner, centre = inner[order], centre[order]
-    ends = np.searchsorted(centre, centre, side="right")
-    partners = ends - np.arange(len(inner)) - 1  # entries after p in the same centre
-    total = int(partners.sum())
+    ep, eq = _triplets(ii, dist, basis.rc3)
+    total = len(ep)
     if total == 0:
         return forces.reshape(3 * n, ncol), virial
-    p = np.repeat(np.arange(len(inner)), partners)
-    q = p + 1 + (np.arange(total) - np.repeat(np.cumsum(partners) - partners, partners))
-    ep, eq = inner[p], inner[q]
     ci, cj, ck = ii[ep], jj[ep], jj[eq]
     d_ij, d_ik = vec[ep], vec[eq]
     d_jk = d_ik - d_ij
@@ -186,19 +217,10 @@ def feature_rows(atoms: Atoms, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]
     b_ij, db_ij = (x[:, : basis.free3] for x in _basis(basis.t3, r_ij))
     b_ik, db_ik = (x[:, : basis.free3] for x in _basis(basis.t3, r_ik))
     b_jk, db_jk = _basis(basis.t3jk, r_jk)
-    lidx, midx = basis.pairs_lm
-    diag = lidx == midx
-
-    def sym(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """a_l b_m + a_m b_l for l < m, a_l b_l on the diagonal: (T, n_lm)."""
-        out = a[:, lidx] * b[:, midx] + a[:, midx] * b[:, lidx]
-        out[:, diag] *= 0.5
-        return out
-
     # dE/dr_ij, dE/dr_ik, dE/dr_jk per triplet and column (T, n_lm * nb3jk)
-    g_ij = (sym(db_ij, b_ik)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
-    g_ik = (sym(b_ij, db_ik)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
-    g_jk = (sym(b_ij, b_ik)[:, :, None] * db_jk[:, None, :]).reshape(total, -1)
+    g_ij = (_sym_lm(db_ij, b_ik, basis)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
+    g_ik = (_sym_lm(b_ij, db_ik, basis)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
+    g_jk = (_sym_lm(b_ij, b_ik, basis)[:, :, None] * db_jk[:, None, :]).reshape(total, -1)
     u_ij = d_ij / r_ij[:, None]
     u_ik = d_ik / r_ik[:, None]
     u_jk = d_jk / r_jk[:, None]

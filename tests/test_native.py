@@ -1,9 +1,9 @@
-"""Native SNAP potential fitted on rmdata labels (rmsearch.native, ``rmsearch fit-native``).
+"""Native potentials fitted on rmdata labels (rmsearch.native, ``rmsearch fit-native``); SNAP here, UF3 features in test_uf3.py.
 
 - exactness: labels made by a known SNAP potential are fitted back to its coefficients;
 - ``pair_style snap`` in LAMMPS reproduces the fit's own predictions;
 - a 5 %-strained diamond relaxes back to the reference lattice constant within 1 %;
-- the diamond one-shot search (quick size) with the native potential.
+- the diamond one-shot search (quick size) with each native potential finds cubic diamond.
 """
 
 from __future__ import annotations
@@ -149,9 +149,11 @@ def test_bad_input_is_one_line_error(tmp_path):
 
 
 
-def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path):
-    """Quick diamond one-shot search (C, 2-4 atoms, 16 runs) with the native potential:
-    the lowest-energy valid cluster is cubic diamond (spglib 227, ~5.7 A^3/atom)."""
+@pytest.mark.parametrize("kind, nruns", [("uf3", 32), ("snap", 16)])
+def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path, kind, nruns):
+    """Quick diamond one-shot search (C, 2-4 atoms, 32 or 16 runs) with each native potential
+    (UF3 taught by its SNAP teacher, the default; SNAP alone): the lowest-energy valid
+    cluster is cubic diamond (spglib 227, ~5.7 A^3/atom)."""
     from rmdata.make import make_dataset
     from rmsearch.analysis.dedupe import dedupe
     from rmsearch.analysis.score import spacegroup
@@ -162,12 +164,12 @@ def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path):
 
     data = tmp_path / "diamond_s20.xyz"
     make_dataset(data, "diamond", seed=0, workers=1, strains=list(NATIVE_STRAINS), copies=NATIVE_COPIES)
-    fit_native(data, tmp_path / "pot")
-    summary = launch(tmp_path / "run", potential=tmp_path / "pot", nruns=16, workers=1, progress=False,
+    fit_native(data, tmp_path / "pot", kind=kind)
+    summary = launch(tmp_path / "run", potential=tmp_path / "pot", nruns=nruns, workers=1, progress=False,
                      system="C", natoms="2-4", seed=0)
-    assert summary["total"]["done"] == 16
+    assert summary["total"]["done"] == nruns
     records = [r for r in read_records(tmp_path / "run" / "shards") if r.status == "converged"]
-    assert len(records) >= 12, summary
+    assert len(records) >= 0.75 * nruns, summary
     items = [(r.run_id, r.to_atoms(), r.energy_per_atom) for r in records
              if check_validity(r.to_atoms()).valid]
     clusters = dedupe(items).clusters

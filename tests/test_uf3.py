@@ -1,7 +1,7 @@
 """UF3 features (rmsearch.uf3) against LAMMPS ``pair_style uf3``, and UF3 fits (fit-native --kind uf3).
 
-- the numpy feature rows times any coefficients equal LAMMPS' forces and stress to 1e-9
-  (rattled triclinic cell), and LAMMPS' forces are minus the gradient of its energy
+- the numpy feature rows times any coefficients equal LAMMPS' energy, forces and stress
+  to 1e-9 (rattled triclinic cell), and LAMMPS' forces are minus the gradient of its energy
   (finite differences), so the features are the true derivatives of the model;
 - labels made by a known UF3 potential are fitted back exactly;
 - the CLI writes a potential directory that recommends the in-LAMMPS minimiser.
@@ -56,7 +56,7 @@ def _teacher(basis, seed=1) -> np.ndarray:
 
 def test_features_equal_lammps_and_are_the_gradient(tmp_path):
     from rmsearch.relax import LammpsEngine
-    from rmsearch.uf3 import UF3Basis, feature_rows
+    from rmsearch.uf3 import UF3Basis, energy_row, feature_rows
 
     basis = UF3Basis(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5)
     coef = _teacher(basis)
@@ -65,6 +65,7 @@ def test_features_equal_lammps_and_are_the_gradient(tmp_path):
         f_rows, w_rows = feature_rows(atoms, basis)
         energy, forces, stress = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
         scale = max(1.0, np.abs(forces).max())
+        assert abs(energy_row(atoms, basis) @ coef - energy) < 1e-9 * max(1.0, abs(energy))
         assert np.abs((f_rows @ coef).reshape(-1, 3) - forces).max() < 1e-9 * scale
         assert np.abs(-(w_rows @ coef) / atoms.get_volume() - stress).max() < 1e-9 * scale
         # LAMMPS' forces are -dE/dx of its own energy: the file is read as the features assume
@@ -109,8 +110,8 @@ def test_fit_recovers_a_known_uf3_potential(tmp_path):
         atoms.info["REF_stress"] = stress.ravel()
     teacher.close()
     write(tmp_path / "teacher.xyz", frames, format="extxyz")
-    report = fit_native(tmp_path / "teacher.xyz", tmp_path / "fit", settings=settings)
-    assert report["kind"] == "uf3"
+    report = fit_native(tmp_path / "teacher.xyz", tmp_path / "fit", settings=settings, teacher=False)
+    assert report["kind"] == "uf3" and "distillation" not in report
     for split in ("train", "holdout"):  # held-out too (same model class); extxyz keeps ~1e-8 eV/A
         assert report[split]["force_rmse_eV_per_A"] < 1e-6, report[split]
         assert report[split]["stress_rmse_eV_per_A3"] < 1e-7, report[split]
@@ -125,15 +126,25 @@ def test_fit_native_cli_uf3_recommends_lammps_minimiser(tmp_path):
 
     data = tmp_path / "diamond.xyz"
     make_dataset(data, "diamond", seed=0, workers=1)
-    res = CliRunner().invoke(main, ["fit-native", str(data), "--kind", "uf3", "-o", str(tmp_path / "pot")])
+    res = CliRunner().invoke(main, ["fit-native", str(data), "--kind", "uf3", "-o", str(tmp_path / "pot"),
+                                    "--rounds", "1", "--distil-starts", "6", "--distil-natoms", "2-4"])
     assert res.exit_code == 0, res.output
-    assert "self-check LAMMPS pair style vs fit" in res.output
+    assert "self-check LAMMPS pair style vs fit" in res.output and "teacher: quadratic SNAP" in res.output
     pot = load_potential(tmp_path / "pot")
     assert pot.pair_style == "hybrid/overlay zbl 0.8 1.2 uf3 3"
     assert resolve_optimizer("auto", pot) == "lammps-cg"
     assert resolve_optimizer("fire2", pot) == "fire2"
     fit = json.loads((tmp_path / "pot" / "fit.json").read_text())
     assert fit["verification"]["forces_eV_per_A"] < 1e-6 and fit["settings"]["rc3"] == 2.2
+    # the teacher: a SNAP potential directory fitted on the same training split (held-out frames
+    # stay held out), and the options reached the distillation
+    teacher = json.loads((tmp_path / "pot" / "teacher" / "fit.json").read_text())
+    assert teacher["kind"] == "snap" and teacher["holdout_frames"] == fit["holdout_frames"]
+    assert load_potential(tmp_path / "pot" / "teacher").pair_style.endswith("snap")
+    d = fit["distillation"]
+    assert d["settings"]["teacher_starts"] == 6 and d["settings"]["natoms"] == "2-4" and len(d["rounds"]) == 1
+    assert 0 < d["teacher_frames"] <= 6 + 6 * 3  # minima within the core range are left out
+    assert not list((tmp_path / "pot").glob(".student*"))
 
 
 def test_uf3_settings_reject_bad_cutoffs():

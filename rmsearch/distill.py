@@ -1,0 +1,272 @@
+"""Distillation: a cheap native student (UF3) learns, from a quadratic SNAP teacher fitted on
+the same rmdata file, what the minima its own searches visit should cost.
+
+Why. Response-matched labels describe the reference structures and small perturbations of
+them. Fitted to those labels alone, a two- plus three-body UF3 potential (first-shell
+three-body cutoff, ~0.05 ms per 8-atom force call) is free to put over-coordinated phases
+below diamond: nothing in the labels prices a 5th-8th neighbour at bonding distance. A
+quadratic SNAP fitted to the same labels does price them (its bispectrum sees four shells)
+and finds diamond, but costs ~1-2 ms per call. The student keeps the UF3 cost and takes
+the teacher's judgement on the configurations that matter for search: its own minima.
+All information still comes from the rmdata file: the teacher is fitted on its training
+split only, so the held-out frames stay held out for both.
+
+Recipe (:class:`DistillSettings`, defaults in brackets):
+
+1. teacher: the default ``fit-native --kind snap`` fit, kept in ``POTDIR/teacher``;
+2. teacher frames: the minima of ``teacher_starts`` [60] random starts (``rmsearch.starts``,
+   ``natoms`` [2-8] atoms of the element) relaxed with the teacher;
+3. ``rounds`` [3] times: fit the student; relax ``starts_per_round`` [60] fresh random
+   starts with it; add every minimum and ``copies`` [2] rattled (``rattle``, A) and strained
+   (``strain``) copies of it to the teacher frames;
+4. the final fit.
+
+A fit uses the rmdata training frames' forces and stresses (as without a teacher) plus the
+teacher frames' forces, stresses and energies, and the energies per atom of every frame
+relative to the first rmdata training frame, weighted by ``energy_weight`` against a force
+row. Teacher labels are SNAP without its ZBL core (the student overlays the same core);
+frames with two atoms closer than ``min_distance`` (A, the core's range) are left out.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.neighborlist import neighbor_list
+
+from rmdata.errors import RMError
+
+if TYPE_CHECKING:
+    from rmsearch.native import DesignMatrix, UF3Settings
+    from rmsearch.potentials import Potential
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistillSettings:
+    """Options of :func:`distil` (see the module docstring): counts of random starts, the
+    copies per student minimum with their rattle (A, Gaussian sigma) and strain (Gaussian
+    sigma of the deformation gradient), the cell sizes of the starts, the energy-row weight
+    (an energy per atom, eV, against a force component, eV/A), the closest pair kept (A),
+    and the seed of starts and copies."""
+
+    rounds: int = 3
+    teacher_starts: int = 60
+    starts_per_round: int = 60
+    copies: int = 2
+    rattle: float = 0.05
+    strain: float = 0.03
+    natoms: str = "2-8"
+    energy_weight: float = 100.0
+    min_distance: float = 1.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("rounds", "teacher_starts", "starts_per_round", "copies"):
+            if getattr(self, name) < 0:
+                raise RMError(f"distillation setting {name}={getattr(self, name)!r}: must be >= 0")
+        if not self.energy_weight >= 0:
+            raise RMError(f"--energy-weight {self.energy_weight}: must be >= 0")
+
+
+def _closest_pair(atoms: Atoms, limit: float) -> float:
+    """Shortest interatomic distance (A) if below ``limit``, else ``limit``."""
+    d = neighbor_list("d", atoms, limit)
+    return float(d.min()) if len(d) else limit
+
+
+class _Teacher:
+    """The teacher's labels: SNAP without its core, in LAMMPS."""
+
+    def __init__(self, teacher_dir: Path, elements: list[str]):
+        from rmsearch.native import SnapSettings, pair_definition
+        from rmsearch.potentials import Potential, load_potential
+        from rmsearch.relax import LammpsEngine
+
+        self.potential = load_potential(teacher_dir)
+        fit = json.loads((teacher_dir / "fit.json").read_text())
+        bare = replace(SnapSettings(**fit["settings"]), zbl_outer=0.0)
+        style, coeff = pair_definition(bare, elements)
+        potdir = str(teacher_dir.resolve())
+        self.engine = LammpsEngine(Potential(
+            directory=teacher_dir, backend="snap", elements=elements, cutoff=bare.cutoff,
+            volumes=self.potential.volumes, pair_style=style.format(potdir=potdir),
+            pair_coeff=[c.format(potdir=potdir) for c in coeff]), core_repulsion=None)
+
+    def label(self, atoms: Atoms) -> Atoms:
+        """A copy of ``atoms`` with the teacher's REF_forces (eV/A), REF_stress (eV/A^3) and
+        ``teacher_energy`` (eV)."""
+        e, f, s = self.engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+        out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
+        out.arrays["REF_forces"] = f
+        out.info["REF_stress"] = np.asarray(s).ravel()
+        out.info["teacher_energy"] = float(e)
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def _student(directory: Path, settings: UF3Settings, elements: list[str], beta: np.ndarray,
+             volumes: dict[str, float]) -> Potential:
+    """A loadable in-memory potential of the student coefficients ``beta`` (files in ``directory``)."""
+    from rmsearch.native import pair_definition
+    from rmsearch.potentials import Potential
+
+    directory.mkdir(parents=True, exist_ok=True)
+    settings.write_model(directory, elements[0], beta)
+    style, coeff = pair_definition(settings, elements)
+    potdir = str(directory.resolve())
+    return Potential(directory=directory, backend=settings.kind, elements=elements, cutoff=settings.cutoff,
+                     volumes=volumes, pair_style=style.format(potdir=potdir),
+                     pair_coeff=[c.format(potdir=potdir) for c in coeff],
+                     meta={"optimizer": settings.optimizer})
+
+
+class _Rows:
+    """The growing least-squares system of the student: rmdata force/stress rows, teacher
+    frame force/stress rows, and energy-per-atom rows relative to a reference frame."""
+
+    def __init__(self, settings: UF3Settings, elements: list[str], opts: DistillSettings, ref: Atoms):
+        from rmsearch.uf3 import energy_row
+
+        self.settings, self.elements, self.opts = settings, elements, opts
+        self.a: list[np.ndarray] = []
+        self.b: list[np.ndarray] = []
+        self.ref_row = energy_row(ref, settings.basis) / len(ref)
+        self.ref_energy = ref.info["teacher_energy"] / len(ref)
+
+    def add_design(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.a.append(a)
+        self.b.append(b)
+
+    def energy_rows(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+        """Energy rows (relative to the reference, weighted) and their targets."""
+        from rmsearch.uf3 import energy_row
+
+        rows = np.array([energy_row(a, self.settings.basis) / len(a) - self.ref_row for a in frames])
+        target = np.array([a.info["teacher_energy"] / len(a) - self.ref_energy for a in frames])
+        return self.opts.energy_weight * rows, self.opts.energy_weight * target
+
+    def add_frames(self, frames: Sequence[Atoms]) -> None:
+        """Force, stress and energy rows of teacher-labelled frames."""
+        from rmsearch.native import design_matrix
+
+        if not frames:
+            return
+        dm = design_matrix(frames, self.settings, self.elements)
+        self.add_design(dm.a, dm.label)
+        self.add_design(*self.energy_rows(frames))
+
+    def solve(self) -> np.ndarray:
+        from rmsearch.native import ridge_solve
+
+        return ridge_solve(np.vstack(self.a), np.concatenate(self.b), self.settings.alpha)
+
+    def energy_gap(self, beta: np.ndarray, frames: Sequence[Atoms]) -> float:
+        """RMS difference (eV/atom) between student and teacher relative energies on ``frames``."""
+        if not frames:
+            return math.nan
+        rows, target = self.energy_rows(frames)
+        return float(np.sqrt(np.mean((rows @ beta - target) ** 2))) / max(self.opts.energy_weight, 1e-300)
+
+
+def _minima(potential: Potential, spec: Any, run_ids: range, seed: int, bar: Any) -> list[Atoms]:
+    """Relaxed structures of the random starts ``run_ids`` (finite energies only)."""
+    from rmsearch.relax import Relaxer, RelaxSettings
+    from rmsearch.starts import make_start
+
+    out = []
+    with Relaxer(potential, RelaxSettings()) as relaxer:
+        for run_id in run_ids:
+            o = relaxer.relax(make_start(spec, run_id, seed))
+            bar.update(1)
+            if np.isfinite(o.energy_per_atom) and np.all(np.isfinite(o.atoms.positions)):
+                out.append(o.atoms)
+    return out
+
+
+def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: DesignMatrix,
+           settings: UF3Settings, elements: list[str], workdir: Path,
+           opts: DistillSettings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit the UF3 student of ``settings`` on the rmdata ``frames`` (training mask ``train``,
+    design rows ``dm``) and on teacher frames (module docstring); the teacher is fitted on
+    ``data`` into ``workdir/teacher``. Returns the student's coefficients and a report."""
+    from tqdm import tqdm
+
+    from rmsearch.native import SnapSettings, fit_native
+    from rmsearch.starts import make_spec
+
+    opts = opts or DistillSettings()
+    if settings.fit_core:
+        raise RMError("--fit-core: not supported with a teacher (teacher labels have no core); "
+                      "drop --fit-core or pass --no-teacher")
+    if len(elements) != 1:
+        raise RMError(f"elements {elements}: distillation fits one element at a time for now")
+    teacher_dir = workdir / "teacher"
+    teacher_settings = SnapSettings(holdout=settings.holdout, seed=settings.seed,
+                                    zbl_inner=settings.zbl_inner, zbl_outer=settings.zbl_outer)
+    teacher_report = fit_native(data, teacher_dir, settings=teacher_settings)
+    teacher = _Teacher(teacher_dir, elements)
+    scratch = workdir / ".student"
+    train_idx = np.flatnonzero(train)
+    rmdata_frames = [teacher.label(frames[i]) for i in train_idx]
+    rows = _Rows(settings, elements, opts, rmdata_frames[0])
+    design = dm.subset(train)
+    rows.add_design(dm.a[design], dm.label[design])
+    rows.add_design(*rows.energy_rows(rmdata_frames))
+
+    def keep(atoms: Atoms) -> bool:
+        return _closest_pair(atoms, opts.min_distance) >= opts.min_distance
+
+    rng = np.random.default_rng([opts.seed, 1])
+    spec = make_spec(composition=elements[0], natoms=opts.natoms, volumes=teacher.potential.volumes)
+    total = opts.teacher_starts + opts.rounds * opts.starts_per_round
+    report: dict[str, Any] = {"settings": asdict(opts), "teacher": {
+        "directory": "teacher", "settings": teacher_report["settings"],
+        "holdout": teacher_report["holdout"], "holdout_snap_only": teacher_report["holdout_snap_only"]},
+        "rounds": []}
+    try:
+        with tqdm(total=total, unit="relax", desc="distil", disable=None, dynamic_ncols=True) as bar:
+            start = 0
+            minima = _minima(teacher.potential, spec, range(start, start + opts.teacher_starts), opts.seed, bar)
+            start += opts.teacher_starts
+            new = [teacher.label(a) for a in minima if keep(a)]
+            rows.add_frames(new)
+            n_frames = len(new)
+            for r in range(opts.rounds):
+                beta = rows.solve()
+                student = _student(scratch / f"round{r}", settings, elements, beta, teacher.potential.volumes)
+                minima = _minima(student, spec, range(start, start + opts.starts_per_round), opts.seed, bar)
+                start += opts.starts_per_round
+                labelled = [teacher.label(a) for a in minima if keep(a)]
+                gap = rows.energy_gap(beta, labelled)
+                new = list(labelled)
+                for a in minima:
+                    for _ in range(opts.copies):
+                        b = a.copy()
+                        b.set_cell(b.cell @ (np.eye(3) + opts.strain * rng.standard_normal((3, 3))), scale_atoms=True)
+                        b.positions += opts.rattle * rng.standard_normal(b.positions.shape)
+                        if keep(b):
+                            new.append(teacher.label(b))
+                rows.add_frames(new)
+                n_frames += len(new)
+                report["rounds"].append({"round": r + 1, "student_minima": len(labelled),
+                                         "energy_gap_eV_per_atom": round(gap, 5), "teacher_frames": n_frames})
+                log.info("distil round %d: %d student minima, student-teacher energy gap %.4f eV/atom, "
+                         "%d teacher frames", r + 1, len(labelled), gap, n_frames)
+        beta = rows.solve()
+    finally:
+        teacher.close()
+        shutil.rmtree(scratch, ignore_errors=True)
+    report["teacher_frames"] = n_frames
+    return beta, report
