@@ -30,13 +30,13 @@ frames with two atoms closer than ``min_distance`` (A, the core's range) are lef
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
@@ -45,7 +45,7 @@ from ase.neighborlist import neighbor_list
 from rmdata.errors import RMError
 
 if TYPE_CHECKING:
-    from rmsearch.native import DesignMatrix, UF3Settings
+    from rmsearch.native import DesignMatrix, SnapSettings, UF3Settings
     from rmsearch.potentials import Potential
 
 log = logging.getLogger(__name__)
@@ -85,22 +85,17 @@ def _closest_pair(atoms: Atoms, limit: float) -> float:
 
 
 class _Teacher:
-    """The teacher's labels: SNAP without its core, in LAMMPS."""
+    """The teacher: its potential directory (with core, for searches) and its labels (SNAP
+    without its core, in LAMMPS)."""
 
-    def __init__(self, teacher_dir: Path, elements: list[str]):
-        from rmsearch.native import SnapSettings, pair_definition
-        from rmsearch.potentials import Potential, load_potential
+    def __init__(self, teacher_dir: Path, settings: SnapSettings, elements: list[str]):
+        from rmsearch.native import native_potential
+        from rmsearch.potentials import load_potential
         from rmsearch.relax import LammpsEngine
 
         self.potential = load_potential(teacher_dir)
-        fit = json.loads((teacher_dir / "fit.json").read_text())
-        bare = replace(SnapSettings(**fit["settings"]), zbl_outer=0.0)
-        style, coeff = pair_definition(bare, elements)
-        potdir = str(teacher_dir.resolve())
-        self.engine = LammpsEngine(Potential(
-            directory=teacher_dir, backend="snap", elements=elements, cutoff=bare.cutoff,
-            volumes=self.potential.volumes, pair_style=style.format(potdir=potdir),
-            pair_coeff=[c.format(potdir=potdir) for c in coeff]), core_repulsion=None)
+        bare = native_potential(teacher_dir, replace(settings, zbl_outer=0.0), elements, self.potential.volumes)
+        self.engine = LammpsEngine(bare, core_repulsion=None)
 
     def label(self, atoms: Atoms) -> Atoms:
         """A copy of ``atoms`` with the teacher's REF_forces (eV/A), REF_stress (eV/A^3) and
@@ -119,17 +114,11 @@ class _Teacher:
 def _student(directory: Path, settings: UF3Settings, elements: list[str], beta: np.ndarray,
              volumes: dict[str, float]) -> Potential:
     """A loadable in-memory potential of the student coefficients ``beta`` (files in ``directory``)."""
-    from rmsearch.native import pair_definition
-    from rmsearch.potentials import Potential
+    from rmsearch.native import native_potential
 
     directory.mkdir(parents=True, exist_ok=True)
     settings.write_model(directory, elements[0], beta)
-    style, coeff = pair_definition(settings, elements)
-    potdir = str(directory.resolve())
-    return Potential(directory=directory, backend=settings.kind, elements=elements, cutoff=settings.cutoff,
-                     volumes=volumes, pair_style=style.format(potdir=potdir),
-                     pair_coeff=[c.format(potdir=potdir) for c in coeff],
-                     meta={"optimizer": settings.optimizer})
+    return native_potential(directory, settings, elements, volumes)
 
 
 class _Rows:
@@ -149,13 +138,19 @@ class _Rows:
         self.a.append(a)
         self.b.append(b)
 
-    def energy_rows(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
-        """Energy rows (relative to the reference, weighted) and their targets."""
+    def relative_energies(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
+        """Energy-per-atom feature rows and teacher targets (eV/atom) of ``frames``, both
+        relative to the reference frame (unweighted)."""
         from rmsearch.uf3 import energy_row
 
         rows = np.array([energy_row(a, self.settings.basis) / len(a) - self.ref_row for a in frames])
         target = np.array([a.info["teacher_energy"] / len(a) - self.ref_energy for a in frames])
-        return self.opts.energy_weight * rows, self.opts.energy_weight * target
+        return rows, target
+
+    def add_energies(self, frames: Sequence[Atoms]) -> None:
+        """Energy rows of ``frames``, weighted by ``energy_weight``."""
+        rows, target = self.relative_energies(frames)
+        self.add_design(self.opts.energy_weight * rows, self.opts.energy_weight * target)
 
     def add_frames(self, frames: Sequence[Atoms]) -> None:
         """Force, stress and energy rows of teacher-labelled frames."""
@@ -165,7 +160,7 @@ class _Rows:
             return
         dm = design_matrix(frames, self.settings, self.elements)
         self.add_design(dm.a, dm.label)
-        self.add_design(*self.energy_rows(frames))
+        self.add_energies(frames)
 
     def solve(self) -> np.ndarray:
         from rmsearch.native import ridge_solve
@@ -176,8 +171,8 @@ class _Rows:
         """RMS difference (eV/atom) between student and teacher relative energies on ``frames``."""
         if not frames:
             return math.nan
-        rows, target = self.energy_rows(frames)
-        return float(np.sqrt(np.mean((rows @ beta - target) ** 2))) / max(self.opts.energy_weight, 1e-300)
+        rows, target = self.relative_energies(frames)
+        return float(np.sqrt(np.mean((rows @ beta - target) ** 2)))
 
 
 def _minima(potential: Potential, spec: Any, run_ids: range, seed: int, bar: Any) -> list[Atoms]:
@@ -192,6 +187,18 @@ def _minima(potential: Potential, spec: Any, run_ids: range, seed: int, bar: Any
             bar.update(1)
             if np.isfinite(o.energy_per_atom) and np.all(np.isfinite(o.atoms.positions)):
                 out.append(o.atoms)
+    return out
+
+
+def _perturbed(minima: Sequence[Atoms], opts: DistillSettings, rng: np.random.Generator) -> list[Atoms]:
+    """``opts.copies`` strained and rattled copies of each structure, in order."""
+    out = []
+    for a in minima:
+        for _ in range(opts.copies):
+            b = a.copy()
+            b.set_cell(b.cell @ (np.eye(3) + opts.strain * rng.standard_normal((3, 3))), scale_atoms=True)
+            b.positions += opts.rattle * rng.standard_normal(b.positions.shape)
+            out.append(b)
     return out
 
 
@@ -216,14 +223,14 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
     teacher_settings = SnapSettings(holdout=settings.holdout, seed=settings.seed,
                                     zbl_inner=settings.zbl_inner, zbl_outer=settings.zbl_outer)
     teacher_report = fit_native(data, teacher_dir, settings=teacher_settings)
-    teacher = _Teacher(teacher_dir, elements)
+    teacher = _Teacher(teacher_dir, teacher_settings, elements)
     scratch = workdir / ".student"
     train_idx = np.flatnonzero(train)
     rmdata_frames = [teacher.label(frames[i]) for i in train_idx]
     rows = _Rows(settings, elements, opts, rmdata_frames[0])
     design = dm.subset(train)
     rows.add_design(dm.a[design], dm.label[design])
-    rows.add_design(*rows.energy_rows(rmdata_frames))
+    rows.add_energies(rmdata_frames)
 
     def keep(atoms: Atoms) -> bool:
         return _closest_pair(atoms, opts.min_distance) >= opts.min_distance
@@ -250,14 +257,7 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
                 start += opts.starts_per_round
                 labelled = [teacher.label(a) for a in minima if keep(a)]
                 gap = rows.energy_gap(beta, labelled)
-                new = list(labelled)
-                for a in minima:
-                    for _ in range(opts.copies):
-                        b = a.copy()
-                        b.set_cell(b.cell @ (np.eye(3) + opts.strain * rng.standard_normal((3, 3))), scale_atoms=True)
-                        b.positions += opts.rattle * rng.standard_normal(b.positions.shape)
-                        if keep(b):
-                            new.append(teacher.label(b))
+                new = labelled + [teacher.label(b) for b in _perturbed(minima, opts, rng) if keep(b)]
                 rows.add_frames(new)
                 n_frames += len(new)
                 report["rounds"].append({"round": r + 1, "student_minima": len(labelled),

@@ -41,9 +41,10 @@ _STATS = re.compile(rb"Iterations, force evaluations = (\d+) (\d+)")
 
 
 def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax_cell: bool,
-                       positions: np.ndarray, cell: np.ndarray, settings, last: list,
+                       positions: np.ndarray, cell: np.ndarray, vol0: float, settings, last: list,
                        log_path: Path) -> None:
-    """Relax in LAMMPS from ``positions``/``cell`` (A); sets ``state`` (status, energy,
+    """Relax in LAMMPS from ``positions``/``cell`` (A; start volume ``vol0``, A^3, 0 for a
+    molecule); sets ``state`` (status, energy,
     stress, fmax, n_calls, n_steps) and ``last[0] = (positions, cell)`` as
     :meth:`rmsearch.relax.Relaxer._minimise` does."""
     from rmsearch.relax import volume_status
@@ -52,7 +53,6 @@ def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax
     n = len(numbers)
     q = engine.place(positions, cell, numbers, periodic)
     lmp = engine.lmp
-    vol0 = abs(np.linalg.det(cell)) if periodic else 0.0
     lmp.commands_list(render_template("minimize.in"))
     box = relax_cell and periodic
     if box:

@@ -58,7 +58,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
 from ase import Atoms
@@ -67,6 +67,9 @@ from ase.data import atomic_masses, atomic_numbers
 from rmdata.errors import RMError
 from rmdata.utils import provenance, write_json_atomic
 from rmsearch.distill import DistillSettings
+
+if TYPE_CHECKING:
+    from rmsearch.potentials import Potential
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +152,7 @@ class UF3Settings(FitSettings):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.basis  # validates the knots
+        _ = self.basis  # validates the knots
 
     @property
     def basis(self):
@@ -406,6 +409,20 @@ def pair_definition(settings: FitSettings, elements: list[str]) -> tuple[str, li
     types = [c.split(maxsplit=2) for c in coeffs]
     return (f"hybrid/overlay {style} {sub}",
             [f"{i} {j} zbl {rest}" for i, j, rest in types] + [f"* * {sub.split()[0]} {args}"])
+
+
+def native_potential(directory: Path, settings: FitSettings, elements: list[str],
+                     volumes: dict[str, float]) -> Potential:
+    """An in-memory :class:`~rmsearch.potentials.Potential` of the model files that
+    ``settings.write_model`` put in ``directory`` (no ``potential.json`` needed)."""
+    from rmsearch.potentials import Potential
+
+    style, coeff = pair_definition(settings, elements)
+    potdir = str(Path(directory).resolve())
+    return Potential(directory=Path(directory), backend=settings.kind, elements=list(elements),
+                     cutoff=settings.cutoff, volumes=volumes, pair_style=style.format(potdir=potdir),
+                     pair_coeff=[c.format(potdir=potdir) for c in coeff],
+                     meta={"optimizer": settings.optimizer} if settings.optimizer else {})
 
 
 # ----------------------------------------------------------------------------- fit

@@ -604,7 +604,7 @@ class Relaxer:
             if self.optimizer == "lammps-cg":
                 from rmsearch.lammps_min import minimise_in_lammps
 
-                minimise_in_lammps(self.engine, state, numbers, periodic, relax_cell, x, cell0,
+                minimise_in_lammps(self.engine, state, numbers, periodic, relax_cell, x, cell0, vol0,
                                    self.settings, last, self.engine.scratch() / "minimize.log")
             else:
                 self._minimise(state, numbers, periodic, relax_cell, cell0, vol0, x, last)
