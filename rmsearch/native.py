@@ -65,7 +65,7 @@ from ase import Atoms
 from ase.data import atomic_masses, atomic_numbers
 
 from rmdata.errors import RMError
-from rmdata.utils import provenance, write_json_atomic
+from rmdata.utils import pin_threads, provenance, write_json_atomic
 from rmsearch.distill import DistillSettings
 
 if TYPE_CHECKING:
@@ -606,6 +606,9 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
     """
     from rmsearch.potentials import FORMAT_VERSION, fit_volumes, load_potential
 
+    # one thread, as make_dataset and launch: faster for these small matrices, and the
+    # teacher rounds would turn BLAS rounding differences into different teacher frames
+    pin_threads(1)
     if kind is None:
         kind = settings.kind if settings is not None else DEFAULT_KIND
     if kind not in KINDS:
