@@ -6,11 +6,14 @@ optimizer step in numpy; ~0.7 ms) would dominate. Here the whole minimisation ru
 LAMMPS: conjugate gradients with ``fix box/relax tri`` (all six cell degrees of freedom,
 ``lammps_inputs/minimize.in`` and ``box_relax.in``), in rounds, because box/relax
 measures cell changes against a reference cell and a round may stop early on its line
-search. After each round one ``run 0`` checks the relaxer's own stop rule (max |F_i| <
-fmax eV/A and max |sigma + p| < smax GPa) and the failure checks (NaN, lost atoms,
-exploded or collapsed volume). The force-call budget ``max_steps`` counts every force
-evaluation LAMMPS reports; LAMMPS checks its own budget between iterations, so a run can
-end a line search (one or two evaluations) past ``max_steps``.
+search. After each round the relaxer's own stop rule (max |F_i| < fmax eV/A and
+max |sigma + p| < smax GPa) and the failure checks (NaN, lost atoms, exploded or collapsed
+volume) are applied to LAMMPS' last force evaluation; when the round stopped on anything
+but LAMMPS' force tolerance (a failed line search, the budget), that evaluation may not be
+at the final atoms and cell, so one ``run 0`` evaluates them again. The force-call budget
+``max_steps`` counts every force evaluation LAMMPS reports in its log
+(:meth:`rmsearch.relax.LammpsEngine.run_logged`); LAMMPS checks its own budget between
+iterations, so a run can end a line search (one or two evaluations) past ``max_steps``.
 
 Why CG with box/relax and not the staged FIRE-then-box protocol of DESIGN section 4: on
 30 random C8 starts with the SNAP potential it needed ~155 CG iterations and reached a
@@ -24,8 +27,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
-
 import numpy as np
 from ase.units import GPa
 
@@ -37,12 +38,11 @@ MAX_ROUNDS = 12
 VMAX = 0.01
 #: Iterations between resets of box/relax's reference cell.
 NRESET = 50
-_STATS = re.compile(rb"Iterations, force evaluations = (\d+) (\d+)")
+_STATS = re.compile(r"Iterations, force evaluations = (\d+) (\d+)")
 
 
 def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax_cell: bool,
-                       positions: np.ndarray, cell: np.ndarray, vol0: float, settings, last: list,
-                       log_path: Path) -> None:
+                       positions: np.ndarray, cell: np.ndarray, vol0: float, settings, last: list) -> None:
     """Relax in LAMMPS from ``positions``/``cell`` (A; start volume ``vol0``, A^3, 0 for a
     molecule); sets ``state`` (status, energy,
     stress, fmax, n_calls, n_steps) and ``last[0] = (positions, cell)`` as
@@ -66,17 +66,16 @@ def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax
             if budget < 1:
                 state.status = "not_converged"
                 return
-            lmp.command(f"log {log_path}")
-            try:
-                engine.run(f"minimize 0.0 {ftol!r} {budget} {budget}")
-            finally:
-                lmp.command("log none")
-            match = _STATS.search(log_path.read_bytes())
+            out = engine.run_logged(f"minimize 0.0 {ftol!r} {budget} {budget}")
+            match = _STATS.search(out)
             iterations, evaluations = (int(x) for x in match.groups()) if match else (0, budget)
             state.n_steps += iterations
             state.n_calls += evaluations
-            engine.run()  # the stop rule and the statuses, on the relaxer's own terms
-            state.n_calls += 1
+            if "Stopping criterion = force tolerance" not in out:
+                # after other stops (line search failed, budget) LAMMPS' last evaluation may not be
+                # at the final atoms and cell: evaluate again for the stop rule and the statuses
+                engine.run()
+                state.n_calls += 1
             pos, cell_now = engine.structure(n, q, periodic)
             last[0] = (pos, cell_now)
             energy, forces, stress = engine.results(n, q, periodic)

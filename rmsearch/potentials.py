@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -73,8 +74,10 @@ class Potential:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=None)
 def lammps_template(name: str) -> str:
-    """The text of ``lammps_inputs/<name>``."""
+    """The text of ``lammps_inputs/<name>`` (read once per process: the in-LAMMPS minimiser
+    renders two templates per relaxation)."""
     path = LAMMPS_INPUTS / name
     if not path.is_file():
         raise RMError(f"{path}: LAMMPS template missing; reinstall rmsearch from a full checkout")

@@ -73,6 +73,8 @@ log = logging.getLogger(__name__)
 
 #: LAMMPS metal-units pressure (bar) per eV/A^3 (LAMMPS' own ``nktv2p`` constant).
 BAR_PER_EV_A3 = 1.6021765e6
+#: Size (bytes) past which :meth:`LammpsEngine.run_logged` starts a new log file.
+LOG_RESTART_BYTES = 1 << 20
 
 
 # ----------------------------------------------------------------------------- settings
@@ -305,6 +307,7 @@ class LammpsEngine:
         self._loaded: tuple | None = None
         self._node_attrs = None
         self._callback_error: BaseException | None = None
+        self._log_offset: int | None = None  # bytes of the open LAMMPS log already read
         self.model_time_s = 0.0
         self.n_calls = 0
 
@@ -322,6 +325,7 @@ class LammpsEngine:
 
             self.lmp = new_lammps()
             self._loaded = None
+            self._log_offset = None
         return self.lmp
 
     def reset(self) -> None:
@@ -333,6 +337,7 @@ class LammpsEngine:
                 log.debug("closing a failed LAMMPS instance raised", exc_info=True)
         self.lmp = None
         self._loaded = None
+        self._log_offset = None
 
     def close(self) -> None:
         """Release the LAMMPS instance (and the core-repulsion table)."""
@@ -430,6 +435,22 @@ class LammpsEngine:
         self.model_time_s += time.perf_counter() - t0
         if self._callback_error is not None:
             raise self._callback_error
+
+    def run_logged(self, command: str) -> str:
+        """:meth:`run` with LAMMPS' log on; returns what LAMMPS wrote for it (``minimize``
+        reports its iteration and force-evaluation counts only there). The log stays open
+        between calls, since opening one costs ~0.5 ms, and starts afresh past 1 MB."""
+        path = self.scratch() / "lammps.log"
+        if self._log_offset is None or self._log_offset > LOG_RESTART_BYTES:
+            self.lmp.command(f"log {path}")
+            self._log_offset = 0
+        self.run(command)  # on an error the relaxer resets the engine, and with it the log
+        self.lmp.flush_buffers()
+        with open(path, "rb") as fh:
+            fh.seek(self._log_offset)
+            text = fh.read()
+        self._log_offset += len(text)
+        return text.decode(errors="replace")
 
     def results(self, n: int, q: np.ndarray, periodic: bool) -> tuple[float, np.ndarray, np.ndarray]:
         """Energy (eV), forces (n, 3) eV/A and stress (3, 3) eV/A^3 of the last evaluation,
@@ -605,7 +626,7 @@ class Relaxer:
                 from rmsearch.lammps_min import minimise_in_lammps
 
                 minimise_in_lammps(self.engine, state, numbers, periodic, relax_cell, x, cell0, vol0,
-                                   self.settings, last, self.engine.scratch() / "minimize.log")
+                                   self.settings, last)
             else:
                 self._minimise(state, numbers, periodic, relax_cell, cell0, vol0, x, last)
         finally:

@@ -2,7 +2,8 @@
 
 - a strained, rattled fcc crystal relaxes to the same minimum as the Python relaxer, and
   the relaxer's own stop rule (forces and stress) holds at the end;
-- the force-call budget counts LAMMPS' evaluations and is never exceeded;
+- the force-call budget counts LAMMPS' evaluations and is never exceeded, and the count
+  (read from LAMMPS' log) does not change when the log file restarts;
 - a non-periodic cluster relaxes without a box;
 - "auto" follows the potential directory's recommendation, and a bad one is a clear error.
 """
@@ -71,6 +72,23 @@ def test_force_call_budget_is_respected(tmp_path):
                                                                      fmax=1e-6)) as relaxer:
             out = relaxer.relax(_start(1))
         assert out.status == "not_converged" and cap <= out.n_force_calls <= cap + 2, (cap, out)
+
+
+def test_force_call_count_survives_log_restarts(tmp_path, monkeypatch):
+    """LAMMPS' counts come from its log, kept open across relaxations and restarted when long:
+    the same start gives the same relaxation and count every time, restart or not."""
+    import rmsearch.relax as relax
+
+    with relax.Relaxer(_lj_potential(tmp_path / "lj"), relax.RelaxSettings(optimizer="lammps-cg", fmax=1e-4)) as r:
+        first = r.relax(_start(2))
+        monkeypatch.setattr(relax, "LOG_RESTART_BYTES", 1)  # a new log file before every minimize
+        again = [r.relax(_start(2)) for _ in range(3)]
+        log_file = r.engine.scratch() / "lammps.log"
+        assert log_file.stat().st_size < 4_000  # restarted: one minimize, not four relaxations (~12 kB)
+    assert first.converged and first.n_force_calls > 10
+    for out in again:
+        assert (out.status, out.n_force_calls, out.n_steps) == (first.status, first.n_force_calls, first.n_steps)
+        assert abs(out.energy - first.energy) < 1e-12
 
 
 def test_cluster_relaxes_without_a_box(tmp_path):
