@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import re
+
 import numpy as np
 from ase.units import GPa
 

@@ -30,7 +30,7 @@ import logging
 import os
 import shutil
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ class Potential:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@lru_cache(maxsize=None)
+@cache
 def lammps_template(name: str) -> str:
     """The text of ``lammps_inputs/<name>`` (read once per process: the in-LAMMPS minimiser
     renders two templates per relaxation)."""

@@ -77,7 +77,7 @@ def test_force_call_budget_is_respected(tmp_path):
 def test_force_call_count_survives_log_restarts(tmp_path, monkeypatch):
     """LAMMPS' counts come from its log, kept open across relaxations and restarted when long:
     the same start gives the same relaxation and count every time, restart or not."""
-    import rmsearch.relax as relax
+    from rmsearch import relax
 
     with relax.Relaxer(_lj_potential(tmp_path / "lj"), relax.RelaxSettings(optimizer="lammps-cg", fmax=1e-4)) as r:
         first = r.relax(_start(2))
