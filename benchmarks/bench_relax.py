@@ -10,11 +10,17 @@ second, force calls per relaxation, mean final energy per atom (over all starts)
 share of starts ending within 1 meV/atom of ASE's final energy, and for rmsearch the
 share of wall time spent inside the model (LAMMPS ``run 0`` including the MACE callback).
 
+The native backend (engine ``native``) relaxes the same starts with the default
+``rmsearch fit-native`` potential (UF3 taught by a SNAP teacher, fitted here on the
+README's native recipe of the same diamond labels, or ``--native POTDIR``), minimised inside
+LAMMPS; its speed is reported against the MACE backend (rmsearch defaults) of the same run.
+Its energies belong to another potential, so they are not compared with ASE's.
+
 Without ``--model`` a small MACE model is trained first: rmdata diamond labels and the
 ``rmdata mace-command`` training command (one layer, 16 channels, L=1, r_max 4.5 A,
 float64, 12 epochs, ~1 min on one core), as the test suite does.
 
-    python benchmarks/bench_relax.py [--quick] [--model M.model] [--write BENCHMARKS.md]
+    python benchmarks/bench_relax.py [--quick] [--model M.model] [--native POTDIR] [--write BENCHMARKS.md]
 """
 
 from __future__ import annotations
@@ -38,6 +44,10 @@ import numpy as np
 log = logging.getLogger("bench_relax")
 ROOT = Path(__file__).resolve().parent.parent
 
+
+#: Table name of the native backend's row.
+NATIVE_NAME = ("**native backend**: `rmsearch fit-native` default (UF3 taught by SNAP), CG + box/relax "
+               "inside LAMMPS (energies of its own potential)")
 
 #: RelaxSettings options: rmsearch's defaults (FIRE 2.0 then L-BFGS), FIRE 2.0 alone, and ASE's
 #: FIRE with ASE's parameters (which follows ASE FIRE + FrechetCellFilter step for step).
@@ -68,8 +78,24 @@ def make_starts(volumes: dict[str, float], n: int, seed: int) -> list:
     return [make_start(spec, run_id, seed) for run_id in range(n)]
 
 
+def fit_native_potential(workdir: Path, seed: int = 0):
+    """The default ``rmsearch fit-native`` potential (UF3 taught by a SNAP teacher) on the
+    README's native recipe of rmdata diamond labels; ~40 s on one core."""
+    from rmdata.make import make_dataset
+    from rmsearch.native import NATIVE_COPIES, NATIVE_STRAINS, fit_native
+    from rmsearch.potentials import load_potential
+
+    data = workdir / "native.xyz"
+    make_dataset(data, "diamond", seed=seed, workers=1, strains=list(NATIVE_STRAINS), copies=NATIVE_COPIES)
+    t0 = time.perf_counter()
+    fit_native(data, workdir / "native")
+    log.info("fitted the native potential in %.0f s", time.perf_counter() - t0)
+    return load_potential(workdir / "native")
+
+
 class RmsearchEngine:
-    """rmsearch Relaxer (LAMMPS + MACE callback) with the given model dtype."""
+    """rmsearch Relaxer with the given model dtype: LAMMPS + MACE callback, or a native
+    potential (relaxed the way its directory recommends unless ``options`` say otherwise)."""
 
     def __init__(self, potential, fmax, smax_gpa, max_steps, dtype, **options):
         from rmsearch.relax import Relaxer, RelaxSettings
@@ -77,10 +103,16 @@ class RmsearchEngine:
         self.relaxer = Relaxer(potential, RelaxSettings(fmax=fmax, smax_gpa=smax_gpa,
                                                         max_steps=max_steps, dtype=dtype, **options))
 
+    def model_time(self) -> float:
+        """Seconds so far inside the model: the MACE evaluation (neighbour list + model call),
+        or for a native potential the LAMMPS commands that evaluate it (minimize, run 0)."""
+        engine = self.relaxer.engine
+        return engine.evaluator.model_time_s if engine.evaluator is not None else engine.model_time_s
+
     def __call__(self, atoms) -> dict:
         o = self.relaxer.relax(atoms)
         return {"status": o.status, "e": o.energy_per_atom, "calls": o.n_force_calls,
-                "model": self.relaxer.engine.evaluator.model_time_s}
+                "model": self.model_time()}
 
 
 class AseEngine:
@@ -123,12 +155,12 @@ def run_interleaved(engines: dict, starts: list) -> dict:
     out = {k: {"rows": [], "wall": 0.0, "cpu": 0.0} for k in engines}
     for k, start in enumerate(starts):
         for name, eng in engines.items():
-            model0 = getattr(getattr(getattr(eng, "relaxer", None), "engine", None), "evaluator", None)
-            m0 = model0.model_time_s if model0 is not None else 0.0
+            timed = isinstance(eng, RmsearchEngine)
+            m0 = eng.model_time() if timed else 0.0
             w0, c0 = time.perf_counter(), time.process_time()
             row = eng(start)
             row["wall"], row["cpu"] = time.perf_counter() - w0, time.process_time() - c0
-            row["model"] = row["model"] - m0 if model0 is not None else float("nan")
+            row["model"] = row["model"] - m0 if timed else float("nan")
             out[name]["rows"].append(row)
             out[name]["wall"] += row["wall"]
             out[name]["cpu"] += row["cpu"]
@@ -216,7 +248,8 @@ def markdown(results: list[dict], meta: dict) -> str:
          "zero beyond 0.75 A). Engines run interleaved (each start by every engine in turn) in "
          "one process, so they share the same machine load; CPU time (process time) is the "
          "per-core measure, wall time is shown as well. 'time in model' = time inside the "
-         "MACE evaluation (neighbour list + model call) / total relaxation time."),
+         "MACE evaluation (neighbour list + model call) / total relaxation time; for the native "
+         "backend, time inside the LAMMPS commands that evaluate and minimise (minimize, run 0)."),
         "",
         ("| engine | relaxations/s (wall) | relaxations per CPU-s | speed-up vs ASE (CPU) | "
          "force calls / relaxation | CPU ms / force call | mean final E (eV/atom) | converged | "
@@ -233,9 +266,16 @@ def markdown(results: list[dict], meta: dict) -> str:
         lines.append(
             f"| {r['engine']} | {fmt(r['relaxations_per_s'], '.3f')} | "
             f"{fmt(r['relaxations_per_cpu_s'], '.3f')} | {rate / base:.2f}x | "
-            f"{fmt(r['force_calls_per_relaxation'], '.0f')} | {fmt(r['ms_per_force_call'], '.1f')} | "
+            f"{fmt(r['force_calls_per_relaxation'], '.0f')} | {fmt(r['ms_per_force_call'], '.3g')} | "
             f"{r['mean_final_e_per_atom']:.4f} | {r['converged']}/{r['n']} | "
             f"{fmt(r.get('within_1meV_of_ase'), '.0%')} | {fmt(r['model_share'], '.0%')} |")
+    by_name = {r["engine"]: r for r in results}
+    mace, native = by_name.get(results[0]["engine"]), by_name.get(NATIVE_NAME)
+    if native is not None and mace is not None and mace is not native:
+        lines += ["", (f"Native backend against the MACE backend (rmsearch defaults), same starts: "
+                       f"**{native['relaxations_per_cpu_s'] / mace['relaxations_per_cpu_s']:.1f}x** "
+                       f"relaxations per CPU-s ({native['relaxations_per_s'] / mace['relaxations_per_s']:.1f}x "
+                       "wall); target 50x.")]
     return "\n".join(lines) + "\n"
 
 
@@ -275,7 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fmax", type=float, default=0.01, help="force tolerance (eV/A)")
     ap.add_argument("--smax", type=float, default=0.1, help="stress tolerance (GPa)")
     ap.add_argument("--max-steps", type=int, default=2000, help="force-call cap per relaxation")
-    ap.add_argument("--engines", default="rmsearch,rmsearch-fire2,rmsearch-asefire64,ase,torch-sim",
+    ap.add_argument("--native", type=Path, help="a `rmsearch fit-native` potential directory for the "
+                    "native engine (default: fit one here with the default recipe, ~40 s)")
+    ap.add_argument("--engines", default="rmsearch,native,rmsearch-fire2,rmsearch-asefire64,ase,torch-sim",
                     help="comma-separated engines to run")
     ap.add_argument("--write", type=Path, help="write the table into this markdown file "
                     "(section '## bench_relax'), e.g. BENCHMARKS.md")
@@ -306,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         if "rmsearch" in wanted:
             engines["rmsearch"] = RmsearchEngine(potential, args.fmax, args.smax, args.max_steps,
                                                  "float32", **DEFAULT_OPTIONS)
+        if "native" in wanted:
+            from rmsearch.potentials import load_potential
+
+            native = load_potential(args.native) if args.native else fit_native_potential(tmp, seed=args.seed)
+            engines["native"] = RmsearchEngine(native, args.fmax, args.smax, args.max_steps, "float64")
         if "rmsearch-fire2" in wanted:
             engines["rmsearch-fire2"] = RmsearchEngine(potential, args.fmax, args.smax, args.max_steps,
                                                        "float32", **FIRE2_OPTIONS)
@@ -324,13 +371,14 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 raw["torch-sim"] = res
         names = {"rmsearch": "**rmsearch defaults**: LAMMPS + MACE callback, float32, FIRE 2.0 then L-BFGS",
+                 "native": NATIVE_NAME,
                  "rmsearch-fire2": "rmsearch, float32, FIRE 2.0 alone",
                  "rmsearch-asefire64": "rmsearch, float64, ASE's FIRE (ASE's parameters)",
                  "ase": "ASE FIRE + FrechetCellFilter + MACECalculator (float64)",
                  "torch-sim": "torch-sim 0.3 batched FIRE + Frechet cell filter (float64, all starts in one batch)"}
         for key in names:
-            if key in raw:
-                results.append(summarise(names[key], raw[key], ref_e))
+            if key in raw:  # the native potential's energies are its own: not compared with ASE's
+                results.append(summarise(names[key], raw[key], None if key == "native" else ref_e))
     import torch
 
     meta = {"args": (" --quick" if args.quick else "") + (f" --model {args.model}" if args.model else ""),
