@@ -665,7 +665,11 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
                    | ({"teacher": "teacher", "teacher_frames": distillation["teacher_frames"]}
                       if distillation else {})
                    | ({"mace_holdout": report["mace_holdout"]} if "mace_holdout" in report else {}),
-            "provenance": provenance({"data": str(data), "kind": kind, **asdict(settings)}, settings.seed),
+            # the teacher's recipe is part of what made a taught potential (and of its config hash)
+            "provenance": provenance({"data": str(data), "kind": kind, **asdict(settings),
+                                      **({"teacher": {"distil": distillation["settings"],
+                                                      "snap": distillation["teacher"]["settings"]}}
+                                         if distillation else {})}, settings.seed),
         }
         write_json_atomic(tmp / "potential.json", meta)
         pot = load_potential(tmp)

@@ -145,6 +145,9 @@ def test_fit_native_cli_uf3_recommends_lammps_minimiser(tmp_path):
     assert d["settings"]["teacher_starts"] == 6 and d["settings"]["natoms"] == "2-4" and len(d["rounds"]) == 1
     assert 0 < d["teacher_frames"] <= 6 + 6 * 3  # minima within the core range are left out
     assert not list((tmp_path / "pot").glob(".student*"))
+    # the teacher's recipe is in the potential's provenance (so in its config hash)
+    config = json.loads((tmp_path / "pot" / "potential.json").read_text())["provenance"]["config"]
+    assert config["teacher"]["distil"]["rounds"] == 1 and config["teacher"]["snap"]["quadratic"] is True
 
 
 def test_uf3_settings_reject_bad_cutoffs():
