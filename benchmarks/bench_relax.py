@@ -376,9 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                  "rmsearch-asefire64": "rmsearch, float64, ASE's FIRE (ASE's parameters)",
                  "ase": "ASE FIRE + FrechetCellFilter + MACECalculator (float64)",
                  "torch-sim": "torch-sim 0.3 batched FIRE + Frechet cell filter (float64, all starts in one batch)"}
-        for key in names:
+        for key, label in names.items():
             if key in raw:  # the native potential's energies are its own: not compared with ASE's
-                results.append(summarise(names[key], raw[key], None if key == "native" else ref_e))
+                results.append(summarise(label, raw[key], None if key == "native" else ref_e))
     import torch
 
     meta = {"args": (" --quick" if args.quick else "") + (f" --model {args.model}" if args.model else ""),
