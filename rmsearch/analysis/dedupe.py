@@ -282,66 +282,82 @@ def same_molecule(a: MoleculeForm, b: MoleculeForm, rmsd_tol: float = MOLECULE_R
     return molecule_match(a, b, rmsd_tol)[0]
 
 
+class _GroupClusters:
+    """Greedy clustering of one composition group (see the module doc): :meth:`add` the
+    items in order of (energy, run id); each joins the first matching representative or
+    opens a cluster. Crystals and molecules each have their own candidate search."""
+
+    def __init__(self, energy_bin: float, volume_bin: float):
+        self.energy_bin, self.volume_bin = energy_bin, volume_bin
+        self.matcher = make_matcher()
+        self.clusters: list[tuple[int, float, float, list[int]]] = []  # (rep, e, v, members)
+        self.structs: list[tuple[np.ndarray, ...]] = []
+        self.forms: list[QuickForm | MoleculeForm] = []
+        self.reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
+        self.bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
+        self.calls = self.quick_hits = 0
+
+    def add(self, run_id: int, e: float, v: float, struct: tuple[np.ndarray, ...]) -> None:
+        """Cluster one structure: energy ``e`` (eV/atom), volume ``v`` (A^3/atom; NaN for a
+        molecule) and raw structure (numbers, cell, positions; a molecule's numbers, positions)."""
+        if math.isfinite(v):
+            key, form, found = self._find_crystal(e, v, struct)
+        else:
+            key, form, found = self._find_molecule(e, struct)
+        if found is not None:
+            self.clusters[found][3].append(run_id)
+        else:
+            self.bins[key].append(len(self.clusters))
+            self.clusters.append((run_id, e, v, [run_id]))
+            self.structs.append(struct)
+            self.forms.append(form)
+
+    def _find_molecule(self, e: float, struct: tuple[np.ndarray, ...]):
+        key: tuple[int, int | None] = (math.floor(e / self.energy_bin), None)
+        near = [k for de in (-1, 0, 1) for k in self.bins.get((key[0] + de, None), ())]
+        form = molecule_form(*struct)
+        for k in sorted(near, key=lambda k: (abs(self.clusters[k][1] - e), k)):
+            same, called = molecule_match(self.forms[k], form)
+            self.calls += called
+            if same:
+                self.quick_hits += not called
+                return key, form, k
+        return key, form, None
+
+    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...]):
+        be, bv = math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
+        # nearest representatives (in energy and volume) first: a duplicate usually matches at once
+        near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in self.bins.get((be + de, bv + dv), ())]
+        candidates = sorted(near, key=lambda k: (abs(self.clusters[k][1] - e) / self.energy_bin
+                                                 + abs(math.log(self.clusters[k][2] / v)) / self.volume_bin, k))
+        form = quick_form(*struct)
+        found = next((k for k in candidates if quick_same(self.forms[k], form)), None)
+        if found is not None:
+            self.quick_hits += 1
+            return (be, bv), form, found
+        if candidates:
+            red = self._reduce(struct)
+            for k in candidates:
+                if k not in self.reduced:
+                    self.reduced[k] = self._reduce(self.structs[k])
+                self.calls += 1
+                if self.matcher.fit(self.reduced[k], red, symmetric=True, skip_structure_reduction=True):
+                    return (be, bv), form, k
+        return (be, bv), form, None
+
+    def _reduce(self, raw: _Raw) -> Structure:
+        return self.matcher._get_reduced_structure(_structure(raw), self.matcher._primitive_cell, niggli=True)
+
+
 def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ...]]], float, float]
                   ) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
-    """Greedy clustering of one composition group; returns (clusters, matcher calls, quick matches).
-
-    Items are (run_id, energy_per_atom, volume_per_atom, raw structure), already sorted; a
-    molecule has volume NaN and raw structure (numbers, positions).
-    """
+    """Cluster one composition group (items sorted by energy and run id); returns
+    (clusters, matcher calls, quick matches). A molecule has volume NaN."""
     items, energy_bin, volume_bin = args
-    matcher = make_matcher()
-    clusters: list[tuple[int, float, float, list[int]]] = []
-    structs: list[tuple[np.ndarray, ...]] = []
-    quick: list[QuickForm | MoleculeForm] = []
-    reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
-    bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
-    calls = quick_hits = 0
-
-    def reduce(raw: _Raw) -> Structure:
-        return matcher._get_reduced_structure(_structure(raw), matcher._primitive_cell, niggli=True)
-
-    for run_id, e, v, struct in items:
-        if not math.isfinite(v):  # molecule: struct holds (numbers, positions)
-            key: tuple[int, int | None] = (math.floor(e / energy_bin), None)
-            near = [k for de in (-1, 0, 1) for k in bins.get((key[0] + de, None), ())]
-            form: QuickForm | MoleculeForm = molecule_form(*struct)
-            for k in sorted(near, key=lambda k: (abs(clusters[k][1] - e), k)):
-                same, called = molecule_match(quick[k], form)
-                calls += called
-                if same:
-                    found, quick_hits = k, quick_hits + (not called)
-                    break
-            else:
-                found = None
-        else:
-            be, bv = math.floor(e / energy_bin), math.floor(math.log(v) / volume_bin)
-            key = (be, bv)
-            # nearest representatives (in energy and volume) first: a duplicate usually matches at once
-            near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in bins.get((be + de, bv + dv), ())]
-            candidates = sorted(near, key=lambda k: (abs(clusters[k][1] - e) / energy_bin
-                                                     + abs(math.log(clusters[k][2] / v)) / volume_bin, k))
-            form = quick_form(*struct)
-            found = next((k for k in candidates if quick_same(quick[k], form)), None)
-            if found is not None:
-                quick_hits += 1
-            elif candidates:
-                red = reduce(struct)
-                for k in candidates:
-                    if k not in reduced:
-                        reduced[k] = reduce(structs[k])
-                    calls += 1
-                    if matcher.fit(reduced[k], red, symmetric=True, skip_structure_reduction=True):
-                        found = k
-                        break
-        if found is not None:
-            clusters[found][3].append(run_id)
-        else:
-            bins[key].append(len(clusters))
-            clusters.append((run_id, e, v, [run_id]))
-            structs.append(struct)
-            quick.append(form)
-    return clusters, calls, quick_hits
+    group = _GroupClusters(energy_bin, volume_bin)
+    for item in items:
+        group.add(*item)
+    return group.clusters, group.calls, group.quick_hits
 
 
 def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEFAULT_ENERGY_BIN,
