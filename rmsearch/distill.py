@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from ase import Atoms
-from ase.neighborlist import neighbor_list
 
 from rmdata.errors import RMError
 
@@ -76,12 +75,6 @@ class DistillSettings:
                 raise RMError(f"distillation setting {name}={getattr(self, name)!r}: must be >= 0")
         if not self.energy_weight >= 0:
             raise RMError(f"--energy-weight {self.energy_weight}: must be >= 0")
-
-
-def _closest_pair(atoms: Atoms, limit: float) -> float:
-    """Shortest interatomic distance (A) if below ``limit``, else ``limit``."""
-    d = neighbor_list("d", atoms, limit)
-    return float(d.min()) if len(d) else limit
 
 
 class _Teacher:
@@ -210,6 +203,7 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
     ``data`` into ``workdir/teacher``. Returns the student's coefficients and a report."""
     from tqdm import tqdm
 
+    from rmsearch.analysis.validity import min_distance
     from rmsearch.native import SnapSettings, fit_native
     from rmsearch.starts import make_spec
 
@@ -233,7 +227,7 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
     rows.add_energies(rmdata_frames)
 
     def keep(atoms: Atoms) -> bool:
-        return _closest_pair(atoms, opts.min_distance) >= opts.min_distance
+        return min_distance(atoms, opts.min_distance) >= opts.min_distance
 
     rng = np.random.default_rng([opts.seed, 1])
     spec = make_spec(composition=elements[0], natoms=opts.natoms, volumes=teacher.potential.volumes)
