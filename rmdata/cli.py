@@ -6,6 +6,7 @@ Each command parses its options and calls a plain library function.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import click
 
@@ -23,6 +24,25 @@ def _floats(value: str | None, name: str) -> list[float] | None:
         return [float(v) for v in value.replace(",", " ").split()]
     except ValueError:
         raise RMError(f"{name}: expected comma-separated numbers, got {value!r}") from None
+
+
+def _names(value: str | None) -> list[str] | None:
+    """A comma-separated list of names (None when not given)."""
+    return [e.strip() for e in value.split(",") if e.strip()] if value else None
+
+
+def _formula_list(value: str | None) -> list[str] | None:
+    """Formulas given as ``F1,F2`` or ``@FILE`` (one a line, # comments)."""
+    if not value:
+        return None
+    if value.startswith("@"):
+        path = value[1:]
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RMError(f"--exclude-formulas {value}: cannot read {path} ({exc})") from None
+        return [line.split("#", 1)[0].strip() for line in text.splitlines() if line.split("#", 1)[0].strip()]
+    return _names(value)
 
 
 @click.group(cls=RMGroup, context_settings=CONTEXT)
@@ -47,6 +67,12 @@ def main(verbose: int) -> None:
 @click.option("--split", default=None, help="Dataset split: train, val, test (default train).")
 @click.option("--limit", type=int, default=None, help="Use at most N reference structures.")
 @click.option("--elements", default=None, help="Keep only structures made of these elements, e.g. Li,S.")
+@click.option("--containing", default=None,
+              help="Keep only structures that contain at least one of these elements, e.g. Li,S "
+                   "(a chemical-system training set).")
+@click.option("--exclude-formulas", default=None,
+              help="Hold these compositions out, e.g. Li2S,C3H6O or @FILE (one formula a line): drops "
+                   "every crystal of the same reduced formula and every molecule of the same formula.")
 @click.option("--k", type=float, default=None, help="Spring constant k (eV/A^2). [preset: 1.0]")
 @click.option("--levels", default=None, help="Position-noise levels, comma-separated. "
               "[preset: 0,1,2,3,4,6,8,10,12,16,32]")
@@ -61,8 +87,8 @@ def main(verbose: int) -> None:
               help="Reference-code labels: keep net force/torque (no rigid-motion removal).")
 @click.option("--seed", type=int, default=0, help="Random seed; same seed gives identical bytes.")
 @click.option("--workers", "-j", type=int, default=None, help="Worker processes (default: all cores).")
-def make(dataset, input_path, output, fmt, preset, split, limit, elements, k, levels, step_size, strains,
-         rc, copies, raw_labels, seed, workers):
+def make(dataset, input_path, output, fmt, preset, split, limit, elements, containing, exclude_formulas,
+         k, levels, step_size, strains, rc, copies, raw_labels, seed, workers):
     """Perturb reference structures and write response-matched labels."""
     from rmdata.make import make_dataset
 
@@ -72,7 +98,8 @@ def make(dataset, input_path, output, fmt, preset, split, limit, elements, k, le
     summary = make_dataset(
         output, dataset, input_path, fmt=fmt, preset=preset, split=split, limit=limit, seed=seed,
         workers=workers or os.cpu_count() or 1,
-        elements=[e.strip() for e in elements.split(",") if e.strip()] if elements else None,
+        elements=_names(elements), containing=_names(containing),
+        exclude_formulas=_formula_list(exclude_formulas),
         k=k, levels=_floats(levels, "--levels"), step_size=step_size,
         strains=_floats(strains, "--strains"), rc=rc, copies=copies, raw_labels=raw_labels, progress=True)
     click.echo(f"wrote {summary.output}: {summary.n_frames} frames from {summary.n_structures} structures "
@@ -109,14 +136,34 @@ def info(path):
 @click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the preset's, 50).")
 @click.option("--r-max", type=float, default=None, help="Cutoff (A) (default: the preset's).")
 @click.option("--channels", type=int, default=None, help="MACE channels (default: the preset's, 32).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", help="Training device.")
-@click.option("--seed", type=int, default=0, help="Training seed.")
-def mace_command_cmd(path, name, epochs, r_max, channels, device, seed):
+@click.option("--max-L", "max_L", type=int, default=None,
+              help="Highest L of the messages (default: the preset's, 1).")
+@click.option("--correlation", type=int, default=None,
+              help="Correlation order (body order - 1) of the product basis (default: MACE's, 3).")
+@click.option("--batch-size", type=int, default=None,
+              help="Frames per batch (default: the preset's, 8; x4 with --device cuda).")
+@click.option("--lr", type=float, default=None, help="Initial learning rate (default: the preset's, 0.01).")
+@click.option("--lr-gamma", type=float, default=None,
+              help="Exponential learning-rate decay per epoch, in (0, 1] (default: MACE's plateau scheduler).")
+@click.option("--ema-decay", type=float, default=None,
+              help="Exponential moving average of the weights with this decay, in (0, 1) (default: off).")
+@click.option("--forces-weight", type=float, default=None, help="Force loss weight (default: 10).")
+@click.option("--stress-weight", type=float, default=None, help="Stress loss weight (default: 100).")
+@click.option("--eval-interval", type=int, default=None,
+              help="Epochs between validations and checkpoints (default: MACE's, 1).")
+@click.option("--restart", is_flag=True,
+              help="Resume from the newest checkpoint in checkpoints/ if there is one (--restart_latest).")
+@click.option("--dtype", type=click.Choice(["float64", "float32"]), default=None,
+              help="Training precision (default: float64 on CPU, float32 on CUDA).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
+              help="Training device; cuda also defaults to float32 and a 4x larger batch.")
+@click.option("--seed", type=int, default=0, help="Training seed (>= 0).")
+def mace_command_cmd(path, seed, **options):
     """Print the exact mace_run_train command for a dataset file."""
-    from rmdata.mace import mace_command
+    from rmdata.mace import check_training_options, mace_command
 
-    for line in mace_command(path, name=name, epochs=epochs, r_max=r_max, channels=channels,
-                             device=device, seed=seed):
+    check_training_options(seed=seed, **options)
+    for line in mace_command(path, seed=seed, **options):
         click.echo(line)
 
 

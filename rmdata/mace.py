@@ -40,9 +40,20 @@ def dataset_elements(path: str | os.PathLike) -> tuple[list[int], bool]:
     return sorted(numbers), has_stress
 
 
+#: Hyper-parameters of :func:`mace_command` beyond the preset (None = MACE's default is not passed).
+#: Each maps to one ``mace_run_train`` flag; units: ``r_max`` in A, ``lr`` per step.
+TRAINING_OPTIONS = ("max_L", "correlation", "batch_size", "lr", "lr_gamma", "ema_decay",
+                    "forces_weight", "stress_weight", "eval_interval")
+
+
 def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int | None = None,
                  r_max: float | None = None, channels: int | None = None, device: str = "cpu",
-                 seed: int = 0, valid_fraction: float = 0.1, dtype: str = "float64") -> list[str]:
+                 seed: int = 0, valid_fraction: float = 0.1, dtype: str | None = None,
+                 max_L: int | None = None, correlation: int | None = None,
+                 batch_size: int | None = None, lr: float | None = None,
+                 lr_gamma: float | None = None, ema_decay: float | None = None,
+                 forces_weight: float | None = None, stress_weight: float | None = None,
+                 eval_interval: int | None = None, restart: bool = False) -> list[str]:
     """The lines of a shell script that trains MACE on ``path`` (converting HDF5 first).
 
     Args:
@@ -51,10 +62,22 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         epochs: maximum epochs (default: the preset's).
         r_max: cutoff (A) (default: the preset's).
         channels: MACE channels (default: the preset's).
-        device: ``cpu`` or ``cuda``.
+        device: ``cpu`` or ``cuda``; ``cuda`` defaults to float32 and a 4x larger batch.
         seed: training seed.
         valid_fraction: share of frames held out for validation.
-        dtype: ``float64`` (default) or ``float32``.
+        dtype: ``float64`` or ``float32`` (default: float64 on CPU, float32 on CUDA).
+        max_L: highest L of the messages (default: the preset's, 1).
+        correlation: body order of the product basis minus one (MACE's default, 3, if None).
+        batch_size: frames per batch (default: the preset's, 8).
+        lr: initial learning rate (default: the preset's, 0.01).
+        lr_gamma: if given, an exponential learning-rate decay per epoch
+            (``--scheduler=ExponentialLR --lr_scheduler_gamma``) instead of MACE's
+            plateau scheduler.
+        ema_decay: if given, train with an exponential moving average of the weights.
+        forces_weight, stress_weight: loss weights (default: the preset's, 10 and 100).
+        eval_interval: epochs between validations and checkpoints (MACE's default, 1).
+        restart: resume from the newest checkpoint in ``checkpoints/`` if there is one
+            (``--restart_latest``), so an interrupted training continues.
     """
     path = Path(path)
     prov = read_provenance(path)
@@ -70,6 +93,10 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         train_file = path.with_suffix(".xyz")
         lines.append(f"rmdata convert {shlex.quote(str(path))} {shlex.quote(str(train_file))}")
     e0s = json.dumps({z: 0.0 for z in numbers}).replace('"', "")
+    if dtype is None:
+        dtype = "float32" if device == "cuda" else "float64"
+    if batch_size is None:
+        batch_size = mace["batch_size"] * (4 if device == "cuda" else 1)
     args = [
         "mace_run_train",
         f"--name={name or path.stem}",
@@ -78,27 +105,70 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         "--model=MACE",
         "--num_interactions=1",
         f"--num_channels={channels or mace['num_channels']}",
-        f"--max_L={mace['max_L']}",
+        f"--max_L={mace['max_L'] if max_L is None else max_L}",
+    ]
+    if correlation is not None:
+        args.append(f"--correlation={correlation}")
+    args += [
         f"--r_max={r_max or mace['r_max']}",
         f"--E0s={e0s}",
         "--energy_key=REF_energy",
         "--forces_key=REF_forces",
         "--energy_weight=0",
-        f"--forces_weight={mace['forces_weight']}",
-        f"--batch_size={mace['batch_size']}",
+        f"--forces_weight={mace['forces_weight'] if forces_weight is None else forces_weight}",
+        f"--batch_size={batch_size}",
         f"--max_num_epochs={epochs or mace['max_num_epochs']}",
-        f"--lr={mace['lr']}",
+        f"--lr={mace['lr'] if lr is None else lr}",
+    ]
+    if lr_gamma is not None:
+        args += ["--scheduler=ExponentialLR", f"--lr_scheduler_gamma={lr_gamma}"]
+    if ema_decay is not None:
+        args += ["--ema", f"--ema_decay={ema_decay}"]
+    if eval_interval is not None:
+        args.append(f"--eval_interval={eval_interval}")
+    if restart:
+        args.append("--restart_latest")
+    args += [
         f"--default_dtype={dtype}",
         f"--device={device}",
         f"--seed={seed}",
     ]
     if has_stress:
-        args += ["--loss=stress", "--stress_key=REF_stress", f"--stress_weight={mace['stress_weight']}",
+        sw = mace["stress_weight"] if stress_weight is None else stress_weight
+        args += ["--loss=stress", "--stress_key=REF_stress", f"--stress_weight={sw}",
                  "--compute_stress=True"]
     else:
         args += ["--loss=weighted"]
     lines.append(" ".join(shlex.quote(a) for a in args))
     return lines
+
+
+def check_training_options(**options) -> None:
+    """Raise a one-line error naming the first option that is not a usable value.
+
+    Counts (``epochs``, ``channels``, ``batch_size``, ``eval_interval``) must be >= 1,
+    ``max_L``, ``correlation`` and ``seed`` >= 0 (correlation >= 1), real numbers finite and
+    positive (``lr``, ``r_max``, weights), ``lr_gamma`` in (0, 1] and ``ema_decay`` in (0, 1).
+    """
+    import math
+
+    def bad(name: str, why: str):
+        return RMError(f"--{name.replace('_', '-')} {options[name]}: {why}")
+
+    for name in ("epochs", "channels", "batch_size", "eval_interval"):
+        if options.get(name) is not None and options[name] < 1:
+            raise bad(name, "must be >= 1")
+    for name, low in (("max_L", 0), ("correlation", 1), ("seed", 0)):
+        if options.get(name) is not None and options[name] < low:
+            raise bad(name, f"must be >= {low}")
+    for name in ("lr", "r_max", "forces_weight", "stress_weight", "lr_gamma", "ema_decay"):
+        value = options.get(name)
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise bad(name, "must be a finite number > 0")
+    if options.get("lr_gamma") is not None and options["lr_gamma"] > 1:
+        raise bad("lr_gamma", "must be <= 1 (a decay factor per epoch)")
+    if options.get("ema_decay") is not None and options["ema_decay"] >= 1:
+        raise bad("ema_decay", "must be < 1")
 
 
 def check_training_file(path: str | os.PathLike) -> None:

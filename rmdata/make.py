@@ -113,7 +113,8 @@ def resolve_presets(dataset: str | None, preset: str | None, overrides: dict[str
 def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_path: str | None = None, *,
                  fmt: str | None = None, preset: str | None = None, split: str | None = None,
                  limit: int | None = None, seed: int = 0, workers: int = 1,
-                 elements: list[str] | None = None, k: float | None = None,
+                 elements: list[str] | None = None, containing: list[str] | None = None,
+                 exclude_formulas: list[str] | None = None, k: float | None = None,
                  levels: list[float] | None = None, step_size: float | None = None,
                  strains: list[float] | None = None, rc: float | None = None, copies: int | None = None,
                  raw_labels: bool = False, progress: bool = False) -> MakeSummary:
@@ -129,6 +130,10 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         seed: random seed; same seed, same bytes.
         workers: processes for labelling (1 = in this process).
         elements: keep only structures whose elements are all in this list.
+        containing: keep only structures that contain at least one of these elements.
+        exclude_formulas: drop every structure of these compositions (see
+            :func:`composition_key`: every polymorph of a crystal formula, every isomer of a
+            molecular formula), to hold compositions out of training.
         k: spring constant (eV/A^2); levels, step_size (A), strains, rc (A), copies:
             override the preset (DESIGN §2).
         raw_labels: keep the rigid-motion part of the labels (reference-code labels).
@@ -141,12 +146,14 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
                      raw=True if raw_labels else None)
     presets = resolve_presets(dataset, preset, overrides)
     keep = set(elements) if elements else None
-    if keep:
-        from ase.data import chemical_symbols
+    need = set(containing) if containing else None
+    from ase.data import chemical_symbols
 
-        unknown = sorted(keep - set(chemical_symbols[1:]))
+    for option, given in (("--elements", keep), ("--containing", need)):
+        unknown = sorted((given or set()) - set(chemical_symbols[1:]))
         if unknown:
-            raise RMError(f"--elements: unknown element(s) {', '.join(unknown)}")
+            raise RMError(f"{option}: unknown element(s) {', '.join(unknown)}")
+    excluded = {composition_key(f, periodic) for f in exclude_formulas or () for periodic in (True, False)}
     bad: list[str] = []
     strict = input_path is not None
     source = _source_record(dataset, input_path, split)
@@ -154,10 +161,14 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
               "limit": limit, "elements": sorted(keep) if keep else None,
               "source": source,
               "presets": {kind: _preset_dict(p) for kind, p in presets.items()}}
+    if need:
+        config["containing"] = sorted(need)
+    if exclude_formulas:
+        config["exclude_formulas"] = sorted(excluded)
     summary = MakeSummary(output=output, preset=presets["crystal"].name)
     structures = load_structures(dataset, input_path, split=split, bad=bad, seed=seed,
-                                 limit=None if keep else limit, workers=workers)
-    tasks = _tasks(structures, keep, limit)
+                                 limit=None if (keep or need or excluded) else limit, workers=workers)
+    tasks = _tasks(structures, keep, limit, need, excluded)
     init_args = (presets, seed, strict, strains is not None)
     seen_elements: set[int] = set()
     bar = _bar(progress, limit)
@@ -186,15 +197,45 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     return summary
 
 
-def _tasks(structures, keep: set[str] | None, limit: int | None):
-    """Number the reference structures, filtering by elements and applying the limit."""
+def composition_key(formula_or_atoms: str | Atoms, periodic: bool | None = None) -> str:
+    """The composition a structure is held out by: the reduced formula of a crystal (every
+    polymorph, any cell size), the molecular formula of a molecule (every isomer, but not
+    its multiples: C4H8 is not C2H4), both in Hill order.
+
+    ``periodic`` defaults to the structure's own periodicity; a formula string needs it.
+    Raises :class:`RMError` for a formula ASE cannot read.
+    """
+    from ase.formula import Formula
+
+    if isinstance(formula_or_atoms, Atoms):
+        periodic = bool(formula_or_atoms.pbc.any()) if periodic is None else periodic
+        formula = Formula.from_list(formula_or_atoms.get_chemical_symbols())
+    else:
+        try:
+            formula = Formula(str(formula_or_atoms).strip())
+            formula.count()
+        except ValueError as exc:
+            raise RMError(f"--exclude-formulas: cannot read formula {formula_or_atoms!r} ({exc})") from None
+    if periodic:
+        formula = formula.reduce()[0]
+    return formula.format("hill")
+
+
+def _tasks(structures, keep: set[str] | None, limit: int | None, need: set[str] | None = None,
+           excluded: set[str] = frozenset()):
+    """Number the reference structures, filtering by elements and compositions, and apply the limit."""
     from ase.data import chemical_symbols
 
     n = 0
     for source_id, atoms in structures:
         if limit is not None and n >= limit:
             return
-        if keep is not None and not {chemical_symbols[z] for z in atoms.numbers} <= keep:
+        symbols = {chemical_symbols[z] for z in atoms.numbers}
+        if keep is not None and not symbols <= keep:
+            continue
+        if need is not None and not symbols & need:
+            continue
+        if excluded and composition_key(atoms) in excluded:
             continue
         yield n, source_id, atoms
         n += 1

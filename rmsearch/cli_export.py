@@ -23,9 +23,19 @@ from rmdata.cliutils import CONTEXT
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
 def export_command(model: Path, out: Path, training: Path | None, backend: str, verify: bool,
                    overwrite: bool) -> None:
-    """Export MODEL (a mace_run_train .model file) to a potential directory for rmsearch."""
-    from rmsearch.potentials import export_potential
+    """Export MODEL (a mace_run_train .model file) to a potential directory for rmsearch.
 
+    MODEL may also be a shipped model, model:NAME ('rmsearch models list'): its verified
+    potential directory is copied to --out (for use outside the package, e.g. LAMMPS).
+    """
+    from rmsearch.potentials import export_potential
+    from rmsearch.registry import PREFIX, copy_model
+
+    if str(model).startswith(PREFIX):
+        card = copy_model(str(model), out, overwrite=overwrite)
+        click.echo(f"wrote {out}: shipped model {card.name} (backend {card.backend}, elements "
+                   f"{' '.join(card.elements)}), files checked against its card")
+        return
     pot = export_potential(model, out, training=training, backend=backend, verify=verify,
                            overwrite=overwrite)
     vols = ", ".join(f"{e} {v:.2f}" for e, v in pot.volumes.items())

@@ -42,8 +42,9 @@ def _print_total(status: dict) -> None:
 @click.command("launch", context_settings=CONTEXT)
 @click.option("-o", "--output", "rundir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (created; an existing one is resumed: only missing run ids run).")
-@click.option("--potential", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Potential directory from 'rmsearch export' (required for a new run directory).")
+@click.option("--potential", "potential_spec",
+              help="Potential directory from 'rmsearch export' / 'rmsearch fit-native', or a shipped "
+                   "model as model:NAME ('rmsearch models list'); required for a new run directory.")
 @click.option("--nruns", type=click.IntRange(min=1),
               help="Number of runs, ids 0..nruns-1 (required for a new run directory; may grow on resume).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
@@ -90,7 +91,7 @@ def _print_total(status: dict) -> None:
 @click.option("--dry-run", is_flag=True, help="With --scheduler slurm: only write RUNDIR/slurm/job.sh.")
 @click.option("--resume", is_flag=True,
               help="Require RUNDIR to exist (an existing RUNDIR is resumed with or without this flag).")
-def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers: int | None,
+def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, workers: int | None,
                progress: bool, as_json: bool, scheduler: str, dry_run: bool, resume: bool,
                volume_factor: str | None, **flags) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
@@ -98,8 +99,11 @@ def launch_cmd(rundir: Path, potential: Path | None, nruns: int | None, workers:
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
     change results (seed, starts, tolerances, potential contents) must match them.
     """
+    from rmsearch.registry import resolve_potential
+
     if resume and not (rundir / "config.json").is_file():
         raise RMError(f"{rundir}: --resume needs an existing run directory (no config.json there)")
+    potential = resolve_potential(potential_spec)
     slurm_flags = {k: flags.pop(k) for k in list(flags) if k not in SEARCH_OPTIONS}
     factor = parse_range(volume_factor, "--volume-factor") if volume_factor else None
     search = dict(flags, volume_factor=factor)

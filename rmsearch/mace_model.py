@@ -155,3 +155,45 @@ class MACEEvaluator:
         self.model_time_s += time.perf_counter() - t0
         self.n_calls += 1
         return energy, forces, stress
+
+
+def label_errors(model_path: str | os.PathLike, frames, dtype: str = "float64") -> dict[str, float]:
+    """RMSE of a MACE model against the response labels of rmdata frames.
+
+    Forces: per Cartesian component against ``REF_forces`` (eV/A), and relative to the
+    labels' RMS; stress: per Voigt component against ``REF_stress`` (eV/A^3) over the
+    periodic frames (None without any). ``frames`` is a sequence of ASE Atoms.
+    """
+    evaluator = MACEEvaluator(model_path, dtype=dtype, script=False)
+    df, f_ref, ds, s_ref = [], [], [], []
+    iu = np.triu_indices(3)
+    for k, atoms in enumerate(frames):
+        ref_f = atoms.arrays.get("REF_forces")
+        if ref_f is None:
+            raise RMError(f"frame {k}: no REF_forces label; give an rmdata file")
+        periodic = bool(atoms.pbc.any())
+        _, forces, stress = evaluator.evaluate(atoms.positions, atoms.cell.array, atoms.numbers, atoms.pbc)
+        df.append((forces - ref_f).ravel())
+        f_ref.append(np.asarray(ref_f).ravel())
+        if periodic and "REF_stress" in atoms.info:
+            ref_s = np.asarray(atoms.info["REF_stress"], dtype=float).reshape(-1)
+            ref_s = ref_s.reshape(3, 3) if ref_s.size == 9 else _voigt_to_full(ref_s)
+            ds.append((stress - ref_s)[iu])
+            s_ref.append(ref_s[iu])
+    if not df:
+        raise RMError("no frames to evaluate")
+    df, f_ref = np.concatenate(df), np.concatenate(f_ref)
+    out = {"n_frames": len(frames), "force_rmse_eV_per_A": float(np.sqrt(np.mean(df**2))),
+           "force_relative_rmse": float(np.sqrt(np.mean(df**2) / np.mean(f_ref**2))),
+           "stress_rmse_eV_per_A3": None, "stress_relative_rmse": None}
+    if ds:
+        ds, s_ref = np.concatenate(ds), np.concatenate(s_ref)
+        out["stress_rmse_eV_per_A3"] = float(np.sqrt(np.mean(ds**2)))
+        out["stress_relative_rmse"] = float(np.sqrt(np.mean(ds**2) / np.mean(s_ref**2)))
+    return out
+
+
+def _voigt_to_full(voigt: np.ndarray) -> np.ndarray:
+    from ase.stress import voigt_6_to_full_3x3_stress
+
+    return voigt_6_to_full_3x3_stress(voigt)
