@@ -24,13 +24,24 @@ from rmdata.cliutils import CONTEXT
 @click.option("--metrics/--no-metrics", default=True,
               help="Generation metrics (CrystalNN/Magpie COV, FD) against --reference; CrystalNN costs "
                    "~0.1-0.5 s per structure.")
+@click.option("--known-smiles", type=click.Path(dir_okay=False), default=None,
+              help="Molecule searches: SMILES list (one a line) whose isomers count as known, e.g. the "
+                   "training molecules [default: rmdata's offline molecule set].")
+@click.option("--posebusters/--no-posebusters", default=True,
+              help="Molecule searches: run the PoseBusters 'mol' checks (if posebusters is installed).")
 def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac: float, energy_bin: float,
-                volume_bin: float, match_top_k: int, metrics: bool) -> None:
-    """Collect, validate, deduplicate, score and report RUNDIR (writes RUNDIR/report/index.html)."""
+                volume_bin: float, match_top_k: int, metrics: bool, known_smiles: str | None,
+                posebusters: bool) -> None:
+    """Collect, validate, deduplicate, score and report RUNDIR (writes RUNDIR/report/index.html).
+
+    Molecule searches (launch --molecule) are also scored chemically: RDKit validity of
+    neutral molecules (charged structures apart), PoseBusters, isomers known and new.
+    """
     from rmsearch.analysis import analyze
 
     data = analyze(rundir, reference=reference, top=top, workers=workers, frac=frac, energy_bin=energy_bin,
-                   volume_bin=volume_bin, match_top_k=match_top_k, metrics=metrics)
+                   volume_bin=volume_bin, match_top_k=match_top_k, metrics=metrics,
+                   known_smiles=known_smiles, posebusters=posebusters)
     d = data["dedupe"]
     click.echo(f"{data['n_records']} runs ({', '.join(f'{k} {v}' for k, v in data['status_counts'].items())}); "
                f"{data['n_invalid']} invalid; {d['n_structures']} valid -> {d['n_clusters']} clusters "
@@ -40,6 +51,11 @@ def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac
     if data.get("match"):
         m = data["match"]["summary"]
         click.echo(f"match rate {m['n_matched']}/{m['n_references']}")
+    if data.get("molecules"):
+        t = data["molecules"]["total"]
+        pb = f", PoseBusters {t['posebusters']}" if "posebusters" in t else ""
+        click.echo(f"molecules: {t['valid']}/{t['starts']} valid ({t['valid_percent']} %){pb}, charged "
+                   f"{t['charged']}, {t['distinct_isomers']} isomers ({t['known']} known, {t['new']} new)")
     click.echo(f"report: {rundir.rstrip('/')}/report/index.html")
 
 

@@ -18,7 +18,8 @@ from rmsearch.starts import parse_range
 
 #: launch options that describe the search (passed to rmsearch.runner.build_config).
 SEARCH_OPTIONS = ("seed", "system", "composition", "molecule", "natoms", "spacegroup",
-                  "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "run_timeout_s")
+                  "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "kick", "kick_fmax",
+                  "run_timeout_s")
 
 
 def _status_line(counts: dict[str, int]) -> str:
@@ -79,6 +80,12 @@ def _print_total(status: dict) -> None:
                    "fire2-lbfgs), FIRE 2.0 until max|F| < 2 eV/A then L-BFGS (fire2-lbfgs), FIRE 2.0 "
                    "alone, ASE's FIRE, L-BFGS alone (rmsearch/optimizers.py), or conjugate gradients "
                    "with fix box/relax inside LAMMPS (lammps-cg, rmsearch/lammps_min.py) [default: auto].")
+@click.option("--kick", type=click.FloatRange(min=0, max=5),
+              help="Second stage of the molecule protocol: displace every atom of the relaxed structure "
+                   "by uniform noise in +-KICK A per component and relax again to --kick-fmax "
+                   "(paper: 0.75 A) [default: 0, no kick stage].")
+@click.option("--kick-fmax", type=click.FloatRange(min=0, min_open=True),
+              help="Force tolerance of the kick stage, max |F| in eV/A [default: 0.0002].")
 @click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
               help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
                    "and its worker restarted (0 = no limit; may change on resume) [default: 600].")

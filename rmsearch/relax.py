@@ -57,7 +57,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +123,9 @@ class RelaxSettings(FireParameters):
     (:mod:`rmsearch.optimizers`): "fire2-lbfgs" (FIRE 2.0 until max |F| < ``switch_fmax``
     eV/A, then L-BFGS), "fire2", "lbfgs", or "fire" (ASE's FIRE; with ASE's parameters it
     follows ASE FIRE + FrechetCellFilter step for step).
+    kick: the paper's molecule protocol (DESIGN §5) as a second stage: when > 0, the
+    relaxed structure's atoms are each displaced by uniform noise in +-``kick`` A per
+    Cartesian component and relaxed again to ``kick_fmax`` (eV/A); 0 (default) = one stage.
     dt, dt_max, max_step (A), n_min, f_inc, f_dec, a_start, f_a: FIRE parameters; left as
     None, max_step, n_min and a_start take 0.3 A, 10 and 0.25 for the FIRE 2.0 rules and
     ASE's 0.2 A, 5 and 0.1 for "fire". memory, alpha (eV/A^2): L-BFGS history length and
@@ -147,6 +150,8 @@ class RelaxSettings(FireParameters):
     max_volume_factor: float = 10.0
     max_volume_per_atom: float = 200.0
     min_volume_per_atom: float = 1.0
+    kick: float = 0.0
+    kick_fmax: float = 0.0002
 
     def __post_init__(self) -> None:
         if self.optimizer not in RELAX_OPTIMIZERS:
@@ -163,6 +168,10 @@ class RelaxSettings(FireParameters):
                      "max_volume_per_atom", "min_volume_per_atom", "switch_fmax", "alpha"):
             if not getattr(self, name) > 0:
                 raise RMError(f"relax setting {name}={getattr(self, name)!r}: must be > 0")
+        if not (math.isfinite(self.kick) and 0 <= self.kick <= 5.0):
+            raise RMError(f"relax setting kick={self.kick!r}: must be a number of A in [0, 5]")
+        if not (math.isfinite(self.kick_fmax) and self.kick_fmax > 0):
+            raise RMError(f"relax setting kick_fmax={self.kick_fmax!r}: must be > 0 (eV/A)")
         if self.max_steps < 1 or self.memory < 1:
             raise RMError(f"relax settings max_steps={self.max_steps!r}, memory={self.memory!r}: "
                           "must be >= 1")
@@ -190,6 +199,7 @@ class RelaxOutcome:
     n_steps: int = 0
     wall_s: float = 0.0
     model_time_s: float = 0.0
+    first_stage: dict | None = None
 
     @property
     def converged(self) -> bool:
@@ -595,8 +605,34 @@ class Relaxer:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def relax(self, atoms: Atoms) -> RelaxOutcome:
-        """Relax ``atoms`` (periodic crystal or pbc=False molecule); never raises for a bad run."""
+    def relax(self, atoms: Atoms, rng: np.random.Generator | None = None) -> RelaxOutcome:
+        """Relax ``atoms`` (periodic crystal or pbc=False molecule); never raises for a bad run.
+
+        With ``settings.kick > 0`` a second stage follows (see :class:`RelaxSettings`); its
+        displacements are drawn from ``rng`` (default: a fresh unseeded generator).
+        """
+        first = self._relax_once(atoms)
+        kick = self.settings.kick
+        if kick <= 0 or first.status not in ("converged", "not_converged"):
+            return first
+        rng = rng if rng is not None else np.random.default_rng()
+        kicked = first.atoms.copy()
+        kicked.positions = kicked.positions + rng.uniform(-kick, kick, size=kicked.positions.shape)
+        settings = self.settings
+        self.settings = replace(settings, fmax=settings.kick_fmax)
+        try:
+            second = self._relax_once(kicked)
+        finally:
+            self.settings = settings
+        second.first_stage = {"status": first.status, "energy": float(first.energy),
+                              "fmax": float(first.fmax), "n_force_calls": int(first.n_force_calls)}
+        second.n_force_calls += first.n_force_calls
+        second.n_steps += first.n_steps
+        second.wall_s += first.wall_s
+        second.model_time_s += first.model_time_s
+        return second
+
+    def _relax_once(self, atoms: Atoms) -> RelaxOutcome:
         t0 = time.perf_counter()
         m0 = self.engine.model_time_s
         state = _RunState(atoms.copy())

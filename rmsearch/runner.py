@@ -51,6 +51,8 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rmdata.errors import RMError
 from rmdata.utils import pin_threads, provenance, write_json_atomic
 from rmsearch.records import RunRecord, append_record, read_records, repair_shard
@@ -71,11 +73,14 @@ MAX_STARTUP_DEATHS = 5
 #: (a broken potential or install) must not use up the whole search as error records.
 MAX_ERROR_STREAK = 20
 #: build_config options that are RelaxSettings fields.
-RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype", "optimizer")
+RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "kick", "kick_fmax")
 #: Exit code of a worker process whose run hit the run timeout (the run is recorded).
 EXIT_TIMEOUT = 75
 #: Default wall-time limit of one relaxation in ``rmsearch launch`` / ``run-shard`` (s).
 DEFAULT_RUN_TIMEOUT_S = 600.0
+#: Third entry of the kick stage's seed sequence, rng([seed, run_id, KICK_STREAM]); the
+#: start uses rng([seed, run_id]).
+KICK_STREAM = 1
 
 
 # ----------------------------------------------------------------------------- config
@@ -143,6 +148,7 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
                  spacegroup: int | str | None = None, volume_factor: tuple[float, float] = (0.8, 1.2),
                  minsep_factor: float = 0.7, fmax: float = 0.01, smax_gpa: float = 0.1,
                  max_steps: int = 2000, dtype: str = "float32", optimizer: str = "auto",
+                 kick: float = 0.0, kick_fmax: float = 0.0002,
                  run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
                  relax: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of a new search (validated; nothing is written).
@@ -154,7 +160,9 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     minsep_factor: minimum separation as a fraction of the covalent radii sum. fmax
     (eV/A), smax_gpa (GPa), max_steps (force calls): relaxation tolerances. dtype:
     "float32" or "float64" model evaluation (mace backend). optimizer: the relaxation
-    method (:data:`rmsearch.relax.RELAX_OPTIMIZERS`). run_timeout_s: wall-time limit of one
+    method (:data:`rmsearch.relax.RELAX_OPTIMIZERS`). kick (A), kick_fmax (eV/A): the
+    second stage of the molecule protocol (:class:`rmsearch.relax.RelaxSettings`; kick 0 =
+    none), its displacements drawn from rng([seed, run, 1]). run_timeout_s: wall-time limit of one
     run (s; 0 = none), an execution setting that may change on resume. ``relax`` overrides
     any RelaxSettings field.
     """
@@ -177,7 +185,7 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     if not (isinstance(run_timeout_s, (int, float)) and run_timeout_s >= 0):
         raise RMError(f"--run-timeout {run_timeout_s!r}: must be a number of seconds >= 0 (0 = no limit)")
     settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype,
-                             optimizer=optimizer)
+                             optimizer=optimizer, kick=kick, kick_fmax=kick_fmax)
     if relax:
         settings = relax_settings_from_dict({**relax_settings_to_dict(settings), **relax})
     config = {
@@ -311,6 +319,8 @@ def _start_extra(start, outcome=None) -> dict[str, Any]:
         extra["start_volume_per_atom"] = float(start.get_volume() / len(start))
     if outcome is not None:
         extra["model_time_s"] = float(outcome.model_time_s)
+        if outcome.first_stage is not None:
+            extra["first_stage"] = outcome.first_stage
     return extra
 
 
@@ -407,7 +417,7 @@ class ShardWorker:
             start = make_start(self.spec, run_id, self.seed)
             if timer is not None:
                 self._current = (run_id, start, t0)
-            outcome = self.relaxer.relax(start)
+            outcome = self.relaxer.relax(start, rng=np.random.default_rng([self.seed, run_id, KICK_STREAM]))
             record = record_from_outcome(outcome, start, run_id, self.seed, time.perf_counter() - t0)
         except Exception as exc:
             log.debug("run %d failed", run_id, exc_info=True)

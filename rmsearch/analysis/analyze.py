@@ -37,6 +37,11 @@ from rmsearch.analysis.dedupe import (
 from rmsearch.analysis.hull import pseudo_hull
 from rmsearch.analysis.match import match_references
 from rmsearch.analysis.metrics import generation_metrics
+from rmsearch.analysis.molecules import (
+    plot_molecules,
+    read_known_smiles,
+    score_molecules,
+)
 from rmsearch.analysis.references import load_references
 from rmsearch.analysis.report import write_report
 from rmsearch.analysis.score import ClusterScore, score_clusters
@@ -66,7 +71,8 @@ def _jsonable(obj: Any) -> Any:
 def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = None, top: int = 20, *,
             workers: int = 1, frac: float = DEFAULT_FRAC, max_volume_factor: float = DEFAULT_MAX_VOLUME_FACTOR,
             energy_bin: float = DEFAULT_ENERGY_BIN, volume_bin: float = DEFAULT_VOLUME_BIN, match_top_k: int = 20,
-            metrics: bool = True, elemental: dict[str, float] | None = None) -> dict[str, Any]:
+            metrics: bool = True, elemental: dict[str, float] | None = None,
+            known_smiles: str | os.PathLike | None = None, posebusters: bool = True) -> dict[str, Any]:
     """Analyse ``rundir`` and write ``results.db``, ``final_structures.extxyz`` and ``report/``.
 
     Args:
@@ -80,6 +86,9 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         match_top_k: clusters per composition tried against each reference.
         metrics: compute generation metrics when a reference is given.
         elemental: reference energies per atom (eV/atom) of pure elements for the pseudo hull.
+        known_smiles: molecule searches: SMILES list whose isomers count as known
+            (default: rmdata's offline molecule set); see :mod:`rmsearch.analysis.molecules`.
+        posebusters: molecule searches: run the PoseBusters checks where installed.
 
     Returns:
         The report data (also written to ``report/report.json``).
@@ -89,6 +98,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     t0 = time.perf_counter()
     run = load_run(rundir)
     refs = load_references(reference) if reference is not None else None  # fail before writing anything
+    known = read_known_smiles(known_smiles) if run.config.get("molecule") else None
     records = {r.run_id: r for r in run.records}
     report_dir = run.rundir / "report"
 
@@ -125,6 +135,12 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         "n_clusters": len(scores), "plots": plot_paths,
         "provenance": provenance(run.config, run.config.get("seed")),
     }
+    if known is not None:
+        data["molecules"] = score_molecules(run.records, nstarts=int(run.config["nruns"]), known=known,
+                                            posebusters=posebusters)
+        plots_dir = report_dir / "plots"
+        plot_molecules(data["molecules"], plots_dir / "molecules.png")
+        data["plots"]["molecules"] = "plots/molecules.png"
     if refs is not None:
         data.update(_compare(scores, invalid, records, refs, str(reference), match_top_k, metrics, workers))
     data["wall_s"] = time.perf_counter() - t0

@@ -22,7 +22,11 @@ PLOT_TITLES = {
     "energy_volume": "Energy vs volume per atom, coloured by space group",
     "energy_histogram": "Energy histogram",
     "hits": "Cluster hit counts",
+    "molecules": "Molecules: valid, PoseBusters, charged and known isomers (% of all starts)",
 }
+
+MOLECULE_COLUMNS = ("formula", "starts", "finished", "valid", "valid %", "PoseBusters %", "charged",
+                    "isomers", "known", "new", "most frequent (SMILES x hits)", "invalid: why")
 
 TABLE_COLUMNS = ("rank", "formula", "natoms", "E (eV/atom)", "dE (meV/atom)", "E_hull (meV/atom)", "P (GPa)",
                  "V (A^3/atom)", "SG 1e-3", "SG 1e-2", "SG 1e-1", "hits", "run", "CIF")
@@ -52,6 +56,26 @@ def top_table_rows(data: dict[str, Any]) -> list[list[str]]:
                      *[f"{sg[k][1]} ({sg[k][0]})" for k in ("0.001", "0.01", "0.1")],
                      str(c["hits"]), str(c["representative"]), c.get("cif", "")])
     return rows
+
+
+def molecule_rows(data: dict[str, Any]) -> list[list[str]]:
+    """Rows of the molecule table (per composition, then all), in :data:`MOLECULE_COLUMNS` order."""
+    mol = data.get("molecules")
+    if not mol:
+        return []
+    items = list(mol["compositions"].items())
+    if len(items) > 1:
+        items.append(("all", mol["total"]))
+    return [[f, str(c["starts"]), str(c["finished"]), str(c["valid"]), _fmt(c["valid_percent"], 1),
+             _fmt(c.get("posebusters_percent"), 1), str(c["charged"]), str(c["distinct_isomers"]),
+             str(c["known"]), str(c["new"]),
+             ", ".join(f"{s} x{n}" for s, n in list(c["isomers"].items())[:6]) or "-",
+             ", ".join(f"{k} {n}" for k, n in c["reasons"].items()) or "-"] for f, c in items]
+
+
+MOLECULE_NOTE = ("Valid = RDKit bonds at charge 0, sanitised, one fragment, no radicals, no formal charges; "
+                 "charged = bonds only with formal charges (zwitterions), not counted valid. Percentages are "
+                 "of all starts. Known = isomer in the known-SMILES list (default: the offline training set).")
 
 
 def _summary_items(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -97,6 +121,11 @@ def write_markdown(data: dict[str, Any], path: str | os.PathLike) -> Path:
                 f"{m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, "
                 f"mean RMSD {_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition "
                 f"that was searched (match rate among them {_fmt(m['match_rate_searched'])}).", ""]
+    if data.get("molecules"):
+        out += ["## Molecules", "", MOLECULE_NOTE, "", "| " + " | ".join(MOLECULE_COLUMNS) + " |",
+                "|" + "---|" * len(MOLECULE_COLUMNS)]
+        out += ["| " + " | ".join(r) + " |" for r in molecule_rows(data)]
+        out.append("")
     if data.get("metrics"):
         out += ["## Generation metrics", "", "| metric | value |", "|---|---|"]
         out += [f"| {k} | {_fmt(v, 4)} |" for k, v in data["metrics"].items()]
@@ -150,6 +179,11 @@ def write_html(data: dict[str, Any], path: str | os.PathLike) -> Path:
                   f"top {m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, mean RMSD "
                   f"{_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition that was searched "
                   f"(match rate among them {_fmt(m['match_rate_searched'])}).</p>"]
+    if data.get("molecules"):
+        parts += ["<h2>Molecules</h2>", f"<p>{e(MOLECULE_NOTE)}</p>",
+                  "<table id='molecules'><tr>" + "".join(f"<th>{e(c)}</th>" for c in MOLECULE_COLUMNS) + "</tr>"]
+        parts += ["<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in molecule_rows(data)]
+        parts.append("</table>")
     if data.get("metrics"):
         parts += ["<h2>Generation metrics</h2>", "<table id='metrics'><tr><th>metric</th><th>value</th></tr>"]
         parts += [f"<tr><td>{e(k)}</td><td>{e(_fmt(v, 4))}</td></tr>" for k, v in data["metrics"].items()]
