@@ -8,7 +8,6 @@ selection from ``csp15.json`` and the MP-20 subset, and the Li-S hull/antifluori
 
 from __future__ import annotations
 
-import json
 import sys
 import warnings
 from pathlib import Path
@@ -25,6 +24,12 @@ import lis
 import molecules
 import mp20_csp
 
+from rmsearch.analysis.molecules import (
+    canonical_smiles,
+    check_molecule,
+    posebusters_checks,
+)
+
 warnings.filterwarnings("ignore", category=UserWarning)
 
 
@@ -32,13 +37,15 @@ warnings.filterwarnings("ignore", category=UserWarning)
 
 @pytest.mark.parametrize("smiles", ["CC(C)=O", "C1COC1", "C=CC=C", "c1ccncc1", "CC(=O)NC", "ClCCS"])
 def test_built_molecules_are_valid_and_known(smiles):
+    from rdkit import Chem
+
     from rmdata.molecules import molecule_from_smiles
 
     atoms = molecule_from_smiles(smiles, seed=0)
-    known = {molecules.canonical_smiles(smiles)}
-    check = molecules.check_molecule(atoms, known)
+    known = {canonical_smiles(smiles)}
+    check = check_molecule(atoms, known)
     assert check.valid, check.reason
-    assert check.smiles == molecules.canonical_smiles(smiles)
+    assert check.smiles == Chem.MolToSmiles(Chem.MolFromSmiles(smiles), isomericSmiles=False)
     assert check.known
 
 
@@ -46,7 +53,7 @@ def test_isomer_is_valid_but_not_the_other_isomer():
     from rmdata.molecules import molecule_from_smiles
 
     acetone = molecule_from_smiles("CC(C)=O", seed=0)
-    check = molecules.check_molecule(acetone, {molecules.canonical_smiles("CCC=O")})
+    check = check_molecule(acetone, {canonical_smiles("CCC=O")})
     assert check.valid and not check.known  # propanal has the same formula, other bonds
 
 
@@ -56,22 +63,33 @@ def test_invalid_structures_are_rejected():
     acetone = molecule_from_smiles("CC(C)=O", seed=0)
     # atoms scattered 3 A apart on a line: no bonds, many fragments
     apart = Atoms(acetone.numbers, positions=[[3.0 * k, 0, 0] for k in range(len(acetone))])
-    assert not molecules.check_molecule(apart).valid
+    assert not check_molecule(apart).valid
     # one H removed: a radical cannot sanitise at charge 0 with all valences filled
     radical = acetone[[k for k in range(len(acetone)) if k != int(np.where(acetone.numbers == 1)[0][0])]]
-    bad = molecules.check_molecule(radical)
+    bad = check_molecule(radical)
     assert not bad.valid and bad.reason
     # squeezed to 55 %: bonds of ~0.6-0.8 A are not chemistry
     squeezed = acetone.copy()
     squeezed.positions *= 0.55
-    assert not molecules.check_molecule(squeezed).valid
+    assert not check_molecule(squeezed).valid
 
 
-def test_known_isomers_of_the_molecules_list():
-    iso = molecules.known_isomers(["C3H6O", "C4H6"])
-    assert "CC(C)=O" in iso["C3H6O"] and "CCC=O" in iso["C3H6O"]
-    assert "C=CC=C" in iso["C4H6"]
-    assert all(len(v) >= 5 for v in iso.values())  # several isomers each: a fair held-out test
+def test_default_compositions_follow_their_rule():
+    """In-training defaults: per heavy-atom count 4-7, the two formulas with most isomers in the
+    offline set; out-of-distribution ones have 8-9 heavy atoms and none is in the set."""
+    from ase.formula import Formula
+
+    from rmdata.molecules import molecule_compositions
+
+    groups = molecule_compositions()
+
+    def heavy(f):
+        return sum(n for el, n in Formula(f).count().items() if el != "H")
+
+    for n in range(4, 8):
+        ranked = sorted((f for f in groups if heavy(f) == n), key=lambda f: (-len(groups[f]), f))
+        assert set(ranked[:2]) == {f for f in molecules.IN_TRAINING if heavy(f) == n}
+    assert all(heavy(f) in (8, 9) and f not in groups for f in molecules.OUT_OF_DISTRIBUTION)
 
 
 def test_posebusters_passes_a_good_molecule_and_fails_a_bad_one():
@@ -81,67 +99,10 @@ def test_posebusters_passes_a_good_molecule_and_fails_a_bad_one():
     good = molecule_from_smiles("CC(C)=O", seed=0)
     stretched = good.copy()
     stretched.positions *= 1.25  # every bond 25 % long: bonds still perceived, geometry checks fail
-    assert molecules.check_molecule(stretched).valid
-    res = molecules.posebusters_checks([good, stretched])
+    assert check_molecule(stretched).valid
+    res = posebusters_checks([good, stretched])
     assert res is not None and res[0] and all(res[0].values())
     assert not res[1]["bond_lengths"] and not res[1]["internal_energy"]
-
-
-def test_reference_writer_drops_held_out_compositions(tmp_path):
-    from ase.io import read
-
-    smiles = tmp_path / "smiles.txt"
-    smiles.write_text("CC(C)=O\nCCC=O\nC=CC=C\nCCO\nC1COC1\nCC#N\n")
-    counts = molecules.write_references(tmp_path / "refs.xyz", ["C3H6O"], None, seed=0, smiles_path=smiles)
-    frames = read(tmp_path / "refs.xyz", index=":")
-    formulas = sorted(a.get_chemical_formula(mode="hill") for a in frames)
-    assert formulas == ["C2H3N", "C2H6O", "C4H6"]
-    assert counts == {"molecules": 6, "held_out": 3, "training": 3}
-    molecules.write_references(tmp_path / "two.xyz", ["C3H6O"], 2, seed=0, smiles_path=smiles)
-    assert len(read(tmp_path / "two.xyz", index=":")) == 2
-
-
-def test_kick_stage_relaxes_every_finished_run_once(tmp_path, diamond_model):
-    """Kick stage with the suite's small carbon MACE on C4 molecules: records, tolerance, resume."""
-    from rmsearch.potentials import export_potential
-    from rmsearch.records import read_records
-    from rmsearch.relax import RelaxOutcome
-    from rmsearch.runner import (
-        ShardWriter,
-        build_config,
-        init_rundir,
-        record_from_outcome,
-    )
-    from rmsearch.starts import StartSpec, make_start
-
-    pot = tmp_path / "pot"
-    export_potential(diamond_model, pot, verify=False)
-    stage1, stage2 = tmp_path / "s1", tmp_path / "s2"
-    config = build_config(potential=pot, nruns=2, molecule="C4", fmax=0.001, max_steps=50)
-    init_rundir(stage1, config)
-    spec = StartSpec.from_dict(config["start"])
-    writer = ShardWriter(stage1 / "shards" / "w0.jsonl")
-    for run_id, status in enumerate(("converged", "lost_atoms")):
-        start = make_start(spec, run_id, 0)
-        writer.append(record_from_outcome(RelaxOutcome(atoms=start, status=status, energy=0.0), start,
-                                          run_id, 0, 0.0))
-    writer.close()
-
-    n = molecules.kick_and_relax(stage1, stage2, pot, max_steps=60)
-    assert n == 1  # lost_atoms is not kicked
-    recs = {r.run_id: r for r in read_records(stage2 / "shards")}
-    assert sorted(recs) == [0]
-    assert recs[0].extra["start_kind"] == "kick" and np.isfinite(recs[0].positions).all()
-    cfg2 = json.loads((stage2 / "config.json").read_text())
-    assert cfg2["relax"]["fmax"] == molecules.FMAX_2 and cfg2["kick"]["amplitude_A"] == molecules.KICK
-    for r in recs.values():
-        assert r.status in ("converged", "not_converged", "lost_atoms") and r.formula == "C4"
-        if r.status == "converged":
-            assert r.fmax < molecules.FMAX_2
-        assert 1 <= r.n_force_calls <= 60
-    assert molecules.kick_and_relax(stage1, stage2, pot, max_steps=60) == 0  # resume: nothing twice
-    result = molecules.evaluate(stage2, "C4", {"C=C=C=C"}, posebusters=False)
-    assert result["runs"] == 1 and 0 <= result["valid"] <= 1
 
 
 # ----------------------------------------------------------------------------- MP-20 CSP
