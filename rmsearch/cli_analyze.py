@@ -51,6 +51,9 @@ def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac
     if data.get("match"):
         m = data["match"]["summary"]
         click.echo(f"match rate {m['n_matched']}/{m['n_references']}")
+    if data.get("csp"):
+        c = data["csp"]["summary"]
+        click.echo("CSP: " + ", ".join(f"k={k} {c[f'n_matched_k{k}']}/{c['n_references']}" for k in c["ks"]))
     if data.get("molecules"):
         t = data["molecules"]["total"]
         pb = f", PoseBusters {t['posebusters']}" if "posebusters" in t else ""

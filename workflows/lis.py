@@ -1,33 +1,29 @@
-"""Li-S: pseudo convex hull of Li_x S_(1-x) from random searches with an MP-20-trained model.
+"""Li-S: pseudo convex hull of Li_x S_(1-x) from random searches with the shipped MP-20 model.
 
 Response Matching paper, Li-S example (DESIGN §5): a model trained on MP-20 crystals
-(none of them need be a Li-S binary) relaxes random Li-S cells; the pseudo convex hull
-of the model energies, ``E_ex = E - x E_Li - (1-x) E_S`` per atom, shows which
-compositions the model considers stable. The question asked: is Li2S in the antifluorite
-structure (Fm-3m, 225) on the hull?
+(none of them a Li-S binary) relaxes random Li-S cells; the pseudo convex hull of the
+model energies, ``E_ex = E - x E_Li - (1-x) E_S`` per atom, shows which compositions the
+model considers stable. The question asked: is Li2S in the antifluorite structure
+(Fm-3m, 225) on the hull?
 
-Model: ``--potential DIR`` reuses a potential directory, normally the MP-20 CSP
-workflow's (``mp20_run/potential``: "the MP-20 model"). Without it this script trains
-its own, smaller MP-20 model on the MP-20 training crystals that contain Li or S
-(``rmdata make --elements`` keeps only structures made *entirely* of the listed
-elements, and the MP-20 subset has no Li-S binary in its train split, so the Li/S
-containing crystals are written to an input file instead).
+Model: by default the shipped ``model:mp20-mace`` (``rmsearch models show mp20-mace``:
+the mp20-subset train split with every val/csp15 composition and Li2S held out; there is
+no Li-S binary in any split, so antifluorite Li2S is generalisation, not recall);
+``--potential DIR`` (or ``model:NAME``) searches with another potential. Nothing is trained.
 
 Steps (each skipped when its output exists):
 
-1. (own model only) Li- or S-containing MP-20 train crystals -> ``data/references.xyz``;
-   ``rmdata make --input ... --preset crystal``; ``mace_run_train`` as printed by
-   ``rmdata mace-command``; ``rmsearch export``
-2. ``rmsearch launch --system Li-S --natoms ... --nruns ...`` (paper size 5000)
-3. ``rmsearch analyze`` (dedupe, pseudo hull, report)
-4. this script: hull compositions, the Li2S check (space group of the lowest Li2S
-   cluster and a StructureMatcher comparison with ideal antifluorite), its own hull
-   figure and ``report.html``
+1. ``rmsearch launch --system Li-S --natoms 2-12 --nruns 5000`` into ``DIR/run``
+2. ``rmsearch analyze DIR/run`` (validity, dedupe, pseudo hull, report)
+3. this script: hull compositions, the Li2S check (space group of the lowest Li2S
+   cluster and a StructureMatcher comparison with ideal antifluorite), the share of valid
+   cells, its own hull figure and ``report.html``
 
 Usage::
 
-    python workflows/lis.py --out lis_run --potential mp20_run/potential   # MP-20 model
-    python workflows/lis.py --out q --quick                                 # test size
+    python workflows/lis.py --out lis_run                      # shipped model, 5000 runs
+    python workflows/lis.py --out q --quick                    # test size (60 runs, 2-4 atoms)
+    python workflows/lis.py --out mine --potential my_potential/
 """
 
 from __future__ import annotations
@@ -37,7 +33,6 @@ import html
 import json
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +42,9 @@ from common import Pipeline, add_run_options, read_report, write_page
 
 log = logging.getLogger("workflows.lis")
 
-#: Sizes: (training crystals (None = all Li/S ones), strains, levels, epochs, channels, runs, natoms).
-SIZES = {
-    "full": (None, "-0.1,-0.05,0,0.05,0.1", "0,1,2,4,8,16,32", 20, 16, 5000, "2-12"),
-    "quick": (60, "-0.05,0,0.05", "0,2,4,8,16", 4, 16, 60, "2-4"),
-}
+#: Sizes: (runs, atoms per cell).
+SIZES = {"full": (5000, "2-12"), "quick": (60, "2-4")}
+SHIPPED = "model:mp20-mace"
 #: Antifluorite Li2S lattice constant (A), experiment.
 LI2S_A = 5.71
 
@@ -67,11 +60,11 @@ def antifluorite_li2s(a: float = LI2S_A):
 def is_antifluorite(atoms) -> bool:
     """Whether ``atoms`` matches antifluorite Li2S (StructureMatcher stol 0.5, ltol 0.3, angle_tol 10;
     volume scaled, so a model lattice constant different from 5.71 A still matches)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    matcher = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
-    return bool(matcher.fit(AseAtomsAdaptor.get_structure(atoms),
+    from rmsearch.analysis.dedupe import make_matcher
+
+    return bool(make_matcher().fit(AseAtomsAdaptor.get_structure(atoms),
                             AseAtomsAdaptor.get_structure(antifluorite_li2s()), symmetric=True))
 
 
@@ -122,23 +115,6 @@ def li2s_check(rundir: Path, clusters: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def li_s_references(path: Path, dataset: str, limit: int | None) -> dict[str, int]:
-    """Write the train-split crystals of ``dataset`` that contain Li or S to ``path`` (extxyz)."""
-    from ase.io import write
-
-    from rmdata.datasets import load_structures
-    from rmdata.utils import atomic_output
-
-    kept = [a for _, a in load_structures(dataset=dataset, split="train")
-            if not isinstance(a, str) and {"Li", "S"} & set(a.get_chemical_symbols())]
-    n_all = len(kept)
-    kept = kept[:limit] if limit else kept
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_output(path) as tmp:
-        write(tmp, kept, format="extxyz")
-    return {"li_or_s_crystals": n_all, "training": len(kept)}
-
-
 def plot_hull(clusters: list[dict[str, Any]], hull: list[dict[str, Any]], path: Path) -> None:
     """E_ex vs x_Li of every cluster, hull drawn and its compositions labelled."""
     import matplotlib
@@ -176,65 +152,34 @@ def write_report(out: Path, summary: dict[str, Any], hull: list[dict[str, Any]],
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="lis_run", help="output folder")
-    ap.add_argument("--quick", action="store_true", help="test size (small model and search)")
-    ap.add_argument("--potential", help="potential directory to reuse (e.g. mp20_run/potential)")
-    ap.add_argument("--dataset", default="mp20-subset", help="training set of the own model")
-    ap.add_argument("--limit", type=int, help="Li/S-containing training crystals (default: by size; 0 = all)")
-    ap.add_argument("--strains", help="isotropic strains, comma-separated (default: by size)")
-    ap.add_argument("--levels", help="position-noise levels, comma-separated (default: by size)")
-    ap.add_argument("--epochs", type=int, help="MACE epochs (default: by size)")
-    ap.add_argument("--channels", type=int, help="MACE channels (default: by size)")
+    ap.add_argument("-o", "--output", "--out", dest="out", default="lis_run", help="output folder")
+    ap.add_argument("--quick", action="store_true", help="test size (60 runs of 2-4 atoms)")
+    ap.add_argument("--potential", default=SHIPPED, help="potential directory or model:NAME")
     ap.add_argument("--nruns", type=int, help="random starts (default: 5000, quick 60)")
     ap.add_argument("--natoms", help="atoms per cell (default: 2-12, quick 2-4)")
     add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    limit, strains, levels, epochs, channels, nruns, natoms = SIZES["quick" if args.quick else "full"]
-    if args.limit is not None:
-        limit = args.limit or None
-    strains, levels = args.strains or strains, args.levels or levels
-    epochs, channels = args.epochs or epochs, args.channels or channels
+    nruns, natoms = SIZES["quick" if args.quick else "full"]
     nruns, natoms = args.nruns or nruns, args.natoms or natoms
+    if nruns < 1 or args.max_steps < 1 or args.seed < 0:
+        raise SystemExit("error: --nruns and --max-steps must be >= 1 and --seed >= 0")
 
     p = Pipeline(args.out, force=args.force)
-    if args.potential:
-        potdir = Path(args.potential).resolve()
-        if not (potdir / "potential.json").exists():
-            raise SystemExit(f"error: --potential {args.potential}: no potential.json; give the folder "
-                             "'rmsearch export' wrote (e.g. mp20_run/potential)")
-        model_info: dict[str, Any] = {"potential": str(potdir), "reused": True}
-    else:
-        refs = p.out / "data" / "references.xyz"
-        counts_path = p.out / "data" / "references.json"
-        if not refs.exists() or args.force:
-            t0 = time.perf_counter()
-            counts_path.write_text(json.dumps(li_s_references(refs, args.dataset, limit)) + "\n")
-            p.steps.append({"step": "references", "command": f"{args.dataset} train crystals containing Li or S",
-                            "wall_s": round(time.perf_counter() - t0, 1)})
-        data = p.out / "data" / "lis_train.xyz"
-        p.run("data", ["rmdata", "make", "--input", str(refs), "--preset", "crystal", "--strains", strains,
-                       "--levels", levels, "--seed", str(args.seed), "-o", str(data), "-j", "1"], done=data)
-        model = p.train(data, "lis", epochs, channels, args.seed)
-        potdir = p.out / "potential"
-        p.run("export", ["rmsearch", "export", str(model), "--training", str(data), "--out", str(potdir)],
-              done=potdir / "potential.json")
-        model_info = {"reused": False, **json.loads(counts_path.read_text()), "dataset": args.dataset,
-                      "strains": strains, "levels": levels, "epochs": epochs, "channels": channels}
-
     rundir = p.out / "run"
-    launch = ["rmsearch", "launch", "--potential", str(potdir), "--system", "Li-S", "--natoms", natoms,
+    launch = ["rmsearch", "launch", "--potential", args.potential, "--system", "Li-S", "--natoms", natoms,
               "--nruns", str(nruns), "--max-steps", str(args.max_steps), "--dtype", args.dtype,
               "--seed", str(args.seed), "-o", str(rundir), "--no-progress"]
     if args.workers:
         launch += ["--workers", str(args.workers)]
     p.run("search", launch)
-    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "1000"])
+    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "1000", "--workers", str(args.workers or 2)])
 
     report = read_report(rundir)
     clusters = report["top_clusters"]
     hull = hull_compositions(report)
     li2s = li2s_check(rundir, clusters)
+    converged = report["status_counts"].get("converged", 0)
     summary: dict[str, Any] = {
         "hull_compositions": [v["formula"] for v in hull],
         "li2s_on_hull": li2s.get("on_hull", False),
@@ -243,8 +188,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "antifluorite_found": li2s.get("antifluorite_found", False),
         "li2s": li2s,
         "runs": report["status_counts"], "invalid": report["n_invalid"], "clusters": report["n_clusters"],
+        "valid_percent_of_converged": round(100.0 * (converged - report["n_invalid"]) / converged, 1)
+        if converged else 0.0,
         "hull_note": report.get("hull_note", ""),
-        "model": model_info,
+        "model": {"potential": args.potential},
         "search": {"nruns": nruns, "natoms": natoms, "max_steps": args.max_steps, "dtype": args.dtype,
                    "seed": args.seed},
     }

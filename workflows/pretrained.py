@@ -93,10 +93,11 @@ def heldout_formulas(which: str) -> list[str]:
     return sorted(val | csp | {composition_key("Li2S", True)})
 
 
-def training_commands(name: str, data: Path | str, seed: int = 0) -> list[str]:
-    """The shell lines of the recipe's training, as ``rmdata mace-command`` prints them."""
+def training_commands(name: str, data: Path | str, seed: int = 0, extra: list[str] | None = None) -> list[str]:
+    """The shell lines of the recipe's training, as ``rmdata mace-command`` prints them
+    (``extra``: more ``rmdata mace-command`` options, e.g. ``--device cuda``)."""
     return subprocess.run([tool("rmdata"), "mace-command", str(data), "--name", name, "--seed", str(seed),
-                           "--restart", *RECIPES[name]["mace"]],
+                           "--restart", *RECIPES[name]["mace"], *(extra or [])],
                           capture_output=True, text=True, check=True).stdout.strip().splitlines()
 
 

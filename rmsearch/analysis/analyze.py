@@ -35,7 +35,7 @@ from rmsearch.analysis.dedupe import (
     dedupe,
 )
 from rmsearch.analysis.hull import pseudo_hull
-from rmsearch.analysis.match import match_references
+from rmsearch.analysis.match import csp_match, match_references
 from rmsearch.analysis.metrics import generation_metrics
 from rmsearch.analysis.molecules import (
     plot_molecules,
@@ -143,6 +143,9 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         data["plots"]["molecules"] = "plots/molecules.png"
     if refs is not None:
         data.update(_compare(scores, invalid, records, refs, str(reference), match_top_k, metrics, workers))
+        adaptor = AseAtomsAdaptor()
+        periodic = [(rid, adaptor.get_structure(a), e) for rid, a, e in valid_items if a.pbc.all()]
+        data["csp"] = csp_match(periodic, refs)
     data["wall_s"] = time.perf_counter() - t0
     data = _jsonable(data)
     write_report(data, report_dir)

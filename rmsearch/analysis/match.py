@@ -80,3 +80,50 @@ def match_references(candidates: Sequence[tuple[int, Structure]], references: Se
                             "matched": best is not None, "rmsd": best[0] if best else None,
                             "cluster_id": best[1] if best else None})
     return result
+
+
+#: Ranks of the DiffCSP protocol: the lowest-energy valid result (k = 1), the best of the 20 lowest.
+CSP_KS = (1, 20)
+
+
+def csp_match(results: Sequence[tuple[int, Structure, float]], references: Sequence[tuple[str, Structure]],
+              *, ks: Sequence[int] = CSP_KS) -> dict[str, Any]:
+    """Crystal structure prediction scored by the DiffCSP protocol, for a search.
+
+    ``results``: every valid result as (run id, Structure, energy per atom in eV); per
+    reference, those of its reduced formula are ranked by energy, and the reference counts
+    as matched at k when one of the k lowest fits it (StructureMatcher of
+    :func:`make_matcher`: stol 0.5, ltol 0.3, angle_tol 10). Its RMSE is the smallest
+    ``get_rms_dist`` among those matches, normalised by (V/N)^(1/3) as pymatgen does.
+    Returns per-reference rows and, per k, the match rate and the mean RMSE of the matched.
+    """
+    matcher = make_matcher()
+    kmax = max(ks)
+    by_formula: dict[str, list[tuple[float, int, Structure]]] = {}
+    for rid, struct, epa in results:
+        by_formula.setdefault(struct.composition.reduced_formula, []).append((float(epa), rid, struct))
+    for group in by_formula.values():
+        group.sort(key=lambda t: (t[0], t[1]))
+    rows = []
+    for ref_id, ref in references:
+        ranked = by_formula.get(ref.composition.reduced_formula, [])[:kmax]
+        rms = []
+        for _, rid, struct in ranked:
+            fit = matcher.get_rms_dist(ref, struct)
+            rms.append(None if fit is None else float(fit[0]))
+        row: dict[str, Any] = {"reference": ref_id, "formula": ref.composition.reduced_formula,
+                               "n_results": len(by_formula.get(ref.composition.reduced_formula, []))}
+        for k in ks:
+            hits = [(r, ranked[i][1]) for i, r in enumerate(rms[:k]) if r is not None]
+            best = min(hits) if hits else None
+            row[f"matched_k{k}"] = best is not None
+            row[f"rmse_k{k}"] = best[0] if best else None
+            row[f"run_k{k}"] = best[1] if best else None
+        rows.append(row)
+    summary: dict[str, Any] = {"n_references": len(rows), "ks": list(ks)}
+    for k in ks:
+        matched = [r for r in rows if r[f"matched_k{k}"]]
+        summary[f"match_rate_k{k}"] = len(matched) / len(rows) if rows else math.nan
+        summary[f"n_matched_k{k}"] = len(matched)
+        summary[f"mean_rmse_k{k}"] = (sum(r[f"rmse_k{k}"] for r in matched) / len(matched)) if matched else math.nan
+    return {"summary": summary, "rows": rows}

@@ -73,6 +73,15 @@ def molecule_rows(data: dict[str, Any]) -> list[list[str]]:
              ", ".join(f"{k} {n}" for k, n in c["reasons"].items()) or "-"] for f, c in items]
 
 
+def csp_text(s: dict[str, Any]) -> str:
+    """One paragraph: match rates at k = 1 and k = 20 and the mean normalised RMSE of the matches."""
+    parts = [f"k = {k}: {s[f'n_matched_k{k}']} of {s['n_references']} references matched (match rate "
+             f"{_fmt(s[f'match_rate_k{k}'])}, mean RMSE {_fmt(s[f'mean_rmse_k{k}'], 4)})" for k in s["ks"]]
+    return ("; ".join(parts) + ". k = 1: the lowest-energy valid result of the reference's composition; "
+            "k = 20: the best of its 20 lowest (StructureMatcher stol 0.5, ltol 0.3, angle_tol 10; RMSE "
+            "normalised by (V/N)^(1/3)).")
+
+
 MOLECULE_NOTE = ("Valid = RDKit bonds at charge 0, sanitised, one fragment, no radicals, no formal charges; "
                  "charged = bonds only with formal charges (zwitterions), not counted valid. Percentages are "
                  "of all starts. Known = isomer in the known-SMILES list (default: the offline training set).")
@@ -126,6 +135,8 @@ def write_markdown(data: dict[str, Any], path: str | os.PathLike) -> Path:
                 "|" + "---|" * len(MOLECULE_COLUMNS)]
         out += ["| " + " | ".join(r) + " |" for r in molecule_rows(data)]
         out.append("")
+    if data.get("csp"):
+        out += ["## Crystal structure prediction (DiffCSP protocol)", "", csp_text(data["csp"]["summary"]), ""]
     if data.get("metrics"):
         out += ["## Generation metrics", "", "| metric | value |", "|---|---|"]
         out += [f"| {k} | {_fmt(v, 4)} |" for k, v in data["metrics"].items()]
@@ -184,6 +195,9 @@ def write_html(data: dict[str, Any], path: str | os.PathLike) -> Path:
                   "<table id='molecules'><tr>" + "".join(f"<th>{e(c)}</th>" for c in MOLECULE_COLUMNS) + "</tr>"]
         parts += ["<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in molecule_rows(data)]
         parts.append("</table>")
+    if data.get("csp"):
+        parts += ["<h2>Crystal structure prediction (DiffCSP protocol)</h2>",
+                  f"<p id='csp'>{e(csp_text(data['csp']['summary']))}</p>"]
     if data.get("metrics"):
         parts += ["<h2>Generation metrics</h2>", "<table id='metrics'><tr><th>metric</th><th>value</th></tr>"]
         parts += [f"<tr><td>{e(k)}</td><td>{e(_fmt(v, 4))}</td></tr>" for k, v in data["metrics"].items()]
