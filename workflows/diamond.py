@@ -16,10 +16,16 @@ Steps (the commands a user would type; each is skipped when its output exists):
 6. this script's own figure: energy vs volume per atom with the known polymorphs labelled,
    found with StructureMatcher against ASE-built references, plus ``report.html``.
 
+``--backend native`` replaces steps 2-3 by ``rmsearch fit-native`` (the default UF3 taught
+by SNAP, on the native recipe of the same diamond cell: the ``carbon-uf3`` model's data,
+``workflows/pretrained.py``), which fits in ~30 s and relaxes ~50x faster, so a search of
+thousands of runs (default 3000) takes minutes and reaches the paper's whole list.
+
 Usage::
 
-    python workflows/diamond.py --out demo_run            # the `make demo` default
-    python workflows/diamond.py --out q --quick           # test size
+    python workflows/diamond.py --out demo_run                           # the `make demo` default
+    python workflows/diamond.py --out q --quick                          # test size
+    python workflows/diamond.py --out nat --backend native --nruns 3000  # native, the full list
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ from common import Pipeline, add_run_options, read_report, write_page  # noqa: E
 #: clearly below hexagonal diamond (RESULTS.md); 1 copy / 16 channels left them within
 #: +-4 meV/atom, in either order depending on the seed.
 SIZES = {"full": (2, 30, 32, 60), "quick": (2, 30, 32, 40)}
+#: Runs of a native search (seconds per thousand on 2 cores).
+NATIVE_NRUNS = 3000
 
 
 def polymorph_references():
@@ -66,10 +74,11 @@ def label_clusters(rundir: Path, clusters: list[dict]) -> list[dict]:
     import numpy as np
     from ase.io import read
     from ase.neighborlist import neighbor_list
-    from pymatgen.analysis.structure_matcher import StructureMatcher
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    matcher = StructureMatcher(ltol=0.3, stol=0.5, angle_tol=10)
+    from rmsearch.analysis.dedupe import make_matcher
+
+    matcher = make_matcher()
     refs = {name: AseAtomsAdaptor.get_structure(a) for name, a in polymorph_references().items()}
     out = []
     for c in clusters:
@@ -132,11 +141,13 @@ def write_report(out: Path, summary: dict, figure: str, clusters: list[dict]) ->
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="demo_run", help="output folder")
+    ap.add_argument("-o", "--output", "--out", dest="out", default="demo_run", help="output folder")
+    ap.add_argument("--backend", choices=["mace", "native"], default="mace",
+                    help="mace: train a one-layer MACE (the demo); native: rmsearch fit-native (UF3 taught by SNAP)")
     ap.add_argument("--quick", action="store_true", help="test size (fewer epochs and runs)")
     ap.add_argument("--epochs", type=int, help="MACE epochs (default: by size)")
     ap.add_argument("--copies", type=int, help="noise draws of the 121-frame set (default: by size)")
-    ap.add_argument("--nruns", type=int, help="random starts (default: by size)")
+    ap.add_argument("--nruns", type=int, help="random starts (default: by size; native 3000)")
     ap.add_argument("--label-rc", type=float, default=None,
                     help="repulsion cutoff of the training labels (A) (default: the diamond preset's)")
     ap.add_argument("--natoms", default="2-12", help="atoms per cell")
@@ -145,19 +156,32 @@ def main(argv: list[str] | None = None) -> dict:
     add_run_options(ap, search=False)
     args = ap.parse_args(argv)
     copies, epochs, channels, nruns = SIZES["quick" if args.quick else "full"]
+    if args.backend == "native":
+        nruns = NATIVE_NRUNS
     copies, epochs, nruns = args.copies or copies, args.epochs or epochs, args.nruns or nruns
+    for name in ("copies", "epochs", "nruns"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name} must be >= 1")
 
     p = Pipeline(args.out, force=args.force)
     data = p.out / "data" / "diamond.xyz"
-    make = ["rmdata", "make", "--dataset", "diamond", "--copies", str(copies), "--seed", str(args.seed),
-            "-o", str(data), "-j", "1"]
+    potdir = p.out / "potential"
+    if args.backend == "native":
+        from pretrained import RECIPES
+
+        make = ["rmdata", "make", *RECIPES["carbon-uf3"]["make"], "--seed", str(args.seed), "-o", str(data), "-j", "1"]
+    else:
+        make = ["rmdata", "make", "--dataset", "diamond", "--copies", str(copies), "--seed", str(args.seed),
+                "-o", str(data), "-j", "1"]
     if args.label_rc is not None:
         make += ["--rc", str(args.label_rc)]
     p.run("data", make, done=data)
-    model = p.train(data, "diamond", epochs, channels, args.seed)
-    potdir = p.out / "potential"
-    p.run("export", ["rmsearch", "export", str(model), "--training", str(data), "--out", str(potdir)],
-          done=potdir / "potential.json")
+    if args.backend == "native":
+        p.run("fit", ["rmsearch", "fit-native", str(data), "-o", str(potdir)], done=potdir / "potential.json")
+    else:
+        model = p.train(data, "diamond", epochs, channels, args.seed)
+        p.run("export", ["rmsearch", "export", str(model), "--training", str(data), "--out", str(potdir)],
+              done=potdir / "potential.json")
     v_c = json.loads((potdir / "potential.json").read_text())["volumes"]["C"]
     rundir = p.out / "run"
     launch = ["rmsearch", "launch", "--potential", str(potdir), "--system", "C", "--natoms", args.natoms,
@@ -166,7 +190,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.workers:
         launch += ["--workers", str(args.workers)]
     p.run("search", launch)
-    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "200"])
+    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "200", "--workers", str(args.workers or 2)])
 
     report = read_report(rundir)
     clusters = label_clusters(rundir, report["top_clusters"])
@@ -181,6 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lowest_is_cubic_diamond": bool(lowest and (lowest["polymorph"] or "").startswith("cubic")),
         "polymorphs_found": found,
         "runs": report["status_counts"], "invalid": report["n_invalid"], "clusters": report["n_clusters"],
+        "backend": args.backend,
         "recipe": {"copies": copies, "epochs": epochs, "channels": channels, "nruns": nruns,
                    "label_rc_A": args.label_rc,
                    "natoms": args.natoms, "volume_A3_per_atom": [args.vmin, args.vmax], "seed": args.seed},
