@@ -94,6 +94,58 @@ def test_elements_filter(tmp_path):
     assert set(summary.elements) <= {"O", "Li", "Mg", "Si", "Ca"}
 
 
+def test_containing_filter_keeps_any_structure_with_one_of_the_elements(tmp_path):
+    from rmdata.datasets import load_structures
+
+    summary = make_dataset(tmp_path / "lis.xyz", "mp20-subset", containing=["Li", "S"], levels=[0], strains=[0.0],
+                           seed=0)
+    expected = sum(bool({"Li", "S"} & set(a.get_chemical_symbols()))
+                   for _, a in load_structures("mp20-subset", split="train", bad=[]))
+    assert summary.n_structures == expected > 100  # 62 Li + 62 S crystals, 3 with both
+    for frame in rmdata.read(tmp_path / "lis.xyz"):
+        assert {"Li", "S"} & set(frame.get_chemical_symbols())
+
+
+def test_exclude_formulas_holds_out_every_polymorph_and_isomer(tmp_path):
+    """Crystals go by reduced formula (any cell size), molecules by molecular formula (C4H8 is not C2H4)."""
+    from rmdata.make import composition_key
+
+    assert composition_key("Co2Sb2", periodic=True) == composition_key("CoSb", periodic=True)
+    assert composition_key("C4H8", periodic=False) != composition_key("C2H4", periodic=False)
+    mols = tmp_path / "m.xyz"
+    summary = make_dataset(mols, "molecules", exclude_formulas=["C3H6O", "C2H4"], seed=0)
+    formulas = {f.get_chemical_formula(mode="hill") for f in rmdata.read(mols)}
+    assert "C3H6O" not in formulas and "C2H4" not in formulas and "C4H8" in formulas
+    assert summary.n_structures == 505 - 7 - 1
+    crystals = tmp_path / "c.xyz"
+    from rmdata.datasets import load_structures
+
+    first = next(a for _, a in load_structures("mp20-subset", split="train", bad=[]))
+    make_dataset(crystals, "mp20-subset", exclude_formulas=[first.get_chemical_formula()], limit=3,
+                 levels=[0], strains=[0.0], seed=0)
+    kept = {composition_key(f) for f in rmdata.read(crystals)}
+    assert composition_key(first) not in kept and len(kept) == 3
+    res = CliRunner().invoke(main, ["make", "--dataset", "molecules", "--exclude-formulas", "C3H6O?!",
+                                    "-o", str(tmp_path / "x.xyz")])
+    assert res.exit_code != 0 and "--exclude-formulas" in res.output and not (tmp_path / "x.xyz").exists()
+
+
+def test_mace_command_recipe_options_and_bad_values(tmp_path):
+    out = tmp_path / "d.xyz"
+    make_dataset(out, "diamond", seed=0)
+    cmd = run_cli("mace-command", str(out), "--max-L", "2", "--correlation", "3", "--lr-gamma", "0.97",
+                  "--ema-decay", "0.99", "--dtype", "float32", "--restart").output
+    for flag in ("--max_L=2", "--correlation=3", "--scheduler=ExponentialLR", "--lr_scheduler_gamma=0.97",
+                 "--ema_decay=0.99", "--default_dtype=float32", "--restart_latest"):
+        assert flag in cmd
+    gpu = run_cli("mace-command", str(out), "--device", "cuda").output
+    assert "--device=cuda" in gpu and "--default_dtype=float32" in gpu and "--batch_size=32" in gpu
+    for bad in (["--epochs", "-1"], ["--r-max", "nan"], ["--channels", "0"], ["--lr-gamma", "1.5"],
+                ["--ema-decay", "1"], ["--lr", "inf"], ["--seed", "-5"]):
+        res = CliRunner().invoke(main, ["mace-command", str(out), *bad])
+        assert res.exit_code != 0 and res.output.startswith("error: "), (bad, res.output)
+
+
 # ------------------------------------------------------------------ bad input
 
 
