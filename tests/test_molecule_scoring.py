@@ -10,7 +10,11 @@ import pytest
 from ase import Atoms
 
 from rmdata.molecules import molecule_from_smiles
-from rmsearch.analysis.molecules import check_molecule, posebusters_checks, score_molecules
+from rmsearch.analysis.molecules import (
+    check_molecule,
+    posebusters_checks,
+    score_molecules,
+)
 
 
 def _trigonal_bipyramid_ch5() -> Atoms:

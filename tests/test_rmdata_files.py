@@ -201,9 +201,10 @@ def test_error_unknown_dataset_and_split(tmp_path):
 
 
 def test_bad_mp20_row_is_reported_and_skipped(tmp_path):
-    from rmdata.datasets import iter_mp20_csv
     import csv
     import io
+
+    from rmdata.datasets import iter_mp20_csv
 
     good = bulk("Si", "diamond", a=5.43)
     from pymatgen.io.ase import AseAtomsAdaptor
