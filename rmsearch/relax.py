@@ -578,6 +578,105 @@ def _isolated_atoms(positions: np.ndarray, cutoff: float) -> bool:
     return bool((d.min(1) > cutoff).any())
 
 
+class Minimisation:
+    """One Python-step-rule relaxation between force calls (the stop rule of the relaxer).
+
+    Generalised coordinates are the positions and ``n log F`` of the cell deformation
+    gradient F (as ASE's FrechetCellFilter). :meth:`point` gives the (positions, cell) to
+    evaluate next, or None when the run has ended (``state.status`` says why: ``nan``,
+    ``exploded``, ``collapsed``); :meth:`update` takes the energy (eV), forces (n, 3) eV/A
+    and stress (3, 3) eV/A^3 there and returns True when the run has ended (``converged``:
+    max |F_i| < fmax and max |sigma_ij + p| < smax; ``not_converged``: max_steps force
+    calls; ``nan``). The serial :class:`Relaxer` and the batched relaxer
+    (:mod:`rmsearch.batched`) both drive it, so they follow the same rule step for step.
+    """
+
+    def __init__(self, settings: RelaxSettings, optimizer: str, state: _RunState, numbers: np.ndarray,
+                 periodic: bool, relax_cell: bool, cell0: np.ndarray, vol0: float, x: np.ndarray):
+        self.s, self.state, self.periodic, self.relax_cell = settings, state, periodic, relax_cell
+        self.cell0, self.vol0 = cell0, vol0
+        self.n = n = len(numbers)
+        self.p_ev = settings.pressure_gpa * GPa
+        self.smax = settings.smax_gpa * GPa
+        self.c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
+        self.r = np.zeros((n + 3, 3))  # generalised coordinates: x (A), then c * log(F)
+        self.r[:n] = x
+        self.rule = make_step_rule(optimizer, self.r.shape, settings, memory=settings.memory,
+                                   alpha=settings.alpha, switch_fmax=settings.switch_fmax)
+        self._deform: tuple | None = None
+
+    def point(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (positions, cell) in A to evaluate next, or None when the run has ended."""
+        n, state = self.n, self.state
+        if self.relax_cell:
+            fgrad, lam, vec = _sym_expm(self.r[n:] / self.c)
+        else:
+            fgrad, lam, vec = np.eye(3), None, None
+        cell = self.cell0 @ fgrad.T
+        pos = self.r[:n] @ fgrad.T
+        if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
+            state.status = "nan"  # never hand LAMMPS non-finite coordinates (it can hang)
+            return None
+        vol = abs(np.linalg.det(cell)) if self.periodic else 0.0
+        if self.periodic and self.relax_cell:  # never hand LAMMPS an absurd box either
+            bad = volume_status(self.s, vol, self.vol0, n)
+            if bad:
+                state.status = bad
+                return None
+        self._deform = (fgrad, lam, vec, vol)
+        return pos, cell
+
+    def update(self, energy: float, forces: np.ndarray, stress: np.ndarray) -> bool:
+        """Take the results at the last :meth:`point`; True when the run has ended."""
+        s, state, n = self.s, self.state, self.n
+        fgrad, lam, vec, vol = self._deform
+        state.n_calls += 1
+        state.energy, state.stress = energy, _voigt(stress)
+        if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
+            state.status = "nan"
+            return True
+        state.fmax = float(np.sqrt((forces**2).sum(1)).max()) if n else 0.0
+        resid = stress + self.p_ev * np.eye(3)
+        smax_now = float(np.abs(resid).max()) if self.relax_cell else 0.0
+        if state.fmax < s.fmax and smax_now < self.smax:
+            state.status = "converged"
+            return True
+        if state.n_calls >= s.max_steps:
+            state.status = "not_converged"
+            return True
+        g = np.zeros((n + 3, 3))  # generalised forces on (x, c log F)
+        g[:n] = forces @ fgrad
+        if self.relax_cell:
+            g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / self.c
+        self.r += self.rule.step(self.r, g, state.fmax)
+        state.n_steps += 1
+        return False
+
+
+def check_structure(atoms: Atoms) -> bool:
+    """Whether ``atoms`` is periodic (True) or a molecule (False); RMError for mixed
+    periodicity or a degenerate periodic cell."""
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    if pbc.any() and not pbc.all():
+        raise RMError(f"pbc={pbc.tolist()}: only fully periodic or non-periodic structures")
+    if pbc.all() and abs(np.linalg.det(np.array(atoms.cell, dtype=float))) < 1e-6:
+        raise RMError("periodic structure with a degenerate cell")
+    return bool(pbc.all())
+
+
+def final_structure(state: _RunState, start: Atoms, pos: np.ndarray, cell: np.ndarray, cutoff: float) -> None:
+    """Set ``state.atoms`` to the last evaluated structure (wrapped into its cell), and mark a
+    finished molecule with an atom farther than ``cutoff`` (A) from all others ``lost_atoms``."""
+    periodic = bool(np.all(start.pbc))
+    state.atoms = Atoms(numbers=start.numbers.copy(), positions=pos, cell=cell if periodic else start.cell,
+                        pbc=start.pbc)
+    if not periodic and state.status in ("converged", "not_converged") and \
+            _isolated_atoms(state.atoms.positions, cutoff):
+        state.status = "lost_atoms"
+    if periodic:
+        state.atoms.wrap()
+
+
 class Relaxer:
     """Relax structures one after another with one LAMMPS instance (and model) per process.
 
@@ -653,14 +752,9 @@ class Relaxer:
                             model_time_s=self.engine.model_time_s - m0)
 
     def _relax(self, atoms: Atoms, state: _RunState) -> None:
-        pbc = np.asarray(atoms.pbc, dtype=bool)
-        if pbc.any() and not pbc.all():
-            raise RMError(f"pbc={pbc.tolist()}: only fully periodic or non-periodic structures")
-        periodic = bool(pbc.all())
+        periodic = check_structure(atoms)
         numbers = atoms.numbers.copy()
         cell0 = np.array(atoms.cell, dtype=float)
-        if periodic and abs(np.linalg.det(cell0)) < 1e-6:
-            raise RMError("periodic structure with a degenerate cell")
         vol0 = abs(np.linalg.det(cell0)) if periodic else 0.0
         x = atoms.positions.astype(float).copy()  # undeformed positions
         last: list = [(x.copy(), cell0)]  # the last evaluated (positions, cell)
@@ -674,67 +768,17 @@ class Relaxer:
             else:
                 self._minimise(state, numbers, periodic, relax_cell, cell0, vol0, x, last)
         finally:
-            pos, cell = last[0]
-            state.atoms = Atoms(numbers=numbers, positions=pos, cell=cell if periodic else atoms.cell,
-                                pbc=pbc)
-        if not periodic and state.status in ("converged", "not_converged") and \
-                _isolated_atoms(state.atoms.positions, self.potential.cutoff):
-            state.status = "lost_atoms"
-        if periodic:
-            state.atoms.wrap()
+            final_structure(state, atoms, *last[0], self.potential.cutoff)
 
     def _minimise(self, state: _RunState, numbers: np.ndarray, periodic: bool, relax_cell: bool,
               cell0: np.ndarray, vol0: float, x: np.ndarray, last: list) -> None:
         """Minimise over (x, N log F) from ``x`` (A) with the settings' step rule; sets
         ``state`` and ``last[0] = (positions, cell)``."""
-        s = self.settings
-        n = len(numbers)
-        p_ev = s.pressure_gpa * GPa
-        smax = s.smax_gpa * GPa
-        c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
-        r = np.zeros((n + 3, 3))  # generalised coordinates: x (A), then c * log(F)
-        r[:n] = x
-        rule = make_step_rule(self.optimizer, r.shape, s, memory=s.memory,
-                              alpha=s.alpha, switch_fmax=s.switch_fmax)
-        while True:
-            if relax_cell:
-                fgrad, lam, vec = _sym_expm(r[n:] / c)
-            else:
-                fgrad = np.eye(3)
-            cell = cell0 @ fgrad.T
-            pos = r[:n] @ fgrad.T
-            if not (np.isfinite(pos).all() and np.isfinite(cell).all()):
-                state.status = "nan"  # never hand LAMMPS non-finite coordinates (it can hang)
-                return
-            vol = abs(np.linalg.det(cell)) if periodic else 0.0
-            if periodic and relax_cell:  # never hand LAMMPS an absurd box either
-                bad = volume_status(s, vol, vol0, n)
-                if bad:
-                    state.status = bad
-                    return
-            last[0] = (pos, cell)
-            energy, forces, stress = self.engine.compute(pos, cell, numbers, periodic)
-            state.n_calls += 1
-            state.energy, state.stress = energy, _voigt(stress)
-            if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
-                state.status = "nan"
-                return
-            state.fmax = float(np.sqrt((forces**2).sum(1)).max()) if n else 0.0
-            resid = stress + p_ev * np.eye(3)
-            smax_now = float(np.abs(resid).max()) if relax_cell else 0.0
-            if state.fmax < s.fmax and smax_now < smax:
-                state.status = "converged"
+        run = Minimisation(self.settings, self.optimizer, state, numbers, periodic, relax_cell, cell0, vol0, x)
+        while (point := run.point()) is not None:
+            last[0] = point
+            if run.update(*self.engine.compute(point[0], point[1], numbers, periodic)):
                 break
-            if state.n_calls >= s.max_steps:
-                state.status = "not_converged"
-                break
-            # generalised forces on (x, c log F)
-            g = np.zeros((n + 3, 3))
-            g[:n] = forces @ fgrad
-            if relax_cell:
-                g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / c
-            r += rule.step(r, g, state.fmax)
-            state.n_steps += 1
 
 
 @dataclass

@@ -157,7 +157,7 @@ def card_fields(name: str, out: Path, potential: Path) -> dict:
 
             t = [datetime.strptime(x, "%Y-%m-%d %H:%M:%S.%f") for x in (stamps[0], stamps[-1])]
             training["wall_s_one_core"] = round((t[1] - t[0]).total_seconds())
-        training["mace_run_train"] = training_commands(name, data.name)[-1]
+        training["mace_run_train"] = training_commands(name, data)[-1].replace(str(data), data.name)
         from rmsearch.mace_model import label_errors
 
         (valid,) = workdir.glob("*_valid_indices_*.txt")
