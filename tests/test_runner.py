@@ -208,11 +208,11 @@ def test_run_shard_partition_status_and_errors(lj_potential, tmp_path, monkeypat
     real_relax = Relaxer.relax
     calls = Counter()
 
-    def flaky(self, atoms):
+    def flaky(self, atoms, rng=None):
         calls["n"] += 1
         if calls["n"] % 3 == 2:
             raise RuntimeError("injected failure")
-        return real_relax(self, atoms)
+        return real_relax(self, atoms, rng=rng)
 
     monkeypatch.setattr(Relaxer, "relax", flaky)
     s0 = run_shard(rundir, 0, 3)
@@ -249,7 +249,7 @@ def test_a_systematic_fault_stops_the_search(lj_potential, tmp_path, monkeypatch
     from rmsearch import runner
     from rmsearch.relax import Relaxer
 
-    def broken(self, atoms):
+    def broken(self, atoms, rng=None):
         raise KeyError("neighbor_style")
 
     monkeypatch.setattr(Relaxer, "relax", broken)
