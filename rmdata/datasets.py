@@ -8,7 +8,7 @@ crystals are periodic in all three directions, molecules in none.
 - ``mp20-subset``: 847 train + 123 val rows of MP-20 shipped inside the package.
 - ``qm7b``: QM7b (7211 molecules), downloaded; coordinates recovered from its Coulomb
   matrices (see :mod:`rmdata.molecules`).
-- ``molecules``: >= 300 small molecules built offline with RDKit from a shipped SMILES list.
+- ``molecules``: 505 small molecules built offline with RDKit from a shipped SMILES list.
 - ``diamond``, ``silicon``, ``nacl``: one-structure presets built with ASE.
 - any ASE-readable file or folder through ``--input``.
 """
@@ -30,7 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from rmdata.errors import RMError
+from rmdata.errors import RMError, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo("qm7b", "molecule", "7,211 molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
                     "QM7b (Blum & Reymond 2009; Montavon et al. 2013), downloaded", "CC-BY (quantum-machine.org)",
                     (), "molecule", _qm7b),
-        DatasetInfo("molecules", "molecule", ">= 300 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
+        DatasetInfo("molecules", "molecule", "505 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
                     "built offline with RDKit (ETKDG + MMFF94) from a shipped SMILES list", "MIT",
                     (), "molecule", _molecules),
         DatasetInfo("diamond", "crystal", "1 structure (8-atom cubic diamond, a = 3.567 A)", "ase.build.bulk",
@@ -409,7 +409,7 @@ def get_dataset(name: str) -> DatasetInfo:
 # ---------------------------------------------------------------------------------------
 # any ASE-readable file or folder
 
-INPUT_SUFFIXES = (".xyz", ".extxyz", ".cif", ".vasp", ".poscar", ".db", ".traj", ".json", ".pdb", ".res")
+INPUT_SUFFIXES = (".xyz", ".extxyz", ".h5", ".hdf5", ".cif", ".vasp", ".poscar", ".db", ".traj", ".json", ".pdb", ".res")
 
 
 def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, Atoms]]:
@@ -429,13 +429,7 @@ def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, A
     for file in files:
         if file.stat().st_size == 0:
             raise RMError(f"{file}: the file is empty")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                structures = ase.io.read(file, index=":")
-        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise RMError(f"{file}: cannot read structures ({type(exc).__name__}: {reason})") from exc
+        structures = _read_structures(file)
         if not isinstance(structures, list):
             structures = [structures]
         if not structures:
@@ -443,6 +437,32 @@ def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, A
         for i, atoms in enumerate(structures):
             sid = file.name if len(structures) == 1 else f"{file.name}:{i}"
             yield sid, _strip_labels(atoms)
+
+
+def _read_structures(file: Path) -> list[Atoms] | Atoms:
+    """All structures of one file: rmdata's own HDF5, else whatever ASE reads.
+
+    Two atoms of a CIF on one site (which ASE merges into one, with a warning) and
+    files ASE cannot parse give a one-line :class:`RMError` naming the file.
+    """
+    import ase.io
+
+    from rmdata.io import H5_SUFFIXES, read
+
+    if file.suffix.lower() in H5_SUFFIXES:
+        return read(file)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            structures = ase.io.read(file, index=":")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
+        raise RMError(f"{file}: cannot read structures ({describe_exception(exc)}); check that it is "
+                      "a complete file in a format ASE reads (extxyz, CIF, POSCAR, ...)") from exc
+    for w in caught:
+        if "are equivalent" in str(w.message):
+            raise RMError(f"{file}: two atoms on one site ({str(w.message).splitlines()[0][:120]}); "
+                          "fix the structure") from None
+    return structures
 
 
 def _strip_labels(atoms: Atoms) -> Atoms:

@@ -57,17 +57,21 @@ FORMATS = ("extxyz", "hdf5")
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The file format from ``fmt`` or, when None, from the file suffix."""
+    suffix = Path(path).suffix.lower()
     if fmt is not None:
         if fmt not in FORMATS:
             raise RMError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        implied = "hdf5" if suffix in H5_SUFFIXES else "extxyz" if suffix in XYZ_SUFFIXES else None
+        if implied is not None and implied != fmt:
+            raise RMError(f"--format {fmt} does not match the suffix of {path} ({suffix}, {implied}); "
+                          "drop --format or change the suffix")
         return fmt
-    suffix = Path(path).suffix.lower()
     if suffix in H5_SUFFIXES:
         return "hdf5"
     if suffix in XYZ_SUFFIXES:
         return "extxyz"
     raise RMError(f"{path}: cannot tell the format from the suffix {suffix!r}; use .xyz/.extxyz "
-                  "or .h5/.hdf5, or pass --format")
+                  "or .h5/.hdf5")
 
 
 class FrameBatch:
@@ -272,10 +276,24 @@ def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms]
         out = ase.io.read(path, index=index, format="extxyz")
     except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
         raise RMError(f"{path}: not a readable extxyz file ({type(exc).__name__}: {exc})") from exc
-    for atoms in out if isinstance(out, list) else [out]:
+    for i, atoms in enumerate(out if isinstance(out, list) else [out]):
         if "REF_stress" in atoms.info:
-            atoms.info["REF_stress"] = np.asarray(atoms.info["REF_stress"], float).reshape(3, 3)
+            try:
+                atoms.info["REF_stress"] = np.asarray(atoms.info["REF_stress"], float).reshape(3, 3)
+            except (TypeError, ValueError) as exc:
+                raise RMError(f"{path}: frame {i}: REF_stress is not 9 numbers") from exc
     return out
+
+
+def require_labels(frames: list[Atoms], path: str | os.PathLike) -> None:
+    """One-line RMError unless every frame carries rmdata's per-atom ``REF_forces`` (eV/A)."""
+    if not frames:
+        raise RMError(f"{path}: no frames in the file")
+    for i, atoms in enumerate(frames):
+        forces = atoms.arrays.get("REF_forces")
+        if forces is None or np.shape(forces) != (len(atoms), 3):
+            raise RMError(f"{path}: frame {i} has no REF_forces labels; not an rmdata dataset (label "
+                          f"structures with 'rmdata make --input {path}')")
 
 
 def _read_h5(path: Path) -> list[Atoms]:
@@ -290,18 +308,15 @@ def _read_h5(path: Path) -> list[Atoms]:
             raise RMError(f"{path}: not an rmdata HDF5 file (root attribute 'format' is not 'rmdata')")
         try:
             data = {name: h5[name][()] for name in h5.keys()}
-        except KeyError as exc:
-            raise RMError(f"{path}: missing dataset {exc}") from exc
+        except (KeyError, TypeError, ValueError, OSError, AttributeError) as exc:
+            raise RMError(f"{path}: unreadable dataset ({type(exc).__name__}: {exc}); "
+                          "not a complete rmdata HDF5 file") from exc
     required = ("numbers", "positions", "REF_forces", "n_atoms", "offsets", "cell", "pbc",
                 "REF_stress", "REF_pseudo_energy", "noise_level", "strain", "config_type", "source_id")
     missing = [k for k in required if k not in data]
     if missing:
         raise RMError(f"{path}: missing dataset(s) {', '.join(missing)}")
-    n_total = len(data["numbers"])
-    if data["positions"].shape != (n_total, 3) or data["REF_forces"].shape != (n_total, 3):
-        raise RMError(f"{path}: per-atom datasets have inconsistent shapes")
-    if int(np.sum(data["n_atoms"])) != n_total or data["cell"].shape[1:] != (3, 3):
-        raise RMError(f"{path}: frame datasets do not add up to the per-atom datasets")
+    _check_h5_shapes(path, data)
     frames = []
     for f, (start, n) in enumerate(zip(data["offsets"], data["n_atoms"])):
         sl = slice(int(start), int(start) + int(n))
@@ -319,6 +334,31 @@ def _read_h5(path: Path) -> list[Atoms]:
     return frames
 
 
+def _check_h5_shapes(path: Path, data: dict[str, np.ndarray]) -> None:
+    """One-line RMError unless the datasets of an rmdata HDF5 file fit together."""
+    n_total = len(data["numbers"]) if np.ndim(data["numbers"]) == 1 else -1
+    if n_total < 0 or data["positions"].shape != (n_total, 3) or data["REF_forces"].shape != (n_total, 3):
+        raise RMError(f"{path}: per-atom datasets have inconsistent shapes")
+    n_frames = len(data["n_atoms"]) if np.ndim(data["n_atoms"]) == 1 else -1
+    shapes = {"offsets": (n_frames,), "cell": (n_frames, 3, 3), "pbc": (n_frames, 3),
+              "REF_stress": (n_frames, 3, 3), "REF_pseudo_energy": (n_frames,), "noise_level": (n_frames,),
+              "strain": (n_frames,), "config_type": (n_frames,), "source_id": (n_frames,)}
+    wrong = [k for k, shape in shapes.items() if np.shape(data[k]) != shape]
+    if n_frames < 0 or wrong:
+        raise RMError(f"{path}: frame datasets {', '.join(wrong) or 'n_atoms'} have inconsistent shapes")
+    try:
+        n_atoms = data["n_atoms"].astype(np.int64)
+        offsets = data["offsets"].astype(np.int64)
+        numbers = data["numbers"].astype(np.int64)
+    except (TypeError, ValueError) as exc:
+        raise RMError(f"{path}: n_atoms/offsets/numbers are not integers") from exc
+    if int(n_atoms.sum()) != n_total or np.any(n_atoms < 0) or np.any(offsets < 0) \
+            or np.any(offsets + n_atoms > n_total):
+        raise RMError(f"{path}: frame datasets do not add up to the per-atom datasets")
+    if n_total and (numbers.min() < 1 or numbers.max() > 118):
+        raise RMError(f"{path}: unknown element (atomic numbers {numbers.min()}..{numbers.max()})")
+
+
 def _str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -327,14 +367,26 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     """The provenance record stored in an rmdata file ({} when there is none)."""
     path = Path(path)
     _check_exists(path)
-    if format_for(path) == "hdf5":
-        import h5py
+    try:
+        if format_for(path) == "hdf5":
+            import h5py
 
-        with h5py.File(path, "r") as h5:
-            raw = h5.attrs.get("provenance")
-    else:
-        import ase.io
+            with h5py.File(path, "r") as h5:
+                raw = h5.attrs.get("provenance")
+        else:
+            import ase.io
 
-        first = ase.io.read(path, index=0, format="extxyz")
-        raw = first.info.get("rm_provenance")
-    return json.loads(raw) if raw else {}
+            first = ase.io.read(path, index=0, format="extxyz")
+            raw = first.info.get("rm_provenance")
+    except RMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py and ASE raise many types on malformed files
+        raise RMError(f"{path}: cannot read the provenance ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
+    if not raw:
+        return {}
+    try:
+        prov = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise RMError(f"{path}: the provenance is not valid JSON ({exc})") from exc
+    return prov if isinstance(prov, dict) else {}

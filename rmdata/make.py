@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(presets: dict[str, Preset], seed: int, strict: bool, explicit_strains: bool) -> None:
+    if mp.parent_process() is not None:  # a pool worker: the parent handles Ctrl-C and SIGTERM
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pin_threads(1)
     _STATE.update(presets=presets, seed=seed, strict=strict, explicit_strains=explicit_strains)
 
@@ -142,6 +146,11 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     start = time.perf_counter()
     output = Path(output)
     fmt = format_for(output, fmt)
+    if input_path is not None and Path(input_path).exists() and (
+            output.resolve() == Path(input_path).resolve()
+            or (output.exists() and os.path.samefile(output, input_path))):
+        raise RMError(f"{output}: that is the input file; choose another output name "
+                      "(inputs are never overwritten)")
     overrides = dict(k=k, levels=levels, step_size=step_size, strains=strains, rc=rc, copies=copies,
                      raw=True if raw_labels else None)
     presets = resolve_presets(dataset, preset, overrides)
@@ -195,6 +204,20 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     summary.skipped = bad
     summary.elapsed_s = time.perf_counter() - start
     return summary
+
+
+def default_output(dataset: str | None, input_path: str | os.PathLike | None, fmt: str | None = None) -> Path:
+    """The output name when none is given: ``<dataset>.xyz`` or ``<input stem>.xyz`` (``.h5``
+    with ``fmt="hdf5"``), ``<input stem>.rm.xyz`` where that would be the input itself."""
+    suffix = ".h5" if fmt == "hdf5" else ".xyz"
+    if dataset is not None or input_path is None:
+        return Path(f"{dataset or 'dataset'}{suffix}")
+    source = Path(str(input_path).rstrip("/") or "input")
+    stem = source.stem or "input"
+    out = Path(f"{stem}{suffix}")
+    if out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source)):
+        out = Path(f"{stem}.rm{suffix}")
+    return out
 
 
 def composition_key(formula_or_atoms: str | Atoms, periodic: bool | None = None) -> str:

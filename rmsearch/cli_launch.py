@@ -11,7 +11,7 @@ import click
 
 from rmdata.cliutils import CONTEXT
 from rmdata.errors import RMError
-from rmsearch.cli_slurm import slurm_launch_options, submit_from_cli
+from rmsearch.cli_slurm import options_from_cli, slurm_launch_options, submit_from_cli
 from rmsearch.relax import RELAX_OPTIMIZERS
 from rmsearch.runner import default_workers, launch, run_shard, rundir_status
 from rmsearch.starts import parse_range
@@ -41,13 +41,14 @@ def _print_total(status: dict) -> None:
 
 
 @click.command("launch", context_settings=CONTEXT)
-@click.option("-o", "--output", "rundir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", "--out", "rundir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (created; an existing one is resumed: only missing run ids run).")
 @click.option("--potential", "potential_spec",
               help="Potential directory from 'rmsearch export' / 'rmsearch fit-native', or a shipped "
                    "model as model:NAME ('rmsearch models list'); required for a new run directory.")
 @click.option("--nruns", type=click.IntRange(min=1),
-              help="Number of runs, ids 0..nruns-1 (required for a new run directory; may grow on resume).")
+              help="Number of runs, ids 0..nruns-1 (required for a new run directory; on resume it may grow, "
+                   "never shrink).")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help=f"Worker processes, one thread each [default: cores available, {default_workers()}].")
 @click.option("--seed", type=click.IntRange(min=0),
@@ -119,6 +120,7 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
 
         if workers is not None:
             raise RMError("--workers applies to --scheduler local; a SLURM task runs one process")
+        options_from_cli(rundir, **slurm_flags)  # a bad profile or --time: an error before RUNDIR exists
         prepare_search(rundir, potential=potential, nruns=nruns, **search)
         submit_from_cli(rundir, dry_run=dry_run, **slurm_flags)
         return
@@ -129,11 +131,22 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
                      **search)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
+        _fail_if_all_failed(summary, rundir)
         return
     rate = f" ({summary['runs_per_s']} runs/s)" if summary["runs"] else ""
     click.echo(f"this launch: {summary['runs']} runs in {summary['wall_s']:.1f} s{rate}; "
                f"{_status_line(summary['status_counts'])}")
     _print_total(summary["total"])
+    _fail_if_all_failed(summary, rundir)
+
+
+def _fail_if_all_failed(summary: dict, rundir: Path) -> None:
+    """RMError (exit status 2) when this launch ran runs and none converged or ended not_converged."""
+    counts = summary["status_counts"]
+    ok = sum(n for s, n in counts.items() if s in ("converged", "not_converged"))
+    if summary["runs"] and not ok:
+        raise RMError(f"{rundir}: all {summary['runs']} runs of this launch failed "
+                      f"({_status_line(counts)}); see the error records with 'rmsearch status {rundir}'")
 
 
 @click.command("status", context_settings=CONTEXT)

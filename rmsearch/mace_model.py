@@ -42,9 +42,11 @@ def load_mace_model(path: str | os.PathLike, dtype: str = "float64"):
     path = Path(path)
     if not path.is_file():
         raise RMError(f"{path}: model file not found; give the .model file written by mace_run_train")
+    if path.stat().st_size == 0:
+        raise RMError(f"{path}: the model file is empty; give the .model file written by mace_run_train")
     try:
         model = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+    except Exception:  # noqa: BLE001 - any failure here: try the full pickle loader below
         log.debug("%s: not loadable with weights_only=True (a full pickled module); "
                   "using the pickle loader", path)
         try:

@@ -230,6 +230,9 @@ def init_rundir(rundir: str | os.PathLike, config: dict[str, Any]) -> dict[str, 
             raise RMError(f"{path}: the existing search has a different {key!r} "
                           f"({_short(old.get(key))} vs {_short(config.get(key))}); resume with the "
                           "same options or use a new -o directory")
+    if int(config["nruns"]) < int(old["nruns"]):
+        raise RMError(f"{path}: the existing search has {old['nruns']} runs, not {config['nruns']}; nruns "
+                      "may grow on resume, never shrink")
     changed = {k: config[k] for k in ("nruns", "potential", "run_timeout_s") if old.get(k) != config[k]}
     if changed:
         log.info("%s: updating %s in config.json", rundir, changed)
@@ -778,6 +781,9 @@ def prepare_config(rundir: str | os.PathLike, *, potential: str | os.PathLike | 
             raise RMError(f"{rundir}: new run directory; --potential and --nruns are required")
         return build_config(potential=potential, nruns=nruns, **options)
     old = read_config(rundir)
+    if nruns is not None and nruns < int(old["nruns"]):
+        raise RMError(f"--nruns {nruns}: {rundir} holds a search of {old['nruns']} runs; nruns may grow on "
+                      f"resume, never shrink (leave --nruns out to resume all {old['nruns']})")
     if potential is None and not Path(old["potential"]).is_dir():
         raise RMError(f"{rundir}/config.json: potential directory {old['potential']} no longer "
                       "exists; pass --potential with its new location (same contents)")
