@@ -129,14 +129,14 @@ def info(path):
 @main.command("mace-command")
 @click.argument("path", type=click.Path())
 @click.option("--name", default=None, help="Model name (default: the file's stem).")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the preset's, 50).")
+@click.option("--epochs", type=click.IntRange(1, 100000), default=None, help="Maximum epochs (default: the preset's, 50).")
 @click.option("--r-max", type=FiniteFloat(0, None, True), default=None, help="Cutoff (A) (default: the preset's).")
-@click.option("--channels", type=int, default=None, help="MACE channels (default: the preset's, 32).")
-@click.option("--max-L", "max_L", type=int, default=None,
+@click.option("--channels", type=click.IntRange(1, 1024), default=None, help="MACE channels (default: the preset's, 32).")
+@click.option("--max-L", "max_L", type=click.IntRange(0, 4), default=None,
               help="Highest L of the messages (default: the preset's, 1).")
-@click.option("--correlation", type=int, default=None,
+@click.option("--correlation", type=click.IntRange(1, 5), default=None,
               help="Correlation order (body order - 1) of the product basis (default: MACE's, 3).")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(1, 100000), default=None,
               help="Frames per batch (default: the preset's, 8; x4 with --device cuda).")
 @click.option("--lr", type=FiniteFloat(0, None, True), default=None, help="Initial learning rate (default: the preset's, 0.01).")
 @click.option("--lr-gamma", type=FiniteFloat(0, None, True), default=None,
@@ -145,7 +145,7 @@ def info(path):
               help="Exponential moving average of the weights with this decay, in (0, 1) (default: off).")
 @click.option("--forces-weight", type=FiniteFloat(0, None, True), default=None, help="Force loss weight (default: 10).")
 @click.option("--stress-weight", type=FiniteFloat(0, None, True), default=None, help="Stress loss weight (default: 100).")
-@click.option("--eval-interval", type=int, default=None,
+@click.option("--eval-interval", type=click.IntRange(1, 100000), default=None,
               help="Epochs between validations and checkpoints (default: MACE's, 1).")
 @click.option("--restart", is_flag=True,
               help="Resume from the newest checkpoint in checkpoints/ if there is one (--restart_latest).")

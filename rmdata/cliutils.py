@@ -148,8 +148,8 @@ class FiniteFloat(click.ParamType):
 
 
 class FloatList(click.ParamType):
-    """Comma-separated finite floats in a range, e.g. ``0,1,2``; ``none`` or ``""`` is an
-    empty list where ``allow_empty``. Empty items (``1,,2``) are refused."""
+    """Comma-separated finite floats in a range, e.g. ``0,1,2``; ``none`` is an empty list
+    where ``allow_empty``. Empty items (``1,,2``) and an empty value are refused."""
 
     name = "floats"
 
@@ -163,10 +163,11 @@ class FloatList(click.ParamType):
         if isinstance(value, list):
             return value
         text = str(value).strip()
+        if text.lower() == "none" and self.allow_empty:
+            return []
         if text.lower() in ("", "none"):
-            if self.allow_empty:
-                return []
-            self.fail(f"{value!r}: give at least one number, e.g. 0,1,2", param, ctx)
+            self.fail(f"{value!r}: give at least one number, e.g. 0,1,2"
+                      + (" (or 'none')" if self.allow_empty else ""), param, ctx)
         items = [v.strip() for v in text.split(",")]
         if any(not v for v in items):
             self.fail(f"{value!r} has an empty item; give comma-separated numbers, e.g. 0,1,2", param, ctx)

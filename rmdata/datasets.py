@@ -287,7 +287,7 @@ def _mp20_subset(split: str | None, bad: list[str], lazy: bool = False, workers:
                  **_) -> Iterator[tuple[str, Atoms]]:
     split = split or "train"
     if split not in MP20_SUBSET_SHA256:
-        raise RMError(f"mp20-subset has no split {split!r}; use one of: train, val "
+        raise RMError(f"--split {split}: mp20-subset has no such split; use one of: train, val "
                       "(the test split needs the full mp20 download)")
     ref = resources.files("rmdata") / "data" / f"mp20_subset_{split}.csv.gz"
     with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as fh:
@@ -308,7 +308,7 @@ def download_mp20(split: str, cache: Path | None = None) -> Path:
     from rmdata.download import cache_dir, fetch
 
     if split not in MP20_SPLITS:
-        raise RMError(f"mp20 has no split {split!r}; use one of: {', '.join(MP20_SPLITS)}")
+        raise RMError(f"--split {split}: mp20 has no such split; use one of: {', '.join(MP20_SPLITS)}")
     dest = (cache or cache_dir()) / "mp20" / f"{split}.csv"
     return fetch(mp20_url(split), dest, sha256=MP20_SHA256.get(split), name=f"mp20 {split}",
                  offline_hint="no network? use --dataset mp20-subset, which ships with rmdata")
@@ -334,7 +334,7 @@ def _mp20(split: str | None, bad: list[str], lazy: bool = False, workers: int = 
 def _one(name: str, builder: Callable[[], Atoms]) -> Callable[..., Iterator[tuple[str, Atoms]]]:
     def load(split=None, bad=None, **_):
         if split not in (None, "train", "all"):
-            raise RMError(f"{name} has no split {split!r} (it is a single structure)")
+            raise RMError(f"--split {split}: dataset {name} is a single structure without splits; drop --split")
         yield name, builder()
 
     return load
@@ -552,7 +552,7 @@ def load_structures(dataset: str | None = None, input_path: str | os.PathLike | 
         return
     info = get_dataset(dataset)
     if split not in (None, "all") and info.splits and split not in info.splits:
-        raise RMError(f"{dataset} has no split {split!r}; use one of: {', '.join(info.splits)}")
+        raise RMError(f"--split {split}: {dataset} has no such split; use one of: {', '.join(info.splits)}")
     yield from info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy, workers=workers)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT
+from rmdata.cliutils import CONTEXT, SEED, WORKERS, FiniteFloat
 from rmdata.errors import RMError
 from rmsearch.cli_slurm import options_from_cli, slurm_launch_options, submit_from_cli
 from rmsearch.relax import RELAX_OPTIMIZERS
@@ -46,12 +46,12 @@ def _print_total(status: dict) -> None:
 @click.option("--potential", "potential_spec",
               help="Potential directory from 'rmsearch export' / 'rmsearch fit-native', or a shipped "
                    "model as model:NAME ('rmsearch models list'); required for a new run directory.")
-@click.option("--nruns", type=click.IntRange(min=1),
+@click.option("--nruns", type=click.IntRange(1, 10**7),
               help="Number of runs, ids 0..nruns-1 (required for a new run directory; on resume it may grow, "
                    "never shrink).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=WORKERS, default=None,
               help=f"Worker processes, one thread each [default: cores available, {default_workers()}].")
-@click.option("--seed", type=click.IntRange(min=0),
+@click.option("--seed", type=SEED,
               help="Search seed; run r starts from rng([seed, r]) [default: 0].")
 @click.option("--system",
               help="Elements of the search, e.g. Li-S: any Li_a S_b with an atom count in --natoms.")
@@ -64,14 +64,14 @@ def _print_total(status: dict) -> None:
                    "[default: none].")
 @click.option("--volume-factor", help="Range of the random factor on the per-element volumes (A^3/atom) "
                                       "[default: 0.8-1.2].")
-@click.option("--minsep-factor", type=click.FloatRange(min=0),
+@click.option("--minsep-factor", type=FiniteFloat(0, 3),
               help="Minimum separation of a start as a fraction of the covalent radii sum (at least 0.7 A) "
                    "[default: 0.7].")
-@click.option("--fmax", type=click.FloatRange(min=0, min_open=True),
+@click.option("--fmax", type=FiniteFloat(0, None, True),
               help="Force tolerance, max |F| in eV/A [default: 0.01].")
-@click.option("--smax", "smax_gpa", type=click.FloatRange(min=0, min_open=True),
+@click.option("--smax", "smax_gpa", type=FiniteFloat(0, None, True),
               help="Stress tolerance, max |sigma_ij| in GPa [default: 0.1].")
-@click.option("--max-steps", type=click.IntRange(min=1),
+@click.option("--max-steps", type=click.IntRange(1, 10**7),
               help="Force calls per relaxation before it counts as not_converged [default: 2000].")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]),
               help="Precision of the model evaluation (mace backend); float32 is ~1.4x faster on CPU "
@@ -81,13 +81,13 @@ def _print_total(status: dict) -> None:
                    "fire2-lbfgs), FIRE 2.0 until max|F| < 2 eV/A then L-BFGS (fire2-lbfgs), FIRE 2.0 "
                    "alone, ASE's FIRE, L-BFGS alone (rmsearch/optimizers.py), or conjugate gradients "
                    "with fix box/relax inside LAMMPS (lammps-cg, rmsearch/lammps_min.py) [default: auto].")
-@click.option("--kick", type=click.FloatRange(min=0, max=5),
+@click.option("--kick", type=FiniteFloat(0, 5),
               help="Second stage of the molecule protocol: displace every atom of the relaxed structure "
                    "by uniform noise in +-KICK A per component and relax again to --kick-fmax "
                    "(paper: 0.75 A) [default: 0, no kick stage].")
-@click.option("--kick-fmax", type=click.FloatRange(min=0, min_open=True),
+@click.option("--kick-fmax", type=FiniteFloat(0, None, True),
               help="Force tolerance of the kick stage, max |F| in eV/A [default: 0.0002].")
-@click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
+@click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
               help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
                    "and its worker restarted (0 = no limit; may change on resume) [default: 600].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
@@ -178,7 +178,7 @@ def status_cmd(rundir: Path, as_json: bool) -> None:
 @click.option("--task", type=click.IntRange(min=0), required=True,
               help="This task's index i: runs the ids r with r % ntasks == i.")
 @click.option("--ntasks", type=click.IntRange(min=1), required=True, help="Number of tasks N.")
-@click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
+@click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
               help="Wall-time limit of one relaxation in s (0 = none); a run past it is recorded as "
                    "'timeout' and this process restarts itself on the remaining runs "
                    "[default: the launch's, from RUNDIR/config.json].")

@@ -23,6 +23,15 @@ def _zbl(text: str) -> tuple[float, float]:
     return inner, outer
 
 
+def _natoms(text: str) -> None:
+    """Check ``--distil-natoms`` (N or MIN-MAX) before any fitting starts."""
+    from rmsearch.starts import MAX_NATOMS, parse_range
+
+    lo, hi = parse_range(text, "--distil-natoms")
+    if not (lo == int(lo) and hi == int(hi) and 1 <= lo <= hi <= MAX_NATOMS):
+        raise RMError(f"--distil-natoms {text}: give N or MIN-MAX with 1 <= MIN <= MAX <= {MAX_NATOMS}, e.g. 2-8")
+
+
 @click.command("fit-native", context_settings=CONTEXT)
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(["uf3", "snap"]), default="uf3", show_default=True,
@@ -72,6 +81,7 @@ def fit_native_command(data: Path, kind: str, output: Path, twojmax: int, rcut: 
     out = check_output(output, inputs=[data, mace_model], overwrite=overwrite, folder=True)
 
     inner, outer = _zbl(zbl)
+    _natoms(distil_natoms)
     shared = dict(stress_weight=stress_weight, zbl_inner=inner, zbl_outer=outer, fit_core=fit_core,
                   holdout=holdout, seed=seed)
     if alpha is not None:
