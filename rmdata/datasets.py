@@ -409,6 +409,8 @@ def get_dataset(name: str) -> DatasetInfo:
 # ---------------------------------------------------------------------------------------
 # any ASE-readable file or folder
 
+#: Structure files that are not text (ASE database, trajectory).
+BINARY_SUFFIXES = (".db", ".traj")
 INPUT_SUFFIXES = (".xyz", ".extxyz", ".h5", ".hdf5", ".cif", ".vasp", ".poscar", ".db", ".traj", ".json", ".pdb", ".res")
 
 
@@ -447,10 +449,12 @@ def _read_structures(file: Path) -> list[Atoms] | Atoms:
     """
     import ase.io
 
-    from rmdata.io import H5_SUFFIXES, read
+    from rmdata.io import H5_SUFFIXES, check_text_file, read
 
     if file.suffix.lower() in H5_SUFFIXES:
         return read(file)
+    if file.suffix.lower() not in BINARY_SUFFIXES:
+        check_text_file(file)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -462,7 +466,36 @@ def _read_structures(file: Path) -> list[Atoms] | Atoms:
         if "are equivalent" in str(w.message):
             raise RMError(f"{file}: two atoms on one site ({str(w.message).splitlines()[0][:120]}); "
                           "fix the structure") from None
+    if file.suffix.lower() == ".cif":
+        _check_cif_sites(file)
     return structures
+
+
+def _check_cif_sites(file: Path) -> None:
+    """One-line RMError if two rows of a CIF's atom-site loop sit on one site (ASE would
+    merge them into one atom, or keep one of them, without a word)."""
+    from ase.io.cif import parse_cif
+
+    try:
+        blocks = list(parse_cif(str(file)))
+    except Exception:  # noqa: BLE001 - ase.io.read parsed the file; nothing more to check
+        return
+    for block in blocks:
+        try:
+            xyz = np.array([block.get(f"_atom_site_fract_{c}") for c in "xyz"], dtype=float).T
+        except (TypeError, ValueError):
+            continue
+        if xyz.ndim != 2 or len(xyz) < 2:
+            continue
+        if not np.all(np.isfinite(xyz)):
+            raise RMError(f"{file}: an atom-site coordinate is not a finite number; fix the structure")
+        d = xyz[:, None, :] - xyz[None, :, :]
+        d -= np.round(d)
+        i, j = np.nonzero(np.triu(np.linalg.norm(d, axis=2) < 1e-4, k=1))
+        if len(i):
+            labels = block.get("_atom_site_label") or list(range(len(xyz)))
+            raise RMError(f"{file}: atom-site rows {labels[i[0]]} and {labels[j[0]]} are on one site; rmdata "
+                          "needs an ordered structure with one atom per site; fix the structure")
 
 
 def _strip_labels(atoms: Atoms) -> Atoms:

@@ -256,6 +256,15 @@ def _check_exists(path: Path) -> None:
         raise RMError(f"{path}: the file is empty")
 
 
+def check_text_file(path: str | os.PathLike) -> None:
+    """One-line RMError if a text structure file holds NUL bytes (a corrupt or binary file:
+    parsers skip them silently inside comments and strings)."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            if b"\x00" in block:
+                raise RMError(f"{path}: contains NUL bytes; a corrupt or binary file, not a text structure file")
+
+
 def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms] | Atoms:
     """Read an rmdata dataset (extxyz or HDF5) into ASE ``Atoms``.
 
@@ -272,6 +281,7 @@ def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms]
         return frames[index] if isinstance(index, (int, slice)) else frames
     import ase.io
 
+    check_text_file(path)
     try:
         out = ase.io.read(path, index=index, format="extxyz")
     except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
@@ -285,8 +295,11 @@ def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms]
     return out
 
 
-def require_labels(frames: list[Atoms], path: str | os.PathLike) -> None:
-    """One-line RMError unless every frame carries rmdata's per-atom ``REF_forces`` (eV/A)."""
+def require_labels(frames: list[Atoms], path: str | os.PathLike, stress: bool = False) -> None:
+    """One-line RMError unless ``frames`` are a usable rmdata dataset: every frame carries
+    finite per-atom ``REF_forces`` (eV/A) (and, with ``stress``, a ``REF_stress``), finite
+    positions under 1e4 A, no two atoms at the same position, and periodic frames a finite
+    cell of positive volume that is not flat."""
     if not frames:
         raise RMError(f"{path}: no frames in the file")
     for i, atoms in enumerate(frames):
@@ -294,6 +307,35 @@ def require_labels(frames: list[Atoms], path: str | os.PathLike) -> None:
         if forces is None or np.shape(forces) != (len(atoms), 3):
             raise RMError(f"{path}: frame {i} has no REF_forces labels; not an rmdata dataset (label "
                           f"structures with 'rmdata make --input {path}')")
+        if stress and "REF_stress" not in atoms.info:
+            raise RMError(f"{path}: frame {i} has no REF_stress; this command needs rmdata crystal files "
+                          "('rmdata make --dataset diamond -o FILE.xyz')")
+        problem = frame_problem(atoms)
+        if problem is None and not np.all(np.isfinite(forces)):
+            problem = "REF_forces contain NaN or infinity"
+        if problem is not None:
+            raise RMError(f"{path}: frame {i}: {problem}; the file is corrupt, make it again with 'rmdata make'")
+
+
+def frame_problem(atoms: Atoms) -> str | None:
+    """What makes one frame unusable (non-finite or huge positions, two atoms on one
+    position, a degenerate periodic cell), or None."""
+    positions = np.asarray(atoms.positions, dtype=float)
+    if len(positions) == 0:
+        return "no atoms"
+    if not np.all(np.isfinite(positions)) or np.abs(positions).max() > 1e4:
+        return "positions are not finite numbers under 1e4 A"
+    if len(np.unique(np.round(positions, 8), axis=0)) < len(positions):
+        return "two atoms at the same position"
+    if atoms.pbc.any():
+        cell = np.asarray(atoms.cell, dtype=float)
+        if not np.all(np.isfinite(cell)):
+            return "the cell is not finite"
+        lengths = np.linalg.norm(cell, axis=1)
+        volume = abs(np.linalg.det(cell))
+        if not volume > 1e-6 or volume / max(np.prod(lengths), 1e-300) < 1e-3:
+            return "periodic frame with a zero or flat cell"
+    return None
 
 
 def _read_h5(path: Path) -> list[Atoms]:

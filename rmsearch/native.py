@@ -551,9 +551,10 @@ def _read_frames(data: str | os.PathLike) -> list[Atoms]:
     path = Path(data)
     if not path.is_file():
         raise RMError(f"{path}: training file not found; make one with 'rmdata make --dataset diamond -o {path}'")
+    from rmdata.io import require_labels
+
     frames = rmdata.read(path)
-    if not frames:
-        raise RMError(f"{path}: no frames")
+    require_labels(frames, path, stress=True)
     return frames
 
 

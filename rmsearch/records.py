@@ -87,6 +87,8 @@ class RunRecord:
     @classmethod
     def from_json(cls, line: str) -> RunRecord:
         data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a record is a JSON object")
         for key in ("energy", "energy_per_atom", "pressure_gpa", "volume_per_atom", "fmax"):
             if data.get(key) is None:
                 data[key] = math.nan
@@ -113,6 +115,12 @@ def check_record(record: RunRecord) -> None:
         raise ValueError(f"run {record.run_id}: cell is not 3x3")
     if not isinstance(record.pbc, list) or len(record.pbc) != 3:
         raise ValueError(f"run {record.run_id}: pbc is not three flags")
+    for name in ("energy", "energy_per_atom", "pressure_gpa", "volume_per_atom", "fmax", "wall_s"):
+        value = getattr(record, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"run {record.run_id}: {name} is not a number")
+    if not isinstance(record.status, str):
+        raise ValueError(f"run {record.run_id}: status is not text")
 
 
 def _nan_to_none(obj):

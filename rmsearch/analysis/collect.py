@@ -93,6 +93,9 @@ def load_run(rundir: str | os.PathLike) -> RunData:
             config = json.loads(cfg_path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"{cfg_path}: unreadable config ({exc}); analysed without it")
+        if not isinstance(config, dict):
+            problems.append(f"{cfg_path}: not a JSON object; analysed without it")
+            config = {}
     else:
         problems.append(f"{cfg_path}: missing; analysed without the search configuration")
     records = read_records(shard_dir, problems)
