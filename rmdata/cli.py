@@ -14,7 +14,7 @@ from rmdata import __version__
 from rmdata.cliutils import (CONTEXT, SEED, WORKERS, FiniteFloat, FloatList, RMGroup, check_output,
                              output_option, overwrite_option, setup_logging)
 from rmdata.errors import RMError
-from rmdata.presets import BOUNDS, COPIES_MAX
+from rmdata.limits import BOUNDS, COPIES_MAX
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -172,8 +172,8 @@ def convert(source, dest, overwrite):
     from rmdata.io import format_for
     from rmdata.summary import convert as _convert
 
-    format_for(dest)
     check_output(dest, inputs=[source], overwrite=overwrite, option="DEST")
+    format_for(dest)
     n = _convert(source, dest)
     click.echo(f"wrote {dest}: {n} frames")
 

@@ -22,7 +22,7 @@ import numpy as np
 from ase import Atoms
 
 from rmdata.datasets import get_dataset, load_structures, validate_reference
-from rmdata.errors import RMError
+from rmdata.errors import RMError, describe_exception
 from rmdata.io import FrameBatch, format_for, open_writer
 from rmdata.perturb import perturb
 from rmdata.presets import Preset, get_preset
@@ -238,7 +238,8 @@ def composition_key(formula_or_atoms: str | Atoms, periodic: bool | None = None)
             formula = Formula(str(formula_or_atoms).strip())
             formula.count()
         except ValueError as exc:
-            raise RMError(f"--exclude-formulas: cannot read formula {formula_or_atoms!r} ({exc})") from None
+            raise RMError(f"--exclude-formulas: cannot read formula {formula_or_atoms!r} "
+                          f"({describe_exception(exc)}); give Hill formulas such as C3H6O or Li2S") from None
     if periodic:
         formula = formula.reduce()[0]
     return formula.format("hill")
