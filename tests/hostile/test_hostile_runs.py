@@ -135,3 +135,15 @@ def test_inputs_that_used_to_hang_finish_at_once(option, tmp_path):
     assert proc.returncode == 2
     assert len(error_lines(proc.stderr)) == 1 and option.split("=")[0] in proc.stderr
     assert snapshot(tmp_path) == before
+
+
+def test_readme_states_the_number_of_hostile_cases():
+    """README "Failure behaviour" quotes the size of this suite; keep it true."""
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           str(root / "tests" / "hostile")], capture_output=True, text=True, timeout=120, cwd=root)
+    collected = int(re.search(r"(\d+) tests? collected", proc.stdout).group(1))
+    quoted = int(re.search(r"`tests/hostile/` \((\d+) generated cases", (root / "README.md").read_text()).group(1))
+    assert quoted == collected >= 800
