@@ -422,6 +422,9 @@ def test_analyze_reports_bad_records_under_problems(variant, hostile_inputs, tmp
     assert result.exit_code == 0, result.output[-2000:]
     report = json.loads((run / "report" / "report.json").read_text())
     assert any("900" in p or "worker0.jsonl" in p for p in report["problems"]), report["problems"]
+    from helpers.hostile import expected_mode
+
+    assert (run / "report" / "index.html").stat().st_mode & 0o777 == expected_mode()
 
 
 @pytest.mark.timeout(30)

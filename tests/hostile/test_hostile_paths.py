@@ -213,3 +213,17 @@ def test_messages_do_not_mislead(hostile_inputs, tmp_path, monkeypatch):
     assert "(0, 2)" in check_ok(rmsearch_main, ["analyze", "--help"])
     assert "505" in check_ok(rmdata_main, ["datasets"])
     assert "default: 1]" not in check_ok(rmsearch_main, ["analyze", "--help"]).replace("\n", " ")
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("args, frames", [
+    (["--dataset", "diamond", "--preset", "molecule"], 11),     # a crystal with the molecule preset
+    (["--dataset", "diamond", "--strains", "none"], 11),        # no strained frames
+    (["--dataset", "diamond", "--levels", "0", "--strains", "0.5,-0.5"], 2),  # the strain bounds
+    (["--input", "{inp}/cell.cif", "--levels", "0,100", "--step-size", "0.05"], 22),  # 5 A of noise
+])
+def test_legitimate_edge_values_work(args, frames, hostile_inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(inp=hostile_inputs) for a in args]
+    check_ok(rmdata_main, ["make", *args, "-o", "e.xyz", "-j", "1"])
+    assert len(rmdata.read("e.xyz")) == frames

@@ -40,7 +40,10 @@ def test_launch_and_status_work_with_a_potential_path_with_blanks_and_accents(uf
     recs = [json.loads(line) for f in (tmp_path / "run ü" / "shards").glob("*.jsonl")
             for line in f.read_text().splitlines()]
     assert sorted(r["status"] for r in recs) == ["converged", "converged"]
-    # a bigger resume is fine; a smaller one is refused and config.json stays as it was
+    from helpers.hostile import expected_mode
+
+    assert (tmp_path / "run ü" / "config.json").stat().st_mode & 0o777 == expected_mode()
+    # a smaller resume is refused and config.json stays as it was
     config = (tmp_path / "run ü" / "config.json").read_bytes()
     err = check_refused(rmsearch_main, ["launch", "-o", "run ü", "--nruns", "1"], names=("--nruns",),
                         watch=(tmp_path,))
