@@ -26,6 +26,10 @@ from rmdata.utils import check_finite, range_text
 NAME_MAX = 255
 
 
+#: click >= 8.2 signals "no arguments: show the help" with this usage error.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM, so that ``finally`` blocks remove temporaries."""
 
@@ -54,7 +58,7 @@ class RMGroup(click.Group):
             old = signal.signal(signal.SIGTERM, _terminate)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
-        except click.exceptions.NoArgsIsHelpError as exc:
+        except _NO_ARGS_IS_HELP as exc:
             click.echo(exc.ctx.get_help() if exc.ctx else exc.format_message(), err=True)
             sys.exit(exc.exit_code)
         except click.ClickException as exc:
