@@ -30,6 +30,10 @@ NAME_MAX = 255
 _NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
+_STOPPED = ("temporary files removed, no partial output left; run the command again to finish "
+            "(a run directory resumes where it stopped)")
+
+
 class Terminated(KeyboardInterrupt):
     """Raised in the main thread by SIGTERM, so that ``finally`` blocks remove temporaries."""
 
@@ -82,11 +86,10 @@ class RMGroup(click.Group):
             click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(2)
         except Terminated as exc:
-            click.echo(f"error: terminated by {exc.args[0] if exc.args else 'SIGTERM'}; "
-                       "temporary files removed, no output written", err=True)
+            click.echo(f"error: terminated by {exc.args[0] if exc.args else 'SIGTERM'}; {_STOPPED}", err=True)
             sys.exit(143)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; temporary files removed, no output written", err=True)
+            click.echo(f"error: interrupted; {_STOPPED}", err=True)
             sys.exit(130)
         except OSError as exc:
             click.echo(f"error: {os_error_message(exc)}", err=True)

@@ -231,6 +231,7 @@ def test_bad_search_option_is_refused_and_creates_nothing(args, hostile_inputs, 
     check_refused(rmsearch_main, args, names=names, watch=(tmp_path, hostile_inputs))
 
 
+@pytest.mark.timeout(120)
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(k=st.floats(allow_nan=True, allow_infinity=True), rc=st.floats(allow_nan=True, allow_infinity=True))
 def test_any_k_and_rc_is_refused_or_in_range(k, rc, hostile_inputs, tmp_path_factory):
@@ -251,6 +252,7 @@ def test_any_k_and_rc_is_refused_or_in_range(k, rc, hostile_inputs, tmp_path_fac
         os.chdir(old)
 
 
+@pytest.mark.timeout(120)
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(values=st.lists(st.one_of(st.floats(), st.sampled_from(["", "x", "nan", " "])), min_size=1, max_size=6))
 def test_any_levels_list_is_refused_or_valid(values, hostile_inputs, tmp_path_factory):
