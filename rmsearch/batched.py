@@ -85,6 +85,19 @@ def check_device(device: str) -> str:
     return device
 
 
+def check_batchable(potential: Potential, settings: RelaxSettings) -> str:
+    """The step rule a batched relaxation of ``potential`` with ``settings`` uses; RMError
+    for a LAMMPS-native potential or ``optimizer="lammps-cg"`` (no model call to batch)."""
+    if potential.callback != "mace":
+        raise RMError(f"{potential.directory}: the batched path (--device cuda / --batch) needs a "
+                      "mace potential; a LAMMPS-native potential relaxes with the worker pool")
+    optimizer = resolve_optimizer(settings.optimizer, potential)
+    if optimizer == "lammps-cg":
+        raise RMError("optimizer lammps-cg runs inside LAMMPS and cannot be batched; choose a "
+                      "Python step rule (fire2-lbfgs, fire2, fire, lbfgs)")
+    return optimizer
+
+
 def core_repulsion_terms(positions: np.ndarray, cell: np.ndarray, periodic: bool, core: CoreRepulsion,
                          neighbours) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy (eV), forces (n, 3) eV/A and stress (3, 3) eV/A^3 (ASE sign, zeros without
@@ -151,13 +164,7 @@ class BatchedRelaxer:
 
         self.potential = potential
         self.settings = settings or RelaxSettings()
-        if potential.callback != "mace":
-            raise RMError(f"{potential.directory}: the batched relaxer (--device cuda / --batch) needs a "
-                          "mace potential; a LAMMPS-native potential relaxes with the worker pool")
-        self.optimizer = resolve_optimizer(self.settings.optimizer, potential)
-        if self.optimizer == "lammps-cg":
-            raise RMError("optimizer lammps-cg runs inside LAMMPS and cannot be batched; choose a "
-                          "Python step rule (fire2-lbfgs, fire2, fire, lbfgs)")
+        self.optimizer = check_batchable(potential, self.settings)
         if not (isinstance(batch, int) and batch >= 1):
             raise RMError(f"--batch {batch!r}: must be an integer >= 1")
         self.device = check_device(device)
