@@ -93,6 +93,7 @@ def test_batched_kick_stage_on_molecules(diamond_potential):
     with BatchedRelaxer(diamond_potential, settings, batch=2) as b:
         batched = b.relax_many(starts, [np.random.default_rng([0, k, 1]) for k in range(len(starts))])
     _assert_same_minima(serial, batched)
+    assert any(o.first_stage is not None for o in batched)
     for s, o in zip(serial, batched):
         assert (s.first_stage is None) == (o.first_stage is None)
         if s.first_stage is not None:
