@@ -7,7 +7,10 @@ as ``rmsearch launch --system C --natoms 2-8`` makes them), same relaxation sett
 - serial: :class:`rmsearch.relax.Relaxer` (LAMMPS + MACE callback, one structure per model
   call), the CPU path of ``rmsearch launch`` per worker process;
 - batched: :class:`rmsearch.batched.BatchedRelaxer` with ``--batch`` sizes given, on the
-  CPU, and on CUDA when torch sees a GPU (its name is printed; rows absent otherwise).
+  CPU, and on CUDA when torch sees a GPU (its name is printed; rows absent otherwise);
+- torch-sim's batched FIRE + Frechet cell filter on all starts at once, float32, per
+  device, when torch-sim is installed (optional; its statuses are judged by the same stop
+  rule at its final structures, see ``bench_relax.py``).
 
 One process, one torch thread. Every engine relaxes one extra start first (warm-up:
 TorchScript's profiling runs, LAMMPS set-up), not timed. Reports relaxations per second
@@ -39,7 +42,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_relax import model_and_potential, write_section  # noqa: E402
+from bench_relax import model_and_potential, run_torchsim, write_section  # noqa: E402
 
 log = logging.getLogger("bench_batched")
 
@@ -60,9 +63,10 @@ def timed(fn) -> tuple[list, float, float]:
 
 
 def run(potential, starts, warm, batches: list[int], devices: list[str]) -> list[dict]:
-    """Serial, then batched per device and batch size; one row each."""
+    """Serial, then batched per device and batch size, then torch-sim per device if it is
+    installed; one row each."""
     from rmsearch.batched import BatchedRelaxer
-    from rmsearch.relax import Relaxer, RelaxSettings
+    from rmsearch.relax import Relaxer, RelaxOutcome, RelaxSettings
 
     settings = RelaxSettings()
     rows = []
@@ -79,6 +83,13 @@ def run(potential, starts, warm, batches: list[int], devices: list[str]) -> list
                 out, wall, cpu = timed(lambda: relaxer.relax_many(starts))  # noqa: B023 - called at once
                 rows.append({"engine": f"batched, --batch {batch}", "device": device, "wall": wall, "cpu": cpu,
                              "calls": relaxer.n_model_calls - calls0, "outcomes": out})
+    for device in devices:  # torch-sim's batched FIRE (all starts in one batch), float32 as ours
+        res = run_torchsim(potential.model_file, starts, 0.01, 0.1, 2000, device=device, dtype="float32")
+        if res is not None:
+            out = [RelaxOutcome(atoms=a, status=r["status"], energy=r["e"] * len(a))
+                   for a, r in zip(starts, res["rows"])]
+            rows.append({"engine": "torch-sim batched FIRE + Frechet cell filter, float32", "device": device,
+                         "wall": res["wall"], "cpu": res["cpu"], "calls": "-", "outcomes": out})
     for row in rows:
         de = np.array([abs(o.energy_per_atom - s.energy_per_atom) * 1000 for o, s in zip(row["outcomes"], serial)
                        if o.converged and s.converged])

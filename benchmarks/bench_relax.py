@@ -181,7 +181,8 @@ def run_interleaved(engines: dict, starts: list) -> dict:
     return out
 
 
-def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
+def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps, device: str = "cpu",
+                 dtype: str = "float64") -> dict | None:
     """torch-sim batched FIRE + Frechet cell filter, if torch-sim is installed (optional)."""
     try:
         import torch
@@ -192,7 +193,7 @@ def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
     from ase.units import GPa
 
     model = MaceModel(model=torch.load(model_file, map_location="cpu", weights_only=False),
-                      device=torch.device("cpu"), dtype=torch.float64, compute_forces=True,
+                      device=torch.device(device), dtype=getattr(torch, dtype), compute_forces=True,
                       compute_stress=True)
     conv = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False)
 
@@ -211,9 +212,9 @@ def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = final.to_atoms()
     res = model(final)
-    energies = res["energy"].detach().numpy()
-    forces = res["forces"].detach().numpy()
-    stress = res["stress"].detach().numpy().reshape(len(out), 9)
+    energies = res["energy"].detach().cpu().double().numpy()
+    forces = res["forces"].detach().cpu().double().numpy()
+    stress = res["stress"].detach().cpu().double().numpy().reshape(len(out), 9)
     rows, k = [], 0
     for e, a, s in zip(energies, out, stress):
         f = forces[k:k + len(a)]
