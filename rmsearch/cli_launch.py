@@ -90,6 +90,12 @@ def _print_total(status: dict) -> None:
 @click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
               help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
                    "and its worker restarted (0 = no limit; may change on resume) [default: 600].")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu: the worker pool, one structure per model call; cuda (or cuda:N): the batched "
+                   "path, many relaxations per MACE model call in one process (mace potentials).")
+@click.option("--batch", type=click.IntRange(1, 100000),
+              help="Relaxations in flight per model call on the batched path; on a CPU, --batch N "
+                   "selects the batched path [default: 128 with --device cuda].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--scheduler", type=click.Choice(["local", "slurm"]), default="local",
@@ -101,7 +107,7 @@ def _print_total(status: dict) -> None:
               help="Require RUNDIR to exist (an existing RUNDIR is resumed with or without this flag).")
 def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, workers: int | None,
                progress: bool, as_json: bool, scheduler: str, dry_run: bool, resume: bool,
-               volume_factor: str | None, **flags) -> None:
+               volume_factor: str | None, device: str, batch: int | None, **flags) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
 
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
@@ -120,6 +126,9 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
 
         if workers is not None:
             raise RMError("--workers applies to --scheduler local; a SLURM task runs one process")
+        if device != "cpu" or batch is not None:
+            raise RMError("--device cuda / --batch apply to --scheduler local; SLURM tasks relax one "
+                          "structure at a time")
         options_from_cli(rundir, **slurm_flags)  # a bad profile or --time: an error before RUNDIR exists
         prepare_search(rundir, potential=potential, nruns=nruns, **search)
         submit_from_cli(rundir, dry_run=dry_run, **slurm_flags)
@@ -128,7 +137,7 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
     if given:
         raise RMError(f"--{given[0].replace('_', '-')} applies to --scheduler slurm only")
     summary = launch(rundir, potential=potential, nruns=nruns, workers=workers, progress=progress,
-                     **search)
+                     device=device, batch=batch, **search)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         _fail_if_all_failed(summary, rundir)
