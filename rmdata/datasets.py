@@ -581,12 +581,13 @@ def load_structures(dataset: str | None = None, input_path: str | os.PathLike | 
         raise RMError("give exactly one of --dataset NAME and --input PATH")
     bad = bad if bad is not None else []
     if input_path is not None:
-        yield from iter_input(input_path, bad)
-        return
-    info = get_dataset(dataset)
+        if not Path(input_path).exists():
+            raise RMError(f"{input_path}: no such file or folder")
+        return iter_input(input_path, bad)
+    info = get_dataset(dataset)  # checked now, not when the first structure is asked for
     if split not in (None, "all") and info.splits and split not in info.splits:
         raise RMError(f"--split {split}: {dataset} has no such split; use one of: {', '.join(info.splits)}")
-    yield from info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy, workers=workers)
+    return info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy, workers=workers)
 
 
 def describe_datasets() -> str:

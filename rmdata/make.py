@@ -8,6 +8,7 @@ in input order by the parent as they arrive, so memory stays flat.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -92,9 +93,17 @@ def _results(tasks: Iterator[tuple[int, str, Atoms]], workers: int, init_args: t
         for task in tasks:
             yield _work(task)
         return
+    # The pool's feeder thread runs the task generator; take its first item here, in the main
+    # thread, so that the loaders' lazy imports (ase.build, pymatgen, ...) happen here. A
+    # Ctrl-C or SIGTERM that lands inside an import can leave that module's import lock held,
+    # and a feeder thread importing the same module would then never finish.
+    tasks = iter(tasks)
+    first = next(tasks, None)
+    if first is None:
+        return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield from pool.imap(_work, tasks, chunksize=8)
+        yield from pool.imap(_work, itertools.chain([first], tasks), chunksize=8)
 
 
 # ---------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ LAUNCH = ["launch", "-o", "newrun", "--potential", "{inp}/pot", "--nruns", "2", 
 SLURM = [*LAUNCH, "--scheduler", "slurm", "--dry-run"]
 FIT = ["fit-native", "{inp}/data.xyz", "-o", "newpot"]
 SHARD = ["run-shard", "{inp}/run", "--task", "0", "--ntasks", "1"]
+RELAX = ["relax", "{inp}/cell.xyz", "--potential", "model:carbon-uf3", "-o", "out.xyz", "--no-progress"]
 
 TABLE = [
     (rmdata_main, MAKE, "--k", (0, 1e4, True, False), False),
@@ -99,6 +100,13 @@ TABLE = [
     (rmsearch_main, FIT, "--holdout", (0, 1, False, True), False),
     (rmsearch_main, FIT, "--seed", (0, 2**32 - 1, False, False), True),
     (rmsearch_main, SHARD, "--run-timeout", (0, None, False, False), False),
+    (rmsearch_main, LAUNCH, "--batch", (1, 100000, False, False), True),
+    (rmsearch_main, RELAX, "--fmax", (0, None, True, False), False),
+    (rmsearch_main, RELAX, "--smax", (0, None, True, False), False),
+    (rmsearch_main, RELAX, "--max-steps", (1, 10**7, False, False), True),
+    (rmsearch_main, RELAX, "--kick", (0, 5, False, False), False),
+    (rmsearch_main, RELAX, "--kick-fmax", (0, None, True, False), False),
+    (rmsearch_main, RELAX, "--seed", (0, 2**32 - 1, False, False), True),
 ]
 
 
@@ -173,7 +181,7 @@ def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inp
 ])
 def test_bad_choice_or_combination_is_refused(args, hostile_inputs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = [a.format(inp=hostile_inputs) for a in args]
+    args = [a.format(inp=hostile_inputs) for a in args] + (["-j", "1"] if args[0] == "make" else [])
     names = tuple(a for a in args if a.startswith("-")) + ("x.", "nope", "DEST", "PATH", "--dataset", "Xx",
                                                           "Qq", "C2?!", "missing.txt", "--input")
     check_refused(rmdata_main, args, names=names, watch=(tmp_path, hostile_inputs))

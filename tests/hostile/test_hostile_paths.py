@@ -95,18 +95,21 @@ def _alias(kind: str, src: Path, tmp: Path) -> str:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.parametrize("command", ["make", "convert"])
+@pytest.mark.parametrize("command", ["make", "convert", "relax"])
 @pytest.mark.parametrize("kind", SAME_AS_INPUT)
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_output_that_is_the_input_is_refused(command, kind, overwrite, hostile_inputs, tmp_path, monkeypatch):
     """Never overwrite an input, not even with --overwrite and however the path is spelled."""
     monkeypatch.chdir(tmp_path)
-    src = tmp_path / ("g.xyz" if command == "make" else "d.xyz")
-    shutil.copy(hostile_inputs / ("cell.xyz" if command == "make" else "data.xyz"), src)
+    src = tmp_path / ("d.xyz" if command == "convert" else "g.xyz")
+    shutil.copy(hostile_inputs / ("data.xyz" if command == "convert" else "cell.xyz"), src)
     dest = _alias(kind, src, tmp_path)
-    args = (["make", "--input", src.name, "-o", dest, "-j", "1"] if command == "make"
-            else ["convert", src.name, dest]) + (["--overwrite"] if overwrite else [])
-    err = check_refused(rmdata_main, args, names=("input",), watch=(tmp_path,))
+    args = {"make": ["make", "--input", src.name, "-o", dest, "-j", "1"],
+            "convert": ["convert", src.name, dest],
+            "relax": ["relax", src.name, "--potential", "model:carbon-uf3", "-o", dest]}[command]
+    args += ["--overwrite"] if overwrite else []
+    cli = rmsearch_main if command == "relax" else rmdata_main
+    err = check_refused(cli, args, names=("input",), watch=(tmp_path,))
     assert "never overwritten" in err
 
 
@@ -185,7 +188,7 @@ def test_every_output_spelling_is_accepted(spelling, hostile_inputs, tmp_path, m
     check_ok(rmsearch_main, ["export", "model:carbon-uf3", spelling, "pot"])
     assert (tmp_path / "m.xyz").is_file() and (tmp_path / "pot" / "potential.json").is_file()
     assert (tmp_path / "pot" / "potential.json").stat().st_mode & 0o777 == expected_mode()
-    for command in (["launch"], ["fit-native"], ["export"], ["make"]):
+    for command in (["launch"], ["fit-native"], ["export"], ["make"], ["relax"]):
         cli = rmdata_main if command == ["make"] else rmsearch_main
         help_text = check_ok(cli, [*command, "--help"])
         assert "-o, --output, --out" in help_text, command
