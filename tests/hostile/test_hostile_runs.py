@@ -159,3 +159,29 @@ def test_readme_states_the_number_of_hostile_cases():
     collected = int(re.search(r"(\d+) tests? collected", proc.stdout).group(1))
     quoted = int(re.search(r"`tests/hostile/` \((\d+) generated cases", (root / "README.md").read_text()).group(1))
     assert quoted == collected >= 800
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_during_launch_keeps_finished_runs_and_leaves_no_temporary(uf3_copy, tmp_path):
+    """SIGTERM to a running launch: one error line, exit status 143, no traceback, no hidden
+    temporary in the run directory, and the finished runs are kept as readable records."""
+    from rmsearch.records import read_records
+
+    cmd = [sys.executable, "-m", "rmsearch.cli", "launch", "-o", "run", "--potential", str(uf3_copy),
+           "--nruns", "400", "--system", "C", "--natoms", "4-8", "--workers", "2", "--no-progress"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    run = tmp_path / "run" / "shards"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(p.stat().st_size for p in run.glob("*.jsonl")):
+        time.sleep(0.2)  # wait until runs are being recorded
+    proc.send_signal(signal.SIGTERM)
+    code, err = _finish(proc, tmp_path)
+    assert code == 143 and "Traceback" not in err, err[-2000:]
+    assert len(error_lines(err)) == 1 and "terminated by SIGTERM" in err
+    assert not [p for p in (tmp_path / "run").rglob(".*")]
+    problems: list[str] = []
+    records = read_records(run, problems)
+    assert 0 < len(records) < 400
+    # a worker stopped mid-append may leave a cut last line, which a resume drops and redoes
+    assert all("truncated last record" in p for p in problems), problems
