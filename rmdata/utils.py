@@ -56,6 +56,7 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     next writer. The output gets the usual permissions (0666 less the umask).
     """
     path = Path(path)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)
     suffix = suffix or path.suffix or ".tmp"
@@ -74,14 +75,24 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
+        _discard(tmp_path, created)
         if exc.errno == errno.ENOSPC:
             raise RMError(f"{path}: no space left on device; free some space and run again "
                           "(previous outputs were left intact)") from exc
         raise
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        _discard(tmp_path, created)
         raise
+
+
+def _discard(tmp: Path, created: list[Path]) -> None:
+    """Remove a failed writer's temporary and the (still empty) folders made for its output."""
+    tmp.unlink(missing_ok=True)
+    for folder in created:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:

@@ -172,10 +172,11 @@ def test_read_only_folder_is_refused(hostile_inputs, tmp_path, monkeypatch):
 
 
 @pytest.mark.timeout(30)
-def test_long_output_name_leaves_no_temporary_on_failure(hostile_inputs, tmp_path, monkeypatch):
-    """A 240-character name whose labelling fails (no structure survives) leaves nothing."""
+@pytest.mark.parametrize("name", ["z" * 236 + ".xyz", "new/sub dir/x.h5", "new é/" + "z" * 236 + ".xyz"])
+def test_failed_make_leaves_no_temporary_and_no_new_folder(name, hostile_inputs, tmp_path, monkeypatch):
+    """Labelling that fails late (no structure survives --elements) leaves nothing: no
+    temporary, however long the name, and no folder made for the output."""
     monkeypatch.chdir(tmp_path)
-    name = "z" * 236 + ".xyz"
     check_refused(rmdata_main, ["make", "--dataset", "diamond", "--elements", "Si", "-o", name, "-j", "1"],
                   names=(name,), watch=(tmp_path,))
 
