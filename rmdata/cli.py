@@ -88,6 +88,8 @@ def make(dataset, input_path, output, overwrite, fmt, preset, split, limit, elem
     """Perturb reference structures and write response-matched labels."""
     from rmdata.make import default_output, make_dataset
 
+    if input_path is not None and not os.path.exists(input_path):
+        raise RMError(f"--input {input_path}: no such file or folder")
     if output is None:
         output = default_output(dataset, input_path, fmt)
     check_output(output, inputs=[input_path], overwrite=overwrite)

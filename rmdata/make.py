@@ -298,6 +298,8 @@ def _source_record(dataset: str | None, input_path: str | None, split: str | Non
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file())
             return {"input": str(path), "sha256": {p.name: sha256_file(p) for p in files}}
+        if path.exists():
+            raise RMError(f"{path}: not a regular file or folder; give a structure file or a folder of them")
         raise RMError(f"{path}: no such file or folder")
     if dataset == "mp20-subset":
         from rmdata.datasets import MP20_SUBSET_SHA256

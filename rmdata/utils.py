@@ -57,13 +57,26 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
     """
     path = Path(path)
     created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _discard(None, created)
+        raise RMError(f"{path}: cannot create the folder {path.parent} ({exc.strerror or exc}); "
+                      "choose another location") from exc
     remove_stale_temporaries(path)
     suffix = suffix or path.suffix or ".tmp"
     if len(os.fsencode(suffix)) > 16:
         suffix = ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path.name)}.{os.getpid()}.", suffix=suffix,
-                               dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path.name)}.{os.getpid()}.", suffix=suffix,
+                                   dir=path.parent)
+    except OSError as exc:
+        _discard(None, created)
+        if exc.errno == errno.ENOSPC:
+            raise RMError(f"{path}: no space left on device; free some space and run again "
+                          "(previous outputs were left intact)") from exc
+        raise RMError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc}); "
+                      "choose another location") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -85,9 +98,10 @@ def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterato
         raise
 
 
-def _discard(tmp: Path, created: list[Path]) -> None:
+def _discard(tmp: Path | None, created: list[Path]) -> None:
     """Remove a failed writer's temporary and the (still empty) folders made for its output."""
-    tmp.unlink(missing_ok=True)
+    if tmp is not None:
+        tmp.unlink(missing_ok=True)
     for folder in created:  # deepest first
         try:
             folder.rmdir()

@@ -167,6 +167,9 @@ def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inp
     ["make", "--dataset", "diamond", "--split", "val"],
     ["make", "--dataset", "mp20-subset", "--split", "nope", "-o", "x.xyz"],
     ["make", "--dataset", "diamond", "--input", "{inp}/cell.xyz"],
+    ["make", "--input", "{inp}/" + "a" * 300 + ".xyz"],
+    ["make", "--input", "/dev/null", "-o", "x.xyz"],
+    ["make", "--input", "{inp}/missing.xyz"],
     ["make"],
     ["make", "--dataset", "diamond", "--elements", "Xx"],
     ["make", "--dataset", "diamond", "--containing", "C,Qq"],
@@ -183,7 +186,7 @@ def test_bad_choice_or_combination_is_refused(args, hostile_inputs, tmp_path, mo
     monkeypatch.chdir(tmp_path)
     args = [a.format(inp=hostile_inputs) for a in args] + (["-j", "1"] if args[0] == "make" else [])
     names = tuple(a for a in args if a.startswith("-")) + ("x.", "nope", "DEST", "PATH", "--dataset", "Xx",
-                                                          "Qq", "C2?!", "missing.txt", "--input")
+                                                          "Qq", "C2?!", "missing", "--input", "/dev/null")
     check_refused(rmdata_main, args, names=names, watch=(tmp_path, hostile_inputs))
 
 

@@ -142,7 +142,8 @@ def test_existing_output_needs_overwrite(command, hostile_inputs, tmp_path, monk
 
 
 def _unwritable_cases():
-    return ["a-folder", "parent-a-file", "name-256-bytes", "name-300-unicode", "folder-name-too-long", "empty"]
+    return ["a-folder", "parent-a-file", "name-256-bytes", "name-300-unicode", "folder-name-too-long", "empty",
+            "in-proc", "new-folder-in-proc"]
 
 
 @pytest.mark.timeout(30)
@@ -154,10 +155,10 @@ def test_output_that_cannot_be_written_is_refused(command, case, hostile_inputs,
     (tmp_path / "file").write_text("x\n")
     dest = {"a-folder": "folder.xyz", "parent-a-file": "file/out.xyz", "name-256-bytes": "y" * 252 + ".xyz",
             "name-300-unicode": "é" * 150 + ".xyz", "folder-name-too-long": "d" * 300 + "/out.xyz",
-            "empty": ""}[case]
+            "empty": "", "in-proc": "/proc/x.xyz", "new-folder-in-proc": "/proc/new/x.xyz"}[case]
     args = (["make", "--dataset", "diamond", "-o", dest, "-j", "1"] if command == "make"
             else ["convert", hostile_inputs / "data.xyz", dest])
-    check_refused(rmdata_main, args, names=("-o/--output", "DEST"), watch=(tmp_path, hostile_inputs))
+    check_refused(rmdata_main, args, names=("-o/--output", "DEST", dest or "-o"), watch=(tmp_path, hostile_inputs))
 
 
 @pytest.mark.timeout(30)
