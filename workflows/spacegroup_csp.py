@@ -30,13 +30,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rmdata.utils import write_json_atomic
 from common import Pipeline, add_run_options
 from mp20_csp import summarize
 
@@ -94,10 +94,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     result = {"reference": args.reference, "ntargets": args.ntargets, "max_natoms": args.max_natoms,
               "trials": args.trials, "potential": args.potential or "model:mp20-mace", "rows": rows,
               "steps": p.steps}
-    path = out / "comparison.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(out / "comparison.json", result)
     for name, row in rows.items():
         print(f"{name}: k=1 {row['matched_k1']}/{row['scored']} ({row['match_rate_k1']}), "
               f"k=20 {row['matched_k20']}/{row['scored']} ({row['match_rate_k20']}), "

@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -39,6 +38,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rmdata.utils import write_json_atomic
 from common import THREAD_ENV
 from mp20_csp import cell_formula, load_reference_atoms, potential_elements, search_args, spacegroup_launch_args
 
@@ -145,10 +145,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               "max_natoms": args.max_natoms, "seed": args.seed, "statuses": statuses,
               "starts_in_group": in_group, "relax_wall_s": round(t_relax, 1),
               "wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "paper_rows": PAPER_ROWS}
-    path = out / "table1.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_json_atomic(out / "table1.json", result)
     for name, row in rows.items():
         print(f"{name}: COV-P {row['cov_p']:.3f} COV-R {row['cov_r']:.3f} FD {row['frechet_distance']:.3f} "
               f"(n used {row['n_used']}, reference {row['n_reference']})", flush=True)
