@@ -20,8 +20,8 @@ moved by projected steps stays symmetric to round-off, and a cell deformed by an
 needs no projection; :class:`Symmetry` is then None and the relaxation is untouched.
 
 :func:`spacegroup_report` gives what a run record stores: the final structure's space
-group at 1e-3, 1e-2 and 1e-1 A and whether the start's group (spglib at
-:data:`SYMPREC`) was kept.
+group at 1e-3, 1e-2 and 1e-1 A and whether the start's operations (spglib at
+:data:`SYMPREC`) were kept (:func:`keeps_operations`).
 
 Units: A, fractional coordinates, eV/A, eV/A^3.
 """
@@ -146,13 +146,40 @@ def spacegroup_number(atoms: Atoms, symprec: float) -> int | None:
     return None if data is None else int(data.number)
 
 
+def keeps_operations(start: Atoms, final: Atoms, symprec: float = SYMPREC, tol: float = 1e-3) -> bool:
+    """Whether every operation spglib finds on ``start`` (at ``symprec`` A) is an operation
+    of ``final`` to within ``tol`` A: it maps each atom onto one of its species and leaves the
+    metric invariant. ``final`` must be ``start`` relaxed (same atoms, same order, its cell the
+    start's lattice vectors deformed, as the relaxer leaves them); fractional operations stay
+    operations under a deformation the group leaves invariant."""
+    if len(start) != len(final) or not np.array_equal(start.numbers, final.numbers):
+        return False
+    data = spglib.get_symmetry_dataset((np.array(start.cell), start.get_scaled_positions(wrap=True),
+                                        start.numbers), symprec=symprec)
+    if data is None:
+        return False
+    rot = np.asarray(data.rotations, dtype=float)
+    cell = np.array(final.cell)
+    metric = cell @ cell.T
+    moved = np.einsum("gba,bc,gcd->gad", rot, metric, rot)
+    if np.abs(moved - metric).max() > 2 * tol * np.sqrt(np.diag(metric)).max():
+        return False
+    try:
+        _maps(final.get_scaled_positions(wrap=True), final.numbers, cell, rot,
+              np.asarray(data.translations, dtype=float), tol)
+    except RMError:
+        return False
+    return True
+
+
 def spacegroup_report(start: Atoms, final: Atoms, symprec: float = SYMPREC) -> dict:
     """What a run record of a space-group start stores in ``extra``:
     ``spacegroup_start_found`` (spglib on the start at ``symprec`` A),
     ``spacegroup_final`` ({"0.001": number, "0.01": ..., "0.1": ...}: the final structure at
-    1e-3, 1e-2, 1e-1 A) and ``spacegroup_kept`` (the final group at 1e-3 A is the start's;
-    a run that gained symmetry counts as not kept, and shows it in ``spacegroup_final``)."""
+    1e-3, 1e-2, 1e-1 A) and ``spacegroup_kept`` (every operation of the start is one of the
+    final structure at 1e-3 A, :func:`keeps_operations`; a run that kept them and gained
+    more, e.g. a smaller primitive cell, shows a supergroup in ``spacegroup_final``)."""
     found = spacegroup_number(start, symprec)
     final_groups = {repr(p): spacegroup_number(final, p) for p in REPORT_SYMPRECS}
     return {"spacegroup_start_found": found, "spacegroup_final": final_groups,
-            "spacegroup_kept": found is not None and final_groups[repr(REPORT_SYMPRECS[0])] == found}
+            "spacegroup_kept": found is not None and keeps_operations(start, final, symprec, REPORT_SYMPRECS[0])}

@@ -127,7 +127,7 @@ def test_wyckoff_start_keeps_its_group_serial_and_batched(mp20):
     import rmsearch
     from rmsearch.batched import BatchedRelaxer
     from rmsearch.relax import RelaxSettings
-    from rmsearch.symmetry import spacegroup_number
+    from rmsearch.symmetry import keeps_operations, spacegroup_number
 
     start = _wyckoff_start(mp20, run_id=2)
     serial = rmsearch.relax_atoms(start, CRYSTAL, keep_symmetry=True, max_steps=300)
@@ -136,6 +136,10 @@ def test_wyckoff_start_keeps_its_group_serial_and_batched(mp20):
     for out in (serial, *batched):
         assert out.status in ("converged", "not_converged")
         assert spacegroup_number(out.atoms, 1e-5) == spacegroup_number(start, 1e-5)
+        assert keeps_operations(start, out.atoms, tol=1e-5)
+    shaken = serial.atoms.copy()
+    shaken.positions += np.random.default_rng(0).uniform(-0.02, 0.02, shaken.positions.shape)
+    assert not keeps_operations(start, shaken)  # 0.02 A off the symmetric positions: not kept
     assert batched[0].energy == pytest.approx(serial.energy, abs=1e-3 * len(start))
 
 
