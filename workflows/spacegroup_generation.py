@@ -60,7 +60,9 @@ def draw_rows(rows: list[tuple[str, Any]], known: set[str], max_natoms: int, n: 
     eligible = [(rid, a) for rid, a in rows if rid not in exclude and len(a) <= max_natoms
                 and set(a.get_chemical_symbols()) <= known]
     if len(eligible) < n:
-        raise SystemExit(f"error: --n {n}: only {len(eligible)} eligible training rows (<= {max_natoms} atoms)")
+        raise SystemExit(f"error: --n {n}: only {len(eligible)} eligible training rows left (<= {max_natoms} "
+                         "atoms; the control row needs n rows besides the generated set's n); lower --n or "
+                         "raise --max-natoms")
     pick = rng.choice(len(eligible), size=n, replace=False)
     return [eligible[int(k)] for k in pick]
 
