@@ -190,3 +190,22 @@ def test_launch_refuses_symmetry_options_without_their_prerequisites(tmp_path):
                "--composition", "NaCl", "--spacegroup", "225", "--release-symmetry")
     assert res.returncode != 0 and "release_symmetry" in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_wyckoff_starts_sample_every_combination_not_one():
+    """NaCl (8 atoms) in Cmcm: pyxtal draws the Wyckoff combination per start, so 40 starts
+    cover every combination of 4-fold sites whose structure has the group itself (the
+    others, e.g. Na 4a + Cl 4b, spglib reads as a supergroup)."""
+    import spglib
+
+    from rmsearch.starts import make_spec, make_start
+
+    spec = make_spec(composition="NaCl", natoms="8", volumes={"Na": 23.0, "Cl": 23.0}, spacegroup=63)
+    seen = set()
+    for run_id in range(40):
+        start = make_start(spec, run_id, 0)
+        data = spglib.get_symmetry_dataset((start.cell[:], start.get_scaled_positions(), start.numbers), 1e-3)
+        if data.number == 63:
+            seen.add(tuple(sorted({(int(z), w) for z, w in zip(start.numbers, data.wyckoffs)})))
+    assert seen == {((11, "a"), (17, "c")), ((11, "c"), (17, "a")), ((11, "c"), (17, "b")),
+                    ((11, "b"), (17, "c")), ((11, "c"), (17, "c"))}
