@@ -53,10 +53,9 @@ from rmsearch.relax import (
     _RunState,
     error_status,
     final_structure,
-    kick_settings,
-    kick_start,
     merge_stages,
     resolve_optimizer,
+    second_stage,
     start_variables,
 )
 
@@ -274,16 +273,16 @@ class BatchedRelaxer:
         return run
 
     def _settle(self, run: _Run) -> _Run | RelaxOutcome:
-        """``run`` while it goes on; when it has ended, its outcome, or the kick stage that
-        follows it (itself settled)."""
+        """``run`` while it goes on; when it has ended, its outcome, or the second stage
+        (kick or symmetry release, :func:`rmsearch.relax.second_stage`) that follows it (itself settled)."""
         while run.point is None:
             outcome = self._outcome(run)
             if run.first is not None:
                 return merge_stages(run.first, outcome)
-            kicked = kick_start(outcome, self.settings.kick, run.rng)
-            if kicked is None:
+            stage = second_stage(outcome, self.settings, run.rng)
+            if stage is None:
                 return outcome
-            run = self._admit(run.key, kicked, run.rng, settings=kick_settings(self.settings),
+            run = self._admit(run.key, stage[0], run.rng, settings=stage[1],
                               first=outcome, t_first=run.t_first)
         return run
 

@@ -19,7 +19,7 @@ from rmsearch.starts import parse_range
 #: launch options that describe the search (passed to rmsearch.runner.build_config).
 SEARCH_OPTIONS = ("seed", "system", "composition", "molecule", "natoms", "spacegroup",
                   "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "kick", "kick_fmax",
-                  "run_timeout_s")
+                  "keep_symmetry", "release_symmetry", "run_timeout_s")
 
 
 def _status_line(counts: dict[str, int]) -> str:
@@ -87,6 +87,13 @@ def _print_total(status: dict) -> None:
                    "(paper: 0.75 A) [default: 0, no kick stage].")
 @click.option("--kick-fmax", type=FiniteFloat(0, None, True),
               help="Force tolerance of the kick stage, max |F| in eV/A [default: 0.0002].")
+@click.option("--keep-symmetry", is_flag=True, default=None,
+              help="With --spacegroup: relax within the start's space group (forces, stress and steps "
+                   "projected onto its symmetric subspace, rmsearch/symmetry.py); lammps-cg then uses "
+                   "fire2-lbfgs [default: off].")
+@click.option("--release-symmetry", is_flag=True, default=None,
+              help="With --keep-symmetry: relax freely from the symmetric minimum as a second stage "
+                   "[default: off].")
 @click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
               help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
                    "and its worker restarted (0 = no limit; may change on resume) [default: 600].")

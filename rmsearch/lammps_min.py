@@ -25,6 +25,13 @@ mean final energy 3 meV/atom above the Python relaxer's (FIRE at fixed cell firs
 iterations, no better minima); ``min_style fire`` cannot be combined with box/relax in
 the pip wheel. The Python relaxer (:mod:`rmsearch.relax`) stays the default for callback
 (MACE) potentials, where the model call dominates and fewer, better steps win.
+
+Symmetry (``RelaxSettings.keep_symmetry``): LAMMPS' CG with ``fix box/relax`` cannot be
+confined to a space group's invariant subspace, so a relaxation that keeps the start's
+symmetry falls back to the Python step rule "fire2-lbfgs" (:class:`rmsearch.relax.Minimisation`,
+which projects forces, stress and steps) for the symmetric stage, with a
+LAMMPS-native potential as well (its ``run 0`` force calls stay in LAMMPS); a free
+``release_symmetry`` stage after it runs here again.
 """
 
 from __future__ import annotations

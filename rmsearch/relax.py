@@ -68,6 +68,7 @@ from ase.units import GPa
 from rmdata.errors import RMError
 from rmsearch.optimizers import OPTIMIZERS, FireParameters, make_step_rule
 from rmsearch.potentials import Potential, render_template
+from rmsearch.symmetry import SYMPREC, Symmetry, find_symmetry
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,15 @@ class RelaxSettings(FireParameters):
     ASE's 0.2 A, 5 and 0.1 for "fire". memory, alpha (eV/A^2): L-BFGS history length and
     initial curvature. max_volume_factor, max_volume_per_atom (A^3): explosion limits;
     min_volume_per_atom (A^3): below it the cell has collapsed.
+    keep_symmetry: relax a periodic structure within the space group of its start
+    (:mod:`rmsearch.symmetry`: the operations spglib finds at ``symprec`` A, the start made
+    exactly symmetric, forces, stress and steps projected onto the invariant subspace; the
+    stop rule then reads the projected forces and stress). A start whose only operation is
+    the identity relaxes as without it. With optimizer "lammps-cg" (which cannot constrain
+    ``fix box/relax`` to the group) the symmetric stage uses the Python rule "fire2-lbfgs"
+    instead. release_symmetry: after the symmetric stage, a free relaxation from its result
+    as a second stage (``first_stage`` holds the symmetric one); needs keep_symmetry and
+    cannot be combined with a kick stage.
     """
 
     fmax: float = 0.01
@@ -152,6 +162,9 @@ class RelaxSettings(FireParameters):
     min_volume_per_atom: float = 1.0
     kick: float = 0.0
     kick_fmax: float = 0.0002
+    keep_symmetry: bool = False
+    release_symmetry: bool = False
+    symprec: float = SYMPREC
 
     def __post_init__(self) -> None:
         if self.optimizer not in RELAX_OPTIMIZERS:
@@ -177,6 +190,12 @@ class RelaxSettings(FireParameters):
                           "must be >= 1")
         if self.dtype not in ("float64", "float32"):
             raise RMError(f"relax setting dtype={self.dtype!r}: must be float64 or float32")
+        if not (math.isfinite(self.symprec) and 0 < self.symprec <= 0.5):
+            raise RMError(f"relax setting symprec={self.symprec!r}: must be a number of A in (0, 0.5]")
+        if self.release_symmetry and not self.keep_symmetry:
+            raise RMError("relax setting release_symmetry: needs keep_symmetry (--keep-symmetry)")
+        if self.release_symmetry and self.kick > 0:
+            raise RMError("relax settings release_symmetry and kick: both are second stages; choose one")
 
 
 @dataclass
@@ -589,6 +608,11 @@ class Minimisation:
     max |F_i| < fmax and max |sigma_ij + p| < smax; ``not_converged``: max_steps force
     calls; ``nan``). The serial :class:`Relaxer` and the batched relaxer
     (:mod:`rmsearch.batched`) both drive it, so they follow the same rule step for step.
+
+    With ``settings.keep_symmetry`` on a periodic structure, the start (``cell0``, ``x``) is
+    made exactly symmetric and forces, stress and every step are projected onto the
+    subspace its operations leave invariant (``self.symmetry``; None for a P1 start, whose
+    run is then exactly the free one).
     """
 
     def __init__(self, settings: RelaxSettings, optimizer: str, state: _RunState, numbers: np.ndarray,
@@ -599,6 +623,9 @@ class Minimisation:
         self.p_ev = settings.pressure_gpa * GPa
         self.smax = settings.smax_gpa * GPa
         self.c = float(n)  # cell "mass" scale, as ASE's exp_cell_factor
+        self.symmetry: Symmetry | None = None
+        if settings.keep_symmetry and periodic:
+            self.symmetry, self.cell0, x = find_symmetry(cell0, x, numbers, settings.symprec)
         self.r = np.zeros((n + 3, 3))  # generalised coordinates: x (A), then c * log(F)
         self.r[:n] = x
         self.rule = make_step_rule(optimizer, self.r.shape, settings, memory=settings.memory,
@@ -631,6 +658,9 @@ class Minimisation:
         s, state, n = self.s, self.state, self.n
         fgrad, lam, vec, vol = self._deform
         state.n_calls += 1
+        sym = self.symmetry
+        if sym is not None and np.isfinite(forces).all() and np.isfinite(stress).all():
+            forces, stress = sym.project_vectors(forces), sym.project_tensor(stress)
         state.energy, state.stress = energy, _voigt(stress)
         if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()):
             state.status = "nan"
@@ -648,7 +678,11 @@ class Minimisation:
         g[:n] = forces @ fgrad
         if self.relax_cell:
             g[n:] = _cell_force(-vol * resid, fgrad, lam, vec) / self.c
-        self.r += self.rule.step(self.r, g, state.fmax)
+        step = self.rule.step(self.r, g, state.fmax)
+        if sym is not None:  # keep round-off from breaking the symmetry over many steps
+            step[:n] = sym.project_vectors(step[:n])
+            step[n:] = sym.project_tensor(step[n:])
+        self.r += step
         state.n_steps += 1
         return False
 
@@ -711,6 +745,19 @@ def kick_settings(settings: RelaxSettings) -> RelaxSettings:
     return replace(settings, fmax=settings.kick_fmax)
 
 
+def second_stage(first: RelaxOutcome, settings: RelaxSettings, rng: np.random.Generator | None
+                 ) -> tuple[Atoms, RelaxSettings] | None:
+    """The ``(start, settings)`` of the second stage after ``first``, or None: the free
+    relaxation of the symmetric stage's result (``release_symmetry``), or the kick stage
+    (:func:`kick_start`, :func:`kick_settings`); none after a failed first stage."""
+    if settings.keep_symmetry and settings.release_symmetry:
+        if first.status not in ("converged", "not_converged"):
+            return None
+        return first.atoms.copy(), replace(settings, keep_symmetry=False, release_symmetry=False)
+    kicked = kick_start(first, settings.kick, rng)
+    return None if kicked is None else (kicked, kick_settings(settings))
+
+
 def merge_stages(first: RelaxOutcome, second: RelaxOutcome) -> RelaxOutcome:
     """``second`` with ``first_stage`` set from ``first`` and the counts and times of both."""
     second.first_stage = {"status": first.status, "energy": float(first.energy),
@@ -752,17 +799,18 @@ class Relaxer:
     def relax(self, atoms: Atoms, rng: np.random.Generator | None = None) -> RelaxOutcome:
         """Relax ``atoms`` (periodic crystal or pbc=False molecule); never raises for a bad run.
 
-        With ``settings.kick > 0`` a second stage follows (see :class:`RelaxSettings`); its
-        displacements are drawn from ``rng`` (default: a fresh unseeded generator).
+        With ``settings.kick > 0`` or ``release_symmetry`` a second stage follows (see
+        :class:`RelaxSettings`, :func:`second_stage`); kick displacements are drawn from
+        ``rng`` (default: a fresh unseeded generator).
         """
         first = self._relax_once(atoms)
-        kicked = kick_start(first, self.settings.kick, rng)
-        if kicked is None:
+        stage = second_stage(first, self.settings, rng)
+        if stage is None:
             return first
         settings = self.settings
-        self.settings = kick_settings(settings)
+        self.settings = stage[1]
         try:
-            second = self._relax_once(kicked)
+            second = self._relax_once(stage[0])
         finally:
             self.settings = settings
         return merge_stages(first, second)
@@ -790,21 +838,23 @@ class Relaxer:
         periodic, numbers, cell0, vol0, x, relax_cell = start_variables(atoms, self.settings)
         last: list = [(x.copy(), cell0)]  # the last evaluated (positions, cell)
         try:
-            if self.optimizer == "lammps-cg":
+            symmetric = self.settings.keep_symmetry and periodic
+            if self.optimizer == "lammps-cg" and not symmetric:
                 from rmsearch.lammps_min import minimise_in_lammps
 
                 minimise_in_lammps(self.engine, state, numbers, periodic, relax_cell, x, cell0, vol0,
                                    self.settings, last)
-            else:
-                self._minimise(state, numbers, periodic, relax_cell, cell0, vol0, x, last)
+            else:  # lammps-cg cannot keep a space group: the symmetric stage uses fire2-lbfgs
+                optimizer = "fire2-lbfgs" if self.optimizer == "lammps-cg" else self.optimizer
+                self._minimise(state, numbers, periodic, relax_cell, cell0, vol0, x, last, optimizer)
         finally:
             final_structure(state, atoms, *last[0], self.potential.cutoff)
 
     def _minimise(self, state: _RunState, numbers: np.ndarray, periodic: bool, relax_cell: bool,
-              cell0: np.ndarray, vol0: float, x: np.ndarray, last: list) -> None:
-        """Minimise over (x, N log F) from ``x`` (A) with the settings' step rule; sets
+              cell0: np.ndarray, vol0: float, x: np.ndarray, last: list, optimizer: str) -> None:
+        """Minimise over (x, N log F) from ``x`` (A) with the step rule ``optimizer``; sets
         ``state`` and ``last[0] = (positions, cell)``."""
-        run = Minimisation(self.settings, self.optimizer, state, numbers, periodic, relax_cell, cell0, vol0, x)
+        run = Minimisation(self.settings, optimizer, state, numbers, periodic, relax_cell, cell0, vol0, x)
         while (point := run.point()) is not None:
             last[0] = point
             if run.update(*self.engine.compute(point[0], point[1], numbers, periodic)):

@@ -74,7 +74,8 @@ MAX_STARTUP_DEATHS = 5
 #: (a broken potential or install) must not use up the whole search as error records.
 MAX_ERROR_STREAK = 20
 #: build_config options that are RelaxSettings fields.
-RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "kick", "kick_fmax")
+RELAX_OPTIONS = ("fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "kick", "kick_fmax",
+                 "keep_symmetry", "release_symmetry")
 #: Exit code of a worker process whose run hit the run timeout (the run is recorded).
 EXIT_TIMEOUT = 75
 #: Default wall-time limit of one relaxation in ``rmsearch launch`` / ``run-shard`` (s).
@@ -150,6 +151,7 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
                  minsep_factor: float = 0.7, fmax: float = 0.01, smax_gpa: float = 0.1,
                  max_steps: int = 2000, dtype: str = "float32", optimizer: str = "auto",
                  kick: float = 0.0, kick_fmax: float = 0.0002,
+                 keep_symmetry: bool = False, release_symmetry: bool = False,
                  run_timeout_s: float = DEFAULT_RUN_TIMEOUT_S,
                  relax: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content of a new search (validated; nothing is written).
@@ -163,7 +165,9 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
     "float32" or "float64" model evaluation (mace backend). optimizer: the relaxation
     method (:data:`rmsearch.relax.RELAX_OPTIMIZERS`). kick (A), kick_fmax (eV/A): the
     second stage of the molecule protocol (:class:`rmsearch.relax.RelaxSettings`; kick 0 =
-    none), its displacements drawn from rng([seed, run, 1]). run_timeout_s: wall-time limit of one
+    none), its displacements drawn from rng([seed, run, 1]). keep_symmetry,
+    release_symmetry: relax within the start's space group, then (release) freely
+    (:class:`rmsearch.relax.RelaxSettings`; for a ``spacegroup`` search). run_timeout_s: wall-time limit of one
     run (s; 0 = none), an execution setting that may change on resume. ``relax`` overrides
     any RelaxSettings field.
     """
@@ -185,8 +189,11 @@ def build_config(*, potential: str | os.PathLike, nruns: int, seed: int = 0,
                       "search only elements it was trained on")
     if not (isinstance(run_timeout_s, (int, float)) and run_timeout_s >= 0):
         raise RMError(f"--run-timeout {run_timeout_s!r}: must be a number of seconds >= 0 (0 = no limit)")
+    if keep_symmetry and spec.spacegroup is None:
+        raise RMError("--keep-symmetry: applies to space-group starts; give --spacegroup N (or random)")
     settings = RelaxSettings(fmax=fmax, smax_gpa=smax_gpa, max_steps=max_steps, dtype=dtype,
-                             optimizer=optimizer, kick=kick, kick_fmax=kick_fmax)
+                             optimizer=optimizer, kick=kick, kick_fmax=kick_fmax,
+                             keep_symmetry=keep_symmetry, release_symmetry=release_symmetry)
     if relax:
         settings = relax_settings_from_dict({**relax_settings_to_dict(settings), **relax})
     config = {
@@ -323,6 +330,10 @@ def _start_extra(start, outcome=None) -> dict[str, Any]:
         extra["start_volume_per_atom"] = float(start.get_volume() / len(start))
     if outcome is not None:
         extra["model_time_s"] = float(outcome.model_time_s)
+        if start.info.get("spacegroup_start") is not None and outcome.atoms.pbc.all():
+            from rmsearch.symmetry import spacegroup_report
+
+            extra.update(spacegroup_report(start, outcome.atoms))
         if outcome.first_stage is not None:
             extra["first_stage"] = outcome.first_stage
     return extra

@@ -148,6 +148,24 @@ def test_val_split_selection_respects_elements_and_size():
     assert [ids.index(t["id"]) for t in targets] == sorted(ids.index(t["id"]) for t in targets)
 
 
+def test_spacegroup_given_launch_fills_the_conventional_cell_of_the_reference_group():
+    """A primitive rocksalt (2 atoms, Fm-3m) is searched in 225 with the 8 atoms of its
+    conventional cell, and the Wyckoff start made from those arguments has the group."""
+    from ase.build import bulk
+
+    from rmsearch.starts import make_spec, make_start
+    from rmsearch.symmetry import spacegroup_number
+
+    prim = bulk("NaCl", "rocksalt", a=5.64)
+    args, natoms = mp20_csp.spacegroup_launch_args(prim, len(prim))
+    assert args == ["--spacegroup", "225", "--keep-symmetry"] and natoms == 8
+    start = make_start(make_spec(composition="NaCl", natoms=str(natoms), volumes={"Na": 23.0, "Cl": 23.0},
+                                 spacegroup=225), 0, 0)
+    assert start.info["start_kind"] == "spacegroup" and spacegroup_number(start, 1e-5) == 225
+    cubic = bulk("Po", "sc", a=3.3)  # primitive group: the count stays
+    assert mp20_csp.spacegroup_launch_args(cubic, 1) == (["--spacegroup", "221", "--keep-symmetry"], 1)
+
+
 # ----------------------------------------------------------------------------- Li-S
 
 def test_antifluorite_recognised_in_other_cells_and_scales():

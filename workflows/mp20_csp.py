@@ -194,6 +194,8 @@ def plot_targets(rows: list[dict[str, Any]], path: Path) -> None:
     for k, r in enumerate(rows):
         text = f"{r['rmsd']:.2f}" if r["matched"] else ("no match" if r["scored"] else "no ref")
         ax.text(k, (rmsd[k] if np.isfinite(rmsd[k]) else 0.0) + 0.005, text, ha="center", fontsize=7, rotation=90)
+    finite = [v for v in rmsd if np.isfinite(v)]
+    ax.set_ylim(0.0, 1.4 * max(finite + [0.05]))  # labels stay on the canvas when every RMSE is ~0
     ax.set_xticks(x, labels, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("RMSE of best match in the 20 lowest (normalised)")
     found = sum(r["matched"] for r in rows)
@@ -219,6 +221,24 @@ def write_report(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
 <th>converged</th><th>clusters</th><th>k=1</th><th>k=20</th><th>RMSE</th><th>lowest trial (space group)</th>
 <th>reference space group</th><th>report</th></tr>{rows}</table>"""
     return write_page(out, "MP-20 crystal structure prediction", summary, figure, body, skip=("steps", "targets"))
+
+
+#: Lattice points per conventional cell of each centring (first letter of the
+#: Hermann-Mauguin symbol); pyxtal places atoms in the conventional cell (R: hexagonal axes).
+CENTRING = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
+
+
+def spacegroup_launch_args(reference, natoms: int) -> tuple[list[str], int]:
+    """``(args, natoms_conventional)`` of an ``rmsearch launch`` conditioned on the space
+    group G of ``reference`` (spglib at 0.1 A, as MP-20's ``spacegroup.number``): args
+    ``--spacegroup G --keep-symmetry``, and the atoms of G's conventional cell (``natoms``
+    of the primitive reference times the lattice points of G's centring), which pyxtal fills."""
+    from rmsearch.analysis.score import spacegroup
+
+    number, symbol = spacegroup(reference, 0.1)
+    if not number:
+        raise SystemExit(f"error: spglib finds no space group for reference {reference.get_chemical_formula()}")
+    return ["--spacegroup", str(number), "--keep-symmetry"], natoms * CENTRING[symbol[0]]
 
 
 def spacegroup_of(atoms) -> str:
@@ -247,6 +267,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="also search the 15 csp15 compositions")
     ap.add_argument("--csp15-reference", default="mp20:test",
                     help="reference structures of the csp15 compositions (scored where it can be read)")
+    ap.add_argument("--spacegroup-given", action="store_true",
+                    help="space-group-conditioned CSP: each target's starts are Wyckoff placements in its "
+                         "reference's space group (spglib 0.1 A), relaxed within it (launch --spacegroup G "
+                         "--keep-symmetry; targets without a reference are skipped, so no csp15)")
     add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -266,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         potential = args.potential or SHIPPED
     known = potential_elements(potential)
     targets, notes = select_targets(refs, known, args.ntargets or len(refs), args.max_natoms)
-    if args.csp15:
+    if args.csp15 and not args.spacegroup_given:
         csp_refs: list[tuple[str, Any]] = []
         try:
             csp_refs = load_reference_atoms(args.csp15_reference)
@@ -281,6 +305,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("error: no target can be searched: " + "; ".join(notes))
     from ase.io import write
 
+    from rmsearch.records import read_records
+
     train_formulas = _training_formulas()
     rows = []
     for t in targets:
@@ -290,6 +316,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                   "--dtype", args.dtype, "--seed", str(args.seed), "-o", str(rundir), "--no-progress"]
         if args.workers:
             launch += ["--workers", str(args.workers)]
+        if args.spacegroup_given:
+            if t["atoms"] is None:
+                continue
+            sg_args, natoms = spacegroup_launch_args(t["atoms"], t["natoms"])
+            launch[launch.index("--natoms") + 1] = str(natoms)
+            launch += sg_args
         p.run(f"search {t['formula']}", launch)
         analyze = ["rmsearch", "analyze", str(rundir), "--top", "5", "--match-top-k", str(args.trials),
                    "--no-metrics"]
@@ -300,6 +332,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         p.run(f"analyze {t['formula']}", analyze)
         rep = read_report(rundir)
         csp = ((rep.get("csp") or {}).get("rows") or [{}])[0]
+        records = list(read_records(rundir / "shards"))
         top = rep["top_clusters"][0] if rep["top_clusters"] else None
         rows.append({
             "formula": t["formula"], "id": t["id"], "natoms": t["natoms"], "trials": rep["n_records"],
@@ -314,6 +347,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "lowest_spacegroup": None if top is None else f"{top['spacegroups']['0.1'][1]} ({top['spacegroups']['0.1'][0]})",
             "lowest_energy_per_atom": None if top is None else top["energy_per_atom"],
             "reference_spacegroup": None if t["atoms"] is None else spacegroup_of(t["atoms"]),
+            "spacegroup_starts": sum(r.extra.get("start_kind") == "spacegroup" for r in records),
+            "spacegroup_kept": sum(bool(r.extra.get("spacegroup_kept")) for r in records),
         })
         print(f"[{t['formula']}] k=1 {rows[-1]['matched_k1']} k=20 {rows[-1]['matched']} "
               f"rmse {rows[-1]['rmsd']}", flush=True)
@@ -321,7 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(rows)
     summary.update(paper=PAPER, notes=notes, reference=args.reference, potential=potential,
                    search={"trials": args.trials, "max_steps": args.max_steps, "dtype": args.dtype,
-                           "max_natoms": args.max_natoms})
+                           "max_natoms": args.max_natoms, "spacegroup_given": args.spacegroup_given})
     plot_targets([r for r in rows if r["scored"]], p.out / "mp20_targets.png")
     p.finish({**summary, "targets": rows})
     path = write_report(p.out, summary, rows, "mp20_targets.png")
@@ -345,6 +380,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "mean_rmse_k1": round(sum(r["rmse_k1"] for r in k1) / len(k1), 4) if k1 else None,
             "same_composition_in_train": sum(r["same_composition_in_train"] for r in scored),
             "found": [r["formula"] for r in k20],
+            "spacegroup_starts": sum(r.get("spacegroup_starts", 0) for r in group),
+            "spacegroup_kept": sum(r.get("spacegroup_kept", 0) for r in group),
             "valid_percent": round(100.0 * sum(r["valid"] for r in group) / max(1, sum(r["trials"] for r in group)), 1),
         }
     return out
