@@ -93,14 +93,16 @@ def test_candidates_never_miss_a_pair_the_matcher_calls_equal_on_a_planted_set()
     assert gated.n_matcher_calls < plain.n_matcher_calls
 
 
-def test_candidate_components_keep_every_close_pair_together():
+def test_candidate_components_keep_every_possible_candidate_pair_together():
     rng = np.random.default_rng(2)
-    centers = rng.normal(scale=5.0, size=(30, 4))
+    centers = rng.normal(scale=3.0, size=(30, 4))
     pts = np.repeat(centers, 10, axis=0) + rng.normal(scale=0.05, size=(300, 4))  # repeat hits
-    pts = np.vstack([pts, rng.normal(scale=5.0, size=(100, 4))])
-    labels = candidate_components(pts, 1.0)
+    pts = np.vstack([pts, rng.normal(scale=3.0, size=(100, 4))])
+    bins = rng.integers(0, 4, size=(400, 2))
+    labels = candidate_components(pts, bins, 1.0)
     dist = np.linalg.norm(pts[:, None] - pts[None], axis=-1)
-    i, j = np.nonzero(dist <= 1.0)
+    near_bins = (np.abs(bins[:, None] - bins[None]) <= 1).all(axis=-1)
+    i, j = np.nonzero((dist <= 1.0) & near_bins)
     assert (labels[i] == labels[j]).all()
     assert labels.max() + 1 > 20  # and the groups are not all one
     assert labels[0] == 0

@@ -45,7 +45,7 @@ from rmsearch.analysis.molecules import (
 from rmsearch.analysis.references import load_references
 from rmsearch.analysis.report import write_report
 from rmsearch.analysis.score import ClusterScore, score_clusters
-from rmsearch.analysis.snap import Snapped, snap_clusters
+from rmsearch.analysis.snap import DEFAULT_SNAP_TOP, Snapped, snap_clusters
 from rmsearch.analysis.validity import (
     DEFAULT_FRAC,
     DEFAULT_MAX_VOLUME_FACTOR,
@@ -74,7 +74,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
             energy_bin: float = DEFAULT_ENERGY_BIN, volume_bin: float = DEFAULT_VOLUME_BIN, match_top_k: int = 20,
             metrics: bool = True, elemental: dict[str, float] | None = None,
             known_smiles: str | os.PathLike | None = None, posebusters: bool = True, snap: bool = True,
-            fp_radius: float | None = FP_RADIUS) -> dict[str, Any]:
+            fp_radius: float | None = FP_RADIUS, snap_top: int | None = DEFAULT_SNAP_TOP) -> dict[str, Any]:
     """Analyse ``rundir`` and write ``results.db``, ``final_structures.extxyz`` and ``report/``.
 
     Args:
@@ -109,7 +109,8 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
                     energy_bin=energy_bin, volume_bin=volume_bin, workers=workers, fp_radius=fp_radius)
     clusters, snap_info, snapped = result.clusters, None, {}
     if snap and any(records[c.representative].pbc and all(records[c.representative].pbc) for c in clusters):
-        snap_info, clusters, snapped = _snap(clusters, records, run.config, workers, energy_bin, volume_bin)
+        snap_info, clusters, snapped = _snap(clusters, records, run.config, workers, energy_bin, volume_bin,
+                                             snap_top)
     ranked, hull_data = _rank(clusters, elemental, snapped)
     scores = score_clusters(ranked, records)
     for s in scores:
@@ -182,12 +183,13 @@ def _validate(usable: list[RunRecord], frac: float, max_volume_factor: float
 
 
 def _snap(clusters: list[Cluster], records: dict[int, RunRecord], config: dict[str, Any], workers: int,
-          energy_bin: float, volume_bin: float) -> tuple[dict[str, Any], list[Cluster], dict[int, Snapped]]:
+          energy_bin: float, volume_bin: float, top: int | None
+          ) -> tuple[dict[str, Any], list[Cluster], dict[int, Snapped]]:
     """Symmetry snapping (:func:`rmsearch.analysis.snap.snap_clusters`) when the run's potential
     is at hand; returns (report entry, clusters, representative -> outcome)."""
     try:
         res = snap_clusters(clusters, lambda rid: records[rid].to_atoms(), config, workers=workers,
-                            energy_bin=energy_bin, volume_bin=volume_bin)
+                            energy_bin=energy_bin, volume_bin=volume_bin, top=top)
     except RMError as exc:
         log.warning("symmetry snapping skipped: %s", exc)
         return {"note": f"skipped: {exc}"}, clusters, {}

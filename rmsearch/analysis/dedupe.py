@@ -423,15 +423,14 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     """
     if fp_radius is None or not items or not all(math.isfinite(it[2]) for it in items):
         return [(items, energy_bin, volume_bin, None, None)], {"components": 1, "largest": len(items)}
-    from rmsearch.analysis.fingerprint import candidate_components, joint_coordinates, pair_channels
+    from rmsearch.analysis.fingerprint import candidate_components, pair_channels
 
     channels = pair_channels(items[0][3][0])
     size = max(64, -(-len(items) // (4 * max(n_tasks, 1))))
     fps = np.concatenate(list(pmap(_fingerprints, [([it[3] for it in items[sl]], channels)
                                                     for sl in _chunks(len(items), size)])))
-    points = joint_coordinates(fps, np.array([it[1] for it in items]), np.array([it[2] for it in items]),
-                               fp_radius, energy_bin, volume_bin)
-    labels = candidate_components(points, fp_radius * math.sqrt(3.0))
+    bins = np.array([(math.floor(it[1] / energy_bin), math.floor(math.log(it[2]) / volume_bin)) for it in items])
+    labels = candidate_components(fps, bins, fp_radius)
     members: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels.tolist()):
         members[lab].append(i)

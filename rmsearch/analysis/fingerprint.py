@@ -25,9 +25,9 @@ agreement) and on a planted set (tests/test_analysis_fingerprint.py).
 
 :func:`candidate_components` splits one composition group into groups that can never
 share a candidate pair (for parallel clustering within a composition): leaders at
-radius ``radius / 4`` collapse repeat hits, a ``scipy.spatial.cKDTree`` over leaders finds
-pairs within ``radius + 2 radius / 4`` in the joint (fingerprint, energy, ln volume) space,
-and their connected components are the groups.
+``radius / 8`` within one energy/volume bin collapse repeat hits, a
+``scipy.spatial.cKDTree`` over leaders finds pairs within ``radius + 2 radius / 8`` in
+neighbouring bins, and the connected components are the groups.
 """
 
 from __future__ import annotations
@@ -113,50 +113,47 @@ def fingerprint_of(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray,
     return fingerprint(numbers, ncell, frac, channels)
 
 
-def joint_coordinates(fps: np.ndarray, energies: np.ndarray, volumes: np.ndarray, radius: float,
-                      energy_bin: float, volume_bin: float) -> np.ndarray:
-    """Points whose Euclidean distance bounds candidacy: fingerprint, energy (eV/atom) scaled by
-    ``radius / (2 energy_bin)`` and ln volume (A^3/atom) scaled by ``radius / (2 volume_bin)``.
+def candidate_components(fps: np.ndarray, bins: np.ndarray, radius: float) -> np.ndarray:
+    """Labels 0..k-1 of groups such that two structures that can be candidates share a group.
 
-    Two structures in neighbouring energy and volume bins with fingerprint distance <= radius
-    are within ``sqrt(3) radius`` of each other here."""
-    return np.column_stack([fps, np.asarray(energies) * (radius / (2.0 * energy_bin)),
-                            np.log(np.asarray(volumes)) * (radius / (2.0 * volume_bin))])
-
-
-def candidate_components(points: np.ndarray, reach: float) -> np.ndarray:
-    """Labels 0..k-1 of groups such that two points within ``reach`` (Euclidean) share a group.
-
-    Repeat hits are collapsed first (leaders at ``reach / 4``: every point lies within that
-    of its leader), then a cKDTree finds leader pairs within ``reach * 1.5``; groups are the
-    connected components, numbered in order of their first point.
+    ``fps`` (n, dim) fingerprints, ``bins`` (n, 2) integer energy and volume bins; a pair
+    can be a candidate when its fingerprint distance is at most ``radius`` and its bins
+    differ by at most 1 each. Repeat hits are collapsed first (leaders within one bin at
+    ``radius / 8``: every structure lies that close to its leader), then a cKDTree over the
+    leaders finds pairs within ``radius + 2 radius / 8`` in neighbouring bins; groups are
+    the connected components, numbered in order of their first structure.
     """
-    from scipy.spatial import cKDTree
-
-    n = len(points)
-    if n == 0:
-        return np.zeros(0, dtype=int)
-    eps = reach / 4.0
-    tree = cKDTree(points)
-    leader_of = np.full(n, -1)
-    leaders: list[int] = []
-    for i in range(n):
-        if leader_of[i] >= 0:
-            continue
-        ball = np.asarray(tree.query_ball_point(points[i], eps), dtype=int)
-        ball = ball[leader_of[ball] < 0]
-        leader_of[ball] = len(leaders)
-        leader_of[i] = len(leaders)
-        leaders.append(i)
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
 
-    pairs = cKDTree(points[leaders]).query_pairs(reach + 2.0 * eps, output_type="ndarray")
-    m = len(leaders)
-    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m)) if len(pairs) \
-        else coo_matrix((m, m))
+    n = len(fps)
+    if n == 0:
+        return np.zeros(0, dtype=int)
+    eps = radius / 8.0
+    bins = np.asarray(bins, dtype=np.int64)
+    leader_of = np.full(n, -1)
+    leaders: list[int] = []
+    _, bin_id = np.unique(bins, axis=0, return_inverse=True)
+    for members in np.split(np.argsort(bin_id.ravel(), kind="stable"),
+                            np.cumsum(np.bincount(bin_id.ravel()))[:-1]):
+        tree = cKDTree(fps[members])
+        for pos, i in enumerate(members):
+            if leader_of[i] >= 0:
+                continue
+            ball = members[np.asarray(tree.query_ball_point(fps[i], eps), dtype=int)]
+            ball = ball[leader_of[ball] < 0]
+            leader_of[ball] = len(leaders)
+            leader_of[i] = len(leaders)
+            leaders.append(i)
+    lead = np.asarray(leaders)
+    pairs = cKDTree(fps[lead]).query_pairs(radius + 2.0 * eps, output_type="ndarray")
+    if len(pairs):
+        near = (np.abs(bins[lead[pairs[:, 0]]] - bins[lead[pairs[:, 1]]]) <= 1).all(axis=1)
+        pairs = pairs[near]
+    m = len(lead)
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(m, m))
     _, comp = connected_components(graph, directed=False)
-    roots = comp[leader_of]
-    _, first, labels = np.unique(roots, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))  # number groups by their first point
+    _, first, labels = np.unique(comp[leader_of], return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))  # number groups by their first structure
     return order[labels]

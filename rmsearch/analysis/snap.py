@@ -3,7 +3,8 @@
 A relaxation stopped at ``fmax`` 0.01 eV/A often ends a little short of a symmetric
 minimum: spglib sees P1 at ``symprec`` 1e-3 A but C2/m or Fd-3m at 1e-1 A, and
 StructureMatcher splits one minimum into several clusters. For every cluster
-representative whose symmetry at :data:`SNAP_SYMPREC` (0.1 A) is higher than at 1e-3 A:
+representative (of the :data:`DEFAULT_SNAP_TOP` lowest-energy clusters per composition, by
+default) whose symmetry at :data:`SNAP_SYMPREC` (0.1 A) is higher than at 1e-3 A:
 
 1. **symmetrise**: spglib's ``standardize_cell(to_primitive=True, no_idealize=False)``
    at :data:`SNAP_SYMPREC` gives the idealised primitive cell (lattice with the exact
@@ -48,6 +49,8 @@ log = logging.getLogger(__name__)
 SNAP_SYMPREC = 0.1
 #: A snapped structure is kept when its energy is at most this much (eV/atom) above the original's.
 SNAP_ENERGY_TOL = 1e-4
+#: Clusters snapped per composition by default (the lowest in energy).
+DEFAULT_SNAP_TOP = 2000
 
 
 @dataclass
@@ -162,26 +165,35 @@ class SnapResult:
     n_after: int
     status_counts: dict[str, int]
     wall_s: float
+    top: int | None = None  # clusters per composition that were snapped (None: all)
 
     def summary(self) -> dict[str, Any]:
         """Counts for the report."""
         return {"n_clusters_before": self.n_before, "n_clusters_after": self.n_after,
                 "status_counts": self.status_counts, "wall_s": self.wall_s,
-                "symprec_A": SNAP_SYMPREC, "energy_tol_eV_atom": SNAP_ENERGY_TOL}
+                "symprec_A": SNAP_SYMPREC, "energy_tol_eV_atom": SNAP_ENERGY_TOL, "n_snapped": len(self.snapped),
+                "top_per_composition": self.top}
 
 
 def snap_clusters(clusters: list[Cluster], structure_of, config: dict[str, Any], *, workers: int = 1,
-                  energy_bin: float = DEFAULT_ENERGY_BIN, volume_bin: float = DEFAULT_VOLUME_BIN) -> SnapResult:
-    """Snap every periodic cluster representative and merge clusters that became the same.
+                  energy_bin: float = DEFAULT_ENERGY_BIN, volume_bin: float = DEFAULT_VOLUME_BIN,
+                  top: int | None = DEFAULT_SNAP_TOP) -> SnapResult:
+    """Snap periodic cluster representatives and merge clusters that became the same.
 
     ``structure_of(run_id)`` returns the representative's Atoms; ``config`` is the run's
-    ``config.json`` (potential and relax settings). ``workers`` processes relax in parallel.
+    ``config.json`` (potential and relax settings). ``top``: only the ``top`` lowest-energy
+    clusters of each composition are snapped and merged (None: all). ``workers``
+    processes relax in parallel.
     """
     t0 = time.perf_counter()
     periodic = []
-    for c in clusters:
+    rank: dict[str, int] = {}
+    for c in sorted(clusters, key=lambda c: (c.energy_per_atom, c.representative)):
+        if top is not None and rank.get(c.formula, 0) >= top:
+            continue
         atoms = structure_of(c.representative)
         if atoms.pbc.all():
+            rank[c.formula] = rank.get(c.formula, 0) + 1
             periodic.append((c, atoms))
     args = [(a.numbers, np.asarray(a.cell), a.positions, c.energy_per_atom) for c, a in periodic]
     if workers > 1 and len(args) > 1:
@@ -206,13 +218,13 @@ def snap_clusters(clusters: list[Cluster], structure_of, config: dict[str, Any],
         merged.append(Cluster(formula=best.formula, natoms=best.natoms, representative=best.representative,
                               energy_per_atom=best.energy_per_atom, volume_per_atom=best.volume_per_atom,
                               members=sorted(m for c in parts for m in c.members)))
-    merged += [c for c in clusters if c.representative not in snapped]  # molecules: unchanged
+    merged += [c for c in clusters if c.representative not in snapped]  # not snapped (molecules, beyond top)
     merged.sort(key=lambda c: (snapped[c.representative].energy_per_atom if c.representative in snapped
                                else c.energy_per_atom, c.representative))
     counts: dict[str, int] = {}
     for s in outs:
         counts[s.status] = counts.get(s.status, 0) + 1
     res = SnapResult(clusters=merged, snapped=snapped, n_before=len(clusters), n_after=len(merged),
-                     status_counts=dict(sorted(counts.items())), wall_s=time.perf_counter() - t0)
+                     status_counts=dict(sorted(counts.items())), wall_s=time.perf_counter() - t0, top=top)
     log.info("snap: %d clusters -> %d (%s), %.1f s", res.n_before, res.n_after, res.status_counts, res.wall_s)
     return res
