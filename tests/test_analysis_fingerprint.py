@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -57,18 +61,22 @@ def test_fingerprint_is_invariant_to_cell_choice_order_rotation_and_volume():
 
 
 def test_candidates_never_miss_a_pair_the_matcher_calls_equal_on_a_planted_set():
-    """Copies in supercells, permuted, moved, rattled (0.02 L) and strained (up to 4 %): every
-    pair StructureMatcher calls equal is a fingerprint candidate, and the gate still prunes."""
+    """Copies in supercells, permuted, moved, rattled (0.015 L) and strained (up to 2 %): every
+    pair StructureMatcher calls equal is a fingerprint candidate, and the gate still prunes.
+
+    (Repeat hits of one minimum in a real carbon search lie within fingerprint distance 0.002
+    of each other, 300x inside the radius; the matcher's own tolerances, stol 0.5 L and
+    ltol 0.3, are far wider: see the fingerprint module doc.)"""
     rng = np.random.default_rng(1)
     structs: list[Atoms] = []
     for base in _bases():
         length = (base.get_volume() / len(base)) ** (1 / 3)
         for k in range(4):
             a = _moved(base.repeat((1 + (k == 1), 1, 1 + (k == 3))), rng)
-            a.positions += rng.normal(scale=0.02 * length, size=a.positions.shape) * (k >= 2)
+            a.positions += rng.normal(scale=0.015 * length, size=a.positions.shape) * (k >= 2)
             eps = rng.normal(size=(3, 3))
             eps = (eps + eps.T) / 2
-            a.set_cell(np.asarray(a.cell) @ (np.eye(3) + 0.04 * k / 3 * eps / np.abs(np.linalg.eigvalsh(eps)).max()),
+            a.set_cell(np.asarray(a.cell) @ (np.eye(3) + 0.02 * k / 3 * eps / np.abs(np.linalg.eigvalsh(eps)).max()),
                        scale_atoms=True)
             structs.append(a)
     ad, matcher = AseAtomsAdaptor(), make_matcher()
@@ -180,3 +188,33 @@ def test_snapping_needs_the_searchs_potential(carbon_config, tmp_path):
         load_relaxer(dict(carbon_config, potential=str(tmp_path / "nowhere")))
     with pytest.raises(RMError, match="sha256"):
         load_relaxer(dict(carbon_config, potential_sha256="0" * 64))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", "from rmsearch.cli import main; main()", *args],
+                          capture_output=True, text=True, timeout=600, check=False)
+
+
+def test_analyze_snaps_a_small_native_carbon_search(tmp_path):
+    """End to end: 40 runs of 2-4 C atoms with model:carbon-uf3; analyze snaps by default
+    (cubic diamond stays first, Fd-3m at 1e-3 A), --no-snap leaves it out, bad --fp-radius is one line."""
+    run = str(tmp_path / "run")
+    assert _cli("launch", "--potential", "model:carbon-uf3", "--system", "C", "--natoms", "2-4",
+                "--volume-factor", "0.684-1.008", "--nruns", "40", "--workers", "1", "--no-progress",
+                "-o", run).returncode == 0
+    out = _cli("analyze", run)
+    assert out.returncode == 0, out.stderr
+    assert "symmetry snapping:" in out.stdout
+    report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
+    snap = report["snap"]
+    assert snap["n_clusters_after"] <= snap["n_clusters_before"] == report["dedupe"]["n_clusters_before_snap"]
+    assert sum(snap["status_counts"].values()) == snap["n_snapped"] == snap["n_clusters_before"]
+    best = report["top_clusters"][0]
+    sg = best["snap"]["spacegroups"] if best["snap"]["status"] == "kept" else best["spacegroups"]
+    assert sg["0.001"][0] == 227, best
+    assert report["dedupe"]["settings"]["fingerprint"]["radius"] == FP_RADIUS
+    _cli("analyze", run, "--no-snap", "--fp-radius", "0")
+    plain = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
+    assert plain["snap"] is None and plain["dedupe"]["settings"]["fingerprint"] is None
+    bad = _cli("analyze", run, "--fp-radius", "nan")
+    assert bad.returncode != 0 and "--fp-radius" in bad.stderr and "Traceback" not in bad.stderr

@@ -15,13 +15,15 @@ structure from its Niggli cell (numpy, ~0.3 ms for 12 atoms).
 
 Two structures are *candidates* when their fingerprint distance is at most
 :data:`FP_RADIUS`. The radius is not a theorem: StructureMatcher's tolerances (``stol``
-0.5 = atoms anywhere within half an interatomic distance, ``ltol`` 0.3 = 30 % strain)
-admit pairs whose radial distributions differ as much as those of different polymorphs.
-It was set from the physics of what a search produces -- repeat hits of one minimum
-(relaxed to fmax 0.01 eV/A: displacements of ~0.01 A, strains of ~0.1 %) and copies
-rattled by up to 0.05 L or strained by up to 5 % -- with a margin, and checked against
-the plain matcher rule on real searches (benchmarks/bench_analyze.py: pair-level
-agreement) and on a planted set (tests/test_analysis_fingerprint.py).
+0.5 = atoms anywhere within about half an interatomic distance, rms; ``ltol`` 0.3 = 30 %
+strain) admit pairs whose radial distributions differ as much as those of different
+polymorphs. It is set from what a search produces: repeat hits of one minimum lie within
+0.002 of each other (the 152 hits of diamond in a 3000-run carbon search), copies rattled
+by 0.015 L or strained by 2 % within ~0.5 (tests/test_analysis_fingerprint.py), diamond
+and lonsdaleite 2.3 apart. Pairs the matcher joins beyond the radius are distinct minima:
+in the same carbon search the plain rule puts a 4-atom C2/m minimum 17.5 meV/atom above
+lonsdaleite (fingerprint distance 2.3) into lonsdaleite's cluster. The agreement with the
+plain rule is measured by benchmarks/bench_analyze.py (BENCHMARKS.md).
 
 :func:`candidate_components` splits one composition group into groups that can never
 share a candidate pair (for parallel clustering within a composition): leaders at
