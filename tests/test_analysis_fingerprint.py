@@ -11,7 +11,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from pymatgen.io.ase import AseAtomsAdaptor
-from scipy.spatial.transform import Rotation
+from test_analysis_dedupe import _disguise
 
 from rmsearch.analysis.dedupe import Cluster, dedupe, make_matcher
 from rmsearch.analysis.fingerprint import FP_RADIUS, candidate_components, fingerprint_of
@@ -24,13 +24,7 @@ def _fp(a: Atoms) -> np.ndarray:
 
 def _moved(a: Atoms, rng: np.random.Generator) -> Atoms:
     """The same structure translated, atoms permuted, rigidly rotated (cell too)."""
-    a = a[rng.permutation(len(a))]
-    a.translate(rng.normal(size=3) * 2.0)
-    a.wrap()
-    rot = Rotation.random(random_state=int(rng.integers(1 << 31))).as_matrix()
-    a.set_cell(np.asarray(a.cell) @ rot.T, scale_atoms=False)
-    a.positions = a.positions @ rot.T
-    return a
+    return _disguise(a, rng, noise=0.0)
 
 
 def _graphite() -> Atoms:
