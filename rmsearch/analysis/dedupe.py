@@ -15,6 +15,16 @@ does with its composition hash:
    length tolerance) with ``fit(symmetric=True)``, each structure Niggli/primitive-reduced
    once.
 
+2b. **fingerprint gate** (``fp_radius``, default :data:`~rmsearch.analysis.fingerprint.FP_RADIUS`):
+   of those, only representatives whose radial-distribution fingerprint lies within
+   ``fp_radius`` are candidates (:mod:`rmsearch.analysis.fingerprint`, computed once per
+   structure, in worker processes); ``fp_radius=None`` is the plain rule. The gate also
+   splits a composition into candidate groups that never share a candidate pair, which
+   run in parallel with the same result as in one process.
+   Pairs whose reduced cells differ in size are never sent to the matcher (without
+   supercells it cannot map them: an exact filter), and :func:`symmetric_fit` stops after
+   a failed first direction.
+
 Before StructureMatcher, a quick exact-duplicate test (:func:`quick_same`) accepts pairs
 that are obviously the same: Niggli cells equal within 2 % in length and 1 degree in angle
 up to a proper change of basis and, after one translation, every atom within
@@ -447,15 +457,15 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     members: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels.tolist()):
         members[lab].append(i)
-    # pack components into n_tasks bins of about equal size, biggest first
-    bins: list[list[int]] = [[] for _ in range(max(1, min(n_tasks, len(members))))]
-    load = [0] * len(bins)
+    # pack components into n_tasks packs of about equal size, biggest first
+    packs: list[list[int]] = [[] for _ in range(max(1, min(n_tasks, len(members))))]
+    load = [0] * len(packs)
     for comp in sorted(members.values(), key=lambda m: (-len(m), m[0])):
         b = load.index(min(load))
-        bins[b].extend(comp)
+        packs[b].extend(comp)
         load[b] += len(comp)
     tasks = []
-    for idx in bins:
+    for idx in packs:
         idx.sort()  # back in energy order
         tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius))
     return tasks, {"components": len(members), "largest": max(len(m) for m in members.values())}
