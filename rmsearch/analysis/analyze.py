@@ -125,7 +125,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     ann = _annotations(scores, invalid)
     write_results_db(run, ann)
     write_final_structures(run.usable, run.rundir / FINAL_XYZ, ann)
-    cifs = _write_cifs(scores[:top], records, report_dir)
+    cifs = _write_cifs(scores[:top], records, report_dir, snapped)
     valid_recs = [records[rid] for rid in valid_ids]
     plot_paths = _write_plots(scores, valid_recs, hull_data, report_dir, top)
 
@@ -235,12 +235,15 @@ def _annotations(scores: list[ClusterScore], invalid: list[dict[str, Any]]) -> d
     return ann
 
 
-def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], report_dir: Path) -> dict[int, str]:
-    """CIFs of the top clusters' representatives; returns cluster id -> path relative to the report."""
+def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], report_dir: Path,
+                snapped: dict[int, Snapped] | None = None) -> dict[int, str]:
+    """CIFs of the top clusters' representatives (and ``..._snapped.cif`` of the snapped
+    structure where snapping kept one); returns cluster id -> path relative to the report."""
     adaptor = AseAtomsAdaptor()
     cifs: dict[int, str] = {}
     for stale in (report_dir / "cifs").glob("rank*_run*.cif"):  # from an earlier analysis of this run
         stale.unlink()
+    snapped = snapped or {}
     for s in top_scores:
         atoms = records[s.representative].to_atoms()
         if atoms.pbc.all():
@@ -248,6 +251,10 @@ def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], r
             with atomic_output(report_dir / rel) as tmp:
                 CifWriter(adaptor.get_structure(atoms)).write_file(tmp)
             cifs[s.cluster_id] = rel
+            sn = snapped.get(s.representative)
+            if sn is not None and sn.atoms is not None:
+                with atomic_output(report_dir / rel.replace(".cif", "_snapped.cif")) as tmp:
+                    CifWriter(adaptor.get_structure(sn.atoms), symprec=1e-3).write_file(tmp)
     return cifs
 
 
