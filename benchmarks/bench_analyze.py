@@ -325,7 +325,7 @@ def carbon_case(args) -> None:
     text = f"Command: `{cmd}`\n\n" + "\n".join(lines + rows)
     print(text)
     if not args.no_write:
-        title = f"bench_analyze: native carbon search, {d['n_structures'] // 1000}k results"
+        title = f"bench_analyze: native carbon search, {data['n_records']} runs"
         write_section(Path(__file__).resolve().parent.parent / "BENCHMARKS.md", text, title)
     if tmp is not None:
         tmp.cleanup()
