@@ -220,3 +220,13 @@ def test_analyze_snaps_a_small_native_carbon_search(tmp_path):
     assert plain["snap"] is None and plain["dedupe"]["settings"]["fingerprint"] is None
     bad = _cli("analyze", run, "--fp-radius", "nan")
     assert bad.returncode != 0 and "--fp-radius" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_snap_clusters_without_the_potential_is_one_error_also_with_workers(carbon_config, tmp_path):
+    from rmdata.errors import RMError
+    from rmsearch.analysis.snap import snap_clusters
+
+    a = bulk("C", "diamond", a=3.567)
+    clusters = [Cluster("C", 2, k, -7.0 + k, 5.7, [k]) for k in range(3)]
+    with pytest.raises(RMError, match="gone"):
+        snap_clusters(clusters, lambda rid: a, dict(carbon_config, potential=str(tmp_path / "x")), workers=2)

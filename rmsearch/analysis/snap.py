@@ -126,12 +126,21 @@ def load_relaxer(config: dict[str, Any]):
     """A Relaxer of the run's potential and relax settings (``config.json``).
 
     Raises:
-        RMError: the potential directory is missing or its files changed since the search.
+        RMError: see :func:`check_potential`.
     """
-    from rmdata.errors import RMError
     from rmsearch.potentials import load_potential
     from rmsearch.relax import Relaxer
-    from rmsearch.runner import potential_fingerprint, relax_settings_from_dict
+    from rmsearch.runner import relax_settings_from_dict
+
+    check_potential(config)
+    return Relaxer(load_potential(config["potential"]), relax_settings_from_dict(config["relax"]))
+
+
+def check_potential(config: dict[str, Any]) -> None:
+    """Raise RMError unless ``config`` names a potential directory whose files still hash to
+    ``potential_sha256`` and has relax settings."""
+    from rmdata.errors import RMError
+    from rmsearch.runner import potential_fingerprint
 
     pot_dir = config.get("potential")
     if not pot_dir or "relax" not in config:
@@ -141,7 +150,6 @@ def load_relaxer(config: dict[str, Any]):
     sha = config.get("potential_sha256")
     if sha and potential_fingerprint(pot_dir) != sha:
         raise RMError(f"{pot_dir}: files changed since the search (sha256 differs); snapping needs the same potential")
-    return Relaxer(load_potential(pot_dir), relax_settings_from_dict(config["relax"]))
 
 
 def _init_worker(config: dict[str, Any]) -> None:
@@ -186,6 +194,7 @@ def snap_clusters(clusters: list[Cluster], structure_of, config: dict[str, Any],
     processes relax in parallel.
     """
     t0 = time.perf_counter()
+    check_potential(config)  # here, not in the workers' initializer: one RMError, not a broken pool
     periodic = []
     rank: dict[str, int] = {}
     for c in sorted(clusters, key=lambda c: (c.energy_per_atom, c.representative)):
