@@ -70,6 +70,19 @@ def train_model(workdir: Path, seed: int = 0, epochs: int = 12) -> tuple[Path, P
     return model, data
 
 
+def model_and_potential(tmp: Path, model: Path | None, training: Path | None, seed: int):
+    """``(model file, exported potential, description)``: ``model`` (with its ``training``
+    set for volumes), or without one the model of :func:`train_model`, exported under ``tmp``."""
+    from rmsearch.potentials import export_potential
+
+    if model is None:
+        model, training = train_model(tmp, seed=seed)
+        desc = "one-layer MACE (16 channels, L=1, r_max 4.5 A, 12 epochs) trained here on rmdata diamond"
+    else:
+        desc = f"`{model.name}`"
+    return model, export_potential(model, tmp / "pot", training=training), desc
+
+
 def make_starts(volumes: dict[str, float], n: int, seed: int) -> list:
     """``n`` seeded random C8 starts from rmsearch.starts."""
     from rmsearch.starts import make_spec, make_start
@@ -168,7 +181,8 @@ def run_interleaved(engines: dict, starts: list) -> dict:
     return out
 
 
-def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
+def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps, device: str = "cpu",
+                 dtype: str = "float64") -> dict | None:
     """torch-sim batched FIRE + Frechet cell filter, if torch-sim is installed (optional)."""
     try:
         import torch
@@ -179,7 +193,7 @@ def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
     from ase.units import GPa
 
     model = MaceModel(model=torch.load(model_file, map_location="cpu", weights_only=False),
-                      device=torch.device("cpu"), dtype=torch.float64, compute_forces=True,
+                      device=torch.device(device), dtype=getattr(torch, dtype), compute_forces=True,
                       compute_stress=True)
     conv = ts.generate_force_convergence_fn(force_tol=fmax, include_cell_forces=False)
 
@@ -198,9 +212,9 @@ def run_torchsim(model_file, starts, fmax, smax_gpa, max_steps) -> dict | None:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = final.to_atoms()
     res = model(final)
-    energies = res["energy"].detach().numpy()
-    forces = res["forces"].detach().numpy()
-    stress = res["stress"].detach().numpy().reshape(len(out), 9)
+    energies = res["energy"].detach().cpu().double().numpy()
+    forces = res["forces"].detach().cpu().double().numpy()
+    stress = res["stress"].detach().cpu().double().numpy().reshape(len(out), 9)
     rows, k = [], 0
     for e, a, s in zip(energies, out, stress):
         f = forces[k:k + len(a)]
@@ -332,16 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     wanted = [e.strip() for e in args.engines.split(",") if e.strip()]
     with tempfile.TemporaryDirectory(prefix="bench_relax_") as tmpd:
         tmp = Path(tmpd)
-        training = args.training
-        if args.model is None:
-            model_file, training = train_model(tmp, seed=args.seed)
-            model_desc = "one-layer MACE (16 channels, L=1, r_max 4.5 A, 12 epochs) trained here on rmdata diamond"
-        else:
-            model_file = args.model
-            model_desc = f"`{args.model.name}`"
-        from rmsearch.potentials import export_potential
-
-        potential = export_potential(model_file, tmp / "pot", training=training)
+        model_file, potential, model_desc = model_and_potential(tmp, args.model, args.training, args.seed)
         starts = make_starts(potential.volumes, n, args.seed)
         results: list[dict] = []
         engines = {}

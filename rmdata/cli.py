@@ -11,19 +11,10 @@ from pathlib import Path
 import click
 
 from rmdata import __version__
-from rmdata.cliutils import CONTEXT, RMGroup, setup_logging
+from rmdata.cliutils import (CONTEXT, SEED, WORKERS, FiniteFloat, FloatList, RMGroup, check_output,
+                             output_option, overwrite_option, setup_logging)
 from rmdata.errors import RMError
-
-
-def _floats(value: str | None, name: str) -> list[float] | None:
-    if value is None:
-        return None
-    if value.strip().lower() in ("", "none"):
-        return []
-    try:
-        return [float(v) for v in value.replace(",", " ").split()]
-    except ValueError:
-        raise RMError(f"{name}: expected comma-separated numbers, got {value!r}") from None
+from rmdata.limits import BOUNDS, COPIES_MAX
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -58,14 +49,15 @@ def main(verbose: int) -> None:
               "molecules, qm7b, diamond.")
 @click.option("--input", "-i", "input_path", type=click.Path(),
               help="Any ASE-readable file or folder (extxyz, CIF, POSCAR, ASE db) instead of --dataset.")
-@click.option("--output", "-o", type=click.Path(), help="Output file (.xyz/.extxyz or .h5/.hdf5). "
-              "Default: <dataset>.xyz")
+@output_option("Output file (.xyz/.extxyz or .h5/.hdf5). Default: <dataset>.xyz, or <input stem>.xyz "
+               "(<input stem>.rm.xyz where that would be the input itself).", type=click.Path())
+@overwrite_option("output file")
 @click.option("--format", "fmt", type=click.Choice(["extxyz", "hdf5"]), default=None,
-              help="Output format (default: from the suffix).")
+              help="Output format (default: from the suffix; must agree with it).")
 @click.option("--preset", type=click.Choice(["crystal", "diamond", "molecule"]), default=None,
               help="Noise/label preset (default: from the dataset; molecules always use 'molecule').")
 @click.option("--split", default=None, help="Dataset split: train, val, test (default train).")
-@click.option("--limit", type=int, default=None, help="Use at most N reference structures.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use at most N reference structures.")
 @click.option("--elements", default=None, help="Keep only structures made of these elements, e.g. Li,S.")
 @click.option("--containing", default=None,
               help="Keep only structures that contain at least one of these elements, e.g. Li,S "
@@ -73,35 +65,41 @@ def main(verbose: int) -> None:
 @click.option("--exclude-formulas", default=None,
               help="Hold these compositions out, e.g. Li2S,C3H6O or @FILE (one formula a line): drops "
                    "every crystal of the same reduced formula and every molecule of the same formula.")
-@click.option("--k", type=float, default=None, help="Spring constant k (eV/A^2). [preset: 1.0]")
-@click.option("--levels", default=None, help="Position-noise levels, comma-separated. "
-              "[preset: 0,1,2,3,4,6,8,10,12,16,32]")
-@click.option("--step-size", type=float, default=None,
-              help="Position noise per level (A). [preset: crystals 0.05, molecules 0.1]")
-@click.option("--strains", default=None, help="Isotropic cell strains, comma-separated (crystals only). "
-              "[preset: 11 values in -0.1..0.1]")
-@click.option("--rc", type=float, default=None,
-              help="Repulsion cutoff (A); 0 disables. [preset: crystals 0.75, molecules 0.7]")
-@click.option("--copies", type=int, default=None, help="Noise draws per (strain, level). [preset: 1]")
+@click.option("--k", type=FiniteFloat(*BOUNDS["k"]), default=None,
+              help="Spring constant k (eV/A^2), in (0, 1e4]. [preset: 1.0]")
+@click.option("--levels", type=FloatList(*BOUNDS["levels"], max_items=100), default=None,
+              help="Position-noise levels, comma-separated, each in [0, 1000]; max(levels) x step size "
+                   "<= 5 A. [preset: 0,1,2,3,4,6,8,10,12,16,32]")
+@click.option("--step-size", type=FiniteFloat(*BOUNDS["step_size"]), default=None,
+              help="Position noise per level (A), in [0, 1]. [preset: crystals 0.05, molecules 0.1]")
+@click.option("--strains", type=FloatList(*BOUNDS["strains"], allow_empty=True, max_items=100), default=None,
+              help="Isotropic cell strains, comma-separated, each in [-0.5, 0.5] (crystals only; 'none' "
+                   "for no strained frames). [preset: 11 values in -0.1..0.1]")
+@click.option("--rc", type=FiniteFloat(*BOUNDS["rc"]), default=None,
+              help="Repulsion cutoff (A), in [0, 3]; 0 disables. [preset: crystals 0.75, molecules 0.7]")
+@click.option("--copies", type=click.IntRange(1, COPIES_MAX), default=None,
+              help="Noise draws per (strain, level). [preset: 1]")
 @click.option("--raw-labels", is_flag=True,
               help="Reference-code labels: keep net force/torque (no rigid-motion removal).")
-@click.option("--seed", type=int, default=0, help="Random seed; same seed gives identical bytes.")
-@click.option("--workers", "-j", type=int, default=None, help="Worker processes (default: all cores).")
-def make(dataset, input_path, output, fmt, preset, split, limit, elements, containing, exclude_formulas,
-         k, levels, step_size, strains, rc, copies, raw_labels, seed, workers):
+@click.option("--seed", type=SEED, default=0, help="Random seed; same seed gives identical bytes.")
+@click.option("--workers", "-j", type=WORKERS, default=None, help="Worker processes (default: all cores).")
+def make(dataset, input_path, output, overwrite, fmt, preset, split, limit, elements, containing,
+         exclude_formulas, k, levels, step_size, strains, rc, copies, raw_labels, seed, workers):
     """Perturb reference structures and write response-matched labels."""
-    from rmdata.make import make_dataset
+    from rmdata.make import default_output, make_dataset
 
+    if input_path is not None and not os.path.exists(input_path):
+        raise RMError(f"--input {input_path}: no such file or folder")
     if output is None:
-        stem = dataset or os.path.splitext(os.path.basename(str(input_path or "input").rstrip("/")))[0]
-        output = f"{stem}.h5" if fmt == "hdf5" else f"{stem}.xyz"
+        output = default_output(dataset, input_path, fmt)
+    check_output(output, inputs=[input_path], overwrite=overwrite)
     summary = make_dataset(
         output, dataset, input_path, fmt=fmt, preset=preset, split=split, limit=limit, seed=seed,
         workers=workers or os.cpu_count() or 1,
         elements=_names(elements), containing=_names(containing),
         exclude_formulas=_formula_list(exclude_formulas),
-        k=k, levels=_floats(levels, "--levels"), step_size=step_size,
-        strains=_floats(strains, "--strains"), rc=rc, copies=copies, raw_labels=raw_labels, progress=True)
+        k=k, levels=levels, step_size=step_size,
+        strains=strains, rc=rc, copies=copies, raw_labels=raw_labels, progress=True)
     click.echo(f"wrote {summary.output}: {summary.n_frames} frames from {summary.n_structures} structures "
                f"({summary.n_atoms_total} atoms; elements {', '.join(summary.elements)}) "
                f"in {summary.elapsed_s:.1f} s")
@@ -133,23 +131,23 @@ def info(path):
 @main.command("mace-command")
 @click.argument("path", type=click.Path())
 @click.option("--name", default=None, help="Model name (default: the file's stem).")
-@click.option("--epochs", type=int, default=None, help="Maximum epochs (default: the preset's, 50).")
-@click.option("--r-max", type=float, default=None, help="Cutoff (A) (default: the preset's).")
-@click.option("--channels", type=int, default=None, help="MACE channels (default: the preset's, 32).")
-@click.option("--max-L", "max_L", type=int, default=None,
+@click.option("--epochs", type=click.IntRange(1, 100000), default=None, help="Maximum epochs (default: the preset's, 50).")
+@click.option("--r-max", type=FiniteFloat(0, None, True), default=None, help="Cutoff (A) (default: the preset's).")
+@click.option("--channels", type=click.IntRange(1, 1024), default=None, help="MACE channels (default: the preset's, 32).")
+@click.option("--max-L", "max_L", type=click.IntRange(0, 4), default=None,
               help="Highest L of the messages (default: the preset's, 1).")
-@click.option("--correlation", type=int, default=None,
+@click.option("--correlation", type=click.IntRange(1, 5), default=None,
               help="Correlation order (body order - 1) of the product basis (default: MACE's, 3).")
-@click.option("--batch-size", type=int, default=None,
+@click.option("--batch-size", type=click.IntRange(1, 100000), default=None,
               help="Frames per batch (default: the preset's, 8; x4 with --device cuda).")
-@click.option("--lr", type=float, default=None, help="Initial learning rate (default: the preset's, 0.01).")
-@click.option("--lr-gamma", type=float, default=None,
+@click.option("--lr", type=FiniteFloat(0, None, True), default=None, help="Initial learning rate (default: the preset's, 0.01).")
+@click.option("--lr-gamma", type=FiniteFloat(0, None, True), default=None,
               help="Exponential learning-rate decay per epoch, in (0, 1] (default: MACE's plateau scheduler).")
-@click.option("--ema-decay", type=float, default=None,
+@click.option("--ema-decay", type=FiniteFloat(0, None, True), default=None,
               help="Exponential moving average of the weights with this decay, in (0, 1) (default: off).")
-@click.option("--forces-weight", type=float, default=None, help="Force loss weight (default: 10).")
-@click.option("--stress-weight", type=float, default=None, help="Stress loss weight (default: 100).")
-@click.option("--eval-interval", type=int, default=None,
+@click.option("--forces-weight", type=FiniteFloat(0, None, True), default=None, help="Force loss weight (default: 10).")
+@click.option("--stress-weight", type=FiniteFloat(0, None, True), default=None, help="Stress loss weight (default: 100).")
+@click.option("--eval-interval", type=click.IntRange(1, 100000), default=None,
               help="Epochs between validations and checkpoints (default: MACE's, 1).")
 @click.option("--restart", is_flag=True,
               help="Resume from the newest checkpoint in checkpoints/ if there is one (--restart_latest).")
@@ -157,7 +155,7 @@ def info(path):
               help="Training precision (default: float64 on CPU, float32 on CUDA).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
               help="Training device; cuda also defaults to float32 and a 4x larger batch.")
-@click.option("--seed", type=int, default=0, help="Training seed (>= 0).")
+@click.option("--seed", type=SEED, default=0, help="Training seed (>= 0).")
 def mace_command_cmd(path, seed, **options):
     """Print the exact mace_run_train command for a dataset file."""
     from rmdata.mace import check_training_options, mace_command
@@ -170,10 +168,14 @@ def mace_command_cmd(path, seed, **options):
 @main.command()
 @click.argument("source", type=click.Path())
 @click.argument("dest", type=click.Path())
-def convert(source, dest):
-    """Convert a dataset between extxyz and HDF5 (formats from the suffixes)."""
+@overwrite_option("DEST")
+def convert(source, dest, overwrite):
+    """Convert a dataset between extxyz and HDF5 (formats from the suffixes of SOURCE and DEST)."""
+    from rmdata.io import format_for
     from rmdata.summary import convert as _convert
 
+    check_output(dest, inputs=[source], overwrite=overwrite, option="DEST")
+    format_for(dest)
     n = _convert(source, dest)
     click.echo(f"wrote {dest}: {n} frames")
 

@@ -8,7 +8,7 @@ crystals are periodic in all three directions, molecules in none.
 - ``mp20-subset``: 847 train + 123 val rows of MP-20 shipped inside the package.
 - ``qm7b``: QM7b (7211 molecules), downloaded; coordinates recovered from its Coulomb
   matrices (see :mod:`rmdata.molecules`).
-- ``molecules``: >= 300 small molecules built offline with RDKit from a shipped SMILES list.
+- ``molecules``: 505 small molecules built offline with RDKit from a shipped SMILES list.
 - ``diamond``, ``silicon``, ``nacl``: one-structure presets built with ASE.
 - any ASE-readable file or folder through ``--input``.
 """
@@ -30,7 +30,7 @@ import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
 
-from rmdata.errors import RMError
+from rmdata.errors import RMError, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ def _mp20_subset(split: str | None, bad: list[str], lazy: bool = False, workers:
                  **_) -> Iterator[tuple[str, Atoms]]:
     split = split or "train"
     if split not in MP20_SUBSET_SHA256:
-        raise RMError(f"mp20-subset has no split {split!r}; use one of: train, val "
+        raise RMError(f"--split {split}: mp20-subset has no such split; use one of: train, val "
                       "(the test split needs the full mp20 download)")
     ref = resources.files("rmdata") / "data" / f"mp20_subset_{split}.csv.gz"
     with ref.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8", newline="") as fh:
@@ -308,7 +308,7 @@ def download_mp20(split: str, cache: Path | None = None) -> Path:
     from rmdata.download import cache_dir, fetch
 
     if split not in MP20_SPLITS:
-        raise RMError(f"mp20 has no split {split!r}; use one of: {', '.join(MP20_SPLITS)}")
+        raise RMError(f"--split {split}: mp20 has no such split; use one of: {', '.join(MP20_SPLITS)}")
     dest = (cache or cache_dir()) / "mp20" / f"{split}.csv"
     return fetch(mp20_url(split), dest, sha256=MP20_SHA256.get(split), name=f"mp20 {split}",
                  offline_hint="no network? use --dataset mp20-subset, which ships with rmdata")
@@ -334,7 +334,7 @@ def _mp20(split: str | None, bad: list[str], lazy: bool = False, workers: int = 
 def _one(name: str, builder: Callable[[], Atoms]) -> Callable[..., Iterator[tuple[str, Atoms]]]:
     def load(split=None, bad=None, **_):
         if split not in (None, "train", "all"):
-            raise RMError(f"{name} has no split {split!r} (it is a single structure)")
+            raise RMError(f"--split {split}: dataset {name} is a single structure without splits; drop --split")
         yield name, builder()
 
     return load
@@ -384,7 +384,7 @@ REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo("qm7b", "molecule", "7,211 molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
                     "QM7b (Blum & Reymond 2009; Montavon et al. 2013), downloaded", "CC-BY (quantum-machine.org)",
                     (), "molecule", _qm7b),
-        DatasetInfo("molecules", "molecule", ">= 300 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
+        DatasetInfo("molecules", "molecule", "505 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
                     "built offline with RDKit (ETKDG + MMFF94) from a shipped SMILES list", "MIT",
                     (), "molecule", _molecules),
         DatasetInfo("diamond", "crystal", "1 structure (8-atom cubic diamond, a = 3.567 A)", "ase.build.bulk",
@@ -409,7 +409,9 @@ def get_dataset(name: str) -> DatasetInfo:
 # ---------------------------------------------------------------------------------------
 # any ASE-readable file or folder
 
-INPUT_SUFFIXES = (".xyz", ".extxyz", ".cif", ".vasp", ".poscar", ".db", ".traj", ".json", ".pdb", ".res")
+#: Structure files that are not text (ASE database, trajectory).
+BINARY_SUFFIXES = (".db", ".traj")
+INPUT_SUFFIXES = (".xyz", ".extxyz", ".h5", ".hdf5", ".cif", ".vasp", ".poscar", ".db", ".traj", ".json", ".pdb", ".res")
 
 
 def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, Atoms]]:
@@ -429,13 +431,7 @@ def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, A
     for file in files:
         if file.stat().st_size == 0:
             raise RMError(f"{file}: the file is empty")
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                structures = ase.io.read(file, index=":")
-        except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
-            reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-            raise RMError(f"{file}: cannot read structures ({type(exc).__name__}: {reason})") from exc
+        structures = _read_structures(file)
         if not isinstance(structures, list):
             structures = [structures]
         if not structures:
@@ -443,6 +439,63 @@ def iter_input(path: str | os.PathLike, bad: list[str]) -> Iterator[tuple[str, A
         for i, atoms in enumerate(structures):
             sid = file.name if len(structures) == 1 else f"{file.name}:{i}"
             yield sid, _strip_labels(atoms)
+
+
+def _read_structures(file: Path) -> list[Atoms] | Atoms:
+    """All structures of one file: rmdata's own HDF5, else whatever ASE reads.
+
+    Two atoms of a CIF on one site (which ASE merges into one, with a warning) and
+    files ASE cannot parse give a one-line :class:`RMError` naming the file.
+    """
+    import ase.io
+
+    from rmdata.io import H5_SUFFIXES, check_text_file, read
+
+    if file.suffix.lower() in H5_SUFFIXES:
+        return read(file)
+    if file.suffix.lower() not in BINARY_SUFFIXES:
+        check_text_file(file)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            structures = ase.io.read(file, index=":")
+    except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
+        raise RMError(f"{file}: cannot read structures ({describe_exception(exc)}); check that it is "
+                      "a complete file in a format ASE reads (extxyz, CIF, POSCAR, ...)") from exc
+    for w in caught:
+        if "are equivalent" in str(w.message):
+            raise RMError(f"{file}: two atoms on one site ({str(w.message).splitlines()[0][:120]}); "
+                          "fix the structure") from None
+    if file.suffix.lower() == ".cif":
+        _check_cif_sites(file)
+    return structures
+
+
+def _check_cif_sites(file: Path) -> None:
+    """One-line RMError if two rows of a CIF's atom-site loop sit on one site (ASE would
+    merge them into one atom, or keep one of them, without a word)."""
+    from ase.io.cif import parse_cif
+
+    try:
+        blocks = list(parse_cif(str(file)))
+    except Exception:  # noqa: BLE001 - ase.io.read parsed the file; nothing more to check
+        return
+    for block in blocks:
+        try:
+            xyz = np.array([block.get(f"_atom_site_fract_{c}") for c in "xyz"], dtype=float).T
+        except (TypeError, ValueError):
+            continue
+        if xyz.ndim != 2 or len(xyz) < 2:
+            continue
+        if not np.all(np.isfinite(xyz)):
+            raise RMError(f"{file}: an atom-site coordinate is not a finite number; fix the structure")
+        d = xyz[:, None, :] - xyz[None, :, :]
+        d -= np.round(d)
+        i, j = np.nonzero(np.triu(np.linalg.norm(d, axis=2) < 1e-4, k=1))
+        if len(i):
+            labels = block.get("_atom_site_label") or list(range(len(xyz)))
+            raise RMError(f"{file}: atom-site rows {labels[i[0]]} and {labels[j[0]]} are on one site; rmdata "
+                          "needs an ordered structure with one atom per site; fix the structure")
 
 
 def _strip_labels(atoms: Atoms) -> Atoms:
@@ -528,12 +581,13 @@ def load_structures(dataset: str | None = None, input_path: str | os.PathLike | 
         raise RMError("give exactly one of --dataset NAME and --input PATH")
     bad = bad if bad is not None else []
     if input_path is not None:
-        yield from iter_input(input_path, bad)
-        return
-    info = get_dataset(dataset)
+        if not Path(input_path).exists():
+            raise RMError(f"{input_path}: no such file or folder")
+        return iter_input(input_path, bad)
+    info = get_dataset(dataset)  # checked now, not when the first structure is asked for
     if split not in (None, "all") and info.splits and split not in info.splits:
-        raise RMError(f"{dataset} has no split {split!r}; use one of: {', '.join(info.splits)}")
-    yield from info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy, workers=workers)
+        raise RMError(f"--split {split}: {dataset} has no such split; use one of: {', '.join(info.splits)}")
+    return info.loader(split=split, bad=bad, seed=seed, limit=limit, lazy=lazy, workers=workers)
 
 
 def describe_datasets() -> str:

@@ -57,17 +57,21 @@ FORMATS = ("extxyz", "hdf5")
 
 def format_for(path: str | os.PathLike, fmt: str | None = None) -> str:
     """The file format from ``fmt`` or, when None, from the file suffix."""
+    suffix = Path(path).suffix.lower()
     if fmt is not None:
         if fmt not in FORMATS:
             raise RMError(f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}")
+        implied = "hdf5" if suffix in H5_SUFFIXES else "extxyz" if suffix in XYZ_SUFFIXES else None
+        if implied is not None and implied != fmt:
+            raise RMError(f"--format {fmt} does not match the suffix of {path} ({suffix}, {implied}); "
+                          "drop --format or change the suffix")
         return fmt
-    suffix = Path(path).suffix.lower()
     if suffix in H5_SUFFIXES:
         return "hdf5"
     if suffix in XYZ_SUFFIXES:
         return "extxyz"
     raise RMError(f"{path}: cannot tell the format from the suffix {suffix!r}; use .xyz/.extxyz "
-                  "or .h5/.hdf5, or pass --format")
+                  "or .h5/.hdf5")
 
 
 class FrameBatch:
@@ -252,6 +256,15 @@ def _check_exists(path: Path) -> None:
         raise RMError(f"{path}: the file is empty")
 
 
+def check_text_file(path: str | os.PathLike) -> None:
+    """One-line RMError if a text structure file holds NUL bytes (a corrupt or binary file:
+    parsers skip them silently inside comments and strings)."""
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            if b"\x00" in block:
+                raise RMError(f"{path}: contains NUL bytes; a corrupt or binary file, not a text structure file")
+
+
 def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms] | Atoms:
     """Read an rmdata dataset (extxyz or HDF5) into ASE ``Atoms``.
 
@@ -268,14 +281,61 @@ def read(path: str | os.PathLike, index: str | int | slice = ":") -> list[Atoms]
         return frames[index] if isinstance(index, (int, slice)) else frames
     import ase.io
 
+    check_text_file(path)
     try:
         out = ase.io.read(path, index=index, format="extxyz")
     except Exception as exc:  # noqa: BLE001 - ASE raises many types on malformed files
         raise RMError(f"{path}: not a readable extxyz file ({type(exc).__name__}: {exc})") from exc
-    for atoms in out if isinstance(out, list) else [out]:
+    for i, atoms in enumerate(out if isinstance(out, list) else [out]):
         if "REF_stress" in atoms.info:
-            atoms.info["REF_stress"] = np.asarray(atoms.info["REF_stress"], float).reshape(3, 3)
+            try:
+                atoms.info["REF_stress"] = np.asarray(atoms.info["REF_stress"], float).reshape(3, 3)
+            except (TypeError, ValueError) as exc:
+                raise RMError(f"{path}: frame {i}: REF_stress is not 9 numbers") from exc
     return out
+
+
+def require_labels(frames: list[Atoms], path: str | os.PathLike, stress: bool = False) -> None:
+    """One-line RMError unless ``frames`` are a usable rmdata dataset: every frame carries
+    finite per-atom ``REF_forces`` (eV/A) (and, with ``stress``, a ``REF_stress``), finite
+    positions under 1e4 A, no two atoms at the same position, and periodic frames a finite
+    cell of positive volume that is not flat."""
+    if not frames:
+        raise RMError(f"{path}: no frames in the file")
+    for i, atoms in enumerate(frames):
+        forces = atoms.arrays.get("REF_forces")
+        if forces is None or np.shape(forces) != (len(atoms), 3):
+            raise RMError(f"{path}: frame {i} has no REF_forces labels; not an rmdata dataset (label "
+                          f"structures with 'rmdata make --input {path}')")
+        if stress and "REF_stress" not in atoms.info:
+            raise RMError(f"{path}: frame {i} has no REF_stress; this command needs rmdata crystal files "
+                          "('rmdata make --dataset diamond -o FILE.xyz')")
+        problem = frame_problem(atoms)
+        if problem is None and not np.all(np.isfinite(forces)):
+            problem = "REF_forces contain NaN or infinity"
+        if problem is not None:
+            raise RMError(f"{path}: frame {i}: {problem}; the file is corrupt, make it again with 'rmdata make'")
+
+
+def frame_problem(atoms: Atoms) -> str | None:
+    """What makes one frame unusable (non-finite or huge positions, two atoms on one
+    position, a degenerate periodic cell), or None."""
+    positions = np.asarray(atoms.positions, dtype=float)
+    if len(positions) == 0:
+        return "no atoms"
+    if not np.all(np.isfinite(positions)) or np.abs(positions).max() > 1e4:
+        return "positions are not finite numbers under 1e4 A"
+    if len(np.unique(np.round(positions, 8), axis=0)) < len(positions):
+        return "two atoms at the same position"
+    if atoms.pbc.any():
+        cell = np.asarray(atoms.cell, dtype=float)
+        if not np.all(np.isfinite(cell)):
+            return "the cell is not finite"
+        lengths = np.linalg.norm(cell, axis=1)
+        volume = abs(np.linalg.det(cell))
+        if not volume > 1e-6 or volume / max(np.prod(lengths), 1e-300) < 1e-3:
+            return "periodic frame with a zero or flat cell"
+    return None
 
 
 def _read_h5(path: Path) -> list[Atoms]:
@@ -290,18 +350,15 @@ def _read_h5(path: Path) -> list[Atoms]:
             raise RMError(f"{path}: not an rmdata HDF5 file (root attribute 'format' is not 'rmdata')")
         try:
             data = {name: h5[name][()] for name in h5.keys()}
-        except KeyError as exc:
-            raise RMError(f"{path}: missing dataset {exc}") from exc
+        except (KeyError, TypeError, ValueError, OSError, AttributeError) as exc:
+            raise RMError(f"{path}: unreadable dataset ({type(exc).__name__}: {exc}); "
+                          "not a complete rmdata HDF5 file") from exc
     required = ("numbers", "positions", "REF_forces", "n_atoms", "offsets", "cell", "pbc",
                 "REF_stress", "REF_pseudo_energy", "noise_level", "strain", "config_type", "source_id")
     missing = [k for k in required if k not in data]
     if missing:
         raise RMError(f"{path}: missing dataset(s) {', '.join(missing)}")
-    n_total = len(data["numbers"])
-    if data["positions"].shape != (n_total, 3) or data["REF_forces"].shape != (n_total, 3):
-        raise RMError(f"{path}: per-atom datasets have inconsistent shapes")
-    if int(np.sum(data["n_atoms"])) != n_total or data["cell"].shape[1:] != (3, 3):
-        raise RMError(f"{path}: frame datasets do not add up to the per-atom datasets")
+    _check_h5_shapes(path, data)
     frames = []
     for f, (start, n) in enumerate(zip(data["offsets"], data["n_atoms"])):
         sl = slice(int(start), int(start) + int(n))
@@ -319,6 +376,31 @@ def _read_h5(path: Path) -> list[Atoms]:
     return frames
 
 
+def _check_h5_shapes(path: Path, data: dict[str, np.ndarray]) -> None:
+    """One-line RMError unless the datasets of an rmdata HDF5 file fit together."""
+    n_total = len(data["numbers"]) if np.ndim(data["numbers"]) == 1 else -1
+    if n_total < 0 or data["positions"].shape != (n_total, 3) or data["REF_forces"].shape != (n_total, 3):
+        raise RMError(f"{path}: per-atom datasets have inconsistent shapes")
+    n_frames = len(data["n_atoms"]) if np.ndim(data["n_atoms"]) == 1 else -1
+    shapes = {"offsets": (n_frames,), "cell": (n_frames, 3, 3), "pbc": (n_frames, 3),
+              "REF_stress": (n_frames, 3, 3), "REF_pseudo_energy": (n_frames,), "noise_level": (n_frames,),
+              "strain": (n_frames,), "config_type": (n_frames,), "source_id": (n_frames,)}
+    wrong = [k for k, shape in shapes.items() if np.shape(data[k]) != shape]
+    if n_frames < 0 or wrong:
+        raise RMError(f"{path}: frame datasets {', '.join(wrong) or 'n_atoms'} have inconsistent shapes")
+    try:
+        n_atoms = data["n_atoms"].astype(np.int64)
+        offsets = data["offsets"].astype(np.int64)
+        numbers = data["numbers"].astype(np.int64)
+    except (TypeError, ValueError) as exc:
+        raise RMError(f"{path}: n_atoms/offsets/numbers are not integers") from exc
+    if int(n_atoms.sum()) != n_total or np.any(n_atoms < 0) or np.any(offsets < 0) \
+            or np.any(offsets + n_atoms > n_total):
+        raise RMError(f"{path}: frame datasets do not add up to the per-atom datasets")
+    if n_total and (numbers.min() < 1 or numbers.max() > 118):
+        raise RMError(f"{path}: unknown element (atomic numbers {numbers.min()}..{numbers.max()})")
+
+
 def _str(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -327,14 +409,26 @@ def read_provenance(path: str | os.PathLike) -> dict[str, Any]:
     """The provenance record stored in an rmdata file ({} when there is none)."""
     path = Path(path)
     _check_exists(path)
-    if format_for(path) == "hdf5":
-        import h5py
+    try:
+        if format_for(path) == "hdf5":
+            import h5py
 
-        with h5py.File(path, "r") as h5:
-            raw = h5.attrs.get("provenance")
-    else:
-        import ase.io
+            with h5py.File(path, "r") as h5:
+                raw = h5.attrs.get("provenance")
+        else:
+            import ase.io
 
-        first = ase.io.read(path, index=0, format="extxyz")
-        raw = first.info.get("rm_provenance")
-    return json.loads(raw) if raw else {}
+            first = ase.io.read(path, index=0, format="extxyz")
+            raw = first.info.get("rm_provenance")
+    except RMError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - h5py and ASE raise many types on malformed files
+        raise RMError(f"{path}: cannot read the provenance ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0][:120] if str(exc) else ''})") from exc
+    if not raw:
+        return {}
+    try:
+        prov = json.loads(raw)
+    except (TypeError, ValueError) as exc:
+        raise RMError(f"{path}: the provenance is not valid JSON ({exc})") from exc
+    return prov if isinstance(prov, dict) else {}

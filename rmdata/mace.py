@@ -22,22 +22,14 @@ from rmdata.presets import PRESETS
 
 def dataset_elements(path: str | os.PathLike) -> tuple[list[int], bool]:
     """Atomic numbers present in an rmdata file, and whether it has stress labels."""
+    from rmdata.io import read, require_labels
+
     path = Path(path)
-    if format_for(path) == "hdf5":
-        import h5py
-
-        with h5py.File(path, "r") as h5:
-            numbers = np.unique(h5["numbers"][()])
-            has_stress = bool(np.isfinite(h5["REF_stress"][()]).all(axis=(1, 2)).any())
-        return [int(z) for z in numbers], has_stress
-    from ase.io import iread
-
-    numbers: set[int] = set()
-    has_stress = False
-    for atoms in iread(path, index=":", format="extxyz"):
-        numbers.update(int(z) for z in np.unique(atoms.numbers))
-        has_stress = has_stress or "REF_stress" in atoms.info
-    return sorted(numbers), has_stress
+    frames = read(path)  # one-line RMError for a missing, empty or unreadable file
+    require_labels(frames, path)
+    numbers = sorted({int(z) for atoms in frames for z in np.unique(atoms.numbers)})
+    has_stress = any("REF_stress" in atoms.info for atoms in frames)
+    return numbers, has_stress
 
 
 #: Hyper-parameters of :func:`mace_command` beyond the preset (None = MACE's default is not passed).

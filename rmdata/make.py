@@ -8,9 +8,11 @@ in input order by the parent as they arrive, so memory stays flat.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing as mp
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,7 +23,7 @@ import numpy as np
 from ase import Atoms
 
 from rmdata.datasets import get_dataset, load_structures, validate_reference
-from rmdata.errors import RMError
+from rmdata.errors import RMError, describe_exception
 from rmdata.io import FrameBatch, format_for, open_writer
 from rmdata.perturb import perturb
 from rmdata.presets import Preset, get_preset
@@ -63,6 +65,9 @@ _STATE: dict[str, Any] = {}
 
 
 def _init_worker(presets: dict[str, Preset], seed: int, strict: bool, explicit_strains: bool) -> None:
+    if mp.parent_process() is not None:  # a pool worker: the parent handles Ctrl-C and SIGTERM
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     pin_threads(1)
     _STATE.update(presets=presets, seed=seed, strict=strict, explicit_strains=explicit_strains)
 
@@ -88,9 +93,17 @@ def _results(tasks: Iterator[tuple[int, str, Atoms]], workers: int, init_args: t
         for task in tasks:
             yield _work(task)
         return
+    # The pool's feeder thread runs the task generator; take its first item here, in the main
+    # thread, so that the loaders' lazy imports (ase.build, pymatgen, ...) happen here. A
+    # Ctrl-C or SIGTERM that lands inside an import can leave that module's import lock held,
+    # and a feeder thread importing the same module would then never finish.
+    tasks = iter(tasks)
+    first = next(tasks, None)
+    if first is None:
+        return
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
     with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
-        yield from pool.imap(_work, tasks, chunksize=8)
+        yield from pool.imap(_work, itertools.chain([first], tasks), chunksize=8)
 
 
 # ---------------------------------------------------------------------------------------
@@ -142,6 +155,11 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     start = time.perf_counter()
     output = Path(output)
     fmt = format_for(output, fmt)
+    if input_path is not None and Path(input_path).exists() and (
+            output.resolve() == Path(input_path).resolve()
+            or (output.exists() and os.path.samefile(output, input_path))):
+        raise RMError(f"{output}: that is the input file; choose another output name "
+                      "(inputs are never overwritten)")
     overrides = dict(k=k, levels=levels, step_size=step_size, strains=strains, rc=rc, copies=copies,
                      raw=True if raw_labels else None)
     presets = resolve_presets(dataset, preset, overrides)
@@ -197,6 +215,20 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     return summary
 
 
+def default_output(dataset: str | None, input_path: str | os.PathLike | None, fmt: str | None = None) -> Path:
+    """The output name when none is given: ``<dataset>.xyz`` or ``<input stem>.xyz`` (``.h5``
+    with ``fmt="hdf5"``), ``<input stem>.rm.xyz`` where that would be the input itself."""
+    suffix = ".h5" if fmt == "hdf5" else ".xyz"
+    if dataset is not None or input_path is None:
+        return Path(f"{dataset or 'dataset'}{suffix}")
+    source = Path(str(input_path).rstrip("/") or "input")
+    stem = source.stem or "input"
+    out = Path(f"{stem}{suffix}")
+    if out.resolve() == source.resolve() or (out.exists() and source.exists() and os.path.samefile(out, source)):
+        out = Path(f"{stem}.rm{suffix}")
+    return out
+
+
 def composition_key(formula_or_atoms: str | Atoms, periodic: bool | None = None) -> str:
     """The composition a structure is held out by: the reduced formula of a crystal (every
     polymorph, any cell size), the molecular formula of a molecule (every isomer, but not
@@ -215,7 +247,8 @@ def composition_key(formula_or_atoms: str | Atoms, periodic: bool | None = None)
             formula = Formula(str(formula_or_atoms).strip())
             formula.count()
         except ValueError as exc:
-            raise RMError(f"--exclude-formulas: cannot read formula {formula_or_atoms!r} ({exc})") from None
+            raise RMError(f"--exclude-formulas: cannot read formula {formula_or_atoms!r} "
+                          f"({describe_exception(exc)}); give Hill formulas such as C3H6O or Li2S") from None
     if periodic:
         formula = formula.reduce()[0]
     return formula.format("hill")
@@ -265,6 +298,8 @@ def _source_record(dataset: str | None, input_path: str | None, split: str | Non
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file())
             return {"input": str(path), "sha256": {p.name: sha256_file(p) for p in files}}
+        if path.exists():
+            raise RMError(f"{path}: not a regular file or folder; give a structure file or a folder of them")
         raise RMError(f"{path}: no such file or folder")
     if dataset == "mp20-subset":
         from rmdata.datasets import MP20_SUBSET_SHA256

@@ -29,7 +29,8 @@ class NoiseParams:
         levels: position-noise levels; level 0 is the unperturbed frame.
         step_size: position noise per level (A); max displacement per component is
             ``max(levels) * step_size / 2``.
-        strains: isotropic cell strains (dimensionless); ignored for molecules.
+        strains: isotropic cell strains (dimensionless); ignored for molecules; none (the
+            molecule preset applied to a crystal) gives the unstrained cell only.
         cell_noise: amplitude of the random cell noise in units of the cell length.
         copies: independent noise draws per (strain, level).
     """
@@ -80,7 +81,7 @@ def perturb(reference: Atoms, params: NoiseParams, rng: np.random.Generator) -> 
     periodic = bool(reference.pbc.any())
     n_atoms = len(reference)
     levels = np.asarray(params.levels, dtype=float)
-    strains = np.asarray(params.strains if periodic else (0.0,), dtype=float)
+    strains = np.asarray(params.strains if periodic and params.strains else (0.0,), dtype=float)
     grid_s, grid_l, _ = np.meshgrid(strains, levels, np.arange(params.copies), indexing="ij")
     strain, level = grid_s.ravel(), grid_l.ravel()
     n_frames = len(level)

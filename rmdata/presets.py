@@ -17,6 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from rmdata.errors import RMError
+from rmdata.limits import BOUNDS, COPIES_MAX, MAX_NOISE_A
+from rmdata.utils import check_finite
 from rmdata.perturb import NoiseParams
 from rmdata.response import LabelParams
 
@@ -40,13 +42,26 @@ class Preset:
             cell_noise=cell_noise).items() if v is not None})
         labels = replace(self.labels, **{n: v for n, v in dict(k=k, rc=rc, raw=raw).items()
                                          if v is not None})
-        if noise.copies < 1:
-            raise RMError(f"--copies must be >= 1, got {noise.copies}")
-        if noise.step_size < 0 or labels.k <= 0 or labels.rc < 0:
-            raise RMError("--step-size and --rc must be >= 0 and --k > 0")
-        if not noise.levels:
-            raise RMError("--levels must name at least one noise level")
+        check_parameters(noise, labels)
         return replace(self, noise=noise, labels=labels)
+
+
+def check_parameters(noise: NoiseParams, labels: LabelParams) -> None:
+    """One-line RMError naming the option whose value is non-finite or out of :data:`BOUNDS`."""
+    check_finite(labels.k, "--k", *BOUNDS["k"])
+    check_finite(labels.rc, "--rc", *BOUNDS["rc"])
+    check_finite(noise.step_size, "--step-size", *BOUNDS["step_size"])
+    for level in noise.levels:
+        check_finite(level, "--levels", *BOUNDS["levels"])
+    for strain in noise.strains:
+        check_finite(strain, "--strains", *BOUNDS["strains"])
+    if not isinstance(noise.copies, int) or not 1 <= noise.copies <= COPIES_MAX:
+        raise RMError(f"--copies {noise.copies}: must be an integer in [1, {COPIES_MAX}]")
+    if not noise.levels:
+        raise RMError("--levels must name at least one noise level")
+    if max(noise.levels) * noise.step_size > MAX_NOISE_A:
+        raise RMError(f"--levels/--step-size: noise amplitude max(levels) x step size = "
+                      f"{max(noise.levels) * noise.step_size:g} A exceeds {MAX_NOISE_A:g} A; lower them")
 
 
 _MACE_COMMON = dict(num_interactions=1, num_channels=32, max_L=1, forces_weight=10.0,

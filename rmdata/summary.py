@@ -9,12 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rmdata.io import FrameBatch, open_writer, read, read_provenance
+from rmdata.io import FrameBatch, open_writer, read, read_provenance, require_labels
 
 
 def summarize(path: str | os.PathLike) -> str:
     """A human-readable summary of an rmdata file."""
     frames = read(path)
+    require_labels(frames, path)
     prov = read_provenance(path)
     n_atoms = np.array([len(a) for a in frames])
     symbols = Counter()
@@ -50,6 +51,7 @@ def summarize(path: str | os.PathLike) -> str:
 def convert(source: str | os.PathLike, dest: str | os.PathLike) -> int:
     """Copy a dataset into another format (extxyz <-> HDF5), keeping provenance; return frames."""
     frames = read(source)
+    require_labels(frames, source)
     prov = read_provenance(source)
     prov = {**prov, "converted_from": str(Path(source).name)}
     with open_writer(dest, prov) as writer:

@@ -9,6 +9,7 @@ import glob
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -22,45 +23,99 @@ from rmdata.errors import RMError
 log = logging.getLogger(__name__)
 
 
+def _temp_stem(name: str) -> str:
+    """The hidden temporary's stem for the file ``name``: the name itself while short, else a
+    16-character hash of it, so the temporary's name stays within the file-name limit."""
+    if len(os.fsencode(name)) <= 100:
+        return name
+    return "rm" + hashlib.sha256(os.fsencode(name)).hexdigest()[:16]
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def finish_permissions(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a file made by ``mkstemp`` (0600) or ``mkdtemp`` (0700) the mode a plain
+    ``open``/``mkdir`` would: 0666 (0777 for a folder) less the umask."""
+    with contextlib.suppress(OSError):
+        os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it onto ``path``.
 
-    On any exception the temporary file is removed and ``path`` is left as it was, so a
-    crash, a full disk or bad input never leaves a half-written output behind. The
-    temporary name (``.NAME.PID.*``) carries the writer's pid, so the leftovers of a
-    process killed with SIGKILL are recognised and removed by the next writer.
+    On any exception (SIGINT, and SIGTERM in the command-line tools, included) the
+    temporary file is removed and ``path`` is left as it was, so a crash, a full disk or
+    bad input never leaves a half-written output behind. The temporary name
+    (``.NAME.PID.*``, NAME shortened to a hash when long) carries the writer's pid, so
+    the leftovers of a process killed with SIGKILL are recognised and removed by the
+    next writer. The output gets the usual permissions (0666 less the umask).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _discard(None, created)
+        raise RMError(f"{path}: cannot create the folder {path.parent} ({exc.strerror or exc}); "
+                      "choose another location") from exc
     remove_stale_temporaries(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=suffix or path.suffix or ".tmp",
-                               dir=path.parent)
+    suffix = suffix or path.suffix or ".tmp"
+    if len(os.fsencode(suffix)) > 16:
+        suffix = ".tmp"
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{_temp_stem(path.name)}.{os.getpid()}.", suffix=suffix,
+                                   dir=path.parent)
+    except OSError as exc:
+        _discard(None, created)
+        if exc.errno == errno.ENOSPC:
+            raise RMError(f"{path}: no space left on device; free some space and run again "
+                          "(previous outputs were left intact)") from exc
+        raise RMError(f"{path}: cannot create a file in {path.parent} ({exc.strerror or exc}); "
+                      "choose another location") from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if tmp_path.is_file():
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            finish_permissions(tmp_path)
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
     except OSError as exc:
-        tmp_path.unlink(missing_ok=True)
+        _discard(tmp_path, created)
         if exc.errno == errno.ENOSPC:
             raise RMError(f"{path}: no space left on device; free some space and run again "
                           "(previous outputs were left intact)") from exc
         raise
     except BaseException:
-        tmp_path.unlink(missing_ok=True)
+        _discard(tmp_path, created)
         raise
+
+
+def _discard(tmp: Path | None, created: list[Path]) -> None:
+    """Remove a failed writer's temporary and the (still empty) folders made for its output."""
+    if tmp is not None:
+        tmp.unlink(missing_ok=True)
+    for folder in created:  # deepest first
+        try:
+            folder.rmdir()
+        except OSError:
+            break
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     """Delete temporaries of ``path`` left by writers that no longer run; return them."""
     path = Path(path)
+    stem = _temp_stem(path.name)
     removed = []
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*"):
-        pid = tmp.name[len(path.name) + 2:].split(".", 1)[0]
+    for tmp in path.parent.glob(f".{glob.escape(stem)}.*"):
+        pid = tmp.name[len(stem) + 2:].split(".", 1)[0]
         if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
@@ -96,6 +151,35 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON to ``path`` atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def range_text(low: float | None, high: float | None, low_open: bool = False, high_open: bool = False) -> str:
+    """A range as text: ``[0, 3]``, ``(0, 1e4]``, ``>= 1``."""
+    if low is not None and high is not None:
+        return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    if low is not None:
+        return f"{'>' if low_open else '>='} {low:g}"
+    if high is not None:
+        return f"{'<' if high_open else '<='} {high:g}"
+    return "any finite number"
+
+
+def check_finite(value: float, name: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, high_open: bool = False) -> float:
+    """``value`` as a float if it is finite and inside the range, else a one-line RMError naming ``name``."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RMError(f"{name} {value!r}: not a number; give a finite number "
+                      f"({range_text(low, high, low_open, high_open)})") from None
+    ok = math.isfinite(x)
+    if ok and low is not None:
+        ok = x > low if low_open else x >= low
+    if ok and high is not None:
+        ok = x < high if high_open else x <= high
+    if not ok:
+        raise RMError(f"{name} {value}: must be a finite number {range_text(low, high, low_open, high_open)}")
+    return x
 
 
 def pin_threads(n: int = 1) -> None:

@@ -30,3 +30,8 @@ for _cmd in (launch_cmd, status_cmd, run_shard_cmd): main.add_command(_cmd)  # n
 from rmsearch.cli_export import export_command; main.add_command(export_command)  # noqa: E402,E702
 from rmsearch.cli_native import fit_native_command; main.add_command(fit_native_command)  # noqa: E402,E702
 from rmsearch.cli_models import models_group; main.add_command(models_group)  # noqa: E402,E702
+from rmsearch.cli_relax import relax_cmd; main.add_command(relax_cmd)  # noqa: E402,E702
+
+
+if __name__ == "__main__":
+    main()

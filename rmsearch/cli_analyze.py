@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import click
 
-from rmdata.cliutils import CONTEXT
+from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
 
 
 @click.command("analyze", context_settings=CONTEXT)
@@ -15,12 +13,14 @@ from rmdata.cliutils import CONTEXT
               help="Reference structures to match against and compute generation metrics with: "
                    "a file (extxyz, CIF, MP-20 style CSV) or NAME:SPLIT of the rmdata registry such as mp20-subset:val.")
 @click.option("--top", type=click.IntRange(min=1), default=20, help="Clusters in the report table (CIFs written).")
-@click.option("--workers", type=click.IntRange(min=1), default=1, help="Processes for dedupe and fingerprints.")
-@click.option("--frac", type=click.FloatRange(0.05, 1.5), default=0.7,
-              help="Invalid if two atoms are closer than FRAC x sum of covalent radii.")
-@click.option("--energy-bin", type=click.FloatRange(min=1e-6), default=0.02, help="Dedupe energy bin (eV/atom).")
-@click.option("--volume-bin", type=click.FloatRange(min=1e-6), default=0.05,
-              help="Dedupe volume bin in ln(V/atom) (0.05 = 5 %).")
+@click.option("--workers", type=WORKERS, default=None,
+              help="Processes for dedupe and fingerprints [default: cores available].")
+@click.option("--frac", type=FiniteFloat(0, 2, True, True), default=0.7,
+              help="Invalid if two atoms are closer than FRAC x sum of covalent radii, FRAC in (0, 2).")
+@click.option("--energy-bin", type=FiniteFloat(1e-6, 10), default=0.02,
+              help="Dedupe energy bin (eV/atom), in [1e-6, 10].")
+@click.option("--volume-bin", type=FiniteFloat(1e-6, 10), default=0.05,
+              help="Dedupe volume bin in ln(V/atom) (0.05 = 5 %), in [1e-6, 10].")
 @click.option("--match-top-k", type=click.IntRange(min=1), default=20,
               help="Clusters per composition tried against each reference structure.")
 @click.option("--metrics/--no-metrics", default=True,
@@ -37,10 +37,10 @@ from rmdata.cliutils import CONTEXT
                    "snap to the same structure.")
 @click.option("--snap-top", type=click.IntRange(min=1), default=2000,
               help="Clusters snapped per composition, the lowest in energy.")
-@click.option("--fp-radius", type=click.FloatRange(min=0.0), default=None,
+@click.option("--fp-radius", type=FiniteFloat(0, 100), default=None,
               help="Fingerprint distance below which a pair goes to StructureMatcher [default: "
                    "rmsearch.analysis.fingerprint.FP_RADIUS]; 0 = every pair in neighbouring energy/volume "
-                   "bins (the plain rule, slow).")
+                   "bins (the plain rule, slow); in [0, 100].")
 def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac: float, energy_bin: float,
                 volume_bin: float, match_top_k: int, metrics: bool, known_smiles: str | None,
                 posebusters: bool, snap: bool, snap_top: int, fp_radius: float | None) -> None:
@@ -51,9 +51,9 @@ def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac
     """
     from rmsearch.analysis import analyze
     from rmsearch.analysis.fingerprint import FP_RADIUS
+    from rmsearch.runner import default_workers
 
-    if fp_radius is not None and not math.isfinite(fp_radius):
-        raise click.BadParameter(f"{fp_radius}: must be a finite number", param_hint="--fp-radius")
+    workers = workers or default_workers()
     radius = FP_RADIUS if fp_radius is None else (fp_radius or None)
     data = analyze(rundir, reference=reference, top=top, workers=workers, frac=frac, energy_bin=energy_bin,
                    volume_bin=volume_bin, match_top_k=match_top_k, metrics=metrics,

@@ -6,13 +6,12 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT
+from rmdata.cliutils import CONTEXT, check_output, output_option
 
 
 @click.command("export", context_settings=CONTEXT)
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
-              help="Potential directory to create.")
+@output_option("Potential directory to create.", required=True, type=click.Path(path_type=Path))
 @click.option("--training", type=click.Path(path_type=Path), default=None,
               help="Training extxyz (rmdata output) for the per-element volumes (A^3/atom); "
                    "without it covalent-radius volumes are used.")
@@ -21,15 +20,18 @@ from rmdata.cliutils import CONTEXT
 @click.option("--verify/--no-verify", default=True,
               help="Check LAMMPS forces/stress against MACECalculator (1e-6 eV/A, eV/A^3).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out directory.")
-def export_command(model: Path, out: Path, training: Path | None, backend: str, verify: bool,
+def export_command(model: Path, output: Path, training: Path | None, backend: str, verify: bool,
                    overwrite: bool) -> None:
     """Export MODEL (a mace_run_train .model file) to a potential directory for rmsearch.
 
     MODEL may also be a shipped model, model:NAME ('rmsearch models list'): its verified
-    potential directory is copied to --out (for use outside the package, e.g. LAMMPS).
+    potential directory is copied to -o/--output (for use outside the package, e.g. LAMMPS).
     """
     from rmsearch.potentials import export_potential
     from rmsearch.registry import PREFIX, copy_model
+
+    out = check_output(output, inputs=[training, None if str(model).startswith(PREFIX) else model],
+                       overwrite=overwrite, folder=True)
 
     if str(model).startswith(PREFIX):
         card = copy_model(str(model), out, overwrite=overwrite)

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT
+from rmdata.cliutils import CONTEXT, SEED, WORKERS, FiniteFloat
 from rmdata.errors import RMError
-from rmsearch.cli_slurm import slurm_launch_options, submit_from_cli
+from rmsearch.cli_slurm import options_from_cli, slurm_launch_options, submit_from_cli
 from rmsearch.relax import RELAX_OPTIMIZERS
 from rmsearch.runner import default_workers, launch, run_shard, rundir_status
 from rmsearch.starts import parse_range
@@ -41,16 +41,17 @@ def _print_total(status: dict) -> None:
 
 
 @click.command("launch", context_settings=CONTEXT)
-@click.option("-o", "--output", "rundir", required=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("-o", "--output", "--out", "rundir", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Run directory (created; an existing one is resumed: only missing run ids run).")
 @click.option("--potential", "potential_spec",
               help="Potential directory from 'rmsearch export' / 'rmsearch fit-native', or a shipped "
                    "model as model:NAME ('rmsearch models list'); required for a new run directory.")
-@click.option("--nruns", type=click.IntRange(min=1),
-              help="Number of runs, ids 0..nruns-1 (required for a new run directory; may grow on resume).")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--nruns", type=click.IntRange(1, 10**7),
+              help="Number of runs, ids 0..nruns-1 (required for a new run directory; on resume it may grow, "
+                   "never shrink).")
+@click.option("--workers", type=WORKERS, default=None,
               help=f"Worker processes, one thread each [default: cores available, {default_workers()}].")
-@click.option("--seed", type=click.IntRange(min=0),
+@click.option("--seed", type=SEED,
               help="Search seed; run r starts from rng([seed, r]) [default: 0].")
 @click.option("--system",
               help="Elements of the search, e.g. Li-S: any Li_a S_b with an atom count in --natoms.")
@@ -63,14 +64,14 @@ def _print_total(status: dict) -> None:
                    "[default: none].")
 @click.option("--volume-factor", help="Range of the random factor on the per-element volumes (A^3/atom) "
                                       "[default: 0.8-1.2].")
-@click.option("--minsep-factor", type=click.FloatRange(min=0),
+@click.option("--minsep-factor", type=FiniteFloat(0, 3),
               help="Minimum separation of a start as a fraction of the covalent radii sum (at least 0.7 A) "
                    "[default: 0.7].")
-@click.option("--fmax", type=click.FloatRange(min=0, min_open=True),
+@click.option("--fmax", type=FiniteFloat(0, None, True),
               help="Force tolerance, max |F| in eV/A [default: 0.01].")
-@click.option("--smax", "smax_gpa", type=click.FloatRange(min=0, min_open=True),
+@click.option("--smax", "smax_gpa", type=FiniteFloat(0, None, True),
               help="Stress tolerance, max |sigma_ij| in GPa [default: 0.1].")
-@click.option("--max-steps", type=click.IntRange(min=1),
+@click.option("--max-steps", type=click.IntRange(1, 10**7),
               help="Force calls per relaxation before it counts as not_converged [default: 2000].")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]),
               help="Precision of the model evaluation (mace backend); float32 is ~1.4x faster on CPU "
@@ -80,15 +81,21 @@ def _print_total(status: dict) -> None:
                    "fire2-lbfgs), FIRE 2.0 until max|F| < 2 eV/A then L-BFGS (fire2-lbfgs), FIRE 2.0 "
                    "alone, ASE's FIRE, L-BFGS alone (rmsearch/optimizers.py), or conjugate gradients "
                    "with fix box/relax inside LAMMPS (lammps-cg, rmsearch/lammps_min.py) [default: auto].")
-@click.option("--kick", type=click.FloatRange(min=0, max=5),
+@click.option("--kick", type=FiniteFloat(0, 5),
               help="Second stage of the molecule protocol: displace every atom of the relaxed structure "
                    "by uniform noise in +-KICK A per component and relax again to --kick-fmax "
                    "(paper: 0.75 A) [default: 0, no kick stage].")
-@click.option("--kick-fmax", type=click.FloatRange(min=0, min_open=True),
+@click.option("--kick-fmax", type=FiniteFloat(0, None, True),
               help="Force tolerance of the kick stage, max |F| in eV/A [default: 0.0002].")
-@click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
+@click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
               help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
                    "and its worker restarted (0 = no limit; may change on resume) [default: 600].")
+@click.option("--device", default="cpu", show_default=True,
+              help="cpu: the worker pool, one structure per model call; cuda (or cuda:N): the batched "
+                   "path, many relaxations per MACE model call in one process (mace potentials).")
+@click.option("--batch", type=click.IntRange(1, 100000),
+              help="Relaxations in flight per model call on the batched path; on a CPU, --batch N "
+                   "selects the batched path [default: 128 with --device cuda].")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar (rate, ETA) on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--scheduler", type=click.Choice(["local", "slurm"]), default="local",
@@ -100,7 +107,7 @@ def _print_total(status: dict) -> None:
               help="Require RUNDIR to exist (an existing RUNDIR is resumed with or without this flag).")
 def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, workers: int | None,
                progress: bool, as_json: bool, scheduler: str, dry_run: bool, resume: bool,
-               volume_factor: str | None, **flags) -> None:
+               volume_factor: str | None, device: str, batch: int | None, **flags) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
 
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
@@ -119,6 +126,10 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
 
         if workers is not None:
             raise RMError("--workers applies to --scheduler local; a SLURM task runs one process")
+        if device != "cpu" or batch is not None:
+            raise RMError("--device cuda / --batch apply to --scheduler local; SLURM tasks relax one "
+                          "structure at a time")
+        options_from_cli(rundir, **slurm_flags)  # a bad profile or --time: an error before RUNDIR exists
         prepare_search(rundir, potential=potential, nruns=nruns, **search)
         submit_from_cli(rundir, dry_run=dry_run, **slurm_flags)
         return
@@ -126,14 +137,25 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
     if given:
         raise RMError(f"--{given[0].replace('_', '-')} applies to --scheduler slurm only")
     summary = launch(rundir, potential=potential, nruns=nruns, workers=workers, progress=progress,
-                     **search)
+                     device=device, batch=batch, **search)
     if as_json:
         click.echo(json.dumps(summary, indent=2))
+        _fail_if_all_failed(summary, rundir)
         return
     rate = f" ({summary['runs_per_s']} runs/s)" if summary["runs"] else ""
     click.echo(f"this launch: {summary['runs']} runs in {summary['wall_s']:.1f} s{rate}; "
                f"{_status_line(summary['status_counts'])}")
     _print_total(summary["total"])
+    _fail_if_all_failed(summary, rundir)
+
+
+def _fail_if_all_failed(summary: dict, rundir: Path) -> None:
+    """RMError (exit status 2) when this launch ran runs and none converged or ended not_converged."""
+    counts = summary["status_counts"]
+    ok = sum(n for s, n in counts.items() if s in ("converged", "not_converged"))
+    if summary["runs"] and not ok:
+        raise RMError(f"{rundir}: all {summary['runs']} runs of this launch failed "
+                      f"({_status_line(counts)}); see the error records with 'rmsearch status {rundir}'")
 
 
 @click.command("status", context_settings=CONTEXT)
@@ -165,7 +187,7 @@ def status_cmd(rundir: Path, as_json: bool) -> None:
 @click.option("--task", type=click.IntRange(min=0), required=True,
               help="This task's index i: runs the ids r with r % ntasks == i.")
 @click.option("--ntasks", type=click.IntRange(min=1), required=True, help="Number of tasks N.")
-@click.option("--run-timeout", "run_timeout_s", type=click.FloatRange(min=0),
+@click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
               help="Wall-time limit of one relaxation in s (0 = none); a run past it is recorded as "
                    "'timeout' and this process restarts itself on the remaining runs "
                    "[default: the launch's, from RUNDIR/config.json].")

@@ -43,19 +43,27 @@ def slurm_launch_options(func):
     return func
 
 
-def submit_from_cli(rundir: str | Path, *, dry_run: bool = False, slurm_profile: str | None = None,
-                    array_size: int | None = None, partition: str | None = None,
-                    account: str | None = None, time_limit: str | None = None,
-                    cpus_per_task: int | None = None, mem: str | None = None,
-                    max_concurrent: int | None = None, extra_sbatch: str | None = None) -> str | None:
-    """Resolve options (run dir, profile, flags) and call :func:`rmsearch.slurm.submit_slurm`.
+def options_from_cli(rundir: str | Path, *, slurm_profile: str | None = None,
+                     array_size: int | None = None, partition: str | None = None,
+                     account: str | None = None, time_limit: str | None = None,
+                     cpus_per_task: int | None = None, mem: str | None = None,
+                     max_concurrent: int | None = None, extra_sbatch: str | None = None) -> slurm.SlurmOptions:
+    """The validated submission options (run dir, profile, flags); RMError names a bad one.
 
-    Prints what happened; returns the job id (``None`` for a dry run or nothing to do).
+    Writes nothing, so ``launch --scheduler slurm`` checks them before creating RUNDIR.
     """
     overrides = dict(array_size=array_size, partition=partition, account=account, time=time_limit,
                      cpus_per_task=cpus_per_task, mem=mem, max_concurrent=max_concurrent,
                      extra_sbatch=slurm.split_sbatch_options(extra_sbatch) or None)
-    options = slurm.resolve_options(rundir, slurm_profile, overrides)
+    return slurm.resolve_options(rundir, slurm_profile, overrides).validate()
+
+
+def submit_from_cli(rundir: str | Path, *, dry_run: bool = False, **flags) -> str | None:
+    """Resolve options (:func:`options_from_cli`) and call :func:`rmsearch.slurm.submit_slurm`.
+
+    Prints what happened; returns the job id (``None`` for a dry run or nothing to do).
+    """
+    options = options_from_cli(rundir, **flags)
     job_id = slurm.submit_slurm(rundir, options, dry_run=dry_run)
     script = Path(rundir) / "slurm" / "job.sh"
     if dry_run:

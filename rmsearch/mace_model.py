@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import time
 from pathlib import Path
 
@@ -42,9 +41,11 @@ def load_mace_model(path: str | os.PathLike, dtype: str = "float64"):
     path = Path(path)
     if not path.is_file():
         raise RMError(f"{path}: model file not found; give the .model file written by mace_run_train")
+    if path.stat().st_size == 0:
+        raise RMError(f"{path}: the model file is empty; give the .model file written by mace_run_train")
     try:
         model = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, TypeError):
+    except Exception:  # noqa: BLE001 - any failure here: try the full pickle loader below
         log.debug("%s: not loadable with weights_only=True (a full pickled module); "
                   "using the pickle loader", path)
         try:
@@ -63,19 +64,22 @@ def load_mace_model(path: str | os.PathLike, dtype: str = "float64"):
 
 
 class MACEEvaluator:
-    """Energy, forces and stress of single structures from a MACE model, on CPU.
+    """Energy, forces and stress from a MACE model: one structure per call (:meth:`evaluate`,
+    the LAMMPS callback's) or many (:meth:`evaluate_batch`, the batched relaxer's).
 
     ``dtype="float32"`` runs the model in single precision (faster, for search);
     ``"float64"`` reproduces ``MACECalculator`` to round-off. ``threads`` pins torch's
     intra-op threads (1 per worker process is fastest for small cells). ``script`` compiles
     the model with TorchScript (0.3 s once; 8.5 instead of 10.2 ms per call on 8 carbon atoms
     in float32, 12.3 instead of 14.9 ms in float64, results equal to round-off); a model
-    that TorchScript rejects runs as it is.
-    ``model_time_s`` accumulates the wall time spent in :meth:`evaluate`.
+    that TorchScript rejects runs as it is. ``device``: a torch device ("cpu", "cuda",
+    "cuda:1"); inputs and results are numpy arrays on the host either way.
+    ``model_time_s`` accumulates the wall time spent in :meth:`evaluate` and
+    :meth:`evaluate_batch` (neighbour lists and host-device copies included).
     """
 
     def __init__(self, model_path: str | os.PathLike, dtype: str = "float64", threads: int | None = 1,
-                 script: bool = True):
+                 script: bool = True, device: str = "cpu"):
         import torch
         from vesin import NeighborList
 
@@ -84,7 +88,8 @@ class MACEEvaluator:
         self._torch = torch
         self.dtype = dtype
         self._tdtype = getattr(torch, dtype)
-        self.model = load_mace_model(model_path, dtype)
+        self.device = torch.device(device)
+        self.model = load_mace_model(model_path, dtype).to(self.device)
         if script:
             try:
                 self.model = torch.jit.script(self.model)
@@ -119,42 +124,76 @@ class MACEEvaluator:
         stress is returned as zeros. ``node_attrs`` may be passed to skip the element
         lookup when the same composition is evaluated repeatedly.
         """
-        torch = self._torch
-        t0 = time.perf_counter()
-        positions = np.ascontiguousarray(positions, dtype=np.float64)
-        cell = np.ascontiguousarray(cell, dtype=np.float64)
-        pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
-        periodic = bool(pbc_arr.any())
-        i, j, shifts_int = self._nl.compute(points=positions, box=cell if periodic else np.zeros((3, 3)),
-                                            periodic=pbc_arr.tolist() if periodic else False,
-                                            quantities="ijS")
         if node_attrs is None:
             node_attrs = self.node_attrs(numbers)
-        n = len(positions)
-        td = self._tdtype
-        unit_shifts = torch.from_numpy(shifts_int.astype(np.float64)).to(td)
-        cell_t = torch.from_numpy(cell).to(td)
-        data = {
-            "positions": torch.from_numpy(positions).to(td),
-            "node_attrs": torch.from_numpy(node_attrs).to(td),
-            "edge_index": torch.from_numpy(np.stack((i, j)).astype(np.int64)),
-            "unit_shifts": unit_shifts,
-            "shifts": unit_shifts @ cell_t,
-            "cell": cell_t,
-            "batch": torch.zeros(n, dtype=torch.int64),
-            "ptr": torch.tensor([0, n], dtype=torch.int64),
-            "head": torch.zeros(1, dtype=torch.int64),
-        }
-        out = self.model(data, training=False, compute_force=True, compute_stress=periodic)
-        energy = float(out["energy"].detach()[0])
-        forces = out["forces"].detach().to(torch.float64).numpy()
-        if periodic and out["stress"] is not None:
-            stress = out["stress"].detach().to(torch.float64).numpy().reshape(3, 3)
+        return self.evaluate_batch([(positions, cell, node_attrs, pbc)])[0]
+
+    def evaluate_batch(self, systems: list[tuple]) -> list[tuple[float, np.ndarray, np.ndarray]]:
+        """Energy, forces and stress of several structures in one model call.
+
+        ``systems``: ``(positions (n_i, 3) A, cell rows (3, 3) A, node_attrs (n_i,
+        n_elements) from :meth:`node_attrs`, pbc)`` per structure. The structures are
+        flattened into one graph batch (atoms concatenated, edges offset, a per-atom system
+        index ``batch``, cells stacked as (3 n_systems, 3)), as ``mace.tools.torch_geometric``
+        batches ``AtomicData``; the model returns per-system energies and stresses. Returns
+        ``(energy eV, forces (n_i, 3) eV/A, stress (3, 3) eV/A^3)`` per structure, in order;
+        stress is zeros for a structure without periodicity.
+        """
+        torch = self._torch
+        t0 = time.perf_counter()
+        pos_l, cells, attrs, edges, shifts, counts, periodic = [], [], [], [], [], [], []
+        offset = 0
+        for positions, cell, node_attrs, pbc in systems:
+            positions = np.ascontiguousarray(positions, dtype=np.float64)
+            cell = np.ascontiguousarray(cell, dtype=np.float64)
+            pbc_arr = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,))
+            is_periodic = bool(pbc_arr.any())
+            i, j, shifts_int = self._nl.compute(points=positions,
+                                                box=cell if is_periodic else np.zeros((3, 3)),
+                                                periodic=pbc_arr.tolist() if is_periodic else False,
+                                                quantities="ijS")
+            pos_l.append(positions)
+            cells.append(cell)
+            attrs.append(node_attrs)
+            edges.append(np.stack((i, j)).astype(np.int64) + offset)
+            shifts.append(shifts_int)
+            counts.append(len(positions))
+            periodic.append(is_periodic)
+            offset += len(positions)
+        n_sys = len(systems)
+        td, dev = self._tdtype, self.device
+        counts_arr = np.array(counts, dtype=np.int64)
+        ptr = np.concatenate(([0], np.cumsum(counts_arr)))
+        batch = np.repeat(np.arange(n_sys, dtype=np.int64), counts_arr)
+        edge_index = torch.from_numpy(np.concatenate(edges, axis=1)).to(dev)
+        unit_shifts = torch.from_numpy(np.concatenate(shifts).astype(np.float64)).to(dev, td)
+        cell_t = torch.from_numpy(np.concatenate(cells)).to(dev, td)  # (3 n_sys, 3)
+        batch_t = torch.from_numpy(batch).to(dev)
+        if n_sys == 1:  # each edge's shift in A: unit shifts times the rows of its system's cell
+            shifts_t = unit_shifts @ cell_t
         else:
-            stress = np.zeros((3, 3))
+            shifts_t = torch.einsum("ec,ecd->ed", unit_shifts, cell_t.view(-1, 3, 3)[batch_t[edge_index[0]]])
+        data = {
+            "positions": torch.from_numpy(np.concatenate(pos_l)).to(dev, td),
+            "node_attrs": torch.from_numpy(np.concatenate(attrs)).to(dev, td),
+            "edge_index": edge_index,
+            "unit_shifts": unit_shifts,
+            "shifts": shifts_t,
+            "cell": cell_t,
+            "batch": batch_t,
+            "ptr": torch.from_numpy(ptr).to(dev),
+            "head": torch.zeros(n_sys, dtype=torch.int64, device=dev),
+        }
+        out = self.model(data, training=False, compute_force=True, compute_stress=any(periodic))
+        energies = out["energy"].detach().to(torch.float64).cpu().numpy()
+        forces = out["forces"].detach().to(torch.float64).cpu().numpy()
+        stress = out["stress"].detach().to(torch.float64).cpu().numpy().reshape(n_sys, 3, 3) \
+            if any(periodic) and out["stress"] is not None else np.zeros((n_sys, 3, 3))
+        results = [(float(energies[k]), forces[ptr[k]:ptr[k + 1]],
+                    stress[k] if periodic[k] else np.zeros((3, 3))) for k in range(n_sys)]
         self.model_time_s += time.perf_counter() - t0
         self.n_calls += 1
-        return energy, forces, stress
+        return results
 
 
 def label_errors(model_path: str | os.PathLike, frames, dtype: str = "float64") -> dict[str, float]:

@@ -418,7 +418,9 @@ def native_potential(directory: Path, settings: FitSettings, elements: list[str]
     from rmsearch.potentials import Potential
 
     style, coeff = pair_definition(settings, elements)
-    potdir = str(Path(directory).resolve())
+    from rmsearch.lammps_env import lammps_path
+
+    potdir = lammps_path(directory)
     return Potential(directory=Path(directory), backend=settings.kind, elements=list(elements),
                      cutoff=settings.cutoff, volumes=volumes, pair_style=style.format(potdir=potdir),
                      pair_coeff=[c.format(potdir=potdir) for c in coeff],
@@ -549,9 +551,10 @@ def _read_frames(data: str | os.PathLike) -> list[Atoms]:
     path = Path(data)
     if not path.is_file():
         raise RMError(f"{path}: training file not found; make one with 'rmdata make --dataset diamond -o {path}'")
+    from rmdata.io import require_labels
+
     frames = rmdata.read(path)
-    if not frames:
-        raise RMError(f"{path}: no frames")
+    require_labels(frames, path, stress=True)
     return frames
 
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rmdata.errors import RMError
+from rmdata.errors import RMError, describe_exception
 from rmdata.utils import provenance, sha256_file, write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -104,25 +104,40 @@ def load_potential(directory: str | os.PathLike) -> Potential:
         raise RMError(f"{meta_path}: not found; create the potential directory with "
                       "'rmsearch export MODEL --out DIR'")
     try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise RMError(f"{meta_path}: not valid JSON ({exc}); re-run 'rmsearch export'") from exc
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RMError(f"{meta_path}: not valid JSON ({describe_exception(exc)}); re-run 'rmsearch export'") from exc
+    if not isinstance(meta, dict):
+        raise RMError(f"{meta_path}: not a JSON object; re-run 'rmsearch export'")
     for key in ("backend", "elements", "cutoff", "pair_style", "pair_coeff", "volumes"):
         if key not in meta:
             raise RMError(f"{meta_path}: field {key!r} missing; re-run 'rmsearch export'")
-    elements = list(meta["elements"])
-    volumes = {str(k): float(v) for k, v in meta["volumes"].items()}
+    from rmsearch.lammps_env import lammps_path
+
+    subst = {"potdir": lammps_path(directory)}
+    try:
+        elements = [str(e) for e in meta["elements"]]
+        volumes = {str(k): float(v) for k, v in meta["volumes"].items()}
+        cutoff = float(meta["cutoff"])
+        pair_style = str(meta["pair_style"]).format(**subst)
+        pair_coeff = [str(c).format(**subst) for c in meta["pair_coeff"]]
+        model_file = directory / str(meta["model"]) if meta.get("model") else None
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise RMError(f"{meta_path}: malformed field ({describe_exception(exc)}); re-run 'rmsearch export'") from exc
+    from ase.data import chemical_symbols
+
+    unknown = [e for e in elements if e not in chemical_symbols[1:]]
+    bad_volumes = [e for e, v in volumes.items() if not (np.isfinite(v) and v > 0)]
+    if not elements or unknown or bad_volumes or not (np.isfinite(cutoff) and cutoff > 0):
+        raise RMError(f"{meta_path}: elements {elements}, cutoff {cutoff} or volumes {volumes} are not valid "
+                      "(known elements, finite positive numbers); re-run 'rmsearch export'")
     missing = [e for e in elements if e not in volumes]
     if missing:
         raise RMError(f"{meta_path}: field 'volumes' lacks {missing}; re-run 'rmsearch export'")
-    model_file = directory / meta["model"] if meta.get("model") else None
     if model_file is not None and not model_file.is_file():
         raise RMError(f"{model_file}: model file of the potential is missing; re-run 'rmsearch export'")
-    subst = {"potdir": str(directory.resolve())}
     return Potential(directory=directory, backend=str(meta["backend"]), elements=elements,
-                     cutoff=float(meta["cutoff"]), volumes=volumes,
-                     pair_style=str(meta["pair_style"]).format(**subst),
-                     pair_coeff=[str(c).format(**subst) for c in meta["pair_coeff"]],
+                     cutoff=cutoff, volumes=volumes, pair_style=pair_style, pair_coeff=pair_coeff,
                      callback=meta.get("callback"), model_file=model_file, meta=meta)
 
 

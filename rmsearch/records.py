@@ -87,11 +87,40 @@ class RunRecord:
     @classmethod
     def from_json(cls, line: str) -> RunRecord:
         data = json.loads(line)
+        if not isinstance(data, dict):
+            raise ValueError("a record is a JSON object")
         for key in ("energy", "energy_per_atom", "pressure_gpa", "volume_per_atom", "fmax"):
             if data.get(key) is None:
                 data[key] = math.nan
         data["stress"] = [math.nan if v is None else v for v in data.get("stress") or [None] * 6]
-        return cls(**data)
+        record = cls(**data)
+        check_record(record)
+        return record
+
+
+def check_record(record: RunRecord) -> None:
+    """Raise ValueError (a one-line reason) unless the record's structure fits together:
+    an integer run id >= 0, known elements (1-118), one 3-vector per atom, a 3x3 cell and
+    three pbc flags."""
+    if not isinstance(record.run_id, int) or isinstance(record.run_id, bool) or record.run_id < 0:
+        raise ValueError(f"run_id {record.run_id!r} is not an integer >= 0")
+    numbers = record.numbers
+    if not isinstance(numbers, list) or not all(isinstance(z, int) and 1 <= z <= 118 for z in numbers):
+        raise ValueError(f"run {record.run_id}: unknown element in numbers")
+    if not isinstance(record.positions, list) or len(record.positions) != len(numbers) \
+            or not all(isinstance(p, list) and len(p) == 3 for p in record.positions):
+        raise ValueError(f"run {record.run_id}: {len(numbers)} atoms but positions of another shape")
+    cell = record.cell
+    if not isinstance(cell, list) or len(cell) != 3 or not all(isinstance(v, list) and len(v) == 3 for v in cell):
+        raise ValueError(f"run {record.run_id}: cell is not 3x3")
+    if not isinstance(record.pbc, list) or len(record.pbc) != 3:
+        raise ValueError(f"run {record.run_id}: pbc is not three flags")
+    for name in ("energy", "energy_per_atom", "pressure_gpa", "volume_per_atom", "fmax", "wall_s"):
+        value = getattr(record, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"run {record.run_id}: {name} is not a number")
+    if not isinstance(record.status, str):
+        raise ValueError(f"run {record.run_id}: status is not text")
 
 
 def _nan_to_none(obj):

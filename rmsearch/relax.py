@@ -677,6 +677,51 @@ def final_structure(state: _RunState, start: Atoms, pos: np.ndarray, cell: np.nd
         state.atoms.wrap()
 
 
+def start_variables(atoms: Atoms, settings: RelaxSettings
+                    ) -> tuple[bool, np.ndarray, np.ndarray, float, np.ndarray, bool]:
+    """``(periodic, numbers, cell0 (3, 3) A, vol0 A^3, x (n, 3) A, relax_cell)`` of a relaxation
+    of ``atoms``: the arguments :class:`Minimisation` takes; RMError for a bad structure."""
+    periodic = check_structure(atoms)
+    cell0 = np.array(atoms.cell, dtype=float)
+    vol0 = abs(np.linalg.det(cell0)) if periodic else 0.0
+    x = atoms.positions.astype(float).copy()  # undeformed positions
+    return periodic, atoms.numbers.copy(), cell0, vol0, x, settings.relax_cell and periodic
+
+
+def error_status(exc: BaseException) -> str:
+    """The status ``error: <type>: <message>`` (one line, at most 300 characters) of a run
+    that raised ``exc``."""
+    return "error: " + " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+
+
+def kick_start(first: RelaxOutcome, kick: float, rng: np.random.Generator | None) -> Atoms | None:
+    """The start of the kick stage after the first stage ``first`` (its atoms displaced by
+    uniform noise in +-``kick`` A per component, drawn from ``rng``, default a fresh unseeded
+    generator), or None when there is no second stage (kick 0 or a failed first stage)."""
+    if kick <= 0 or first.status not in ("converged", "not_converged"):
+        return None
+    rng = rng if rng is not None else np.random.default_rng()
+    kicked = first.atoms.copy()
+    kicked.positions = kicked.positions + rng.uniform(-kick, kick, size=kicked.positions.shape)
+    return kicked
+
+
+def kick_settings(settings: RelaxSettings) -> RelaxSettings:
+    """The settings of the kick stage: ``settings`` with fmax = kick_fmax."""
+    return replace(settings, fmax=settings.kick_fmax)
+
+
+def merge_stages(first: RelaxOutcome, second: RelaxOutcome) -> RelaxOutcome:
+    """``second`` with ``first_stage`` set from ``first`` and the counts and times of both."""
+    second.first_stage = {"status": first.status, "energy": float(first.energy),
+                          "fmax": float(first.fmax), "n_force_calls": int(first.n_force_calls)}
+    second.n_force_calls += first.n_force_calls
+    second.n_steps += first.n_steps
+    second.wall_s += first.wall_s
+    second.model_time_s += first.model_time_s
+    return second
+
+
 class Relaxer:
     """Relax structures one after another with one LAMMPS instance (and model) per process.
 
@@ -711,25 +756,16 @@ class Relaxer:
         displacements are drawn from ``rng`` (default: a fresh unseeded generator).
         """
         first = self._relax_once(atoms)
-        kick = self.settings.kick
-        if kick <= 0 or first.status not in ("converged", "not_converged"):
+        kicked = kick_start(first, self.settings.kick, rng)
+        if kicked is None:
             return first
-        rng = rng if rng is not None else np.random.default_rng()
-        kicked = first.atoms.copy()
-        kicked.positions = kicked.positions + rng.uniform(-kick, kick, size=kicked.positions.shape)
         settings = self.settings
-        self.settings = replace(settings, fmax=settings.kick_fmax)
+        self.settings = kick_settings(settings)
         try:
             second = self._relax_once(kicked)
         finally:
             self.settings = settings
-        second.first_stage = {"status": first.status, "energy": float(first.energy),
-                              "fmax": float(first.fmax), "n_force_calls": int(first.n_force_calls)}
-        second.n_force_calls += first.n_force_calls
-        second.n_steps += first.n_steps
-        second.wall_s += first.wall_s
-        second.model_time_s += first.model_time_s
-        return second
+        return merge_stages(first, second)
 
     def _relax_once(self, atoms: Atoms) -> RelaxOutcome:
         t0 = time.perf_counter()
@@ -741,9 +777,8 @@ class Relaxer:
             state.status = "lost_atoms"
             self.engine.reset()
         except Exception as exc:  # a failed run must not stop the search
-            msg = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
             log.debug("relaxation failed", exc_info=True)
-            state.status = f"error: {msg}"
+            state.status = error_status(exc)
             self.engine.reset()
         return RelaxOutcome(atoms=state.atoms, status=state.status, energy=state.energy,
                             stress=state.stress, fmax=state.fmax,
@@ -752,13 +787,8 @@ class Relaxer:
                             model_time_s=self.engine.model_time_s - m0)
 
     def _relax(self, atoms: Atoms, state: _RunState) -> None:
-        periodic = check_structure(atoms)
-        numbers = atoms.numbers.copy()
-        cell0 = np.array(atoms.cell, dtype=float)
-        vol0 = abs(np.linalg.det(cell0)) if periodic else 0.0
-        x = atoms.positions.astype(float).copy()  # undeformed positions
+        periodic, numbers, cell0, vol0, x, relax_cell = start_variables(atoms, self.settings)
         last: list = [(x.copy(), cell0)]  # the last evaluated (positions, cell)
-        relax_cell = self.settings.relax_cell and periodic
         try:
             if self.optimizer == "lammps-cg":
                 from rmsearch.lammps_min import minimise_in_lammps

@@ -9,8 +9,9 @@ Run directory layout (other tools rely on it):
   :class:`rmsearch.relax.RelaxSettings`) and ``provenance``.
 - ``RUNDIR/shards/*.jsonl``: one :class:`rmsearch.records.RunRecord` per line;
   ``local-<k>.jsonl`` from local worker ``k``, ``task-<i>.jsonl`` from
-  ``rmsearch run-shard --task i`` (SLURM array tasks). A run id is done once its record
-  is in any shard.
+  ``rmsearch run-shard --task i`` (SLURM array tasks), ``batched.jsonl`` from the batched
+  path (``launch --device cuda`` / ``--batch N``). A run id is done once its record is in
+  any shard.
 - ``RUNDIR/lock``: ``launch`` holds an exclusive ``flock`` on it and writes its pid
   there; ``run-shard`` holds a shared one (many array tasks at once, but never together
   with a local launch).
@@ -230,6 +231,9 @@ def init_rundir(rundir: str | os.PathLike, config: dict[str, Any]) -> dict[str, 
             raise RMError(f"{path}: the existing search has a different {key!r} "
                           f"({_short(old.get(key))} vs {_short(config.get(key))}); resume with the "
                           "same options or use a new -o directory")
+    if int(config["nruns"]) < int(old["nruns"]):
+        raise RMError(f"{path}: the existing search has {old['nruns']} runs, not {config['nruns']}; nruns "
+                      "may grow on resume, never shrink")
     changed = {k: config[k] for k in ("nruns", "potential", "run_timeout_s") if old.get(k) != config[k]}
     if changed:
         log.info("%s: updating %s in config.json", rundir, changed)
@@ -778,6 +782,9 @@ def prepare_config(rundir: str | os.PathLike, *, potential: str | os.PathLike | 
             raise RMError(f"{rundir}: new run directory; --potential and --nruns are required")
         return build_config(potential=potential, nruns=nruns, **options)
     old = read_config(rundir)
+    if nruns is not None and nruns < int(old["nruns"]):
+        raise RMError(f"--nruns {nruns}: {rundir} holds a search of {old['nruns']} runs; nruns may grow on "
+                      f"resume, never shrink (leave --nruns out to resume all {old['nruns']})")
     if potential is None and not Path(old["potential"]).is_dir():
         raise RMError(f"{rundir}/config.json: potential directory {old['potential']} no longer "
                       "exists; pass --potential with its new location (same contents)")
@@ -792,8 +799,14 @@ def prepare_config(rundir: str | os.PathLike, *, potential: str | os.PathLike | 
 
 def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = None,
            nruns: int | None = None, workers: int | None = None, progress: bool = True,
-           **options: Any) -> dict[str, Any]:
+           device: str = "cpu", batch: int | None = None, **options: Any) -> dict[str, Any]:
     """Run a search into ``rundir`` with a pool of ``workers`` processes, or resume one.
+
+    ``device`` other than "cpu" ("cuda", "cuda:N") or a ``batch`` size selects the batched
+    path instead of the pool: one process relaxes ``batch`` runs at a time in one model
+    call (:func:`run_batched`; default batch on a GPU
+    :data:`rmsearch.batched.DEFAULT_GPU_BATCH`). Both are execution settings, like
+    ``workers``: not stored, free to change on resume.
 
     New run directory: ``potential`` and ``nruns`` are required; ``options`` are those of
     :func:`build_config` (seed, system/composition/molecule, natoms, spacegroup,
@@ -807,6 +820,15 @@ def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = N
     """
     rundir = Path(rundir)
     config = prepare_config(rundir, potential=potential, nruns=nruns, **options)
+    batched = device != "cpu" or batch is not None
+    if batched:  # checked before anything is written
+        from rmsearch.batched import check_batchable, check_device
+        from rmsearch.potentials import load_potential
+
+        check_device(device)
+        if workers is not None:
+            raise RMError("--workers applies to the worker pool; --device cuda / --batch relax in one process")
+        check_batchable(load_potential(config["potential"]), relax_settings_from_dict(config["relax"]))
     workers = default_workers() if workers is None else workers
     if workers < 1:
         raise RMError(f"--workers {workers}: must be >= 1")
@@ -816,21 +838,80 @@ def launch(rundir: str | os.PathLike, *, potential: str | os.PathLike | None = N
         config = init_rundir(rundir, config)
         done = {r.run_id for r in read_records(rundir / "shards")}
         todo = [r for r in range(int(config["nruns"])) if r not in done]
-        log.info("%s: %d of %d runs to do with %d worker(s)", rundir, len(todo), config["nruns"],
-                 min(workers, len(todo)))
-        pool = _Pool(rundir, config, todo, min(workers, len(todo)), progress) if todo else None
-        try:
-            if pool is not None:
-                pool.run()
-        finally:
-            if pool is not None:
-                pool.close()
-        session_counts = dict(pool.status_counts) if pool else {}
+        if batched:
+            log.info("%s: %d of %d runs to do, batched on %s", rundir, len(todo), config["nruns"], device)
+            session_counts = dict(run_batched(rundir, config, todo, device=device, batch=batch,
+                                              progress=progress)) if todo else {}
+        else:
+            log.info("%s: %d of %d runs to do with %d worker(s)", rundir, len(todo), config["nruns"],
+                     min(workers, len(todo)))
+            pool = _Pool(rundir, config, todo, min(workers, len(todo)), progress) if todo else None
+            try:
+                if pool is not None:
+                    pool.run()
+            finally:
+                if pool is not None:
+                    pool.close()
+            session_counts = dict(pool.status_counts) if pool else {}
     summary = {"runs": sum(session_counts.values()), "status_counts": dict(sorted(session_counts.items())),
                "wall_s": round(time.perf_counter() - t0, 3)}
     summary["runs_per_s"] = round(summary["runs"] / summary["wall_s"], 4) if summary["wall_s"] else None
     summary["total"] = rundir_status(rundir)
     return summary
+
+
+def run_batched(rundir: Path, config: dict[str, Any], todo: list[int], *, device: str = "cpu",
+                batch: int | None = None, progress: bool = False) -> collections.Counter:
+    """Relax the run ids ``todo`` of ``rundir`` in this process with
+    :class:`rmsearch.batched.BatchedRelaxer` (``batch`` runs per model call on ``device``)
+    into ``shards/batched.jsonl``; returns the counts per status class.
+
+    Starts and kick-stage generators are those of the pool (rng([seed, r]) and
+    rng([seed, r, 1])), records the same fields. ``config["run_timeout_s"]`` limits each
+    run's time in flight (status ``timeout``, no restart needed: nothing can hang outside
+    the model call). Stops like the pool after :data:`MAX_ERROR_STREAK` errors in a row.
+    """
+    from tqdm import tqdm
+
+    from rmsearch.batched import DEFAULT_GPU_BATCH, BatchedRelaxer
+    from rmsearch.potentials import load_potential
+
+    seed = int(config["seed"])
+    spec = StartSpec.from_dict(config["start"])
+    batch = DEFAULT_GPU_BATCH if batch is None else batch
+    counts: collections.Counter = collections.Counter()
+    streak = ErrorStreak()
+    starts: dict[int, Any] = {}
+    relaxer = BatchedRelaxer(load_potential(config["potential"]), relax_settings_from_dict(config["relax"]),
+                             device=device, batch=batch,
+                             run_timeout_s=float(config.get("run_timeout_s", DEFAULT_RUN_TIMEOUT_S)))
+    writer = ShardWriter(Path(rundir) / "shards" / "batched.jsonl")
+    bar = tqdm(total=len(todo), unit="run", disable=not progress, dynamic_ncols=True, smoothing=0.05,
+               file=sys.stderr)
+
+    def finished(record: RunRecord) -> None:
+        writer.append(record)
+        counts[_status_class(record.status)] += 1
+        bar.update(1)
+        streak.update(record.status)
+
+    def jobs():
+        for rid in todo:
+            try:
+                starts[rid] = make_start(spec, rid, seed)
+            except Exception as exc:  # noqa: BLE001 - recorded, as the pool's workers do
+                finished(error_record(rid, seed, f"{type(exc).__name__}: {exc}"))
+                continue
+            yield rid, starts[rid], np.random.default_rng([seed, rid, KICK_STREAM])
+
+    try:
+        for rid, outcome in relaxer.irelax(jobs()):
+            finished(record_from_outcome(outcome, starts.pop(rid), rid, seed, outcome.wall_s))
+    finally:
+        bar.close()
+        writer.close()
+        relaxer.close()
+    return counts
 
 
 def _options_from_config(config: dict[str, Any]) -> dict[str, Any]:

@@ -113,7 +113,18 @@ class SlurmOptions:
     python: str | None = None
 
     def validate(self, source: str = "slurm options") -> SlurmOptions:
-        """Check every field; raise :class:`RMError` naming ``source`` and the field."""
+        """Check every field; raise :class:`RMError` naming ``source`` and the field (the
+        option, ``--time``, for values from the command line)."""
+        try:
+            return self._validate(source)
+        except RMError as exc:
+            text = str(exc)
+            if source == "command line" and text.startswith("command line: "):
+                name, rest = text[len("command line: "):].split(" ", 1)
+                raise RMError(f"--{name.replace('_', '-')}: {rest}") from None
+            raise
+
+    def _validate(self, source: str) -> SlurmOptions:
         for name in ("array_size", "max_concurrent"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):

@@ -70,6 +70,10 @@ _PYXTAL_TRIES = 5
 _SG_DRAWS = 200
 
 
+#: Most atoms in one start cell (more would take hours per relaxation).
+MAX_NATOMS = 500
+
+
 @dataclass
 class StartSpec:
     """What random starts to make.
@@ -120,11 +124,11 @@ class StartSpec:
         if not self.elements:
             raise RMError("start spec: no elements given")
         lo, hi = self.natoms
-        if not 1 <= lo <= hi:
-            raise RMError(f"start spec: natoms={lo}-{hi} must satisfy 1 <= min <= max")
+        if not 1 <= lo <= hi <= MAX_NATOMS:
+            raise RMError(f"--natoms {lo}-{hi}: must satisfy 1 <= min <= max <= {MAX_NATOMS} (e.g. 2-12)")
         vlo, vhi = self.volume_factor
-        if not 0 < vlo <= vhi:
-            raise RMError(f"start spec: volume_factor={vlo}-{vhi} must satisfy 0 < min <= max")
+        if not (math.isfinite(vlo) and math.isfinite(vhi) and 0 < vlo <= vhi <= 10):
+            raise RMError(f"--volume-factor {vlo}-{vhi}: must be finite with 0 < min <= max <= 10 (e.g. 0.8-1.2)")
         if not 0 <= self.max_tilt <= 0.5:
             raise RMError(f"start spec: max_tilt={self.max_tilt} must lie in [0, 0.5] (LAMMPS limit)")
         if self.max_length_ratio < 1:

@@ -197,7 +197,7 @@ def test_error_stress_for_molecule(tmp_path):
 
 def test_error_unknown_dataset_and_split(tmp_path):
     assert "unknown dataset" in _bad(tmp_path, "--dataset", "mp21")
-    assert "no split" in _bad(tmp_path, "--dataset", "mp20-subset", "--split", "test")
+    assert "no such split" in _bad(tmp_path, "--dataset", "mp20-subset", "--split", "test")
 
 
 def test_bad_mp20_row_is_reported_and_skipped(tmp_path):

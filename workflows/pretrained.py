@@ -67,7 +67,7 @@ RECIPES: dict[str, dict] = {
     },
     "mp20-mace": {
         "kind": "crystal",
-        "description": "crystals of 89 elements from the mp20-subset train split, every val and "
+        "description": "crystals of the 85 elements of the mp20-subset train split, every val and "
                        "csp15 composition held out; one-layer MACE, 8 channels",
         "make": ["--dataset", "mp20-subset", "--split", "train", "--levels", "0,1,2,4,8,16",
                  "--strains", "-0.1,-0.05,0,0.05,0.1", "--exclude-formulas", "@heldout.txt"],

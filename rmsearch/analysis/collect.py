@@ -26,6 +26,8 @@ import ase.db
 import ase.io
 from ase import Atoms
 
+import numpy as np
+
 from rmdata.errors import RMError
 from rmdata.utils import atomic_output, provenance
 from rmsearch.records import RunRecord, read_records
@@ -62,6 +64,15 @@ def _finite(*values: float) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
+def _usable_cell(cell) -> bool:
+    """A finite 3x3 cell of positive volume (A^3 > 1e-6)."""
+    try:
+        array = np.asarray(cell, dtype=float)
+    except (TypeError, ValueError):
+        return False
+    return array.shape == (3, 3) and bool(np.all(np.isfinite(array))) and abs(np.linalg.det(array)) > 1e-6
+
+
 def load_run(rundir: str | os.PathLike) -> RunData:
     """Read ``config.json`` and all shards of ``rundir``.
 
@@ -82,6 +93,9 @@ def load_run(rundir: str | os.PathLike) -> RunData:
             config = json.loads(cfg_path.read_text())
         except (ValueError, UnicodeDecodeError) as exc:
             problems.append(f"{cfg_path}: unreadable config ({exc}); analysed without it")
+        if not isinstance(config, dict):
+            problems.append(f"{cfg_path}: not a JSON object; analysed without it")
+            config = {}
     else:
         problems.append(f"{cfg_path}: missing; analysed without the search configuration")
     records = read_records(shard_dir, problems)
@@ -95,6 +109,9 @@ def load_run(rundir: str | os.PathLike) -> RunData:
             continue
         if not all(_finite(*p) for p in rec.positions) or len(rec.positions) != len(rec.numbers):
             problems.append(f"run {rec.run_id}: non-finite or inconsistent positions; skipped")
+            continue
+        if any(rec.pbc) and not _usable_cell(rec.cell):
+            problems.append(f"run {rec.run_id}: periodic with a zero, flat or non-finite cell; skipped")
             continue
         usable.append(rec)
     log.info("%s: %d records, %d usable, %d problems", rundir, len(records), len(usable), len(problems))

@@ -17,10 +17,11 @@ import warnings
 from pathlib import Path
 
 import ase.io
+import numpy as np
 from pymatgen.core import Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 
-from rmdata.errors import RMError
+from rmdata.errors import RMError, describe_exception
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,12 @@ def _dataset_split(spec: str) -> list[tuple[str, Structure]]:
     """``NAME:SPLIT`` through the rmdata dataset registry (``mp20-subset:val`` is offline)."""
     from rmdata.datasets import load_structures
 
+    from rmdata.datasets import REGISTRY
+
     name, split = spec.split(":", 1)
+    if name not in REGISTRY:
+        raise RMError(f"--reference {spec}: no such file, and {name!r} is not a dataset; give a structure "
+                      f"file or NAME:SPLIT with NAME one of {', '.join(REGISTRY)}")
     adaptor = AseAtomsAdaptor()
     out = []
     for source_id, atoms in load_structures(dataset=name, split=split or None):
@@ -74,11 +80,19 @@ def load_references(spec: str | os.PathLike) -> list[tuple[str, Structure]]:
             return structures_from_csv(path)
         try:
             frames = ase.io.read(path, index=":")
-        except Exception as exc:  # ASE raises many types for unreadable files
-            raise RMError(f"{path}: cannot read reference structures ({exc}); give extxyz, CIF or CSV") from exc
+        except Exception as exc:  # noqa: BLE001 - ASE raises many types for unreadable files
+            raise RMError(f"{path}: cannot read reference structures ({describe_exception(exc)}); "
+                          "give extxyz, CIF or CSV") from exc
         adaptor = AseAtomsAdaptor()
-        return [(str(a.info.get("material_id", f"{path.name}:{k}")), adaptor.get_structure(a))
-                for k, a in enumerate(frames)]
+        out = []
+        for k, atoms in enumerate(frames):
+            if not atoms.pbc.all() or not abs(atoms.cell.volume) > 1e-6 or not np.isfinite(atoms.positions).all():
+                raise RMError(f"--reference {path}: structure {k} is not a crystal with a cell and finite "
+                              "positions; references must be periodic")
+            out.append((str(atoms.info.get("material_id", f"{path.name}:{k}")), adaptor.get_structure(atoms)))
+        if not out:
+            raise RMError(f"--reference {path}: no structures in the file")
+        return out
     if ":" in str(spec):
         return _dataset_split(str(spec))
     raise RMError(f"--reference {spec}: no such file and not a NAME:SPLIT dataset spec (e.g. mp20:val)")

@@ -78,7 +78,7 @@ def test_full_disk_gives_clear_error_and_keeps_previous_output(tmp_path, suffix)
     with small_filesystem(tmp_path / "small") as fs:
         out = fs / f"data{suffix}"
         out.write_text("previous output\n")
-        proc = subprocess.run([*MAKE, "-o", str(out)], capture_output=True, text=True)
+        proc = subprocess.run([*MAKE, "-o", str(out), "--overwrite"], capture_output=True, text=True)
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert lines == [f"error: {out}: no space left on device; free some space and run again "
