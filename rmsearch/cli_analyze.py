@@ -31,25 +31,44 @@ from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
                    "training molecules [default: rmdata's offline molecule set].")
 @click.option("--posebusters/--no-posebusters", default=True,
               help="Molecule searches: run the PoseBusters 'mol' checks (if posebusters is installed).")
+@click.option("--snap/--no-snap", default=True,
+              help="Symmetry snapping: symmetrise each cluster representative at spglib symprec 0.1 A, re-relax "
+                   "it with the run's potential, keep it when the energy does not rise, merge clusters that "
+                   "snap to the same structure.")
+@click.option("--snap-top", type=click.IntRange(min=1), default=2000,
+              help="Clusters snapped per composition, the lowest in energy.")
+@click.option("--fp-radius", type=FiniteFloat(0, 100), default=None,
+              help="Fingerprint distance below which a pair goes to StructureMatcher [default: "
+                   "rmsearch.analysis.fingerprint.FP_RADIUS]; 0 = every pair in neighbouring energy/volume "
+                   "bins (the plain rule, slow); in [0, 100].")
 def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac: float, energy_bin: float,
                 volume_bin: float, match_top_k: int, metrics: bool, known_smiles: str | None,
-                posebusters: bool) -> None:
+                posebusters: bool, snap: bool, snap_top: int, fp_radius: float | None) -> None:
     """Collect, validate, deduplicate, score and report RUNDIR (writes RUNDIR/report/index.html).
 
     Molecule searches (launch --molecule) are also scored chemically: RDKit validity of
     neutral molecules (charged structures apart), PoseBusters, isomers known and new.
     """
     from rmsearch.analysis import analyze
+    from rmsearch.analysis.fingerprint import FP_RADIUS
     from rmsearch.runner import default_workers
 
     workers = workers or default_workers()
+    radius = FP_RADIUS if fp_radius is None else (fp_radius or None)
     data = analyze(rundir, reference=reference, top=top, workers=workers, frac=frac, energy_bin=energy_bin,
                    volume_bin=volume_bin, match_top_k=match_top_k, metrics=metrics,
-                   known_smiles=known_smiles, posebusters=posebusters)
+                   known_smiles=known_smiles, posebusters=posebusters, snap=snap, fp_radius=radius,
+                   snap_top=snap_top)
     d = data["dedupe"]
     click.echo(f"{data['n_records']} runs ({', '.join(f'{k} {v}' for k, v in data['status_counts'].items())}); "
                f"{data['n_invalid']} invalid; {d['n_structures']} valid -> {d['n_clusters']} clusters "
                f"({d['n_matcher_calls']} matcher calls, {d['n_quick_matches']} quick duplicate matches)")
+    if data.get("snap") and "n_clusters_after" in data["snap"]:
+        sn = data["snap"]
+        click.echo(f"symmetry snapping: {sn['n_clusters_before']} -> {sn['n_clusters_after']} clusters "
+                   f"({', '.join(f'{k} {v}' for k, v in sn['status_counts'].items())})")
+    elif data.get("snap"):
+        click.echo(f"symmetry snapping {data['snap']['note']}", err=True)
     if data["problems"]:
         click.echo(f"{len(data['problems'])} shard lines/records skipped: see the report", err=True)
     if data.get("match"):

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ase import Atoms
 from pymatgen.core import Composition, Structure
 from pymatgen.io.ase import AseAtomsAdaptor
 from pymatgen.io.cif import CifWriter
@@ -34,6 +33,7 @@ from rmsearch.analysis.dedupe import (
     Cluster,
     dedupe,
 )
+from rmsearch.analysis.fingerprint import FP_RADIUS
 from rmsearch.analysis.hull import pseudo_hull
 from rmsearch.analysis.match import csp_match, match_references
 from rmsearch.analysis.metrics import generation_metrics
@@ -45,6 +45,7 @@ from rmsearch.analysis.molecules import (
 from rmsearch.analysis.references import load_references
 from rmsearch.analysis.report import write_report
 from rmsearch.analysis.score import ClusterScore, score_clusters
+from rmsearch.analysis.snap import DEFAULT_SNAP_TOP, Snapped, snap_clusters
 from rmsearch.analysis.validity import (
     DEFAULT_FRAC,
     DEFAULT_MAX_VOLUME_FACTOR,
@@ -72,7 +73,8 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
             workers: int = 1, frac: float = DEFAULT_FRAC, max_volume_factor: float = DEFAULT_MAX_VOLUME_FACTOR,
             energy_bin: float = DEFAULT_ENERGY_BIN, volume_bin: float = DEFAULT_VOLUME_BIN, match_top_k: int = 20,
             metrics: bool = True, elemental: dict[str, float] | None = None,
-            known_smiles: str | os.PathLike | None = None, posebusters: bool = True) -> dict[str, Any]:
+            known_smiles: str | os.PathLike | None = None, posebusters: bool = True, snap: bool = True,
+            fp_radius: float | None = FP_RADIUS, snap_top: int | None = DEFAULT_SNAP_TOP) -> dict[str, Any]:
     """Analyse ``rundir`` and write ``results.db``, ``final_structures.extxyz`` and ``report/``.
 
     Args:
@@ -102,10 +104,20 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     records = {r.run_id: r for r in run.records}
     report_dir = run.rundir / "report"
 
-    valid_items, invalid = _validate(run.usable, frac, max_volume_factor)
-    result = dedupe(valid_items, energy_bin=energy_bin, volume_bin=volume_bin, workers=workers)
-    ranked, hull_data = _rank(result.clusters, elemental)
+    valid_ids, invalid = _validate(run.usable, frac, max_volume_factor)
+    result = dedupe(((rid, records[rid].to_atoms(), records[rid].energy_per_atom) for rid in valid_ids),
+                    energy_bin=energy_bin, volume_bin=volume_bin, workers=workers, fp_radius=fp_radius)
+    clusters, snap_info, snapped = result.clusters, None, {}
+    if snap and any(records[c.representative].pbc and all(records[c.representative].pbc) for c in clusters):
+        snap_info, clusters, snapped = _snap(clusters, records, run.config, workers, energy_bin, volume_bin,
+                                             snap_top)
+    ranked, hull_data = _rank(clusters, elemental, snapped)
     scores = score_clusters(ranked, records)
+    for s in scores:
+        if s.representative in snapped:
+            sn = snapped[s.representative]
+            s.snap = {"status": sn.status, "energy_per_atom": sn.energy_per_atom, "delta_e": sn.delta_e,
+                      "spacegroups": sn.spacegroups}
     for s in scores:
         if s.representative in hull_data["e_hull_of"]:
             s.e_ex, s.e_hull = hull_data["e_hull_of"][s.representative]
@@ -113,8 +125,8 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     ann = _annotations(scores, invalid)
     write_results_db(run, ann)
     write_final_structures(run.usable, run.rundir / FINAL_XYZ, ann)
-    cifs = _write_cifs(scores[:top], records, report_dir)
-    valid_recs = [records[rid] for rid, _, _ in valid_items]
+    cifs = _write_cifs(scores[:top], records, report_dir, snapped)
+    valid_recs = [records[rid] for rid in valid_ids]
     plot_paths = _write_plots(scores, valid_recs, hull_data, report_dir, top)
 
     hull = hull_data["hull"]
@@ -124,6 +136,9 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         "invalid": invalid, "problems": run.problems,
         "validity": {"frac": frac, "max_volume_factor": max_volume_factor},
         "dedupe": {"n_structures": result.n_structures, "n_clusters": len(scores),
+                   "n_clusters_before_snap": len(result.clusters),
+                   "n_candidate_groups": result.n_candidate_groups,
+                   "largest_candidate_group": result.largest_candidate_group,
                    "n_matcher_calls": result.n_matcher_calls, "n_quick_matches": result.n_quick_matches,
                    "n_all_pairs": result.n_all_pairs,
                    "n_pairs_same_composition": result.n_pairs_same_composition, "wall_s": result.wall_s,
@@ -132,7 +147,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         "hull_vertices": [{"formula": s.formula, "e_ex": s.e_ex, "cluster_id": s.cluster_id} for s in scores
                           if hull is not None and s.e_hull is not None and abs(s.e_hull) < 1e-9],
         "top_clusters": [dict(s.to_dict(), cif=cifs.get(s.cluster_id, "")) for s in scores[:top]],
-        "n_clusters": len(scores), "plots": plot_paths,
+        "n_clusters": len(scores), "plots": plot_paths, "snap": snap_info,
         "provenance": provenance(run.config, run.config.get("seed")),
     }
     if known is not None:
@@ -144,7 +159,8 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     if refs is not None:
         data.update(_compare(scores, invalid, records, refs, str(reference), match_top_k, metrics, workers))
         adaptor = AseAtomsAdaptor()
-        periodic = [(rid, adaptor.get_structure(a), e) for rid, a, e in valid_items if a.pbc.all()]
+        periodic = [(rid, adaptor.get_structure(records[rid].to_atoms()), records[rid].energy_per_atom)
+                    for rid in valid_ids if all(records[rid].pbc)]
         data["csp"] = csp_match(periodic, refs)
     data["wall_s"] = time.perf_counter() - t0
     data = _jsonable(data)
@@ -154,36 +170,54 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
 
 
 def _validate(usable: list[RunRecord], frac: float, max_volume_factor: float
-              ) -> tuple[list[tuple[int, Atoms, float]], list[dict[str, Any]]]:
-    """Split converged records into valid (run_id, atoms, eV/atom) items and invalid entries with reasons."""
-    valid_items, invalid = [], []
+              ) -> tuple[list[int], list[dict[str, Any]]]:
+    """Split converged records into valid run ids and invalid entries with reasons (one Atoms at a time)."""
+    valid_ids, invalid = [], []
     for rec in usable:
-        atoms = rec.to_atoms()
-        check = check_validity(atoms, frac=frac, max_volume_factor=max_volume_factor)
+        check = check_validity(rec.to_atoms(), frac=frac, max_volume_factor=max_volume_factor)
         if check.valid:
-            valid_items.append((rec.run_id, atoms, rec.energy_per_atom))
+            valid_ids.append(rec.run_id)
         else:
             invalid.append({"run_id": rec.run_id, "formula": rec.formula, "reason": check.reason})
-    return valid_items, invalid
+    return valid_ids, invalid
 
 
-def _rank(clusters: list[Cluster], elemental: dict[str, float] | None) -> tuple[list[Cluster], dict[str, Any]]:
-    """Build the pseudo hull (binaries, ternaries) and rank clusters by distance above it, else by energy."""
+def _snap(clusters: list[Cluster], records: dict[int, RunRecord], config: dict[str, Any], workers: int,
+          energy_bin: float, volume_bin: float, top: int | None
+          ) -> tuple[dict[str, Any], list[Cluster], dict[int, Snapped]]:
+    """Symmetry snapping (:func:`rmsearch.analysis.snap.snap_clusters`) when the run's potential
+    is at hand; returns (report entry, clusters, representative -> outcome)."""
+    try:
+        res = snap_clusters(clusters, lambda rid: records[rid].to_atoms(), config, workers=workers,
+                            energy_bin=energy_bin, volume_bin=volume_bin, top=top)
+    except RMError as exc:
+        log.warning("symmetry snapping skipped: %s", exc)
+        return {"note": f"skipped: {exc}"}, clusters, {}
+    return res.summary(), res.clusters, res.snapped
+
+
+def _rank(clusters: list[Cluster], elemental: dict[str, float] | None, snapped: dict[int, Snapped] | None = None
+          ) -> tuple[list[Cluster], dict[str, Any]]:
+    """Build the pseudo hull (binaries, ternaries) and rank clusters by distance above it, else by energy
+    (a snapped representative's energy where snapping kept it)."""
     elements = sorted({el.symbol for c in clusters for el in Composition(c.formula).elements})
     info: dict[str, Any] = {"hull": None, "note": "", "e_hull_of": {}, "order": list(clusters), "elements": elements}
     if len(elements) > 3:
         info["note"] = f"not built: {len(elements)} elements (binaries and ternaries only)"
     if not (2 <= len(elements) <= 3 and clusters):
         return clusters, info
+    snapped = snapped or {}
+    energy = {c.representative: snapped[c.representative].energy_per_atom if c.representative in snapped
+              else c.energy_per_atom for c in clusters}
     try:
-        hull = pseudo_hull([c.formula for c in clusters], [c.energy_per_atom for c in clusters], elemental)
+        hull = pseudo_hull([c.formula for c in clusters], [energy[c.representative] for c in clusters], elemental)
     except RMError as exc:
         info["note"] = str(exc)
         return clusters, info
     info["hull"] = hull
     e_hull_of = {c.representative: (float(hull.e_ex[k]), float(hull.e_hull[k])) for k, c in enumerate(clusters)}
     info["e_hull_of"] = e_hull_of
-    ranked = sorted(clusters, key=lambda c: (round(e_hull_of[c.representative][1], 9), c.energy_per_atom,
+    ranked = sorted(clusters, key=lambda c: (round(e_hull_of[c.representative][1], 9), energy[c.representative],
                                              c.representative))
     return ranked, info
 
@@ -201,12 +235,15 @@ def _annotations(scores: list[ClusterScore], invalid: list[dict[str, Any]]) -> d
     return ann
 
 
-def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], report_dir: Path) -> dict[int, str]:
-    """CIFs of the top clusters' representatives; returns cluster id -> path relative to the report."""
+def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], report_dir: Path,
+                snapped: dict[int, Snapped] | None = None) -> dict[int, str]:
+    """CIFs of the top clusters' representatives (and ``..._snapped.cif`` of the snapped
+    structure where snapping kept one); returns cluster id -> path relative to the report."""
     adaptor = AseAtomsAdaptor()
     cifs: dict[int, str] = {}
     for stale in (report_dir / "cifs").glob("rank*_run*.cif"):  # from an earlier analysis of this run
         stale.unlink()
+    snapped = snapped or {}
     for s in top_scores:
         atoms = records[s.representative].to_atoms()
         if atoms.pbc.all():
@@ -214,6 +251,10 @@ def _write_cifs(top_scores: list[ClusterScore], records: dict[int, RunRecord], r
             with atomic_output(report_dir / rel) as tmp:
                 CifWriter(adaptor.get_structure(atoms)).write_file(tmp)
             cifs[s.cluster_id] = rel
+            sn = snapped.get(s.representative)
+            if sn is not None and sn.atoms is not None:
+                with atomic_output(report_dir / rel.replace(".cif", "_snapped.cif")) as tmp:
+                    CifWriter(adaptor.get_structure(sn.atoms), symprec=1e-3).write_file(tmp)
     return cifs
 
 

@@ -166,14 +166,12 @@ def write_final_structures(records: list[RunRecord], path: str | os.PathLike,
                            annotations: dict[int, dict[str, Any]] | None = None) -> Path:
     """Write the final structures of ``records`` to extxyz atomically (info: run_id, energies, ...)."""
     annotations = annotations or {}
-    frames = []
-    for rec in records:
-        atoms = rec.to_atoms()
-        atoms.info.update({k: v for k, v in annotations.get(rec.run_id, {}).items() if v is not None})
-        frames.append(atoms)
     path = Path(path)
-    with atomic_output(path) as tmp:
-        ase.io.write(tmp, frames, format="extxyz")
+    with atomic_output(path) as tmp, open(tmp, "w") as fh:
+        for rec in records:  # one frame at a time: bounded memory for 100,000 records
+            atoms = rec.to_atoms()
+            atoms.info.update({k: v for k, v in annotations.get(rec.run_id, {}).items() if v is not None})
+            ase.io.write(fh, atoms, format="extxyz")
     return path
 
 

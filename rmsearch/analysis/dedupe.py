@@ -15,6 +15,16 @@ does with its composition hash:
    length tolerance) with ``fit(symmetric=True)``, each structure Niggli/primitive-reduced
    once.
 
+2b. **fingerprint gate** (``fp_radius``, default :data:`~rmsearch.analysis.fingerprint.FP_RADIUS`):
+   of those, only representatives whose radial-distribution fingerprint lies within
+   ``fp_radius`` are candidates (:mod:`rmsearch.analysis.fingerprint`, computed once per
+   structure, in worker processes); ``fp_radius=None`` is the plain rule. The gate also
+   splits a composition into candidate groups that never share a candidate pair, which
+   run in parallel with the same result as in one process.
+   Pairs whose reduced cells differ in size are never sent to the matcher (without
+   supercells it cannot map them: an exact filter), and :func:`symmetric_fit` stops after
+   a failed first direction.
+
 Before StructureMatcher, a quick exact-duplicate test (:func:`quick_same`) accepts pairs
 that are obviously the same: Niggli cells equal within 2 % in length and 1 degree in angle
 up to a proper change of basis and, after one translation, every atom within
@@ -43,7 +53,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +62,8 @@ import numpy as np
 from ase import Atoms
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
+
+from rmsearch.analysis.fingerprint import FP_RADIUS, fingerprint_settings
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +121,8 @@ class DedupeResult:
     n_pairs_same_composition: int  # pairs left after the composition filter alone
     wall_s: float
     settings: dict[str, Any]
+    n_candidate_groups: int = 0  # independent groups (fingerprint gate: candidate groups; else compositions)
+    largest_candidate_group: int = 0  # structures in the largest of them
 
     def cluster_of(self) -> dict[int, int]:
         """Map run id -> index of its cluster in :attr:`clusters`."""
@@ -287,9 +301,10 @@ class _GroupClusters:
     items in order of (energy, run id); each joins the first matching representative or
     opens a cluster. Crystals and molecules each have their own candidate search."""
 
-    def __init__(self, energy_bin: float, volume_bin: float):
-        self.energy_bin, self.volume_bin = energy_bin, volume_bin
+    def __init__(self, energy_bin: float, volume_bin: float, fp_radius: float | None = None):
+        self.energy_bin, self.volume_bin, self.fp_radius = energy_bin, volume_bin, fp_radius
         self.matcher = make_matcher()
+        self.fps: np.ndarray | None = None  # (capacity, dim): fingerprints of the clusters' representatives
         self.clusters: list[tuple[int, float, float, list[int]]] = []  # (rep, e, v, members)
         self.structs: list[tuple[np.ndarray, ...]] = []
         self.forms: list[QuickForm | MoleculeForm] = []
@@ -297,16 +312,20 @@ class _GroupClusters:
         self.bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
         self.calls = self.quick_hits = 0
 
-    def add(self, run_id: int, e: float, v: float, struct: tuple[np.ndarray, ...]) -> None:
+    def add(self, run_id: int, e: float, v: float, struct: tuple[np.ndarray, ...],
+            fp: np.ndarray | None = None) -> None:
         """Cluster one structure: energy ``e`` (eV/atom), volume ``v`` (A^3/atom; NaN for a
-        molecule) and raw structure (numbers, cell, positions; a molecule's numbers, positions)."""
+        molecule) and raw structure (numbers, cell, positions; a molecule's numbers, positions);
+        ``fp``: its fingerprint (:mod:`rmsearch.analysis.fingerprint`) when the group has a radius."""
         if math.isfinite(v):
-            key, form, found = self._find_crystal(e, v, struct)
+            key, form, found = self._find_crystal(e, v, struct, fp)
         else:
             key, form, found = self._find_molecule(e, struct)
         if found is not None:
             self.clusters[found][3].append(run_id)
         else:
+            if fp is not None:
+                self._store_fp(len(self.clusters), fp)
             self.bins[key].append(len(self.clusters))
             self.clusters.append((run_id, e, v, [run_id]))
             self.structs.append(struct)
@@ -324,10 +343,21 @@ class _GroupClusters:
                 return key, form, k
         return key, form, None
 
-    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...]):
+    def _store_fp(self, k: int, fp: np.ndarray) -> None:
+        if self.fps is None:
+            self.fps = np.empty((64, len(fp)))
+        elif k >= len(self.fps):
+            self.fps = np.concatenate([self.fps, np.empty_like(self.fps)])
+        self.fps[k] = fp
+
+    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...], fp: np.ndarray | None = None):
         be, bv = math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
         # nearest representatives (in energy and volume) first: a duplicate usually matches at once
         near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in self.bins.get((be + de, bv + dv), ())]
+        if fp is not None and self.fp_radius is not None and near and self.fps is not None:
+            idx = np.asarray(near)
+            dist = np.linalg.norm(self.fps[idx] - fp, axis=1)
+            near = idx[dist <= self.fp_radius].tolist()
         candidates = sorted(near, key=lambda k: (abs(self.clusters[k][1] - e) / self.energy_bin
                                                  + abs(math.log(self.clusters[k][2] / v)) / self.volume_bin, k))
         form = quick_form(*struct)
@@ -340,70 +370,176 @@ class _GroupClusters:
             for k in candidates:
                 if k not in self.reduced:
                     self.reduced[k] = self._reduce(self.structs[k])
+                if len(self.reduced[k]) != len(red):
+                    continue  # without supercells the matcher never maps cells of different sizes: exact
                 self.calls += 1
-                if self.matcher.fit(self.reduced[k], red, symmetric=True, skip_structure_reduction=True):
+                if symmetric_fit(self.matcher, self.reduced[k], red):
                     return (be, bv), form, k
         return (be, bv), form, None
 
     def _reduce(self, raw: _Raw) -> Structure:
-        return self.matcher._get_reduced_structure(_structure(raw), self.matcher._primitive_cell, niggli=True)
+        return reduce_structure(_structure(raw))
 
 
-def _dedupe_group(args: tuple[list[tuple[int, float, float, tuple[np.ndarray, ...]]], float, float]
+def symmetric_fit(matcher: StructureMatcher, a: Structure, b: Structure) -> bool:
+    """``matcher.fit(a, b, symmetric=True, skip_structure_reduction=True)`` for two reduced
+    structures of one composition, stopping after the first direction when it fails (pymatgen
+    always computes both; the answer is the same, in about half the time for different pairs)."""
+    for s1, s2 in ((a, b), (b, a)):
+        s1, s2 = matcher._process_species([s1, s2])
+        s1, s2, fu, s1_supercell = matcher._preprocess(s1, s2, skip_structure_reduction=True)
+        match = matcher._match(s1, s2, fu, s1_supercell, break_on_match=True)
+        if match is None or not match[0] <= matcher.stol:
+            return False
+    return True
+
+
+def reduce_structure(struct: Structure) -> Structure:
+    """The matcher's reduced cell (Niggli, then primitive) as ``StructureMatcher._get_reduced_structure``
+    makes it, without its ``lru_cache`` (whose lookups compare whole structures: 30 % of the cost)."""
+    reduced = struct.get_reduced_structure(reduction_algo="niggli")
+    if MATCHER_SETTINGS["primitive_cell"]:
+        reduced = reduced.get_primitive_structure()
+    return Structure.from_sites(reduced)
+
+
+_Item = tuple[int, float, float, tuple[np.ndarray, ...]]  # run id, eV/atom, A^3/atom (NaN: molecule), raw
+
+
+def _dedupe_group(args: tuple[list[_Item], float, float, np.ndarray | None, float | None]
                   ) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
-    """Cluster one composition group (items sorted by energy and run id); returns
-    (clusters, matcher calls, quick matches). A molecule has volume NaN."""
-    items, energy_bin, volume_bin = args
-    group = _GroupClusters(energy_bin, volume_bin)
-    for item in items:
-        group.add(*item)
+    """Cluster one composition group or candidate group (items sorted by energy and run id;
+    ``fps`` their fingerprints or None); returns (clusters, matcher calls, quick matches)."""
+    items, energy_bin, volume_bin, fps, fp_radius = args
+    group = _GroupClusters(energy_bin, volume_bin, fp_radius if fps is not None else None)
+    for k, item in enumerate(items):
+        group.add(*item, fp=None if fps is None else fps[k])
     return group.clusters, group.calls, group.quick_hits
 
 
-def dedupe(items: Sequence[tuple[int, Atoms, float]], *, energy_bin: float = DEFAULT_ENERGY_BIN,
-           volume_bin: float = DEFAULT_VOLUME_BIN, workers: int = 1) -> DedupeResult:
+def _fingerprints(args: tuple[list[_Raw], list[tuple[int, int]]]) -> np.ndarray:
+    """Fingerprints (n, dim) of raw periodic structures (numbers, cell, positions)."""
+    from rmsearch.analysis.fingerprint import fingerprint
+
+    raws, channels = args
+    out = []
+    for numbers, cell, positions in raws:
+        form = quick_form(numbers, cell, positions)
+        out.append(fingerprint(form.numbers, form.cell, form.frac, channels))
+    return np.asarray(out)
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_radius: float | None,
+                 pmap, n_tasks: int) -> tuple[list[tuple], dict[str, int]]:
+    """Split one composition group (sorted by energy, run id) into independent clustering tasks.
+
+    Without a radius, or for molecules, the group is one task. With one, the crystals'
+    fingerprints are computed (``pmap``: a map over worker processes), the group is split
+    into candidate groups (:func:`rmsearch.analysis.fingerprint.candidate_components`) and
+    those are packed into about ``n_tasks`` tasks (largest first), each kept in energy
+    order: the greedy rule gives the same clusters as on the whole group, because a
+    structure's candidates never lie in another candidate group.
+    """
+    if fp_radius is None or not items or not all(math.isfinite(it[2]) for it in items):
+        return [(items, energy_bin, volume_bin, None, None)], {"components": 1, "largest": len(items)}
+    from rmsearch.analysis.fingerprint import candidate_components, pair_channels
+
+    channels = pair_channels(items[0][3][0])
+    size = max(64, -(-len(items) // (4 * max(n_tasks, 1))))
+    fps = np.concatenate(list(pmap(_fingerprints, [([it[3] for it in items[sl]], channels)
+                                                    for sl in _chunks(len(items), size)])))
+    bins = np.array([(math.floor(it[1] / energy_bin), math.floor(math.log(it[2]) / volume_bin)) for it in items])
+    labels = candidate_components(fps, bins, fp_radius)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i, lab in enumerate(labels.tolist()):
+        members[lab].append(i)
+    # pack components into n_tasks packs of about equal size, biggest first
+    packs: list[list[int]] = [[] for _ in range(max(1, min(n_tasks, len(members))))]
+    load = [0] * len(packs)
+    for comp in sorted(members.values(), key=lambda m: (-len(m), m[0])):
+        b = load.index(min(load))
+        packs[b].extend(comp)
+        load[b] += len(comp)
+    tasks = []
+    for idx in packs:
+        idx.sort()  # back in energy order
+        tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius))
+    return tasks, {"components": len(members), "largest": max(len(m) for m in members.values())}
+
+
+def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEFAULT_ENERGY_BIN,
+           volume_bin: float = DEFAULT_VOLUME_BIN, workers: int = 1,
+           fp_radius: float | None = FP_RADIUS) -> DedupeResult:
     """Cluster structures ``(run_id, atoms, energy_per_atom [eV/atom])`` (see module doc).
 
-    ``workers`` > 1 spreads composition groups over that many processes.
+    ``items`` may be a generator: each Atoms is reduced to arrays at once and dropped.
+    ``workers`` > 1 spreads composition groups, and candidate groups within one
+    composition, over that many processes. ``fp_radius``: largest fingerprint distance of a
+    candidate pair (:mod:`rmsearch.analysis.fingerprint`); None compares every pair in
+    neighbouring bins (the plain rule).
     """
     if energy_bin <= 0 or volume_bin <= 0:
         raise ValueError(f"energy_bin={energy_bin} and volume_bin={volume_bin} must be positive")
+    if fp_radius is not None and not (math.isfinite(fp_radius) and fp_radius > 0):
+        raise ValueError(f"fp_radius={fp_radius}: must be positive (or None)")
     t0 = time.perf_counter()
-    groups: dict[str, list[tuple[int, float, float, tuple[np.ndarray, ...]]]] = defaultdict(list)
+    groups: dict[str, list[_Item]] = defaultdict(list)
     natoms_of: dict[int, int] = {}
+    keys_of: dict[tuple[int, ...], str] = {}
+    n = 0
     for run_id, atoms, e in items:
+        n += 1
         natoms_of[int(run_id)] = len(atoms)
         periodic = bool(atoms.pbc.all())
         v = atoms.get_volume() / len(atoms) if periodic else math.nan
-        groups[_composition_key(atoms)].append(
+        counts = tuple(np.bincount(atoms.numbers).tolist())
+        if counts not in keys_of:  # the reduced formula, computed once per stoichiometry
+            keys_of[counts] = _composition_key(atoms)
+        groups[keys_of[counts]].append(
             (int(run_id), float(e), float(v),
              (atoms.numbers.copy(), np.asarray(atoms.cell).copy(), atoms.positions.copy()) if periodic
              else (atoms.numbers.copy(), atoms.positions.copy())))
     keys = sorted(groups)
     for key in keys:
         groups[key].sort(key=lambda it: (it[1], it[0]))
-    tasks = [(groups[k], energy_bin, volume_bin) for k in keys]
-    if workers > 1 and len(tasks) > 1:
-        # biggest groups first so that the workers finish together
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        pmap = pool.map if pool is not None else map
+        tasks: list[tuple] = []
+        task_key: list[str] = []
+        split: dict[str, dict[str, int]] = {}
+        for key in keys:
+            group_tasks, split[key] = _group_tasks(groups[key], energy_bin, volume_bin, fp_radius, pmap,
+                                                   workers)
+            tasks += group_tasks
+            task_key += [key] * len(group_tasks)
+        # biggest tasks first so that the workers finish together
         order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i][0]))
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            done = dict(zip(order, pool.map(_dedupe_group, [tasks[i] for i in order])))
-        results = [done[i] for i in range(len(tasks))]
-    else:
-        results = [_dedupe_group(t) for t in tasks]
+        done = dict(zip(order, pmap(_dedupe_group, [tasks[i] for i in order])))
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    results = [done[i] for i in range(len(tasks))]
     clusters = [Cluster(formula=key, natoms=natoms_of[rep], representative=rep, energy_per_atom=e,
                         volume_per_atom=v, members=sorted(members))
-                for key, (found, _, _) in zip(keys, results) for rep, e, v, members in found]
+                for key, (found, _, _) in zip(task_key, results) for rep, e, v, members in found]
     clusters.sort(key=lambda c: (c.energy_per_atom, c.representative))
-    n = len(items)
     sizes = np.array([len(groups[k]) for k in keys], dtype=np.int64)
     res = DedupeResult(clusters=clusters, n_structures=n, n_matcher_calls=sum(r[1] for r in results),
                        n_quick_matches=sum(r[2] for r in results),
                        n_all_pairs=n * (n - 1) // 2,
                        n_pairs_same_composition=int((sizes * (sizes - 1) // 2).sum()),
                        wall_s=time.perf_counter() - t0,
+                       n_candidate_groups=sum(d["components"] for d in split.values()),
+                       largest_candidate_group=max((d["largest"] for d in split.values()), default=0),
                        settings={"matcher": make_matcher().as_dict(), "energy_bin_eV_atom": energy_bin,
                                  "volume_bin_ln": volume_bin, "fit_symmetric": True,
+                                 "fingerprint": None if fp_radius is None else dict(fingerprint_settings(),
+                                                                                    radius=fp_radius),
                                  "quick_test": {"ltol": QUICK_LTOL, "angle_tol_deg": QUICK_ANGLE_TOL,
                                                 "dtol_per_length": QUICK_DTOL},
                                  "molecules": {"rmsd_tol_A": MOLECULE_RMSD_TOL, "quick_dtol_A": MOLECULE_QUICK_DTOL,

@@ -29,7 +29,7 @@ MOLECULE_COLUMNS = ("formula", "starts", "finished", "valid", "valid %", "PoseBu
                     "isomers", "known", "new", "most frequent (SMILES x hits)", "invalid: why")
 
 TABLE_COLUMNS = ("rank", "formula", "natoms", "E (eV/atom)", "dE (meV/atom)", "E_hull (meV/atom)", "P (GPa)",
-                 "V (A^3/atom)", "SG 1e-3", "SG 1e-2", "SG 1e-1", "hits", "run", "CIF")
+                 "V (A^3/atom)", "SG 1e-3", "SG 1e-2", "SG 1e-1", "snapped SG 1e-3", "hits", "run", "CIF")
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
@@ -53,9 +53,18 @@ def top_table_rows(data: dict[str, Any]) -> list[list[str]]:
                      _fmt((c["energy_per_atom"] - e0) * 1000, 1),
                      _fmt(c["e_hull"] * 1000 if c.get("e_hull") is not None else None, 1),
                      _fmt(c["pressure_gpa"], 2), _fmt(c["volume_per_atom"], 2),
-                     *[f"{sg[k][1]} ({sg[k][0]})" for k in ("0.001", "0.01", "0.1")],
+                     *[f"{sg[k][1]} ({sg[k][0]})" for k in ("0.001", "0.01", "0.1")], _snapped_sg(c),
                      str(c["hits"]), str(c["representative"]), c.get("cif", "")])
     return rows
+
+
+def _snapped_sg(c: dict[str, Any]) -> str:
+    """Space group at 1e-3 A after symmetry snapping ("-": not snapped), e.g. "Fd-3m (227)"."""
+    snap = c.get("snap")
+    if not snap or snap.get("status") != "kept":
+        return "-" if not snap else f"({snap.get('status')})"
+    sg = snap["spacegroups"]["0.001"]
+    return f"{sg[1]} ({sg[0]})"
 
 
 def molecule_rows(data: dict[str, Any]) -> list[list[str]]:
@@ -100,6 +109,12 @@ def _summary_items(data: dict[str, Any]) -> list[tuple[str, str]]:
                                         f"(all pairs: {d['n_all_pairs']}, same composition: "
                                         f"{d['n_pairs_same_composition']})"),
              ("problems while reading", str(len(data["problems"])))]
+    if data.get("snap"):
+        sn = data["snap"]
+        items.insert(-1, ("symmetry snapping", sn.get("note") or (
+            f"{sn['n_clusters_before']} -> {sn['n_clusters_after']} clusters; representatives symmetrised at "
+            f"{sn['symprec_A']} A and re-relaxed: " + ", ".join(f"{k} {v}" for k, v in sn["status_counts"].items())
+            + f" ({sn['wall_s']:.1f} s)")))
     if data.get("hull_note"):
         items.append(("pseudo hull", data["hull_note"]))
     return items

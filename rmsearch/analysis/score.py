@@ -59,6 +59,7 @@ class ClusterScore:
     spacegroups: dict[str, list[Any]] = field(default_factory=dict)  # symprec -> [number, symbol]
     e_ex: float | None = None
     e_hull: float | None = None
+    snap: dict[str, Any] | None = None  # symmetry snapping (rmsearch.analysis.snap): status, energy, spacegroups
 
     @property
     def spacegroup_number(self) -> int:

@@ -73,6 +73,8 @@ TABLE = [
     (rmsearch_main, ANALYZE, "--top", (1, None, False, False), True),
     (rmsearch_main, ANALYZE, "--workers", (1, 4096, False, False), True),
     (rmsearch_main, ANALYZE, "--match-top-k", (1, None, False, False), True),
+    (rmsearch_main, ANALYZE, "--fp-radius", (0, 100, False, False), False),
+    (rmsearch_main, ANALYZE, "--snap-top", (1, None, False, False), True),
     (rmsearch_main, LAUNCH, "--nruns", (1, 10**7, False, False), True),
     (rmsearch_main, LAUNCH, "--workers", (1, 4096, False, False), True),
     (rmsearch_main, LAUNCH, "--seed", (0, 2**32 - 1, False, False), True),
