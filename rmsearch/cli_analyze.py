@@ -31,7 +31,7 @@ from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
                    "training molecules [default: rmdata's offline molecule set].")
 @click.option("--posebusters/--no-posebusters", default=True,
               help="Molecule searches: run the PoseBusters 'mol' checks (if posebusters is installed).")
-@click.option("--snap/--no-snap", default=True,
+@click.option("--snap/--no-snap", default=False,
               help="Symmetry snapping: symmetrise each cluster representative at spglib symprec 0.1 A, re-relax "
                    "it with the run's potential, keep it when the energy does not rise, merge clusters that "
                    "snap to the same structure.")

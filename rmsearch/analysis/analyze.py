@@ -73,7 +73,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
             workers: int = 1, frac: float = DEFAULT_FRAC, max_volume_factor: float = DEFAULT_MAX_VOLUME_FACTOR,
             energy_bin: float = DEFAULT_ENERGY_BIN, volume_bin: float = DEFAULT_VOLUME_BIN, match_top_k: int = 20,
             metrics: bool = True, elemental: dict[str, float] | None = None,
-            known_smiles: str | os.PathLike | None = None, posebusters: bool = True, snap: bool = True,
+            known_smiles: str | os.PathLike | None = None, posebusters: bool = True, snap: bool = False,
             fp_radius: float | None = FP_RADIUS, snap_top: int | None = DEFAULT_SNAP_TOP) -> dict[str, Any]:
     """Analyse ``rundir`` and write ``results.db``, ``final_structures.extxyz`` and ``report/``.
 
