@@ -144,7 +144,8 @@ def test_mp20_model_pulls_a_strained_training_crystal_back():
 
 
 @pytest.mark.parametrize(("name", "system"), [("molecules-mace", ["--molecule", "C2H6O", "--fmax", "0.01"]),
-                                              ("mp20-mace", ["--system", "Li-S", "--natoms", "2-4"])])
+                                              ("mp20-mace", ["--system", "Li-S", "--natoms", "2-4"]),
+                                              ("lis-mace", ["--system", "Li-S", "--natoms", "2-4"])])
 def test_each_mace_model_runs_a_small_search_by_name(name, system, tmp_path):
     """``launch --potential model:NAME`` runs a search with every shipped MACE model: all runs
     done, most converged (forces below the stop rule), results in the run directory."""
@@ -154,3 +155,18 @@ def test_each_mace_model_runs_a_small_search_by_name(name, system, tmp_path):
     status = json.loads(rmsearch_cli("status", str(run), "--json").stdout)
     assert status["done"] == 3 and status["converged"] >= 2, status
     assert np.isfinite(status["best_energy_per_atom"])
+
+
+def test_lis_model_holds_antifluorite_li2s():
+    """The lis-mace card's headline on a small case: a rattled antifluorite Li2S relaxes to a
+    minimum that is still antifluorite (StructureMatcher), at the model's 18-20 A^3/atom."""
+    from lis import antifluorite_li2s, is_antifluorite
+
+    import rmsearch
+
+    start = antifluorite_li2s()
+    start.rattle(0.02, seed=3)
+    out = rmsearch.relax_atoms(start, "model:lis-mace", fmax=0.01)
+    assert out.status == "converged"
+    assert is_antifluorite(out.atoms)
+    assert 18.0 < out.atoms.get_volume() / len(out.atoms) < 20.0

@@ -21,6 +21,11 @@ Recipes (chosen by measurement; RESULTS.md has the tables of what was tried):
   of a csp15 composition (so every CSP target is held out; Li2S is in no split), 6 noise
   levels x 5 strains; one-layer MACE, 8 channels, max_L 2, correlation 2, r_max 4.0 A,
   float32, lr 0.005 decayed x0.95 per epoch with EMA (lr 0.01 without decay diverged).
+- ``lis-mace``: the chemical-system cut of the same split for Li-S searches (``rmdata make
+  --containing Li,S``: the 120 train crystals with Li or S, none a Li-S binary, held-out
+  compositions removed as for ``mp20-mace``), the ``mp20-mace`` architecture with force and
+  stress weights 100/100, 20 epochs: with the ``mp20-mace`` weights (10/100) the force error
+  rose above the labels' RMS while the stress barely moved (RESULTS.md, Li-S recipe table).
 
 Training resumes from its checkpoints (``--restart_latest``): run the same command again
 after an interruption. Usage::
@@ -75,6 +80,19 @@ RECIPES: dict[str, dict] = {
         "mace": ["--channels", "8", "--max-L", "2", "--correlation", "2", "--r-max", "4.0",
                  "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99",
                  "--epochs", "50", "--eval-interval", "2", "--dtype", "float32"],
+    },
+    "lis-mace": {
+        "kind": "crystal",
+        "description": "crystals for Li-S searches: the mp20-subset train crystals that contain Li or S "
+                       "(no Li-S binary; every val and csp15 composition and Li2S held out); one-layer MACE, "
+                       "8 channels, force and stress weights 100/100",
+        "make": ["--dataset", "mp20-subset", "--split", "train", "--containing", "Li,S", "--levels",
+                 "0,1,2,4,8,16", "--strains", "-0.1,-0.05,0,0.05,0.1", "--exclude-formulas", "@heldout.txt"],
+        "heldout": "mp20-val+csp15",
+        "mace": ["--channels", "8", "--max-L", "2", "--correlation", "2", "--r-max", "4.0",
+                 "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99",
+                 "--epochs", "20", "--eval-interval", "2", "--dtype", "float32",
+                 "--forces-weight", "100", "--stress-weight", "100"],
     },
 }
 
