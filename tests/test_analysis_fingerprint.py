@@ -198,13 +198,13 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_analyze_snaps_a_small_native_carbon_search(tmp_path):
-    """End to end: 40 runs of 2-4 C atoms with model:carbon-uf3; analyze snaps by default
-    (cubic diamond stays first, Fd-3m at 1e-3 A), --no-snap leaves it out, bad --fp-radius is one line."""
+    """End to end: 40 runs of 2-4 C atoms with model:carbon-uf3; analyze --snap snaps (cubic
+    diamond stays first, Fd-3m at 1e-3 A), the default leaves it out, bad --fp-radius is one line."""
     run = str(tmp_path / "run")
     assert _cli("launch", "--potential", "model:carbon-uf3", "--system", "C", "--natoms", "2-4",
                 "--volume-factor", "0.684-1.008", "--nruns", "40", "--workers", "1", "--no-progress",
                 "-o", run).returncode == 0
-    out = _cli("analyze", run)
+    out = _cli("analyze", run, "--snap")
     assert out.returncode == 0, out.stderr
     assert "symmetry snapping:" in out.stdout
     report = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
@@ -215,7 +215,7 @@ def test_analyze_snaps_a_small_native_carbon_search(tmp_path):
     sg = best["snap"]["spacegroups"] if best["snap"]["status"] == "kept" else best["spacegroups"]
     assert sg["0.001"][0] == 227, best
     assert report["dedupe"]["settings"]["fingerprint"]["radius"] == FP_RADIUS
-    _cli("analyze", run, "--no-snap", "--fp-radius", "0")
+    _cli("analyze", run, "--fp-radius", "0")
     plain = json.loads((tmp_path / "run" / "report" / "report.json").read_text())
     assert plain["snap"] is None and plain["dedupe"]["settings"]["fingerprint"] is None
     bad = _cli("analyze", run, "--fp-radius", "nan")

@@ -78,7 +78,7 @@ def _wait_for_records(rundir: Path, proc: subprocess.Popen, n: int, timeout: flo
 def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(lj_potential, tmp_path):
     rng = np.random.default_rng(4)
     rundir = tmp_path / "run"
-    nruns = 30
+    nruns = 2000  # lj/cut runs take ~1 ms: a search of 30 could end before the kill
     args = _cli("launch", "--system", "Li-S", "--natoms", "2-8", "--nruns", str(nruns), "--potential",
                 str(lj_potential), "--workers", "2", "--seed", "3", "--no-progress", "-o", str(rundir))
     proc = subprocess.Popen(args, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
