@@ -196,10 +196,9 @@ def iter_mp20_csv(text_stream, origin: str, bad: list[str], lazy: bool = False
 def _parse_rows(rows: list[tuple[str, str]], workers: int) -> list[tuple[str, Atoms | str]]:
     """Parse CIF rows, in parallel when ``workers > 1``; failures come back as messages."""
     if workers > 1 and len(rows) > 64:
-        import multiprocessing as mp
+        from rmdata.utils import worker_pool
 
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers) as pool:
+        with worker_pool(workers) as pool:
             parsed = pool.map(_parse_or_message, rows, chunksize=64)
     else:
         parsed = [_parse_or_message(row) for row in rows]

@@ -28,7 +28,7 @@ from rmdata.io import FrameBatch, format_for, open_writer
 from rmdata.perturb import perturb
 from rmdata.presets import Preset, get_preset
 from rmdata.response import compute_labels
-from rmdata.utils import pin_threads, provenance, sha256_file
+from rmdata.utils import pin_threads, provenance, sha256_file, worker_pool
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +101,7 @@ def _results(tasks: Iterator[tuple[int, str, Atoms]], workers: int, init_args: t
     first = next(tasks, None)
     if first is None:
         return
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=init_args) as pool:
+    with worker_pool(workers, _init_worker, init_args) as pool:
         yield from pool.imap(_work, itertools.chain([first], tasks), chunksize=8)
 
 

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -249,3 +250,32 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := fh.read(chunk):
             h.update(block)
     return h.hexdigest()
+
+
+#: The signals a command turns into a clean stop (rmdata.cliutils.RMGroup).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _unblock_then(initializer, *args) -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    if initializer is not None:
+        initializer(*args)
+
+
+def worker_pool(workers: int, initializer=None, initargs: tuple = ()):
+    """A ``multiprocessing`` pool (fork where available) started with SIGINT/SIGTERM held.
+
+    A stop signal that lands while the pool forks would run the command's handler inside
+    Python's after-fork hooks, where its exception is printed as "Exception ignored" with a
+    traceback and then lost; held, it is delivered once the workers exist, at a point where
+    the clean-up works. The workers unblock both before ``initializer(*initargs)``.
+    """
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        return ctx.Pool(workers, initializer=_unblock_then, initargs=(initializer, *initargs))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
