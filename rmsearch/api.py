@@ -27,7 +27,8 @@ from rmdata.errors import RMError
 log = logging.getLogger(__name__)
 
 
-def _potential(potential):
+def open_potential(potential):
+    """A loaded ``Potential`` from a potential directory, ``model:NAME`` or a ``Potential``."""
     from rmsearch.potentials import Potential, load_potential
     from rmsearch.registry import resolve_potential
 
@@ -36,7 +37,8 @@ def _potential(potential):
     return load_potential(resolve_potential(os.fspath(potential)))
 
 
-def _check_elements(atoms: Atoms, elements: Sequence[str], origin: str) -> None:
+def check_elements(atoms: Atoms, elements: Sequence[str], origin: str) -> None:
+    """RMError naming ``origin`` when ``atoms`` hold an element outside ``elements``."""
     unknown = sorted(set(atoms.get_chemical_symbols()) - set(elements))
     if unknown:
         raise RMError(f"{origin}: elements {unknown} are not in the potential ({' '.join(elements)}); "
@@ -55,10 +57,10 @@ def iter_relax(structures: Iterable[Atoms], potential, *, seed: int = 0, **setti
     """
     from rmsearch.relax import Relaxer, RelaxSettings
 
-    pot = _potential(potential)
+    pot = open_potential(potential)
     with Relaxer(pot, RelaxSettings(**settings)) as relaxer:
         for i, atoms in enumerate(structures):
-            _check_elements(atoms, pot.elements, f"structure {i}")
+            check_elements(atoms, pot.elements, f"structure {i}")
             yield relaxer.relax(atoms, rng=np.random.default_rng([seed, i]))
 
 
@@ -87,6 +89,7 @@ def relax_file(inputs: str | os.PathLike, potential, output: str | os.PathLike, 
     """
     import ase.io
 
+    from rmdata.cliutils import check_output
     from rmdata.datasets import load_structures
     from rmdata.utils import atomic_output
     from rmsearch.runner import record_from_outcome
@@ -95,15 +98,13 @@ def relax_file(inputs: str | os.PathLike, potential, output: str | os.PathLike, 
     inputs = Path(inputs)
     if output.suffix not in (".xyz", ".extxyz"):
         raise RMError(f"-o {output}: the output is extxyz; name it *.extxyz or *.xyz")
-    if output.exists() and not overwrite:
-        raise RMError(f"-o {output}: exists; choose another name or pass --overwrite")
-    if output.exists() and inputs.exists() and (output.resolve() == inputs.resolve() or
-                                                 inputs.resolve() in output.resolve().parents):
-        raise RMError(f"-o {output}: is the input; choose another output name")
-    pot = _potential(potential)
+    check_output(output, inputs=[inputs], overwrite=overwrite)
+    if output.exists() and inputs.is_dir() and inputs.resolve() in output.resolve().parents:
+        raise RMError(f"-o {output}: is one of the inputs in {inputs}; choose another output name")
+    pot = open_potential(potential)
     items = list(load_structures(input_path=inputs, bad=[]))
     for sid, atoms in items:
-        _check_elements(atoms, pot.elements, f"{inputs} ({sid})")
+        check_elements(atoms, pot.elements, f"{inputs} ({sid})")
     frames, counts = [], {}
     outcomes = iter_relax([a for _, a in items], pot, seed=seed, **settings)
     if progress:

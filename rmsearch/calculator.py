@@ -20,7 +20,6 @@ tensile). A periodic structure must be periodic in all three directions; a molec
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 from ase import Atoms
@@ -51,12 +50,10 @@ class Calculator(ASECalculator):
 
     def __init__(self, potential, *, dtype: str = "float64", core_repulsion=DEFAULT, **kwargs):
         super().__init__(**kwargs)
-        from rmsearch.potentials import Potential, load_potential
-        from rmsearch.registry import resolve_potential
+        from rmsearch.api import open_potential
         from rmsearch.relax import CoreRepulsion, LammpsEngine
 
-        if not isinstance(potential, Potential):
-            potential = load_potential(resolve_potential(os.fspath(potential)))
+        potential = open_potential(potential)
         if isinstance(core_repulsion, str) and core_repulsion == DEFAULT:
             core_repulsion = CoreRepulsion()
         self.potential = potential
@@ -65,17 +62,15 @@ class Calculator(ASECalculator):
     def calculate(self, atoms: Atoms | None = None, properties=("energy",),
                   system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
+        from rmsearch.api import check_elements
         from rmsearch.relax import check_structure
 
         atoms = self.atoms
         try:
             periodic = check_structure(atoms)
+            check_elements(atoms, self.potential.elements, "atoms")
         except RMError as exc:
             raise ValueError(str(exc)) from exc
-        unknown = sorted(set(atoms.get_chemical_symbols()) - set(self.potential.elements))
-        if unknown:
-            raise ValueError(f"elements {unknown} are not in the potential "
-                             f"({' '.join(self.potential.elements)})")
         energy, forces, stress = self.engine.compute(atoms.positions.astype(float),
                                                      np.array(atoms.cell, dtype=float),
                                                      atoms.numbers, periodic)

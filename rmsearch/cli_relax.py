@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT, SEED, FiniteFloat, check_output, output_option
+from rmdata.cliutils import CONTEXT, SEED, FiniteFloat, output_option
 from rmsearch.relax import RELAX_OPTIMIZERS
 
 
@@ -47,7 +47,6 @@ def relax_cmd(inputs: Path, potential_spec: str, output: Path, overwrite: bool, 
     structures with their energies, pressures and statuses to an extxyz file."""
     from rmsearch.api import relax_file
 
-    check_output(output, inputs=[inputs], overwrite=overwrite)
     summary = relax_file(inputs, potential_spec, output, overwrite=overwrite, progress=progress,
                          relax_cell=not fixed_cell, **settings)
     if as_json:
