@@ -44,20 +44,18 @@ from ase import Atoms
 from ase.data import chemical_symbols
 
 from rmdata.errors import RMError
-from rmsearch.potentials import Potential
-from rmsearch.relax import (
-    CoreRepulsion,
-    Minimisation,
+from rmsearch.engine import CoreRepulsion, Potential
+from rmsearch.protocol import (
     RelaxOutcome,
     RelaxSettings,
-    _RunState,
+    RunState,
+    check_structure,
     error_status,
-    final_structure,
     merge_stages,
     resolve_optimizer,
     second_stage,
-    start_variables,
 )
+from rmsearch.relax import Minimisation
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +99,7 @@ def core_repulsion_terms(positions: np.ndarray, cell: np.ndarray, periodic: bool
                          neighbours) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy (eV), forces (n, 3) eV/A and stress (3, 3) eV/A^3 (ASE sign, zeros without
     periodicity) of ``sum over pairs g(r)``, ``g(r) = m (1 - r^2/rc^2)^2`` for r < rc: the
-    overlay the serial relaxer tabulates for LAMMPS (:func:`rmsearch.relax.write_core_table`).
+    overlay the serial relaxer tabulates for LAMMPS (:func:`rmsearch.engine.write_core_table`).
     ``neighbours``: a half ``vesin.NeighborList`` with cutoff ``core.rc``."""
     n = len(positions)
     forces = np.zeros((n, 3))
@@ -125,18 +123,14 @@ def core_repulsion_terms(positions: np.ndarray, cell: np.ndarray, periodic: bool
 
 @dataclass
 class _Run:
-    """One relaxation in flight: its step machine, last evaluated point and bookkeeping."""
+    """One relaxation in flight: its step machine, its progress and bookkeeping."""
 
     key: Any
-    atoms: Atoms
     rng: np.random.Generator | None
-    state: _RunState
-    t0: float
+    state: RunState
     mini: Minimisation | None = None
     node_attrs: np.ndarray | None = None
-    periodic: bool = True
     point: tuple | None = None  # (positions, cell) to evaluate next; None: the run has ended
-    last: tuple | None = None  # the last evaluated (positions, cell)
     model_time_s: float = 0.0
     first: RelaxOutcome | None = None  # the first stage, while the kick stage runs
     t_first: float = 0.0  # when the first stage began (for the run timeout)
@@ -223,8 +217,6 @@ class BatchedRelaxer:
                     active.append(settled)
             if not active:
                 return
-            for run in active:
-                run.last = run.point
             results = self._evaluate(active)
             still: list[_Run] = []
             now = time.perf_counter()
@@ -251,20 +243,17 @@ class BatchedRelaxer:
                settings: RelaxSettings, first: RelaxOutcome | None = None, t_first: float | None = None
                ) -> _Run:
         """A new relaxation of ``atoms`` with its first point to evaluate (or ended already)."""
-        t0 = time.perf_counter()
-        run = _Run(key=key, atoms=atoms, rng=rng, state=_RunState(atoms.copy()), t0=t0, first=first,
-                   t_first=t0 if t_first is None else t_first)
+        state = RunState(atoms)
+        run = _Run(key=key, rng=rng, state=state, first=first, t_first=state.t0 if t_first is None else t_first)
         try:
-            periodic, numbers, cell0, vol0, x, relax_cell = start_variables(atoms, settings)
-            unknown = sorted({int(z) for z in numbers if chemical_symbols[int(z)] not in self.potential.elements})
+            check_structure(atoms)  # a bad structure is named before unknown elements
+            unknown = sorted({int(z) for z in atoms.numbers
+                              if chemical_symbols[int(z)] not in self.potential.elements})
             if unknown:
                 raise RMError(f"element Z={','.join(map(str, unknown))} not in the potential "
                               f"(elements {self.potential.elements})")
-            run.node_attrs = self.evaluator.node_attrs(numbers)
-            run.periodic = periodic
-            run.last = (x.copy(), cell0)
-            run.mini = Minimisation(settings, self.optimizer, run.state, numbers, periodic, relax_cell,
-                                    cell0, vol0, x)
+            run.node_attrs = self.evaluator.node_attrs(atoms.numbers.copy())
+            run.mini = Minimisation(state, settings, self.optimizer)
             run.point = run.mini.point()
         except Exception as exc:  # a bad start is a failed run, not a failed batch
             log.debug("batched relaxation could not start", exc_info=True)
@@ -274,7 +263,7 @@ class BatchedRelaxer:
 
     def _settle(self, run: _Run) -> _Run | RelaxOutcome:
         """``run`` while it goes on; when it has ended, its outcome, or the second stage
-        (kick or symmetry release, :func:`rmsearch.relax.second_stage`) that follows it (itself settled)."""
+        (kick or symmetry release, :func:`rmsearch.protocol.second_stage`) that follows it (itself settled)."""
         while run.point is None:
             outcome = self._outcome(run)
             if run.first is not None:
@@ -287,15 +276,7 @@ class BatchedRelaxer:
         return run
 
     def _outcome(self, run: _Run) -> RelaxOutcome:
-        state = run.state
-        if run.mini is not None:
-            try:
-                final_structure(state, run.atoms, *run.last, self.potential.cutoff)
-            except Exception as exc:  # noqa: BLE001 - reported as the run's status
-                state.status = error_status(exc)
-        return RelaxOutcome(atoms=state.atoms, status=state.status, energy=state.energy, stress=state.stress,
-                            fmax=state.fmax, n_force_calls=state.n_calls, n_steps=state.n_steps,
-                            wall_s=time.perf_counter() - run.t0, model_time_s=run.model_time_s)
+        return run.state.outcome(self.potential.cutoff, run.model_time_s)
 
     def _evaluate(self, runs: list[_Run]) -> list:
         """(energy, forces, stress) at each run's point, or the exception its evaluation
@@ -304,10 +285,10 @@ class BatchedRelaxer:
         systems = []
         for run in runs:
             pos, cell = run.point
-            if run.periodic:  # wrapped into the cell, as LAMMPS holds the atoms
+            if run.mini.periodic:  # wrapped into the cell, as LAMMPS holds the atoms
                 frac = np.linalg.solve(cell.T, pos.T).T
                 pos = (frac % 1.0) @ cell
-            systems.append((pos, cell, run.node_attrs, run.periodic))
+            systems.append((pos, cell, run.node_attrs, run.mini.periodic))
         t0 = time.perf_counter()
         try:
             results = self.evaluator.evaluate_batch(systems)

@@ -29,7 +29,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from rmdata.errors import RMError
 
-#: The default: the relax protocol's overlay (``rmsearch.relax.CoreRepulsion()``).
+#: The default: the relax protocol's overlay (``rmsearch.engine.CoreRepulsion()``).
 DEFAULT = "default"
 
 
@@ -41,7 +41,7 @@ class Calculator(ASECalculator):
     :class:`rmsearch.potentials.Potential`. dtype: model precision of the mace backend
     (``"float64"`` by default here, for smooth finite differences; searches use float32).
     core_repulsion: the relax protocol's overlay (default), ``None`` for the bare potential,
-    or a :class:`rmsearch.relax.CoreRepulsion`.
+    or a :class:`rmsearch.engine.CoreRepulsion`.
 
     Call :meth:`close` (or use ``with``) to release LAMMPS and the model.
     """
@@ -51,7 +51,7 @@ class Calculator(ASECalculator):
     def __init__(self, potential, *, dtype: str = "float64", core_repulsion=DEFAULT, **kwargs):
         super().__init__(**kwargs)
         from rmsearch.api import open_potential
-        from rmsearch.relax import CoreRepulsion, LammpsEngine
+        from rmsearch.engine import CoreRepulsion, LammpsEngine
 
         potential = open_potential(potential)
         if isinstance(core_repulsion, str) and core_repulsion == DEFAULT:
@@ -63,7 +63,7 @@ class Calculator(ASECalculator):
                   system_changes=all_changes) -> None:
         super().calculate(atoms, properties, system_changes)
         from rmsearch.api import check_elements
-        from rmsearch.relax import check_structure
+        from rmsearch.protocol import check_structure
 
         atoms = self.atoms
         try:

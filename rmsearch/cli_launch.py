@@ -12,7 +12,7 @@ import click
 from rmdata.cliutils import CONTEXT, SEED, WORKERS, FiniteFloat
 from rmdata.errors import RMError
 from rmsearch.cli_slurm import options_from_cli, slurm_launch_options, submit_from_cli
-from rmsearch.relax import RELAX_OPTIMIZERS
+from rmsearch.protocol import RELAX_OPTIMIZERS
 from rmsearch.runner import default_workers, launch, run_shard, rundir_status
 from rmsearch.starts import parse_range
 

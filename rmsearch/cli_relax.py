@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from rmdata.cliutils import CONTEXT, SEED, FiniteFloat, output_option
-from rmsearch.relax import RELAX_OPTIMIZERS
+from rmsearch.protocol import RELAX_OPTIMIZERS
 
 
 @click.command("relax", context_settings=CONTEXT)

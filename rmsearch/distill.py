@@ -84,7 +84,7 @@ class _Teacher:
     def __init__(self, teacher_dir: Path, settings: SnapSettings, elements: list[str]):
         from rmsearch.native import native_potential
         from rmsearch.potentials import load_potential
-        from rmsearch.relax import LammpsEngine
+        from rmsearch.engine import LammpsEngine
 
         self.potential = load_potential(teacher_dir)
         bare = native_potential(teacher_dir, replace(settings, zbl_outer=0.0), elements, self.potential.volumes)

@@ -6,9 +6,9 @@ optimizer step in numpy; ~0.7 ms) would dominate. Here the whole minimisation ru
 LAMMPS: conjugate gradients with ``fix box/relax tri`` (all six cell degrees of freedom,
 ``lammps_inputs/minimize.in`` and ``box_relax.in``), in rounds, because box/relax
 measures cell changes against a reference cell and a round may stop early on its line
-search. After each round the relaxer's own stop rule (max |F_i| < fmax eV/A and
-max |sigma + p| < smax GPa) and the failure checks (NaN, lost atoms, exploded or collapsed
-volume) are applied to LAMMPS' last force evaluation; when the round stopped on anything
+search. After each round the protocol's stop rule (:meth:`rmsearch.protocol.RunState.stop_rule`:
+max |F_i| < fmax eV/A and max |sigma + p| < smax GPa, and the failure checks: NaN, lost
+atoms, exploded or collapsed volume) is applied to LAMMPS' last force evaluation; when the round stopped on anything
 but LAMMPS' force tolerance (a failed line search, the budget), that evaluation may not be
 at the final atoms and cell, so one ``run 0`` evaluates them again. LAMMPS' force
 tolerance is the relaxer's fmax on the per-atom |F_i|; box/relax adds the cell's "forces"
@@ -16,7 +16,7 @@ tolerance is the relaxer's fmax on the per-atom |F_i|; box/relax adds the cell's
 stress is still above smax, so a round that met LAMMPS' tolerance but not the relaxer's
 rule halves the tolerance for the next. The force-call budget
 ``max_steps`` counts every force evaluation LAMMPS reports in its log
-(:meth:`rmsearch.relax.LammpsEngine.run_logged`); LAMMPS checks its own budget between
+(:meth:`rmsearch.engine.LammpsEngine.run_logged`); LAMMPS checks its own budget between
 iterations, so a run can end a line search (one or two evaluations) past ``max_steps``.
 
 Why CG with box/relax and not the staged FIRE-then-box protocol of DESIGN section 4: on
@@ -27,9 +27,9 @@ the pip wheel. The Python relaxer (:mod:`rmsearch.relax`) stays the default for 
 (MACE) potentials, where the model call dominates and fewer, better steps win.
 
 Symmetry (``RelaxSettings.keep_symmetry``): LAMMPS' CG with ``fix box/relax`` cannot be
-confined to a space group's invariant subspace, so a relaxation that keeps the start's
-symmetry falls back to the Python step rule "fire2-lbfgs" (:class:`rmsearch.relax.Minimisation`,
-which projects forces, stress and steps) for the symmetric stage, with a
+confined to a space group's invariant subspace, so :class:`rmsearch.relax.Relaxer` runs a
+stage that keeps the start's symmetry with the Python step rule "fire2-lbfgs"
+(:func:`rmsearch.relax.relax_in_python`, which projects forces, stress and steps), with a
 LAMMPS-native potential as well (its ``run 0`` force calls stay in LAMMPS); a free
 ``release_symmetry`` stage after it runs here again.
 """
@@ -39,9 +39,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from ase.units import GPa
+from ase import Atoms
 
-from rmsearch.potentials import render_template
+from rmsearch.engine import LammpsEngine, render_template
+from rmsearch.protocol import RelaxOutcome, RelaxSettings, RunState, failures_as_status, start_variables
 
 #: Rounds of minimize (each restarts box/relax from the current cell).
 MAX_ROUNDS = 12
@@ -54,30 +55,34 @@ NRESET = 50
 _STATS = re.compile(r"Iterations, force evaluations = (\d+) (\d+)")
 
 
-def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax_cell: bool,
-                       positions: np.ndarray, cell: np.ndarray, vol0: float, settings, last: list) -> None:
-    """Relax in LAMMPS from ``positions``/``cell`` (A; start volume ``vol0``, A^3, 0 for a
-    molecule); sets ``state`` (status, energy,
-    stress, fmax, n_calls, n_steps) and ``last[0] = (positions, cell)`` as
-    :meth:`rmsearch.relax.Relaxer._minimise` does."""
-    from rmsearch.relax import volume_status
+def relax_in_lammps(engine: LammpsEngine, atoms: Atoms, settings: RelaxSettings) -> RelaxOutcome:
+    """Relax ``atoms`` by CG inside LAMMPS (module doc); the space group is not kept (see
+    above). Never raises for a failing run: the outcome's status says what happened."""
+    state, m0 = RunState(atoms), engine.model_time_s
+    with failures_as_status(state, engine):
+        _minimise(engine, state, settings)
+    return state.outcome(engine.potential.cutoff, engine.model_time_s - m0)
 
+
+def _minimise(engine: LammpsEngine, state: RunState, settings: RelaxSettings) -> None:
+    """The rounds of :func:`relax_in_lammps`, recorded in ``state``."""
     s = settings
-    n = len(numbers)
-    q = engine.place(positions, cell, numbers, periodic)
+    start = start_variables(state.start, s)
+    state.positions, state.cell = start.x.copy(), start.cell0  # until the first evaluation
+    n, periodic = len(start.numbers), start.periodic
+    q = engine.place(start.x, start.cell0, start.numbers, periodic)
     lmp = engine.lmp
     lmp.commands_list(render_template("minimize.in"))
-    box = relax_cell and periodic
+    box = start.relax_cell
     if box:
         lmp.commands_list(render_template("box_relax.in", pressure_bar=repr(s.pressure_gpa * 1e4),
                                           vmax=VMAX, nreset=NRESET))
     # "norm max" is the largest per-atom |F_i| (LAMMPS' min_modify), so LAMMPS' force stop
     # implies the relaxer's force rule; 0.1 % under fmax keeps rounding from splitting them
     ftol = s.fmax * FTOL_FACTOR
-    p_ev = s.pressure_gpa * GPa
     try:
         for _ in range(MAX_ROUNDS):
-            budget = s.max_steps - state.n_calls - 1
+            budget = s.max_steps - state.n_force_calls - 1
             if budget < 1:
                 state.status = "not_converged"
                 return
@@ -85,33 +90,18 @@ def minimise_in_lammps(engine, state, numbers: np.ndarray, periodic: bool, relax
             match = _STATS.search(out)
             iterations, evaluations = (int(x) for x in match.groups()) if match else (0, budget)
             state.n_steps += iterations
-            state.n_calls += evaluations
+            state.n_force_calls += evaluations
             ftol_stop = "Stopping criterion = force tolerance" in out
             if not ftol_stop:
                 # after other stops (line search failed, budget) LAMMPS' last evaluation may not be
                 # at the final atoms and cell: evaluate again for the stop rule and the statuses
                 engine.run()
-                state.n_calls += 1
-            pos, cell_now = engine.structure(n, q, periodic)
-            last[0] = (pos, cell_now)
+                state.n_force_calls += 1
+            pos, cell = engine.structure(n, q, periodic)
+            state.positions, state.cell = pos, cell
             energy, forces, stress = engine.results(n, q, periodic)
-            state.energy, state.stress = energy, np.array([stress[0, 0], stress[1, 1], stress[2, 2],
-                                                           stress[1, 2], stress[0, 2], stress[0, 1]])
-            if not (np.isfinite(energy) and np.isfinite(forces).all() and np.isfinite(stress).all()
-                    and np.isfinite(pos).all()):
-                state.status = "nan"
-                return
-            bad = volume_status(s, abs(np.linalg.det(cell_now)), vol0, n) if box else None
-            if bad:
-                state.status = bad
-                return
-            state.fmax = float(np.sqrt((forces**2).sum(1)).max()) if n else 0.0
-            smax_now = float(np.abs(stress + p_ev * np.eye(3)).max()) if box else 0.0
-            if state.fmax < s.fmax and smax_now < s.smax_gpa * GPa:
-                state.status = "converged"
-                return
-            if state.n_calls >= s.max_steps:
-                state.status = "not_converged"
+            if state.stop_rule(s, energy, forces, stress, relax_cell=box, positions=pos,
+                               volume=abs(np.linalg.det(cell)) if box else None, volume0=start.vol0):
                 return
             if ftol_stop:  # LAMMPS' tolerance was met but not the relaxer's (the cell's part,
                 ftol *= 0.5  # on LAMMPS' scale, is looser in small cells): tighten it

@@ -265,7 +265,7 @@ class SnapDescriptors(_Descriptors):
     """
 
     def __init__(self, settings: SnapSettings, elements: list[str]):
-        from rmsearch.lammps_env import new_lammps
+        from rmsearch.engine import new_lammps
 
         self.settings = settings
         self.elements = list(elements)
@@ -300,7 +300,7 @@ class SnapDescriptors(_Descriptors):
 
     def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial (3, 3))."""
-        from rmsearch.relax import lammps_cell
+        from rmsearch.engine import lammps_cell
 
         if not atoms.pbc.all() or atoms.cell.volume <= 0:
             raise RMError("SNAP fitting needs periodic frames with a cell (rmdata crystal presets)")
@@ -347,7 +347,7 @@ class UF3Descriptors(_Descriptors):
 
     def __init__(self, settings: UF3Settings, elements: list[str]):
         from rmsearch.potentials import Potential
-        from rmsearch.relax import LammpsEngine
+        from rmsearch.engine import LammpsEngine
 
         if len(elements) != 1:
             raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
@@ -418,7 +418,7 @@ def native_potential(directory: Path, settings: FitSettings, elements: list[str]
     from rmsearch.potentials import Potential
 
     style, coeff = pair_definition(settings, elements)
-    from rmsearch.lammps_env import lammps_path
+    from rmsearch.engine import lammps_path
 
     potdir = lammps_path(directory)
     return Potential(directory=Path(directory), backend=settings.kind, elements=list(elements),
@@ -560,7 +560,7 @@ def _read_frames(data: str | os.PathLike) -> list[Atoms]:
 
 def verify_native(potential, frames: Sequence[Atoms], predicted: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """Largest |LAMMPS pair_style - fit prediction| of forces (eV/A) and stress (eV/A^3) on ``frames``."""
-    from rmsearch.relax import LammpsEngine
+    from rmsearch.engine import LammpsEngine
 
     df = ds = 0.0
     engine = LammpsEngine(potential, core_repulsion=None)

@@ -3,7 +3,7 @@
 Each rule works on one flat set of generalised coordinates ``r`` (an (m, 3) array: the
 atoms in the undeformed frame, then the three rows of the scaled cell variable ``N log F``,
 see :mod:`rmsearch.relax`) and the generalised forces ``g = -dE/dr`` at ``r``. A call to
-``step(r, g, fmax)`` returns the displacement ``dr`` to add to ``r``; rules keep their own
+``step(r, g, max_force)`` (max_force: the largest atom's |g|, eV/A) returns the displacement ``dr`` to add to ``r``; rules keep their own
 state (velocities, time step, L-BFGS memory) between calls, so one rule object serves one
 relaxation.
 
@@ -33,19 +33,46 @@ OPTIMIZERS = ("fire2-lbfgs", "fire2", "fire", "lbfgs")
 LBFGS_MAX_STEP = 0.2
 
 
+#: FIRE parameters that depend on the flavour, for each flavour: ASE's FIRE ("fire", ASE's
+#: own values) and FIRE 2.0 (every other rule: "fire2", and "fire2-lbfgs", "lbfgs", whose
+#: L-BFGS step cap derives from max_step). max_step in A, n_min steps, a_start dimensionless.
+FIRE_FLAVOUR_DEFAULTS = {
+    "fire": {"max_step": 0.2, "n_min": 5, "a_start": 0.1},
+    "fire2": {"max_step": 0.3, "n_min": 10, "a_start": 0.25},
+}
+
+
+def fire_flavour(optimizer: str) -> str:
+    """The key of :data:`FIRE_FLAVOUR_DEFAULTS` for the relaxation method ``optimizer``."""
+    return "fire" if optimizer == "fire" else "fire2"
+
+
 @dataclass
 class FireParameters:
-    """FIRE parameters: time steps dt, dt_max; max_step (cap on the step norm); n_min steps
-    downhill before dt grows; f_inc, f_dec (dt growth and cut); a_start, f_a (mixing)."""
+    """FIRE parameters: time steps dt, dt_max; max_step (A, cap on the step norm); n_min
+    steps downhill before dt grows; f_inc, f_dec (dt growth and cut); a_start, f_a (mixing).
+
+    max_step, n_min and a_start left None take the defaults of a flavour
+    (:data:`FIRE_FLAVOUR_DEFAULTS`, :meth:`fill_defaults`): ASE's FIRE here.
+    """
 
     dt: float = 0.1
     dt_max: float = 1.0
-    max_step: float = 0.2
-    n_min: int = 5
+    max_step: float | None = None
+    n_min: int | None = None
     f_inc: float = 1.1
     f_dec: float = 0.5
-    a_start: float = 0.1
+    a_start: float | None = None
     f_a: float = 0.99
+
+    def __post_init__(self) -> None:
+        self.fill_defaults("fire")
+
+    def fill_defaults(self, optimizer: str) -> None:
+        """Set max_step, n_min and a_start left None to the defaults of ``optimizer``'s flavour."""
+        for name, value in FIRE_FLAVOUR_DEFAULTS[fire_flavour(optimizer)].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
 
 def _cap_norm(dr: np.ndarray, max_step: float) -> np.ndarray:
@@ -65,7 +92,7 @@ class Fire:
         self.dt, self.a, self.n_pos = p.dt, p.a_start, 0
         self.first = True
 
-    def step(self, r: np.ndarray, g: np.ndarray, fmax: float) -> np.ndarray:
+    def step(self, r: np.ndarray, g: np.ndarray, max_force: float) -> np.ndarray:
         p = self.p
         if not self.first:
             if float(np.vdot(g, self.v)) > 0.0:
@@ -100,7 +127,7 @@ class Fire2(Fire):
         super().__init__(shape, p)
         self.last = np.zeros(shape)
 
-    def step(self, r: np.ndarray, g: np.ndarray, fmax: float) -> np.ndarray:
+    def step(self, r: np.ndarray, g: np.ndarray, max_force: float) -> np.ndarray:
         p = self.p
         back = 0.0
         if not self.first:
@@ -155,7 +182,7 @@ class LBFGS:
             self.s.clear()
             self.y.clear()
 
-    def step(self, r: np.ndarray, g: np.ndarray, fmax: float) -> np.ndarray:
+    def step(self, r: np.ndarray, g: np.ndarray, max_force: float) -> np.ndarray:
         self._remember(r, g)
         q = g.copy()  # minus the gradient: the result is the step itself
         history = []
@@ -188,9 +215,9 @@ class Fire2ThenLBFGS:
         self.fire, self.lbfgs, self.switch_fmax = fire, lbfgs, switch_fmax
         self.switched = False
 
-    def step(self, r: np.ndarray, g: np.ndarray, fmax: float) -> np.ndarray:
-        self.switched = self.switched or fmax < self.switch_fmax
-        return (self.lbfgs if self.switched else self.fire).step(r, g, fmax)
+    def step(self, r: np.ndarray, g: np.ndarray, max_force: float) -> np.ndarray:
+        self.switched = self.switched or max_force < self.switch_fmax
+        return (self.lbfgs if self.switched else self.fire).step(r, g, max_force)
 
 
 def make_step_rule(name: str, shape: tuple[int, int], fire: FireParameters, *,

@@ -29,15 +29,13 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from rmdata.errors import RMError, describe_exception
 from rmdata.utils import provenance, sha256_file, write_json_atomic
+from rmsearch.engine import LammpsEngine, Potential, lammps_path, pair_commands
 
 log = logging.getLogger(__name__)
 
@@ -49,51 +47,6 @@ COVALENT_PACKING = 0.34
 VERIFY_FORCE_TOL = 1e-6  # eV/A
 VERIFY_STRESS_TOL = 1e-6  # eV/A^3
 VERIFY_ENERGY_TOL = 1e-6  # eV
-LAMMPS_INPUTS = Path(__file__).resolve().parent.parent / "lammps_inputs"
-
-
-@dataclass
-class Potential:
-    """A loaded potential directory.
-
-    ``elements`` is the LAMMPS type order (type 1 = ``elements[0]``); ``cutoff`` in A;
-    ``volumes`` maps element -> A^3/atom; ``pair_style``/``pair_coeff`` are the LAMMPS
-    arguments (paths already resolved); ``callback`` names the Python force backend
-    (``"mace"``) or is None for a LAMMPS-native potential.
-    """
-
-    directory: Path
-    backend: str
-    elements: list[str]
-    cutoff: float
-    volumes: dict[str, float]
-    pair_style: str
-    pair_coeff: list[str]
-    callback: str | None = None
-    model_file: Path | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@cache
-def lammps_template(name: str) -> str:
-    """The text of ``lammps_inputs/<name>`` (read once per process: the in-LAMMPS minimiser
-    renders two templates per relaxation)."""
-    path = LAMMPS_INPUTS / name
-    if not path.is_file():
-        raise RMError(f"{path}: LAMMPS template missing; reinstall rmsearch from a full checkout")
-    return path.read_text()
-
-
-def render_template(name: str, **values: Any) -> list[str]:
-    """Fill a template's ``{placeholders}`` and return its commands (comments dropped)."""
-    text = lammps_template(name).format(**values)
-    lines = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip() if not line.lstrip().startswith("pair_coeff") \
-            else line.strip()
-        if line and not line.startswith("#"):
-            lines.append(line)
-    return lines
 
 
 def load_potential(directory: str | os.PathLike) -> Potential:
@@ -112,8 +65,6 @@ def load_potential(directory: str | os.PathLike) -> Potential:
     for key in ("backend", "elements", "cutoff", "pair_style", "pair_coeff", "volumes"):
         if key not in meta:
             raise RMError(f"{meta_path}: field {key!r} missing; re-run 'rmsearch export'")
-    from rmsearch.lammps_env import lammps_path
-
     subst = {"potdir": lammps_path(directory)}
     try:
         elements = [str(e) for e in meta["elements"]]
@@ -219,14 +170,12 @@ def _test_structure(elements: list[str], volumes: dict[str, float], seed: int = 
 
 
 def verify_potential(potential: Potential, seed: int = 0) -> dict[str, float]:
-    """Compare LAMMPS (through :class:`rmsearch.relax.LammpsEngine`) with MACECalculator.
+    """Compare LAMMPS (through :class:`rmsearch.engine.LammpsEngine`) with MACECalculator.
 
     Returns the largest absolute differences of energy (eV), forces (eV/A) and stress
     (eV/A^3) on a seeded skewed test cell; raises RMError above the tolerances.
     """
     from mace.calculators import MACECalculator
-
-    from rmsearch.relax import LammpsEngine
 
     atoms = _test_structure(potential.elements, potential.volumes, seed)
     engine = LammpsEngine(potential, dtype="float64", core_repulsion=None)
@@ -257,8 +206,6 @@ def finish_potential_dir(tmp: Path, out: Path, pot: Potential, header: list[str]
     """Write ``tmp/potential.in`` (``header`` comment lines, then the LAMMPS commands that load
     ``pot``, with paths pointing into ``out``) and move the finished ``tmp`` to ``out``,
     replacing an older ``out``."""
-    from rmsearch.relax import pair_commands
-
     text = "\n".join(header + pair_commands(pot, core_repulsion=None)) + "\n"
     (tmp / "potential.in").write_text(text.replace(str(tmp.resolve()), str(out.resolve())))
     if out.exists():
@@ -339,7 +286,7 @@ def export_potential(model: str | os.PathLike, out: str | os.PathLike, *,
         finish_potential_dir(tmp, out, pot, [
             "# LAMMPS commands that load this potential (rmsearch export); the mace backend",
             "# needs a Python callback set with lammps.set_fix_external_callback('rm_ext', ...),",
-            "# which rmsearch.relax.LammpsEngine does."])
+            "# which rmsearch.engine.LammpsEngine does."])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -114,7 +114,8 @@ def relax_settings_to_dict(settings) -> dict[str, Any]:
 
 def relax_settings_from_dict(data: dict[str, Any]):
     """Inverse of :func:`relax_settings_to_dict`."""
-    from rmsearch.relax import CoreRepulsion, RelaxSettings
+    from rmsearch.engine import CoreRepulsion
+    from rmsearch.relax import RelaxSettings
 
     data = dict(data)
     known = {f.name for f in dataclasses.fields(RelaxSettings)}

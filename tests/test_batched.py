@@ -151,7 +151,7 @@ def test_core_repulsion_terms_are_the_overlay():
     from vesin import NeighborList
 
     from rmsearch.batched import core_repulsion_terms
-    from rmsearch.relax import CoreRepulsion
+    from rmsearch.engine import CoreRepulsion
 
     core = CoreRepulsion(m=1.0, rc=0.75)
     nl = NeighborList(cutoff=core.rc, full_list=False)

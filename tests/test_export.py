@@ -73,7 +73,7 @@ def test_export_parity_and_volumes(random_model_lis, tmp_path):
     from mace.calculators import MACECalculator
 
     from rmsearch.potentials import export_potential, load_potential
-    from rmsearch.relax import LammpsEngine
+    from rmsearch.engine import LammpsEngine
 
     training = _lis_training(tmp_path / "train.xyz")
     pot = export_potential(random_model_lis, tmp_path / "pot", training=training)
@@ -155,7 +155,7 @@ def test_load_potential_errors(tmp_path):
 
 def test_lammps_cell_rotation():
     """The QR rotation gives LAMMPS' lower-triangular frame and preserves the lattice metric."""
-    from rmsearch.relax import lammps_cell
+    from rmsearch.engine import lammps_cell
 
     rng = np.random.default_rng(0)
     for _ in range(20):

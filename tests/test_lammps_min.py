@@ -77,11 +77,11 @@ def test_force_call_budget_is_respected(tmp_path):
 def test_force_call_count_survives_log_restarts(tmp_path, monkeypatch):
     """LAMMPS' counts come from its log, kept open across relaxations and restarted when long:
     the same start gives the same relaxation and count every time, restart or not."""
-    from rmsearch import relax
+    from rmsearch import engine, relax
 
     with relax.Relaxer(_lj_potential(tmp_path / "lj"), relax.RelaxSettings(optimizer="lammps-cg", fmax=1e-4)) as r:
         first = r.relax(_start(2))
-        monkeypatch.setattr(relax, "LOG_RESTART_BYTES", 1)  # a new log file before every minimize
+        monkeypatch.setattr(engine, "LOG_RESTART_BYTES", 1)  # a new log file before every minimize
         again = [r.relax(_start(2)) for _ in range(3)]
         log_file = r.engine.scratch() / "lammps.log"
         assert log_file.stat().st_size < 4_000  # restarted: one minimize, not four relaxations (~12 kB)

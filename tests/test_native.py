@@ -28,7 +28,7 @@ def _teacher_frames(settings, beta, n_frames=6, seed=0):
     """Rattled, strained 8-atom diamonds labelled by a SNAP potential with coefficients ``beta``."""
     from rmsearch.native import pair_definition, write_snap_files
     from rmsearch.potentials import load_potential
-    from rmsearch.relax import LammpsEngine
+    from rmsearch.engine import LammpsEngine
 
     rng = np.random.default_rng(seed)
     import tempfile
@@ -99,7 +99,7 @@ def test_pair_style_reproduces_fit_and_report(native_pot, diamond_dataset):
     import rmdata
     from rmsearch.native import SnapSettings, design_matrix, predict
     from rmsearch.potentials import load_potential
-    from rmsearch.relax import LammpsEngine
+    from rmsearch.engine import LammpsEngine
 
     fit = json.loads((native_pot / "fit.json").read_text())
     meta = json.loads((native_pot / "potential.json").read_text())

@@ -178,7 +178,7 @@ def test_failure_statuses_and_reuse(random_potential):
 
 def test_core_repulsion_overlay(random_potential):
     """The overlay adds exactly g(r) = m (1 - r^2/rc^2)^2 below rc and nothing beyond."""
-    from rmsearch.relax import CoreRepulsion, LammpsEngine
+    from rmsearch.engine import CoreRepulsion, LammpsEngine
 
     good, _ = random_potential
     core = CoreRepulsion(m=1.0, rc=0.75)

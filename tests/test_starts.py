@@ -95,7 +95,7 @@ def test_compositions_exact():
 
 def test_starts_make_valid_lammps_boxes():
     """Several hundred starts become LAMMPS boxes with every atom inside, none lost."""
-    from rmsearch.lammps_env import new_lammps
+    from rmsearch.engine import new_lammps
 
     spec = make_spec(system="Li-S", natoms="2-12", volumes=VOLUMES)
     starts = [make_start(spec, r, 3) for r in range(300)]

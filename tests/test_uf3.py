@@ -55,7 +55,7 @@ def _teacher(basis, seed=1) -> np.ndarray:
 
 
 def test_features_equal_lammps_and_are_the_gradient(tmp_path):
-    from rmsearch.relax import LammpsEngine
+    from rmsearch.engine import LammpsEngine
     from rmsearch.uf3 import UF3Basis, energy_row, feature_rows
 
     basis = UF3Basis(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5)
@@ -96,7 +96,7 @@ def test_coefficient_arrays_are_symmetric_with_zero_tails():
 def test_fit_recovers_a_known_uf3_potential(tmp_path):
     """Forces and stresses of a known UF3 potential are fitted back exactly (no ridge, no core)."""
     from rmsearch.native import UF3Settings, fit_native
-    from rmsearch.relax import LammpsEngine
+    from rmsearch.engine import LammpsEngine
     from rmsearch.uf3 import UF3Basis
 
     settings = UF3Settings(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5, alpha=0.0, zbl_outer=0.0, holdout=0.25)
