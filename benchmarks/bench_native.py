@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import rmdata
     from rmdata.make import make_dataset
-    from rmsearch.native import NATIVE_COPIES, NATIVE_STRAINS, fit_native, mace_errors
+    from rmsearch.fitting import mace_errors
+    from rmsearch.native import NATIVE_COPIES, NATIVE_STRAINS, fit_native
     from rmsearch.potentials import export_potential, load_potential
     from rmsearch.relax import Relaxer, RelaxSettings, resolve_optimizer
     from rmsearch.starts import make_spec, make_start

@@ -1,14 +1,91 @@
-"""``rmsearch fit-native``: fit a LAMMPS-native potential (SNAP or UF3) on an rmdata file."""
+"""``rmsearch fit-native``: fit a LAMMPS-native potential (SNAP or UF3) on an rmdata file.
+
+The fit's options are the fields of its settings classes (:class:`rmsearch.snap.SnapSettings`,
+:class:`rmsearch.uf3.UF3Settings`, :class:`rmsearch.distill.DistillSettings`), read from
+their metadata (:func:`rmsearch.fitting.setting`): help, unit, bounds and default are
+declared once, there.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import click
 
-from rmdata.cliutils import CONTEXT, SEED, FiniteFloat, check_output, output_option
+from rmdata.cliutils import CONTEXT, FiniteFloat, check_output, output_option
 from rmdata.errors import RMError
+from rmsearch.distill import DistillSettings
+from rmsearch.fitting import FitSettings
+from rmsearch.native import DEFAULT_KIND, KINDS, fit_native
+from rmsearch.snap import SnapSettings
+from rmsearch.uf3 import UF3Settings
+
+#: The settings classes whose fields are options of ``fit-native``, in --help order.
+OPTION_CLASSES = (SnapSettings, UF3Settings, DistillSettings)
+
+
+def _default(cls: type, name: str) -> Any:
+    return cls.__dataclass_fields__[name].default
+
+
+def _option(fields: list[tuple[type, dataclasses.Field]]) -> Callable:
+    """The click option of one settings field (declared in one or more classes): type and
+    bounds from the field's annotation and metadata, help with the unit, and the default;
+    where the classes' defaults differ, none (each class keeps its own) and help names them."""
+    cls, f = fields[0]
+    meta = f.metadata
+    decl = meta["option"] if isinstance(meta["option"], str) else "--" + f.name.replace("_", "-")
+    text = meta["help"] + (f" ({meta['unit']})" if meta["unit"] else "") + "."
+    defaults = {getattr(c, "kind", c.__name__): g.default for c, g in fields}
+    default = f.default
+    if len(set(defaults.values())) > 1:
+        default = None
+        text += " [default: " + ", ".join(f"{v:g} for {k}" for k, v in defaults.items()) + "]"
+    kwargs: dict[str, Any] = {"default": default, "help": text}
+    annotation = f.type if isinstance(f.type, str) else f.type.__name__
+    if annotation == "bool":
+        if "/" not in decl:  # an on/off pair ("--quadratic/--linear") is a flag by itself
+            kwargs["is_flag"] = True
+    elif annotation == "int":
+        kwargs["type"] = click.IntRange(*meta["bounds"]) if meta["bounds"] else int
+    elif annotation == "float":
+        kwargs["type"] = FiniteFloat(*meta["bounds"])
+    else:
+        kwargs["type"] = str
+    return click.option(decl, f.name, **kwargs)
+
+
+def settings_options(*classes: type) -> Callable:
+    """Decorator adding one option per settings field of ``classes`` (metadata with
+    ``option`` not False and no ``follows``); a name shared by several classes is one option."""
+    by_name: dict[str, list[tuple[type, dataclasses.Field]]] = {}
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if "help" in f.metadata and f.metadata["option"] is not False and not f.metadata["follows"]:
+                by_name.setdefault(f.name, []).append((cls, f))
+    options = [_option(fields) for fields in by_name.values()]
+
+    def decorate(command: Callable) -> Callable:
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def settings_from_options(cls: type, values: dict[str, Any]) -> Any:
+    """An instance of ``cls`` with each field taken from ``values`` (the option of its name,
+    or of ``follows``) where given (not None), the dataclass default otherwise."""
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        source = f.metadata.get("follows") or f.name
+        if values.get(source) is not None:
+            kwargs[f.name] = values[source]
+    return cls(**kwargs)
 
 
 def _zbl(text: str) -> tuple[float, float]:
@@ -34,68 +111,37 @@ def _natoms(text: str) -> None:
 
 @click.command("fit-native", context_settings=CONTEXT)
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--kind", type=click.Choice(["uf3", "snap"]), default="uf3", show_default=True,
+@click.option("--kind", type=click.Choice(list(KINDS)), default=DEFAULT_KIND, show_default=True,
               help="Native MLIP to fit: UF3, two- plus three-body B-splines (~20-40x cheaper per force "
                    "call than SNAP), taught by a SNAP teacher (see --teacher); or quadratic SNAP alone.")
 @output_option("Potential directory to create (use with 'rmsearch launch --potential').", required=True,
                type=click.Path(path_type=Path))
-@click.option("--twojmax", type=click.IntRange(0, 12), default=6, help="SNAP band limit 2J (6: 30 descriptors, 8: 55).")
-@click.option("--rcut", type=FiniteFloat(0, 10, True), default=3.5, help="SNAP descriptor cutoff (A).")
-@click.option("--quadratic/--linear", default=True, help="Quadratic SNAP (B_i B_j terms) or linear.")
 @click.option("--teacher/--no-teacher", default=True, show_default=True,
               help="UF3 only: also fit a quadratic SNAP on DATA (kept in OUT/teacher) and add its energies, "
                    "forces and stresses on the minima of random-start searches with the UF3 being fitted "
                    "(rmsearch/distill.py). Without it, UF3 ranks over-coordinated phases below diamond.")
-@click.option("--rounds", type=click.IntRange(0, 100), default=3, show_default=True,
-              help="Teacher rounds: UF3 search, teacher labels, refit.")
-@click.option("--distil-starts", type=click.IntRange(1, 100000), default=60, show_default=True,
-              help="Random starts relaxed with the teacher, and with the UF3 in each round.")
-@click.option("--distil-natoms", default="2-8", show_default=True, help="Atoms per cell of those starts (N or MIN-MAX).")
-@click.option("--energy-weight", type=FiniteFloat(0, None), default=100.0, show_default=True,
-              help="Weight of a teacher energy-per-atom row (eV) against a force row (eV/A).")
-@click.option("--rc2", type=FiniteFloat(0, 10, True), default=3.5, help="UF3 two-body cutoff (A).")
-@click.option("--rc3", type=FiniteFloat(0, 10, True), default=2.2,
-              help="UF3 three-body cutoff on r_ij and r_ik (A); r_jk spans up to twice it.")
-@click.option("--n2", type=click.IntRange(1, 1000), default=14, help="UF3 two-body knot intervals.")
-@click.option("--n3", type=click.IntRange(1, 100), default=6, help="UF3 three-body knot intervals on r_ij, r_ik (and r_jk).")
-@click.option("--alpha", type=FiniteFloat(0, None), default=None,
-              help="Ridge strength on unit-norm columns (dimensionless) [default: 1 for snap, 1e-6 for uf3].")
-@click.option("--stress-weight", type=FiniteFloat(0, None), default=1.0,
-              help="Weight of a stress row (-V sigma / N, eV) against a force row (eV/A).")
-@click.option("--zbl", "zbl", default="0.8,1.2", help="ZBL core INNER,OUTER switching radii (A), or 'none'.")
-@click.option("--fit-core", is_flag=True, help="Subtract the core from the labels before fitting.")
-@click.option("--holdout", type=FiniteFloat(0, 1, False, True), default=0.1, help="Fraction of frames held out for the error report.")
-@click.option("--seed", type=SEED, default=0, help="Seed of the holdout draw and of the teacher rounds' starts.")
+@settings_options(*OPTION_CLASSES)
+@click.option("--zbl", "zbl",
+              default=f"{_default(FitSettings, 'zbl_inner')},{_default(FitSettings, 'zbl_outer')}",
+              help="ZBL core INNER,OUTER switching radii (A), or 'none'.")
 @click.option("--mace-model", type=click.Path(path_type=Path), default=None,
               help="A MACE .model to evaluate on the same held-out frames, for comparison.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
-def fit_native_command(data: Path, kind: str, output: Path, twojmax: int, rcut: float, quadratic: bool,
-                       teacher: bool, rounds: int, distil_starts: int, distil_natoms: str, energy_weight: float,
-                       rc2: float, rc3: float, n2: int, n3: int, alpha: float | None, stress_weight: float,
-                       zbl: str, fit_core: bool, holdout: float, seed: int, mace_model: Path | None,
-                       overwrite: bool) -> None:
+def fit_native_command(data: Path, kind: str, output: Path, teacher: bool, zbl: str, mace_model: Path | None,
+                       overwrite: bool, **values: Any) -> None:
     """Fit a native potential on DATA (rmdata extxyz/HDF5: REF_forces, REF_stress) and write OUT."""
-    from rmsearch.distill import DistillSettings
-    from rmsearch.native import SnapSettings, UF3Settings, fit_native
-
     out = check_output(output, inputs=[data, mace_model], overwrite=overwrite, folder=True)
 
-    inner, outer = _zbl(zbl)
-    _natoms(distil_natoms)
-    shared = dict(stress_weight=stress_weight, zbl_inner=inner, zbl_outer=outer, fit_core=fit_core,
-                  holdout=holdout, seed=seed)
-    if alpha is not None:
-        shared["alpha"] = alpha
-    if kind == "snap":
-        settings = SnapSettings(twojmax=twojmax, rcut=rcut, quadratic=quadratic, **shared)
-        what = f"{'quadratic' if quadratic else 'linear'}, 2J={twojmax}, rcut {rcut:g} A"
+    values["zbl_inner"], values["zbl_outer"] = _zbl(zbl)
+    _natoms(values["natoms"])
+    settings = settings_from_options(UF3Settings if kind == "uf3" else SnapSettings, values)
+    if isinstance(settings, SnapSettings):
+        what = f"{'quadratic' if settings.quadratic else 'linear'}, 2J={settings.twojmax}, rcut {settings.rcut:g} A"
     else:
-        settings = UF3Settings(rc2=rc2, rc3=rc3, n2=n2, n3=n3, n3jk=n3, **shared)
-        what = f"two-body to {rc2:g} A, three-body to {rc3:g} A"
-    distil = teacher and DistillSettings(rounds=rounds, teacher_starts=distil_starts, starts_per_round=distil_starts,
-                                         natoms=distil_natoms, energy_weight=energy_weight, seed=seed)
+        what = f"two-body to {settings.rc2:g} A, three-body to {settings.rc3:g} A"
+    distill = teacher and settings_from_options(DistillSettings, values)
     report = fit_native(data, out, kind=kind, settings=settings, mace_model=mace_model, overwrite=overwrite,
-                        teacher=distil)
+                        teacher=distill)
     click.echo(f"wrote {out}: {kind} ({what}, {report['n_coefficients']} coefficients) from "
                f"{report['n_frames']} frames in {report['wall_s']:.1f} s")
     click.echo(f"{'split':<18}{'frames':>7}{'force RMSE (eV/A)':>20}{'stress RMSE (eV/A^3)':>23}")

@@ -36,38 +36,42 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from ase import Atoms
 
 from rmdata.errors import RMError
-
-if TYPE_CHECKING:
-    from rmsearch.native import DesignMatrix, SnapSettings, UF3Settings
-    from rmsearch.potentials import Potential
+from rmsearch.engine import LammpsEngine, Potential
+from rmsearch.fitting import FitProblem, design_matrix, fit_potential, native_potential, ridge_solve, setting
+from rmsearch.potentials import load_potential
+from rmsearch.relax import Relaxer, RelaxSettings
+from rmsearch.snap import SnapSettings
+from rmsearch.uf3 import UF3Settings, energy_row
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DistillSettings:
-    """Options of :func:`distil` (see the module docstring): counts of random starts, the
-    copies per student minimum with their rattle (A, Gaussian sigma) and strain (Gaussian
-    sigma of the deformation gradient), the cell sizes of the starts, the energy-row weight
-    (an energy per atom, eV, against a force component, eV/A), the closest pair kept (A),
-    and the seed of starts and copies."""
+    """Options of :func:`distill` (see the module docstring; help and units in each field's
+    metadata, the ``fit-native`` options among them): counts of random starts, the copies
+    per student minimum with their rattle and strain, the cell sizes of the starts, the
+    energy-row weight, the closest pair kept, and the seed of starts and copies (``--seed``)."""
 
-    rounds: int = 3
-    teacher_starts: int = 60
-    starts_per_round: int = 60
-    copies: int = 2
-    rattle: float = 0.05
-    strain: float = 0.03
-    natoms: str = "2-8"
-    energy_weight: float = 100.0
-    min_distance: float = 1.2
-    seed: int = 0
+    rounds: int = setting(3, "Teacher rounds: UF3 search, teacher labels, refit", bounds=(0, 100))
+    teacher_starts: int = setting(60, "Random starts relaxed with the teacher, and with the UF3 in each round",
+                                  option="--distil-starts", bounds=(1, 100000))
+    starts_per_round: int = setting(60, "Random starts relaxed with the UF3 in each round",
+                                    follows="teacher_starts")
+    copies: int = setting(2, "Rattled and strained copies per student minimum", option=False)
+    rattle: float = setting(0.05, "Gaussian sigma of the copies' atom displacements", unit="A", option=False)
+    strain: float = setting(0.03, "Gaussian sigma of the copies' deformation gradient", option=False)
+    natoms: str = setting("2-8", "Atoms per cell of those starts (N or MIN-MAX)", option="--distil-natoms")
+    energy_weight: float = setting(100.0, "Weight of a teacher energy-per-atom row (eV) against a force row (eV/A)",
+                                   bounds=(0, None))
+    min_distance: float = setting(1.2, "Closest pair of atoms in a teacher frame", unit="A", option=False)
+    seed: int = setting(0, "Seed of the starts and copies", option=False)
 
     def __post_init__(self) -> None:
         for name in ("rounds", "teacher_starts", "starts_per_round", "copies"):
@@ -82,10 +86,6 @@ class _Teacher:
     without its core, in LAMMPS)."""
 
     def __init__(self, teacher_dir: Path, settings: SnapSettings, elements: list[str]):
-        from rmsearch.native import native_potential
-        from rmsearch.potentials import load_potential
-        from rmsearch.engine import LammpsEngine
-
         self.potential = load_potential(teacher_dir)
         bare = native_potential(teacher_dir, replace(settings, zbl_outer=0.0), elements, self.potential.volumes)
         self.engine = LammpsEngine(bare, core_repulsion=None)
@@ -107,8 +107,6 @@ class _Teacher:
 def _student(directory: Path, settings: UF3Settings, elements: list[str], beta: np.ndarray,
              volumes: dict[str, float]) -> Potential:
     """A loadable in-memory potential of the student coefficients ``beta`` (files in ``directory``)."""
-    from rmsearch.native import native_potential
-
     directory.mkdir(parents=True, exist_ok=True)
     settings.write_model(directory, elements[0], beta)
     return native_potential(directory, settings, elements, volumes)
@@ -119,8 +117,6 @@ class _Rows:
     frame force/stress rows, and energy-per-atom rows relative to a reference frame."""
 
     def __init__(self, settings: UF3Settings, elements: list[str], opts: DistillSettings, ref: Atoms):
-        from rmsearch.uf3 import energy_row
-
         self.settings, self.elements, self.opts = settings, elements, opts
         self.a: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
@@ -134,8 +130,6 @@ class _Rows:
     def relative_energies(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
         """Energy-per-atom feature rows and teacher targets (eV/atom) of ``frames``, both
         relative to the reference frame (unweighted)."""
-        from rmsearch.uf3 import energy_row
-
         rows = np.array([energy_row(a, self.settings.basis) / len(a) - self.ref_row for a in frames])
         target = np.array([a.info["teacher_energy"] / len(a) - self.ref_energy for a in frames])
         return rows, target
@@ -147,8 +141,6 @@ class _Rows:
 
     def add_frames(self, frames: Sequence[Atoms]) -> None:
         """Force, stress and energy rows of teacher-labelled frames."""
-        from rmsearch.native import design_matrix
-
         if not frames:
             return
         dm = design_matrix(frames, self.settings, self.elements)
@@ -156,8 +148,6 @@ class _Rows:
         self.add_energies(frames)
 
     def solve(self) -> np.ndarray:
-        from rmsearch.native import ridge_solve
-
         return ridge_solve(np.vstack(self.a), np.concatenate(self.b), self.settings.alpha)
 
     def energy_gap(self, beta: np.ndarray, frames: Sequence[Atoms]) -> float:
@@ -170,7 +160,6 @@ class _Rows:
 
 def _minima(potential: Potential, spec: Any, run_ids: range, seed: int, bar: Any) -> list[Atoms]:
     """Relaxed structures of the random starts ``run_ids`` (finite energies only)."""
-    from rmsearch.relax import Relaxer, RelaxSettings
     from rmsearch.starts import make_start
 
     out = []
@@ -195,19 +184,19 @@ def _perturbed(minima: Sequence[Atoms], opts: DistillSettings, rng: np.random.Ge
     return out
 
 
-def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: DesignMatrix,
-           settings: UF3Settings, elements: list[str], workdir: Path,
-           opts: DistillSettings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Fit the UF3 student of ``settings`` on the rmdata ``frames`` (training mask ``train``,
-    design rows ``dm``) and on teacher frames (module docstring); the teacher is fitted on
-    ``data`` into ``workdir/teacher``. Returns the student's coefficients and a report."""
+def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Fit the UF3 student of ``problem.settings`` on the rmdata frames of ``problem``
+    (training mask, design rows) and on teacher frames (module docstring); the teacher is
+    fitted on ``problem.data`` into ``problem.workdir/teacher``. Returns the student's
+    coefficients and a report. A learner of :func:`rmsearch.fitting.fit_potential`."""
     from tqdm import tqdm
 
     from rmsearch.analysis.validity import min_distance
-    from rmsearch.native import SnapSettings, fit_native
     from rmsearch.starts import make_spec
 
     opts = opts or DistillSettings()
+    data, frames, train, dm = problem.data, problem.frames, problem.train, problem.dm
+    settings, elements, workdir = problem.settings, problem.elements, problem.workdir
     if settings.fit_core:
         raise RMError("--fit-core: not supported with a teacher (teacher labels have no core); "
                       "drop --fit-core or pass --no-teacher")
@@ -216,7 +205,7 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
     teacher_dir = workdir / "teacher"
     teacher_settings = SnapSettings(holdout=settings.holdout, seed=settings.seed,
                                     zbl_inner=settings.zbl_inner, zbl_outer=settings.zbl_outer)
-    teacher_report = fit_native(data, teacher_dir, settings=teacher_settings)
+    teacher_report = fit_potential(data, teacher_dir, teacher_settings)
     teacher = _Teacher(teacher_dir, teacher_settings, elements)
     scratch = workdir / ".student"
     train_idx = np.flatnonzero(train)
@@ -237,7 +226,7 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
         "holdout": teacher_report["holdout"], "holdout_snap_only": teacher_report["holdout_snap_only"]},
         "rounds": []}
     try:
-        with tqdm(total=total, unit="relax", desc="distil", disable=None, dynamic_ncols=True) as bar:
+        with tqdm(total=total, unit="relax", desc="distill", disable=None, dynamic_ncols=True) as bar:
             start = 0
             minima = _minima(teacher.potential, spec, range(start, start + opts.teacher_starts), opts.seed, bar)
             start += opts.teacher_starts
@@ -256,7 +245,7 @@ def distil(data: str | Path, frames: Sequence[Atoms], train: np.ndarray, dm: Des
                 n_frames += len(new)
                 report["rounds"].append({"round": r + 1, "student_minima": len(labelled),
                                          "energy_gap_eV_per_atom": round(gap, 5), "teacher_frames": n_frames})
-                log.info("distil round %d: %d student minima, student-teacher energy gap %.4f eV/atom, "
+                log.info("distill round %d: %d student minima, student-teacher energy gap %.4f eV/atom, "
                          "%d teacher frames", r + 1, len(labelled), gap, n_frames)
         beta = rows.solve()
     finally:

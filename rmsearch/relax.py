@@ -41,17 +41,15 @@ both ``(engine, atoms, settings) -> RelaxOutcome``) and runs the second stages.
 
 Core repulsion (on by default): the rmdata term ``g(r) = m (1 - r^2/rc^2)^2`` (m = 1 eV,
 rc = 0.75 A, all element pairs) tabulated for ``pair_style table`` and overlaid on the
-potential (``pair_style hybrid/overlay``; see :func:`rmsearch.engine.write_core_table`). The model was trained with the same term in its labels
-but is unreliable where training data are sparse; the overlay keeps random starts from
-collapsing and is exactly zero beyond rc, so it never shifts minima with normal bonds.
+potential (``pair_style hybrid/overlay``; see :func:`rmsearch.engine.write_core_table`).
+The model was trained with the same term in its labels but is unreliable where training
+data are sparse; the overlay keeps random starts from collapsing and is exactly zero
+beyond rc, so it never shifts minima with normal bonds.
 
 Units: A, eV, eV/A, stress in eV/A^3 (ASE sign, positive = tensile), pressures in GPa.
 """
 
-
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 from ase import Atoms
@@ -72,8 +70,6 @@ from rmsearch.protocol import (
     volume_status,
 )
 from rmsearch.symmetry import Symmetry, find_symmetry
-
-log = logging.getLogger(__name__)
 
 #: The Python step rule that stands in for "lammps-cg" where LAMMPS' CG cannot run (a
 #: relaxation that keeps the start's symmetry).

@@ -1,4 +1,4 @@
-"""Native potentials fitted on rmdata labels (rmsearch.native, ``rmsearch fit-native``); SNAP here, UF3 features in test_uf3.py.
+"""Native potentials fitted on rmdata labels (rmsearch.native, rmsearch.fitting, rmsearch.snap, ``rmsearch fit-native``); SNAP here, UF3 features in test_uf3.py.
 
 - exactness: labels made by a known SNAP potential are fitted back to its coefficients;
 - ``pair_style snap`` in LAMMPS reproduces the fit's own predictions;
@@ -26,7 +26,8 @@ A_DIAMOND = 3.567  # A, the diamond preset's reference lattice constant
 
 def _teacher_frames(settings, beta, n_frames=6, seed=0):
     """Rattled, strained 8-atom diamonds labelled by a SNAP potential with coefficients ``beta``."""
-    from rmsearch.native import pair_definition, write_snap_files
+    from rmsearch.fitting import pair_definition
+    from rmsearch.snap import write_snap_files
     from rmsearch.potentials import load_potential
     from rmsearch.engine import LammpsEngine
 
@@ -60,7 +61,8 @@ def test_fit_recovers_a_known_snap_potential(tmp_path, quadratic):
     the coefficients themselves for linear SNAP, and for both the forces and stresses of
     held-out teacher frames (the quadratic products of 2J=2 are nearly collinear, so their
     individual coefficients are not identifiable from a few frames, only the function)."""
-    from rmsearch.native import SnapSettings, fit_native
+    from rmsearch.native import fit_native
+    from rmsearch.snap import SnapSettings
 
     settings = SnapSettings(twojmax=2, rcut=3.0, quadratic=quadratic, alpha=0.0, zbl_outer=0.0,
                             holdout=0.25)
@@ -97,7 +99,8 @@ def native_pot(diamond_dataset, tmp_path_factory):
 def test_pair_style_reproduces_fit_and_report(native_pot, diamond_dataset):
     """LAMMPS pair_style snap (+ core) gives the fit's forces/stress; errors stored as JSON."""
     import rmdata
-    from rmsearch.native import SnapSettings, design_matrix, predict
+    from rmsearch.fitting import design_matrix, predict
+    from rmsearch.snap import SnapSettings
     from rmsearch.potentials import load_potential
     from rmsearch.engine import LammpsEngine
 

@@ -95,9 +95,9 @@ def test_coefficient_arrays_are_symmetric_with_zero_tails():
 
 def test_fit_recovers_a_known_uf3_potential(tmp_path):
     """Forces and stresses of a known UF3 potential are fitted back exactly (no ridge, no core)."""
-    from rmsearch.native import UF3Settings, fit_native
     from rmsearch.engine import LammpsEngine
-    from rmsearch.uf3 import UF3Basis
+    from rmsearch.native import fit_native
+    from rmsearch.uf3 import UF3Basis, UF3Settings
 
     settings = UF3Settings(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5, alpha=0.0, zbl_outer=0.0, holdout=0.25)
     basis = UF3Basis(rc2=3.2, n2=10, rc3=2.4, n3=5, n3jk=5)
@@ -152,7 +152,7 @@ def test_fit_native_cli_uf3_recommends_lammps_minimiser(tmp_path):
 
 def test_uf3_settings_reject_bad_cutoffs():
     from rmdata.errors import RMError
-    from rmsearch.native import UF3Settings
+    from rmsearch.uf3 import UF3Settings
 
     with pytest.raises(RMError, match="rc3"):
         UF3Settings(rc2=2.0, rc3=2.5)

@@ -1,0 +1,469 @@
+"""The shared core of the native fits (SNAP, :mod:`rmsearch.snap`; UF3, :mod:`rmsearch.uf3`).
+
+Both potentials are linear in their coefficients, so one fit serves both: a design matrix
+of force rows and ``-V sigma / N`` stress rows (:class:`DesignMatrix`), ridge least
+squares (:func:`ridge_solve`), a held-out error report (:func:`errors`), and the potential
+directory with a self-check of the LAMMPS pair style against the fit's own predictions
+(:func:`fit_potential`). A settings class (:class:`FitSettings` and its subclasses) names
+its descriptors, pair style and model files; how the coefficients are learnt is a
+parameter of :func:`fit_potential` (the labels alone by default; :mod:`rmsearch.distill`
+adds a SNAP teacher). :func:`rmsearch.native.fit_native` picks the kind and the learner.
+
+Conventions. Forces are ``A_f @ beta`` directly. The virial rows give ``W = -V sigma``
+(sigma in ASE's sign, positive = tensile), so stress labels enter as ``-V sigma``; both
+are divided by the number of atoms so that one stress row weighs like one force row at
+``stress_weight = 1`` per atom, in Voigt order (:func:`rmsearch.engine.to_voigt`).
+
+Settings are declared once: each field of a settings class is made with :func:`setting`,
+whose metadata (help text, unit, command-line bounds) ``rmsearch fit-native`` turns into
+its options (:mod:`rmsearch.cli_native`), with the field's default.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import Field, asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+from ase import Atoms
+from ase.data import atomic_numbers
+
+from rmdata.errors import RMError
+from rmdata.utils import pin_threads, provenance, write_json_atomic
+from rmsearch.engine import LammpsEngine, Potential, from_voigt, lammps_path, to_voigt
+from rmsearch.potentials import FORMAT_VERSION, finish_potential_dir, fit_volumes, load_potential
+
+log = logging.getLogger(__name__)
+
+#: Largest |LAMMPS - fit| of forces (eV/A) and stress (eV/A^3) the self-check accepts.
+VERIFY_TOL = 1e-6
+
+
+def setting(default: Any, help: str, *, unit: str = "", option: str | bool = True,
+            bounds: tuple = (), follows: str = "") -> Any:
+    """A settings field with its command-line declaration in the metadata.
+
+    ``help``: what it is; ``unit``: its unit, shown after the help ("A", "eV/A"; empty for
+    counts and flags). ``option``: the option's declaration (True: ``--<name>``; a string
+    such as ``"--quadratic/--linear"``; False: not an option of its own, though it takes the
+    value of an option of the same name). ``bounds`` of a number on the command line:
+    ``(min, max)`` of an int, ``(min, max[, min_open, max_open])`` of a float, None for
+    no bound. ``follows``: the field takes the value of that option (its own is None).
+    """
+    return field(default=default, metadata={"help": help, "unit": unit, "option": option,
+                                             "bounds": bounds, "follows": follows})
+
+
+def with_default(cls: type, name: str, default: Any) -> Any:
+    """The field ``name`` of the settings class ``cls`` with another ``default`` (for a
+    subclass that keeps the declaration)."""
+    base: Field = cls.__dataclass_fields__[name]
+    return field(default=default, metadata=base.metadata)
+
+
+@dataclass
+class FitSettings:
+    """Options shared by every native fit (help and units in each field's metadata).
+
+    The ZBL core, switched off between ``zbl_inner`` and ``zbl_outer``, is overlaid in
+    LAMMPS (``zbl_outer = 0``: no core); with ``fit_core`` it is subtracted from the labels
+    before the fit, else the model is fitted to the labels alone and the core only adds a
+    wall below zbl_outer.
+    """
+
+    #: The ``--kind`` name of the fit, and the relaxation method its potential directory
+    #: recommends (None: the relaxer's default).
+    kind: ClassVar[str] = ""
+    optimizer: ClassVar[str | None] = None
+    #: Whether the fit learns from a SNAP teacher by default (:mod:`rmsearch.distill`).
+    distills: ClassVar[bool] = False
+
+    alpha: float = setting(1.0, "Ridge strength on unit-norm columns", unit="dimensionless", bounds=(0, None))
+    stress_weight: float = setting(1.0, "Weight of a stress row (-V sigma / N, eV) against a force row (eV/A)",
+                                   bounds=(0, None))
+    zbl_inner: float = setting(0.8, "Radius where the ZBL core starts to switch off", unit="A", option=False)
+    zbl_outer: float = setting(1.2, "Radius where the ZBL core is off (0: no core)", unit="A", option=False)
+    fit_core: bool = setting(False, "Subtract the core from the labels before fitting")
+    holdout: float = setting(0.1, "Fraction of frames held out for the error report", bounds=(0, 1, False, True))
+    seed: int = setting(0, "Seed of the holdout draw and of the teacher rounds' starts", bounds=(0, 2**32 - 1))
+
+    def __post_init__(self) -> None:
+        if not self.alpha >= 0:
+            raise RMError(f"--alpha {self.alpha}: must be >= 0")
+        if not self.stress_weight >= 0:
+            raise RMError(f"--stress-weight {self.stress_weight}: must be >= 0")
+        if not 0.0 <= self.holdout < 1.0:
+            raise RMError(f"--holdout {self.holdout}: must be in [0, 1)")
+        if self.zbl_outer and not 0 < self.zbl_inner < self.zbl_outer:
+            raise RMError(f"--zbl {self.zbl_inner},{self.zbl_outer}: need 0 < inner < outer (A)")
+
+    @property
+    def core(self) -> bool:
+        return self.zbl_outer > 0
+
+    @property
+    def cutoff(self) -> float:
+        """The potential's cutoff (A)."""
+        raise NotImplementedError
+
+    def pair_style(self, element: str) -> tuple[str, str]:
+        """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
+        raise NotImplementedError
+
+    def descriptors(self, elements: list[str]) -> Descriptors:
+        """The descriptor rows of this kind for ``elements``."""
+        raise NotImplementedError
+
+    def write_model(self, directory: Path, element: str, beta: np.ndarray) -> None:
+        """Write the fitted coefficients ``beta`` as the model files in ``directory``."""
+        raise NotImplementedError
+
+
+class Descriptors:
+    """Per-frame descriptor rows of one kind; a context manager (``close`` frees LAMMPS).
+
+    :meth:`rows` returns, for one periodic structure, the force block ``(3 N, ncol)``
+    (forces = block @ beta, eV/A, in the structure's own frame), the virial block
+    ``(3, 3, ncol)`` (W = -V sigma, eV) and the ZBL core's forces (N, 3) eV/A and virial
+    (3, 3) eV (zeros without a core).
+    """
+
+    def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def zbl_pair(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
+    """(pair_style, pair_coeff lines) of the ZBL core, or of a ``zero`` style without one."""
+    if not settings.core:
+        return f"zero {settings.cutoff!r}", ["* *"]
+    coeffs = []
+    for i, a in enumerate(elements, 1):
+        for j, b in enumerate(elements, 1):
+            if j >= i:
+                coeffs.append(f"{i} {j} {atomic_numbers[a]} {atomic_numbers[b]}")
+    return f"zbl {settings.zbl_inner!r} {settings.zbl_outer!r}", coeffs
+
+
+def pair_definition(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
+    """``pair_style`` and ``pair_coeff`` of the fitted potential ({potdir} placeholders)."""
+    if len(elements) != 1:
+        raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
+    sub, args = settings.pair_style(elements[0])
+    if not settings.core:
+        return sub, [f"* * {args}"]
+    style, coeffs = zbl_pair(settings, elements)
+    types = [c.split(maxsplit=2) for c in coeffs]
+    return (f"hybrid/overlay {style} {sub}",
+            [f"{i} {j} zbl {rest}" for i, j, rest in types] + [f"* * {sub.split()[0]} {args}"])
+
+
+def native_potential(directory: Path, settings: FitSettings, elements: list[str],
+                     volumes: dict[str, float]) -> Potential:
+    """An in-memory :class:`~rmsearch.engine.Potential` of the model files that
+    ``settings.write_model`` put in ``directory`` (no ``potential.json`` needed)."""
+    style, coeff = pair_definition(settings, elements)
+    potdir = lammps_path(directory)
+    return Potential(directory=Path(directory), backend=settings.kind, elements=list(elements),
+                     cutoff=settings.cutoff, volumes=volumes, pair_style=style.format(potdir=potdir),
+                     pair_coeff=[c.format(potdir=potdir) for c in coeff],
+                     meta={"optimizer": settings.optimizer} if settings.optimizer else {})
+
+
+# ----------------------------------------------------------------------------- design matrix
+
+@dataclass
+class DesignMatrix:
+    """Least-squares rows of a set of frames.
+
+    Per frame 3N force rows (eV/A) then 6 stress rows ``-V sigma / N`` (eV, Voigt xx yy zz
+    yz xz xy) scaled by sqrt(stress_weight). ``a`` (rows, ncol): descriptor rows;
+    ``label`` (rows,): the rmdata labels in row units; ``core`` (rows,): the ZBL core's
+    share in row units (zeros without a core); ``frame`` (rows,) frame index; ``kind``
+    (rows,) 0 force row, 1 stress row; ``volume`` (A^3) and ``natoms`` per frame.
+    The full potential predicts ``a @ beta + core``.
+    """
+
+    a: np.ndarray
+    label: np.ndarray
+    core: np.ndarray
+    frame: np.ndarray
+    kind: np.ndarray
+    volume: np.ndarray
+    natoms: np.ndarray
+
+    def subset(self, frames: np.ndarray) -> np.ndarray:
+        """Row mask of the frames where the boolean per-frame mask ``frames`` is True."""
+        return frames[self.frame]
+
+
+def design_matrix(frames: Sequence[Atoms], settings: FitSettings, elements: list[str]) -> DesignMatrix:
+    """Descriptor rows, labels and core contributions of ``frames`` (see :class:`DesignMatrix`)."""
+    a_rows, lab_rows, core_rows, frame_idx, kinds, vols, nat = [], [], [], [], [], [], []
+    ws = math.sqrt(settings.stress_weight)
+    with settings.descriptors(elements) as desc:
+        for k, atoms in enumerate(frames):
+            forces, stress = labels(atoms, k)
+            a_f, w_c, ref_f, ref_w = desc.rows(atoms)
+            n = len(atoms)
+            vol = abs(atoms.get_volume())
+            a_rows += [a_f, ws * to_voigt(w_c) / n]
+            lab_rows += [forces.ravel(), ws * to_voigt(-vol * stress) / n]
+            core_rows += [ref_f.ravel(), ws * to_voigt(ref_w) / n]
+            frame_idx.append(np.full(3 * n + 6, k))
+            kinds.append(np.r_[np.zeros(3 * n, int), np.ones(6, int)])
+            vols.append(vol)
+            nat.append(n)
+    return DesignMatrix(np.vstack(a_rows), np.concatenate(lab_rows), np.concatenate(core_rows),
+                        np.concatenate(frame_idx), np.concatenate(kinds), np.array(vols), np.array(nat))
+
+
+def labels(atoms: Atoms, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``REF_forces`` (N, 3) eV/A and ``REF_stress`` (3, 3) eV/A^3 of the rmdata frame number ``k``."""
+    forces = atoms.arrays.get("REF_forces")
+    stress = atoms.info.get("REF_stress")
+    if forces is None or stress is None:
+        raise RMError(f"frame {k}: REF_forces/REF_stress missing; fit-native reads rmdata crystal files "
+                      "('rmdata make --dataset diamond -o FILE.xyz')")
+    stress = np.asarray(stress, dtype=float)
+    if stress.shape == (6,):
+        stress = from_voigt(stress)
+    return np.asarray(forces, dtype=float), stress.reshape(3, 3)
+
+
+def ridge_solve(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+    """``argmin |a x - b|^2 + lam |D x|^2`` with D the column norms and ``lam = alpha``.
+
+    Columns are scaled to unit norm first (so alpha is dimensionless and the same for
+    linear and quadratic terms), then solved by SVD (``scipy.linalg.lstsq`` on the
+    augmented system), which stays accurate when the descriptors are nearly collinear.
+    """
+    from scipy.linalg import lstsq
+
+    norms = np.linalg.norm(a, axis=0)
+    norms[norms == 0] = 1.0
+    an = a / norms
+    if alpha > 0:
+        an = np.vstack([an, math.sqrt(alpha) * np.eye(a.shape[1])])
+        b = np.concatenate([b, np.zeros(a.shape[1])])
+    x, *_ = lstsq(an, b, lapack_driver="gelsd")
+    return x / norms
+
+
+def errors(dm: DesignMatrix, beta: np.ndarray, settings: FitSettings, frames: np.ndarray, *,
+           core: bool = True) -> dict[str, float]:
+    """RMSE against the labels on the frames of mask ``frames``: of the full potential
+    (model + core), or of the model alone with ``core=False``.
+
+    Forces in eV/A per Cartesian component, stress in eV/A^3 per Voigt component.
+    """
+    rows = dm.subset(frames)
+    resid = dm.a[rows] @ beta + (dm.core[rows] if core else 0.0) - dm.label[rows]
+    kind = dm.kind[rows]
+    f = resid[kind == 0]
+    ws = math.sqrt(settings.stress_weight) or 1.0
+    fr = dm.frame[rows][kind == 1]
+    s = resid[kind == 1] * dm.natoms[fr] / ws / dm.volume[fr]
+    return {"force_rmse_eV_per_A": float(np.sqrt(np.mean(f**2))) if f.size else math.nan,
+            "stress_rmse_eV_per_A3": float(np.sqrt(np.mean(s**2))) if s.size else math.nan,
+            "n_frames": int(frames.sum())}
+
+
+def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of held-out frames: ``round(fraction * n)`` frames drawn with ``seed``."""
+    rng = np.random.default_rng(seed)
+    mask = np.zeros(n, dtype=bool)
+    k = round(fraction * n)
+    if k:
+        mask[rng.choice(n, size=k, replace=False)] = True
+    return mask
+
+
+def predict(dm: DesignMatrix, beta: np.ndarray, settings: FitSettings, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """Forces (N, 3) eV/A and stress (3, 3) eV/A^3 of frame ``index`` from the fit (model + core)."""
+    rows = dm.frame == index
+    pred = dm.a[rows] @ beta + dm.core[rows]
+    n = int(dm.natoms[index])
+    ws = math.sqrt(settings.stress_weight) or 1.0
+    w = from_voigt(pred[3 * n:] * n / ws)
+    return pred[: 3 * n].reshape(n, 3), -w / dm.volume[index]
+
+
+def fit_beta(dm: DesignMatrix, settings: FitSettings, train: np.ndarray) -> np.ndarray:
+    """Coefficients (SNAP: without beta0) fitted to the labels of the frames of mask ``train``."""
+    rows = dm.subset(train)
+    target = dm.label[rows] - (dm.core[rows] if settings.fit_core else 0.0)
+    return ridge_solve(dm.a[rows], target, settings.alpha)
+
+
+# ----------------------------------------------------------------------------- potential directory
+
+def read_frames(data: str | os.PathLike) -> list[Atoms]:
+    """The frames of the rmdata file ``data`` (REF_forces and REF_stress required)."""
+    import rmdata
+    from rmdata.io import require_labels
+
+    path = Path(data)
+    if not path.is_file():
+        raise RMError(f"{path}: training file not found; make one with 'rmdata make --dataset diamond -o {path}'")
+    frames = rmdata.read(path)
+    require_labels(frames, path, stress=True)
+    return frames
+
+
+def verify_native(potential: Potential, frames: Sequence[Atoms],
+                  predicted: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """Largest |LAMMPS pair_style - fit prediction| of forces (eV/A) and stress (eV/A^3) on ``frames``."""
+    df = ds = 0.0
+    engine = LammpsEngine(potential, core_repulsion=None)
+    try:
+        for atoms, (f_pred, s_pred) in zip(frames, predicted):
+            _, f, s = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+            df = max(df, float(np.abs(f - f_pred).max()))
+            ds = max(ds, float(np.abs(s - s_pred).max()))
+    finally:
+        engine.close()
+    return {"forces_eV_per_A": df, "stress_eV_per_A3": ds, "n_frames": len(frames)}
+
+
+def mace_errors(model: str | os.PathLike, frames: Sequence[Atoms]) -> dict[str, float]:
+    """RMSE of a MACE model (forces eV/A per component, stress eV/A^3 per Voigt component) on ``frames``."""
+    from mace.calculators import MACECalculator
+
+    calc = MACECalculator(model_paths=str(model), device="cpu", default_dtype="float64")
+    df, ds = [], []
+    for k, atoms in enumerate(frames):
+        forces, stress = labels(atoms, k)
+        at = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        at.calc = calc
+        df.append((at.get_forces() - forces).ravel())
+        ds.append(to_voigt(at.get_stress(voigt=False) - stress))
+    df, ds = np.concatenate(df), np.concatenate(ds)
+    return {"force_rmse_eV_per_A": float(np.sqrt(np.mean(df**2))),
+            "stress_rmse_eV_per_A3": float(np.sqrt(np.mean(ds**2))), "n_frames": len(frames),
+            "model": str(Path(model).resolve())}
+
+
+@dataclass
+class FitProblem:
+    """What a learner (:func:`fit_potential`'s ``learn``) fits: the rmdata file ``data``,
+    its ``frames`` and their design rows ``dm``, the training mask ``train`` (per frame),
+    the ``settings`` and ``elements``, and ``workdir``, the potential directory being
+    written (a learner may keep files there, e.g. ``teacher/``)."""
+
+    data: str | os.PathLike
+    frames: list[Atoms]
+    train: np.ndarray
+    dm: DesignMatrix
+    settings: FitSettings
+    elements: list[str]
+    workdir: Path
+
+
+#: A learner: coefficients, and a distillation report (None without a teacher; the keys
+#: ``settings``, ``teacher`` (with ``settings``) and ``teacher_frames`` go into potential.json).
+Learner = Callable[[FitProblem], tuple[np.ndarray, dict[str, Any] | None]]
+
+
+def labels_alone(problem: FitProblem) -> tuple[np.ndarray, None]:
+    """The default learner: ridge least squares on the training frames' labels."""
+    return fit_beta(problem.dm, problem.settings, problem.train), None
+
+
+def fit_potential(data: str | os.PathLike, out: str | os.PathLike, settings: FitSettings, *,
+                  learn: Learner = labels_alone, mace_model: str | os.PathLike | None = None,
+                  overwrite: bool = False) -> dict[str, Any]:
+    """Fit ``settings`` (its kind) on the rmdata file ``data`` with ``learn`` and write the
+    potential directory ``out``; returns the fit report (also ``out/fit.json``): settings,
+    train and held-out RMSEs of forces (eV/A) and stress (eV/A^3), MACE's on the same
+    held-out frames when ``mace_model`` is given, the distillation report of a taught fit,
+    and the LAMMPS self-check. The directory is built beside ``out`` and renamed into place
+    when complete.
+    """
+    # one thread, as make_dataset and launch: faster for these small matrices, and the
+    # teacher rounds would turn BLAS rounding differences into different teacher frames
+    pin_threads(1)
+    kind = settings.kind
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise RMError(f"{out}: already exists; choose another -o or pass --overwrite")
+    t0 = time.perf_counter()
+    frames = read_frames(data)
+    elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    dm = design_matrix(frames, settings, elements)
+    held = holdout_mask(len(frames), settings.holdout, settings.seed)
+    train = ~held
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        beta, distillation = learn(FitProblem(data, frames, train, dm, settings, elements, tmp))
+        report: dict[str, Any] = {
+            "kind": kind, "settings": asdict(settings), "elements": elements,
+            "n_frames": len(frames), "n_coefficients": int(beta.size),
+            "n_rows": int(dm.subset(train).sum()),
+            "train": errors(dm, beta, settings, train),
+            "holdout": errors(dm, beta, settings, held) if held.any() else None,
+            "holdout_snap_only": (errors(dm, beta, settings, held, core=False)
+                                  if held.any() and settings.core else None),
+            "holdout_frames": np.flatnonzero(held).tolist(),
+            **({"distillation": distillation} if distillation else {}),
+        }
+        if mace_model is not None and held.any():
+            report["mace_holdout"] = mace_errors(mace_model, [frames[i] for i in np.flatnonzero(held)])
+        volumes, vsource = fit_volumes(frames, elements)
+        pair_style, pair_coeff = pair_definition(settings, elements)  # one element for now
+        settings.write_model(tmp, elements[0], beta)
+        meta = {
+            "format": FORMAT_VERSION, "backend": kind, "model": None, "elements": elements,
+            "cutoff": settings.cutoff, "pair_style": pair_style, "pair_coeff": pair_coeff,
+            "callback": None, "volumes": volumes, "volumes_source": vsource,
+            **({"optimizer": settings.optimizer} if settings.optimizer else {}),
+            "training": str(Path(data).resolve()),
+            "fit": {k: report[k] for k in ("train", "holdout", "holdout_snap_only", "n_coefficients")}
+                   | ({"teacher": "teacher", "teacher_frames": distillation["teacher_frames"]}
+                      if distillation else {})
+                   | ({"mace_holdout": report["mace_holdout"]} if "mace_holdout" in report else {}),
+            # the teacher's recipe is part of what made a taught potential (and of its config
+            # hash); "distil" is the key potential directories have always carried
+            "provenance": provenance({"data": str(data), "kind": kind, **asdict(settings),
+                                      **({"teacher": {"distil": distillation["settings"],
+                                                      "snap": distillation["teacher"]["settings"]}}
+                                         if distillation else {})}, settings.seed),
+        }
+        write_json_atomic(tmp / "potential.json", meta)
+        pot = load_potential(tmp)
+        check = [i for i in range(len(frames))][: 3]
+        report["verification"] = verify_native(pot, [frames[i] for i in check],
+                                               [predict(dm, beta, settings, i) for i in check])
+        if not (report["verification"]["forces_eV_per_A"] <= VERIFY_TOL
+                and report["verification"]["stress_eV_per_A3"] <= VERIFY_TOL):
+            raise RMError(f"{out}: self-check failed, pair_style snap differs from the fit by "
+                          f"{report['verification']}; report this as a bug")
+        meta["verification"] = report["verification"]
+        write_json_atomic(tmp / "potential.json", meta)
+        report["wall_s"] = round(time.perf_counter() - t0, 3)
+        report["provenance"] = meta["provenance"]
+        write_json_atomic(tmp / "fit.json", report)
+        finish_potential_dir(tmp, out, pot, ["# LAMMPS commands that load this potential (rmsearch fit-native)"])
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("fit-native: %s", {k: report[k] for k in ("train", "holdout")})
+    return report
