@@ -108,7 +108,7 @@ def _student(directory: Path, settings: UF3Settings, elements: list[str], beta: 
              volumes: dict[str, float]) -> Potential:
     """A loadable in-memory potential of the student coefficients ``beta`` (files in ``directory``)."""
     directory.mkdir(parents=True, exist_ok=True)
-    settings.write_model(directory, elements[0], beta)
+    settings.write_model(directory, elements, beta)
     return native_potential(directory, settings, elements, volumes)
 
 

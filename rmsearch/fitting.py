@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Self
 
 import numpy as np
 from ase import Atoms
-from ase.data import atomic_numbers
+from ase.data import atomic_numbers, covalent_radii
 
 from rmdata.errors import RMError
 from rmdata.utils import pin_threads, provenance, write_json_atomic
@@ -113,26 +113,52 @@ class FitSettings:
         """The potential's cutoff (A)."""
         raise NotImplementedError
 
-    def pair_style(self, element: str) -> tuple[str, str]:
+    def pair_style(self, elements: list[str]) -> tuple[str, str]:
         """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
+        raise NotImplementedError
+
+    def n_columns(self, elements: list[str]) -> int:
+        """Fitted coefficients (design-matrix columns) for ``elements``."""
         raise NotImplementedError
 
     def descriptors(self, elements: list[str]) -> Descriptors:
         """The descriptor rows of this kind for ``elements``."""
         raise NotImplementedError
 
-    def write_model(self, directory: Path, element: str, beta: np.ndarray) -> None:
+    def write_model(self, directory: Path, elements: list[str], beta: np.ndarray) -> None:
         """Write the fitted coefficients ``beta`` as the model files in ``directory``."""
         raise NotImplementedError
+
+
+def periodic(atoms: Atoms, k: int) -> bool:
+    """Whether frame ``k`` is a crystal (periodic in all three directions, with a cell) or a
+    molecule (periodic in none); a mixed frame (a slab, a wire) is a one-line error."""
+    if atoms.pbc.all():
+        return True
+    if not atoms.pbc.any():
+        return False
+    raise RMError(f"frame {k}: pbc {atoms.pbc.tolist()}; fit-native reads crystals (periodic in 3D) "
+                  "and molecules (not periodic), not slabs or wires")
+
+
+def vacuum_box(positions: np.ndarray, cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+    """A cubic periodic cell (3, 3) in A holding a molecule with no periodic image of any
+    atom within ``cutoff`` (A) of another: edge = extent + 2 cutoff + 1 A, and the
+    positions (N, 3) moved to its centre."""
+    lo, hi = positions.min(0), positions.max(0)
+    edge = float((hi - lo).max()) + 2.0 * cutoff + 1.0
+    return edge * np.eye(3), positions - (lo + hi) / 2 + edge / 2
 
 
 class Descriptors:
     """Per-frame descriptor rows of one kind; a context manager (``close`` frees LAMMPS).
 
-    :meth:`rows` returns, for one periodic structure, the force block ``(3 N, ncol)``
-    (forces = block @ beta, eV/A, in the structure's own frame), the virial block
-    ``(3, 3, ncol)`` (W = -V sigma, eV) and the ZBL core's forces (N, 3) eV/A and virial
-    (3, 3) eV (zeros without a core).
+    :meth:`rows` returns, for one structure, the force block ``(3 N, ncol)`` (forces =
+    block @ beta, eV/A, in the structure's own frame), the virial block ``(3, 3, ncol)``
+    (W = -V sigma, eV; unused for a molecule) and the ZBL core's forces (N, 3) eV/A and
+    virial (3, 3) eV (zeros without a core). A periodic structure is a crystal; a
+    non-periodic one (a molecule, ``pbc`` all False) is placed in a vacuum box
+    (:func:`vacuum_box`).
     """
 
     def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -148,29 +174,65 @@ class Descriptors:
         self.close()
 
 
+#: The element whose covalent-radius sum the ``--zbl`` radii are given for (carbon: the
+#: measured diamond recipe); other pairs scale them by their own sum (:func:`zbl_radii`).
+ZBL_REFERENCE = "C"
+
+
+def zbl_radii(settings: FitSettings, a: str, b: str) -> tuple[float, float]:
+    """ZBL switching radii (inner, outer) in A of the element pair ``a``-``b``: the settings'
+    radii (given for a C-C pair) times ``(r_cov(a) + r_cov(b)) / (2 r_cov(C))``, so that each
+    pair's core switches off at the same fraction of its covalent bond length (~0.79 with the
+    default 0.8-1.2 A: C-H 0.56-0.84, H-H 0.33-0.49, Na-Cl 1.41-2.12 A)."""
+    ref = 2 * covalent_radii[atomic_numbers[ZBL_REFERENCE]]
+    scale = (covalent_radii[atomic_numbers[a]] + covalent_radii[atomic_numbers[b]]) / ref
+    return round(float(settings.zbl_inner * scale), 6), round(float(settings.zbl_outer * scale), 6)
+
+
+def zbl_styles(settings: FitSettings, elements: list[str]) -> list[tuple[str, list[str]]]:
+    """The ZBL core as sub-styles: ``[("zbl INNER OUTER", ["I J Z_I Z_J", ...]), ...]``, one
+    per distinct pair of switching radii (:func:`zbl_radii`), every type pair I <= J once;
+    empty without a core."""
+    if not settings.core:
+        return []
+    groups: dict[tuple[float, float], list[str]] = {}
+    for i, a in enumerate(elements, 1):
+        for j, b in enumerate(elements, 1):
+            if j >= i:
+                groups.setdefault(zbl_radii(settings, a, b), []).append(
+                    f"{i} {j} {atomic_numbers[a]} {atomic_numbers[b]}")
+    return [(f"zbl {inner!r} {outer!r}", coeffs) for (inner, outer), coeffs in groups.items()]
+
+
+def overlay(parts: list[tuple[str, list[str]]]) -> tuple[str, list[str]]:
+    """One pair style of sub-styles ``(style with its arguments, pair_coeff lines "I J args")``:
+    the style itself when there is one, else ``hybrid/overlay`` with each line naming its
+    sub-style (numbered, ``zbl 2``, where a style appears more than once)."""
+    if len(parts) == 1:
+        return parts[0]
+    names = [style.split()[0] for style, _ in parts]
+    seen: dict[str, int] = {}
+    coeffs = []
+    for (_, lines), name in zip(parts, names):
+        seen[name] = seen.get(name, 0) + 1
+        tag = f"{name} {seen[name]}" if names.count(name) > 1 else name
+        for line in lines:
+            i, j, *rest = line.split(maxsplit=2)
+            coeffs.append(" ".join([i, j, tag, *rest]))
+    return "hybrid/overlay " + " ".join(style for style, _ in parts), coeffs
+
+
 def zbl_pair(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
     """(pair_style, pair_coeff lines) of the ZBL core, or of a ``zero`` style without one."""
     if not settings.core:
         return f"zero {settings.cutoff!r}", ["* *"]
-    coeffs = []
-    for i, a in enumerate(elements, 1):
-        for j, b in enumerate(elements, 1):
-            if j >= i:
-                coeffs.append(f"{i} {j} {atomic_numbers[a]} {atomic_numbers[b]}")
-    return f"zbl {settings.zbl_inner!r} {settings.zbl_outer!r}", coeffs
+    return overlay(zbl_styles(settings, elements))
 
 
 def pair_definition(settings: FitSettings, elements: list[str]) -> tuple[str, list[str]]:
     """``pair_style`` and ``pair_coeff`` of the fitted potential ({potdir} placeholders)."""
-    if len(elements) != 1:
-        raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
-    sub, args = settings.pair_style(elements[0])
-    if not settings.core:
-        return sub, [f"* * {args}"]
-    style, coeffs = zbl_pair(settings, elements)
-    types = [c.split(maxsplit=2) for c in coeffs]
-    return (f"hybrid/overlay {style} {sub}",
-            [f"{i} {j} zbl {rest}" for i, j, rest in types] + [f"* * {sub.split()[0]} {args}"])
+    sub, args = settings.pair_style(elements)
+    return overlay(zbl_styles(settings, elements) + [(sub, [f"* * {args}"])])
 
 
 def native_potential(directory: Path, settings: FitSettings, elements: list[str],
@@ -191,11 +253,12 @@ def native_potential(directory: Path, settings: FitSettings, elements: list[str]
 class DesignMatrix:
     """Least-squares rows of a set of frames.
 
-    Per frame 3N force rows (eV/A) then 6 stress rows ``-V sigma / N`` (eV, Voigt xx yy zz
-    yz xz xy) scaled by sqrt(stress_weight). ``a`` (rows, ncol): descriptor rows;
+    Per frame 3N force rows (eV/A) then, for a crystal, 6 stress rows ``-V sigma / N`` (eV,
+    Voigt xx yy zz yz xz xy) scaled by sqrt(stress_weight); a molecule has no stress rows. ``a`` (rows, ncol): descriptor rows;
     ``label`` (rows,): the rmdata labels in row units; ``core`` (rows,): the ZBL core's
     share in row units (zeros without a core); ``frame`` (rows,) frame index; ``kind``
-    (rows,) 0 force row, 1 stress row; ``volume`` (A^3) and ``natoms`` per frame.
+    (rows,) 0 force row, 1 stress row; ``volume`` (A^3; 0 for a molecule) and ``natoms``
+    per frame.
     The full potential predicts ``a @ beta + core``.
     """
 
@@ -212,8 +275,45 @@ class DesignMatrix:
         return frames[self.frame]
 
 
+def n_rows(frames: Sequence[Atoms]) -> int:
+    """Design-matrix rows of ``frames``: 3N per frame, plus 6 per crystal."""
+    return sum(3 * len(a) + 6 * bool(a.pbc.all()) for a in frames)
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation (``MemAvailable`` of /proc/meminfo;
+    elsewhere the free physical pages)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+#: Copies of the design matrix a fit holds at its peak (the matrix, the training rows,
+#: the column-scaled and ridge-augmented system, LAPACK's work copy).
+DESIGN_COPIES = 4
+
+
+def check_memory(frames: Sequence[Atoms], settings: FitSettings, elements: list[str]) -> int:
+    """Bytes the fit's design matrix needs at its peak; a one-line RMError with suggestions
+    when that exceeds the available memory (:func:`available_memory`), before any work."""
+    rows, cols = n_rows(frames), settings.n_columns(elements)
+    need = DESIGN_COPIES * 8 * rows * cols
+    have = available_memory()
+    if need > have:
+        raise RMError(f"the fit needs ~{need / 2**30:.1f} GiB ({rows} rows x {cols} coefficients x "
+                      f"{DESIGN_COPIES} copies), {have / 2**30:.1f} GiB available; fit fewer frames "
+                      "('rmdata make --limit N'), or fewer coefficients ('--linear', a smaller '--twojmax')")
+    return need
+
+
 def design_matrix(frames: Sequence[Atoms], settings: FitSettings, elements: list[str]) -> DesignMatrix:
     """Descriptor rows, labels and core contributions of ``frames`` (see :class:`DesignMatrix`)."""
+    check_memory(frames, settings, elements)
     a_rows, lab_rows, core_rows, frame_idx, kinds, vols, nat = [], [], [], [], [], [], []
     ws = math.sqrt(settings.stress_weight)
     with settings.descriptors(elements) as desc:
@@ -221,24 +321,36 @@ def design_matrix(frames: Sequence[Atoms], settings: FitSettings, elements: list
             forces, stress = labels(atoms, k)
             a_f, w_c, ref_f, ref_w = desc.rows(atoms)
             n = len(atoms)
-            vol = abs(atoms.get_volume())
-            a_rows += [a_f, ws * to_voigt(w_c) / n]
-            lab_rows += [forces.ravel(), ws * to_voigt(-vol * stress) / n]
-            core_rows += [ref_f.ravel(), ws * to_voigt(ref_w) / n]
-            frame_idx.append(np.full(3 * n + 6, k))
-            kinds.append(np.r_[np.zeros(3 * n, int), np.ones(6, int)])
+            a_rows.append(a_f)
+            lab_rows.append(forces.ravel())
+            core_rows.append(ref_f.ravel())
+            vol = 0.0
+            if stress is not None:
+                vol = abs(atoms.get_volume())
+                a_rows.append(ws * to_voigt(w_c) / n)
+                lab_rows.append(ws * to_voigt(-vol * stress) / n)
+                core_rows.append(ws * to_voigt(ref_w) / n)
+            nstress = 6 * (stress is not None)
+            frame_idx.append(np.full(3 * n + nstress, k))
+            kinds.append(np.r_[np.zeros(3 * n, int), np.ones(nstress, int)])
             vols.append(vol)
             nat.append(n)
     return DesignMatrix(np.vstack(a_rows), np.concatenate(lab_rows), np.concatenate(core_rows),
                         np.concatenate(frame_idx), np.concatenate(kinds), np.array(vols), np.array(nat))
 
 
-def labels(atoms: Atoms, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """``REF_forces`` (N, 3) eV/A and ``REF_stress`` (3, 3) eV/A^3 of the rmdata frame number ``k``."""
+def labels(atoms: Atoms, k: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """``REF_forces`` (N, 3) eV/A and ``REF_stress`` (3, 3) eV/A^3 of the rmdata frame number
+    ``k`` (stress None for a molecule, :func:`periodic`)."""
     forces = atoms.arrays.get("REF_forces")
+    if forces is None:
+        raise RMError(f"frame {k}: REF_forces missing; fit-native reads rmdata files "
+                      "('rmdata make --dataset diamond -o FILE.xyz')")
+    if not periodic(atoms, k):
+        return np.asarray(forces, dtype=float), None
     stress = atoms.info.get("REF_stress")
-    if forces is None or stress is None:
-        raise RMError(f"frame {k}: REF_forces/REF_stress missing; fit-native reads rmdata crystal files "
+    if stress is None:
+        raise RMError(f"frame {k}: a crystal without REF_stress; fit-native reads rmdata files "
                       "('rmdata make --dataset diamond -o FILE.xyz')")
     stress = np.asarray(stress, dtype=float)
     if stress.shape == (6,):
@@ -295,10 +407,13 @@ def holdout_mask(n: int, fraction: float, seed: int) -> np.ndarray:
 
 
 def predict(dm: DesignMatrix, beta: np.ndarray, settings: FitSettings, index: int) -> tuple[np.ndarray, np.ndarray]:
-    """Forces (N, 3) eV/A and stress (3, 3) eV/A^3 of frame ``index`` from the fit (model + core)."""
+    """Forces (N, 3) eV/A and stress (3, 3) eV/A^3 of frame ``index`` from the fit (model +
+    core); a molecule's stress is zero."""
     rows = dm.frame == index
     pred = dm.a[rows] @ beta + dm.core[rows]
     n = int(dm.natoms[index])
+    if dm.volume[index] == 0:
+        return pred.reshape(n, 3), np.zeros((3, 3))
     ws = math.sqrt(settings.stress_weight) or 1.0
     w = from_voigt(pred[3 * n:] * n / ws)
     return pred[: 3 * n].reshape(n, 3), -w / dm.volume[index]
@@ -314,7 +429,8 @@ def fit_beta(dm: DesignMatrix, settings: FitSettings, train: np.ndarray) -> np.n
 # ----------------------------------------------------------------------------- potential directory
 
 def read_frames(data: str | os.PathLike) -> list[Atoms]:
-    """The frames of the rmdata file ``data`` (REF_forces and REF_stress required)."""
+    """The frames of the rmdata file ``data`` (REF_forces required, and REF_stress of the
+    crystals; molecules have none)."""
     import rmdata
     from rmdata.io import require_labels
 
@@ -322,18 +438,22 @@ def read_frames(data: str | os.PathLike) -> list[Atoms]:
     if not path.is_file():
         raise RMError(f"{path}: training file not found; make one with 'rmdata make --dataset diamond -o {path}'")
     frames = rmdata.read(path)
-    require_labels(frames, path, stress=True)
+    require_labels(frames, path)
+    for k, atoms in enumerate(frames):
+        labels(atoms, k)
     return frames
 
 
 def verify_native(potential: Potential, frames: Sequence[Atoms],
                   predicted: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """Largest |LAMMPS pair_style - fit prediction| of forces (eV/A) and stress (eV/A^3) on ``frames``."""
+    """Largest |LAMMPS pair_style - fit prediction| of forces (eV/A) and stress (eV/A^3) on
+    ``frames`` (molecules in LAMMPS' shrink-wrapped, non-periodic box)."""
     df = ds = 0.0
     engine = LammpsEngine(potential, core_repulsion=None)
     try:
         for atoms, (f_pred, s_pred) in zip(frames, predicted):
-            _, f, s = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+            _, f, s = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers,
+                                     bool(atoms.pbc.all()))
             df = max(df, float(np.abs(f - f_pred).max()))
             ds = max(ds, float(np.abs(s - s_pred).max()))
     finally:
@@ -352,10 +472,12 @@ def mace_errors(model: str | os.PathLike, frames: Sequence[Atoms]) -> dict[str, 
         at = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
         at.calc = calc
         df.append((at.get_forces() - forces).ravel())
-        ds.append(to_voigt(at.get_stress(voigt=False) - stress))
-    df, ds = np.concatenate(df), np.concatenate(ds)
+        if stress is not None:
+            ds.append(to_voigt(at.get_stress(voigt=False) - stress))
+    df, ds = np.concatenate(df), np.concatenate(ds or [np.zeros(0)])
     return {"force_rmse_eV_per_A": float(np.sqrt(np.mean(df**2))),
-            "stress_rmse_eV_per_A3": float(np.sqrt(np.mean(ds**2))), "n_frames": len(frames),
+            "stress_rmse_eV_per_A3": float(np.sqrt(np.mean(ds**2))) if ds.size else math.nan,
+            "n_frames": len(frames),
             "model": str(Path(model).resolve())}
 
 
@@ -428,8 +550,8 @@ def fit_potential(data: str | os.PathLike, out: str | os.PathLike, settings: Fit
         if mace_model is not None and held.any():
             report["mace_holdout"] = mace_errors(mace_model, [frames[i] for i in np.flatnonzero(held)])
         volumes, vsource = fit_volumes(frames, elements)
-        pair_style, pair_coeff = pair_definition(settings, elements)  # one element for now
-        settings.write_model(tmp, elements[0], beta)
+        pair_style, pair_coeff = pair_definition(settings, elements)
+        settings.write_model(tmp, elements, beta)
         meta = {
             "format": FORMAT_VERSION, "backend": kind, "model": None, "elements": elements,
             "cutoff": settings.cutoff, "pair_style": pair_style, "pair_coeff": pair_coeff,

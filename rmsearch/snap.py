@@ -43,10 +43,11 @@ from typing import ClassVar
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers, covalent_radii
 
 from rmdata.errors import RMError
 from rmsearch.engine import BAR_PER_EV_A3, from_voigt, mass_lines, new_lammps, to_lammps_frame, type_ids
-from rmsearch.fitting import Descriptors, FitSettings, setting, zbl_pair
+from rmsearch.fitting import Descriptors, FitSettings, overlay, setting, vacuum_box, zbl_styles
 
 
 @dataclass
@@ -77,22 +78,65 @@ class SnapSettings(FitSettings):
     def cutoff(self) -> float:
         return self.rcut
 
-    def pair_style(self, element: str) -> tuple[str, str]:
+    def pair_style(self, elements: list[str]) -> tuple[str, str]:
         """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
-        return "snap", f"{{potdir}}/{element}.snapcoeff {{potdir}}/{element}.snapparam {element}"
+        stem = model_stem(elements)
+        return "snap", f"{{potdir}}/{stem}.snapcoeff {{potdir}}/{stem}.snapparam {' '.join(elements)}"
 
     def descriptors(self, elements: list[str]) -> SnapDescriptors:
         return SnapDescriptors(self, elements)
 
-    def write_model(self, directory: Path, element: str, beta: np.ndarray) -> None:
-        """Write the fitted coefficients ``beta`` as ``<element>.snapcoeff`` and ``.snapparam``."""
-        write_snap_files(directory, element, beta, self)
+    def write_model(self, directory: Path, elements: list[str], beta: np.ndarray) -> None:
+        """Write the fitted coefficients ``beta`` as ``<stem>.snapcoeff`` and ``.snapparam``."""
+        write_snap_files(directory, elements, beta, self)
+
+    def n_per_element(self) -> int:
+        """Coefficients of one element's block (beta0 not counted): K bispectrum components,
+        plus K (K + 1) / 2 products when quadratic (2J = 6: 30 or 495)."""
+        k = n_bispectrum(self.twojmax)
+        return k + (k * (k + 1) // 2 if self.quadratic else 0)
+
+    def n_columns(self, elements: list[str]) -> int:
+        """Fitted coefficients: one block per element (:meth:`n_per_element`)."""
+        return len(elements) * self.n_per_element()
 
     def param_lines(self) -> list[str]:
         """The ``.snapparam`` keywords (shared by compute snap and pair_style snap)."""
         return [f"rcutfac {self.rcut!r}", f"twojmax {int(self.twojmax)}", f"rfac0 {self.rfac0!r}",
                 f"rmin0 {self.rmin0!r}", "bzeroflag 1", f"quadraticflag {int(self.quadratic)}",
                 "switchflag 1"]
+
+
+def n_bispectrum(twojmax: int) -> int:
+    """Bispectrum components K of band limit 2J (LAMMPS' count: j1 >= j2, j >= j1)."""
+    k = 0
+    for j1 in range(twojmax + 1):
+        for j2 in range(j1 + 1):
+            k += sum(1 for j in range(j1 - j2, min(twojmax, j1 + j2) + 1, 2) if j >= j1)
+    return k
+
+
+def element_radii(elements: list[str]) -> list[float]:
+    """SNAP radii R_e of ``elements`` (``rcutfac (R_a + R_b)`` is the a-b cutoff):
+    ``0.5 sqrt(r_cov(e) / max r_cov)``, so the largest pair cutoff is ``rcut``, one element
+    keeps 0.5, and small atoms get shorter cutoffs that still reach their second neighbours
+    (square root: H-H reaches 0.54 rcut among C, H, N, O, S, Cl; Cl-Cl 0.78 rcut beside Na)."""
+    r = np.array([covalent_radii[atomic_numbers[e]] for e in elements])
+    return [float(x) for x in 0.5 * np.sqrt(r / r.max())]
+
+
+def element_weights(elements: list[str]) -> list[float]:
+    """SNAP density weights w_e of ``elements``: distinct, evenly spaced from 0.5 (lightest)
+    to 1.0 (heaviest), so that the bispectrum tells neighbour elements apart; one element 1.0."""
+    if len(elements) == 1:
+        return [1.0]
+    rank = np.argsort(np.argsort([atomic_numbers[e] for e in elements]))
+    return [float(x) for x in 0.5 + 0.5 * rank / (len(elements) - 1)]
+
+
+def model_stem(elements: list[str]) -> str:
+    """File stem of the model files: the elements joined by '-' (``C``, ``Cl-Na``)."""
+    return "-".join(elements)
 
 
 class SnapDescriptors(Descriptors):
@@ -111,14 +155,11 @@ class SnapDescriptors(Descriptors):
     def _commands(self, cell_l: np.ndarray) -> tuple[list[str], list[str]]:
         s = self.settings
         ne = len(self.elements)
-        style, coeffs = zbl_pair(s, self.elements)
-        if s.core:  # compute snap needs a pair cutoff >= its own: overlay a zero style
-            style = f"hybrid/overlay {style} zero {s.rcut!r}"
-            coeffs = [" ".join(c.split(maxsplit=2)[:2] + ["zbl"] + c.split(maxsplit=2)[2:])
-                      for c in coeffs] + ["* * zero"]
+        # compute snap needs a pair cutoff >= its own: a zero style, overlaid on the core
+        style, coeffs = overlay(zbl_styles(s, self.elements) + [(f"zero {s.rcut!r}", ["* *"])])
         keywords = (f"rmin0 {s.rmin0!r} bzeroflag 1 quadraticflag {int(s.quadratic)} switchflag 1")
-        radii = " ".join(["0.5"] * ne)
-        weights = " ".join(["1.0"] * ne)
+        radii = " ".join(repr(r) for r in element_radii(self.elements))
+        weights = " ".join(repr(w) for w in element_weights(self.elements))
         b = cell_l.tolist()
         return ["clear", "units metal", "atom_style atomic", "atom_modify map array sort 0 0.0",
                 "boundary p p p",
@@ -131,10 +172,15 @@ class SnapDescriptors(Descriptors):
              + keywords]
 
     def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial (3, 3))."""
-        if not atoms.pbc.all() or atoms.cell.volume <= 0:
-            raise RMError("SNAP fitting needs periodic frames with a cell (rmdata crystal presets)")
-        cell_l, q, pos_l = to_lammps_frame(atoms.positions, atoms.cell)
+        """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial
+        (3, 3)); a molecule is evaluated in a vacuum box (:func:`~rmsearch.fitting.vacuum_box`)."""
+        if atoms.pbc.all():
+            if atoms.cell.volume <= 0:
+                raise RMError("a periodic frame without a cell: fit-native needs crystal cells")
+            cell_l, q, pos_l = to_lammps_frame(atoms.positions, atoms.cell)
+        else:
+            cell_l, pos_l = vacuum_box(atoms.positions, self.settings.rcut)
+            q = np.eye(3)
         n = len(atoms)
         try:
             types = [self._type_of[int(z)] for z in atoms.numbers]
@@ -166,13 +212,19 @@ class SnapDescriptors(Descriptors):
         return f_rows.reshape(3 * n, -1), vir, ref_f, ref_vir
 
 
-def write_snap_files(directory: Path, element: str, beta: np.ndarray, settings: SnapSettings) -> tuple[str, str]:
-    """Write ``<element>.snapcoeff`` (beta0 = 0 then ``beta``) and ``<element>.snapparam``."""
-    coeff = directory / f"{element}.snapcoeff"
-    param = directory / f"{element}.snapparam"
+def write_snap_files(directory: Path, elements: list[str], beta: np.ndarray,
+                     settings: SnapSettings) -> tuple[str, str]:
+    """Write ``<stem>.snapcoeff`` (per element: its radius and weight, beta0 = 0, then its block
+    of ``beta``, in the order of ``elements``) and ``<stem>.snapparam`` (:func:`model_stem`)."""
+    stem = model_stem(elements)
+    coeff = directory / f"{stem}.snapcoeff"
+    param = directory / f"{stem}.snapparam"
+    blocks = np.asarray(beta, dtype=float).reshape(len(elements), -1)
     lines = ["# SNAP coefficients fitted by rmsearch fit-native (forces and stresses only; beta0 = 0)",
-             "", f"1 {len(beta) + 1}", f"{element} 0.5 1.0", repr(0.0)]
-    lines += [repr(float(b)) for b in beta]
+             "", f"{len(elements)} {blocks.shape[1] + 1}"]
+    for el, radius, weight, block in zip(elements, element_radii(elements), element_weights(elements), blocks):
+        lines += [f"{el} {radius!r} {weight!r}", repr(0.0)]
+        lines += [repr(float(b)) for b in block]
     coeff.write_text("\n".join(lines) + "\n")
     param.write_text("# SNAP parameters (rmsearch fit-native)\n" + "\n".join(settings.param_lines()) + "\n")
     return coeff.name, param.name

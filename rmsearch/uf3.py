@@ -286,6 +286,14 @@ def write_potential(path, element: str, coef: np.ndarray, basis: UF3Basis, heade
 
 # ----------------------------------------------------------------------------- the native fit
 
+def one_element(elements: list[str]) -> list[str]:
+    """``elements`` if there is one; else a one-line RMError pointing at ``--kind snap``."""
+    if len(elements) != 1:
+        raise RMError(f"elements {','.join(elements)}: UF3 fits one element for now; "
+                      "fit several with '--kind snap' (per-element SNAP)")
+    return elements
+
+
 @dataclass
 class UF3Settings(FitSettings):
     """A UF3 fit: two-body cutoff rc2 (A) with n2 knot intervals, three-body cutoff rc3 (A)
@@ -322,15 +330,22 @@ class UF3Settings(FitSettings):
     def cutoff(self) -> float:
         return self.rc2
 
-    def pair_style(self, element: str) -> tuple[str, str]:
+    def pair_style(self, elements: list[str]) -> tuple[str, str]:
         """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
+        (element,) = one_element(elements)
         return "uf3 3", f"{{potdir}}/{element}.uf3 {element}"
+
+    def n_columns(self, elements: list[str]) -> int:
+        """Fitted coefficients (one element)."""
+        one_element(elements)
+        return self.basis.n_columns
 
     def descriptors(self, elements: list[str]) -> UF3Descriptors:
         return UF3Descriptors(self, elements)
 
-    def write_model(self, directory: Path, element: str, beta: np.ndarray) -> None:
+    def write_model(self, directory: Path, elements: list[str], beta: np.ndarray) -> None:
         """Write the fitted coefficients ``beta`` as ``<element>.uf3``."""
+        (element,) = one_element(elements)
         write_potential(directory / f"{element}.uf3", element, beta, self.basis)
 
 
@@ -339,8 +354,7 @@ class UF3Descriptors(Descriptors):
     :class:`~rmsearch.fitting.Descriptors`); the ZBL core's share comes from LAMMPS."""
 
     def __init__(self, settings: UF3Settings, elements: list[str]):
-        if len(elements) != 1:
-            raise RMError(f"elements {elements}: fit-native fits one element at a time for now")
+        one_element(elements)
         self.settings = settings
         self.basis = settings.basis
         self.core = None

@@ -36,7 +36,7 @@ def _teacher_frames(settings, beta, n_frames=6, seed=0):
     from pathlib import Path
 
     potdir = Path(tempfile.mkdtemp(prefix="teacher"))
-    write_snap_files(potdir, "C", beta, settings)
+    write_snap_files(potdir, ["C"], beta, settings)
     style, coeff = pair_definition(settings, ["C"])
     (potdir / "potential.json").write_text(json.dumps({
         "backend": "snap", "elements": ["C"], "cutoff": settings.rcut, "pair_style": style,
