@@ -146,8 +146,9 @@ class StartSpec:
         else:
             missing = [el for el in self.elements if el not in self.volumes]
             if missing:
-                raise RMError(f"start spec: no per-element volume (A^3/atom) for {', '.join(missing)}; "
-                              "the potential directory's volumes must cover every element searched")
+                raise RMError(f"start spec: no per-element volume (A^3/atom) for {', '.join(missing)}: not among "
+                              f"the potential's elements ({', '.join(sorted(self.volumes))}); search only "
+                              "elements it was trained on")
             if self.mode == "composition":
                 fu = sum(_formula_counts(self.formula).values())
                 if not any(lo <= n * fu <= hi for n in range(1, hi // fu + 1)):
