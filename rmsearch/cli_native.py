@@ -113,7 +113,11 @@ def _natoms(text: str) -> None:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(list(KINDS)), default=DEFAULT_KIND, show_default=True,
               help="Native MLIP to fit: UF3, two- plus three-body B-splines (~20-40x cheaper per force "
-                   "call than SNAP), taught by a SNAP teacher (see --teacher); or quadratic SNAP alone.")
+                   "call than SNAP), taught by a SNAP teacher (see --teacher; one element); or quadratic SNAP "
+                   "alone, for any number of elements and for crystals and molecules alike. SNAP fits one "
+                   "coefficient block per element: K bispectrum components (K = 30 at 2J = 6, 55 at 8) when "
+                   "linear, K + K(K+1)/2 (495, 1595) when quadratic, so the coefficients grow linearly with "
+                   "the elements; a fit whose design matrix would not fit in memory is refused.")
 @output_option("Potential directory to create (use with 'rmsearch launch --potential').", required=True,
                type=click.Path(path_type=Path))
 @click.option("--teacher/--no-teacher", default=True, show_default=True,
@@ -123,13 +127,16 @@ def _natoms(text: str) -> None:
 @settings_options(*OPTION_CLASSES)
 @click.option("--zbl", "zbl",
               default=f"{_default(FitSettings, 'zbl_inner')},{_default(FitSettings, 'zbl_outer')}",
-              help="ZBL core INNER,OUTER switching radii (A), or 'none'.")
+              help="ZBL core INNER,OUTER switching radii (A) of a C-C pair, or 'none'; every element pair "
+                   "gets a core, its radii scaled by its covalent-radius sum (C-H 0.56,0.84; Na-Cl 1.41,2.12 "
+                   "with the default).")
 @click.option("--mace-model", type=click.Path(path_type=Path), default=None,
               help="A MACE .model to evaluate on the same held-out frames, for comparison.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def fit_native_command(data: Path, kind: str, output: Path, teacher: bool, zbl: str, mace_model: Path | None,
                        overwrite: bool, **values: Any) -> None:
-    """Fit a native potential on DATA (rmdata extxyz/HDF5: REF_forces, REF_stress) and write OUT."""
+    """Fit a native potential on DATA (rmdata extxyz/HDF5: REF_forces, and REF_stress of
+    crystals; molecule frames have no stress rows) and write OUT."""
     out = check_output(output, inputs=[data, mace_model], overwrite=overwrite, folder=True)
 
     values["zbl_inner"], values["zbl_outer"] = _zbl(zbl)
