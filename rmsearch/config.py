@@ -32,6 +32,7 @@ from rmsearch.options import (
     START_OPTIONS,
     TOP_LEVEL_OPTIONS,
     SearchOptions,
+    option_field,
     option_flag,
 )
 from rmsearch.starts import StartSpec, make_spec
@@ -160,7 +161,7 @@ def options_from_config(config: dict[str, Any]) -> dict[str, Any]:
 def stored_option(config: dict[str, Any], name: str) -> Any:
     """The value of search option ``name`` in a stored configuration, read from its place in
     config.json (lists as tuples); its default where an older file lacks it."""
-    field = next(f for f in FIELDS if f.name == name)
+    field = option_field(name)
     value: Any = config
     for part in field.metadata["config"].split("."):
         value = value.get(part, field.default) if isinstance(value, dict) else field.default

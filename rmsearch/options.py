@@ -167,10 +167,21 @@ RESUMABLE_KEYS = ("nruns", "potential", *EXECUTION_KEYS)
 DEFAULT_RUN_TIMEOUT_S = SearchOptions.run_timeout_s
 
 
+def option_field(name: str) -> dataclasses.Field:
+    """The :class:`SearchOptions` field of option ``name`` (KeyError if there is none)."""
+    for field in FIELDS:
+        if field.name == name:
+            return field
+    raise KeyError(f"no search option {name!r}; the options are {', '.join(OPTION_NAMES)}")
+
+
 def option_flag(name: str) -> str:
     """The command-line name of option ``name`` (``"smax_gpa"`` -> ``"--smax"``)."""
-    field = next(f for f in FIELDS if f.name == name)
-    return (field.metadata["cli"] or (f"--{name.replace('_', '-')}",))[0]
+    return _cli_names(option_field(name))[0]
+
+
+def _cli_names(field: dataclasses.Field) -> tuple[str, ...]:
+    return field.metadata["cli"] or (f"--{field.name.replace('_', '-')}",)
 
 
 def _default_text(field: dataclasses.Field) -> str:
@@ -203,8 +214,17 @@ def search_click_options(func: Callable) -> Callable:
             kwargs.update(is_flag=True, default=None)
         elif meta["click_type"] is not None:
             kwargs["type"] = meta["click_type"]
-        func = click.option(*(meta["cli"] or (option_flag(field.name),)), field.name, **kwargs)(func)
+        func = click.option(*_cli_names(field), field.name, **kwargs)(func)
     return func
+
+
+def click_option(name: str, help: str) -> Callable:
+    """Decorator: search option ``name`` as an option of another command (``rmsearch relax``)
+    with its own ``help``: the option's names, click type and default (shown) come from
+    its :class:`SearchOptions` field."""
+    field = option_field(name)
+    return click.option(*_cli_names(field), name, type=field.metadata["click_type"], default=field.default,
+                        show_default=True, help=help)
 
 
 def parse_cli_values(values: dict[str, Any]) -> dict[str, Any]:
