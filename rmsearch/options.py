@@ -163,8 +163,6 @@ EXECUTION_KEYS = tuple(f.metadata["config"] for f in FIELDS if f.metadata["on_re
 #: config.json fields a resume may change (stored anew): the run count, the potential's
 #: location (same contents) and the execution settings.
 RESUMABLE_KEYS = ("nruns", "potential", *EXECUTION_KEYS)
-#: Default wall-time limit of one relaxation in ``rmsearch launch`` / ``run-shard`` (s).
-DEFAULT_RUN_TIMEOUT_S = SearchOptions.run_timeout_s
 
 
 def option_field(name: str) -> dataclasses.Field:
@@ -242,8 +240,8 @@ def parse_cli_values(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def options_table() -> str:
-    """A plain-text table of the search options: option, default, unit, config.json place,
-    resume rule, help."""
+    """The search options as a reST list, one line each: name, command-line name, default,
+    unit, config.json place, resume rule, help."""
     rows = []
     for field in FIELDS:
         meta = field.metadata
@@ -255,4 +253,5 @@ def options_table() -> str:
     return "\n".join(rows)
 
 
-SearchOptions.__doc__ += "\n".join("    " + line for line in options_table().splitlines()) + "\n"
+if SearchOptions.__doc__:  # None under python -OO
+    SearchOptions.__doc__ += "\n".join("    " + line for line in options_table().splitlines()) + "\n"
