@@ -84,8 +84,8 @@ def _worker_main(rundir: str, slot: int, conn, run_timeout_s: float | None = Non
     except RMError as exc:  # e.g. the shard cannot be written: the launch must stop
         with contextlib.suppress(OSError, EOFError):  # the parent may have stopped already
             conn.send(("fatal", str(exc)))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
-        pass  # the parent is gone or stopping
+    except (EOFError, ConnectionError, KeyboardInterrupt):
+        pass  # the parent is gone or stopping (a pipe it closed unread answers ECONNRESET)
     finally:
         worker.close()
 
