@@ -92,7 +92,7 @@ def relax_file(inputs: str | os.PathLike, potential, output: str | os.PathLike, 
     from rmdata.cliutils import check_output
     from rmdata.datasets import load_structures
     from rmdata.utils import atomic_output
-    from rmsearch.runner import record_from_outcome
+    from rmsearch.records import record_from_outcome
 
     output = Path(output)
     inputs = Path(inputs)

@@ -2,9 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 import click
 
 from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
+
+
+class _Default:
+    """A click default read from a constant of the analysis modules (their one home), on
+    first use: importing :mod:`rmsearch.analysis` takes over a second, which no other
+    command should pay. ``--help`` shows the value."""
+
+    def __init__(self, module: str, name: str):
+        self.module, self.name = module, name
+
+    def __call__(self) -> Any:
+        return getattr(importlib.import_module(self.module), self.name)
+
+    def __str__(self) -> str:
+        return str(self())
 
 
 @click.command("analyze", context_settings=CONTEXT)
@@ -15,11 +33,14 @@ from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
 @click.option("--top", type=click.IntRange(min=1), default=20, help="Clusters in the report table (CIFs written).")
 @click.option("--workers", type=WORKERS, default=None,
               help="Processes for dedupe and fingerprints [default: cores available].")
-@click.option("--frac", type=FiniteFloat(0, 2, True, True), default=0.7,
+@click.option("--frac", type=FiniteFloat(0, 2, True, True),
+              default=_Default("rmsearch.analysis.validity", "DEFAULT_FRAC"),
               help="Invalid if two atoms are closer than FRAC x sum of covalent radii, FRAC in (0, 2).")
-@click.option("--energy-bin", type=FiniteFloat(1e-6, 10), default=0.02,
+@click.option("--energy-bin", type=FiniteFloat(1e-6, 10),
+              default=_Default("rmsearch.analysis.dedupe", "DEFAULT_ENERGY_BIN"),
               help="Dedupe energy bin (eV/atom), in [1e-6, 10].")
-@click.option("--volume-bin", type=FiniteFloat(1e-6, 10), default=0.05,
+@click.option("--volume-bin", type=FiniteFloat(1e-6, 10),
+              default=_Default("rmsearch.analysis.dedupe", "DEFAULT_VOLUME_BIN"),
               help="Dedupe volume bin in ln(V/atom) (0.05 = 5 %), in [1e-6, 10].")
 @click.option("--match-top-k", type=click.IntRange(min=1), default=20,
               help="Clusters per composition tried against each reference structure.")
@@ -35,7 +56,8 @@ from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
               help="Symmetry snapping: symmetrise each cluster representative at spglib symprec 0.1 A, re-relax "
                    "it with the run's potential, keep it when the energy does not rise, merge clusters that "
                    "snap to the same structure.")
-@click.option("--snap-top", type=click.IntRange(min=1), default=2000,
+@click.option("--snap-top", type=click.IntRange(min=1),
+              default=_Default("rmsearch.analysis.snap", "DEFAULT_SNAP_TOP"),
               help="Clusters snapped per composition, the lowest in energy.")
 @click.option("--fp-radius", type=FiniteFloat(0, 100), default=None,
               help="Fingerprint distance below which a pair goes to StructureMatcher [default: "
@@ -51,7 +73,7 @@ def analyze_cmd(rundir: str, reference: str | None, top: int, workers: int, frac
     """
     from rmsearch.analysis import analyze
     from rmsearch.analysis.fingerprint import FP_RADIUS
-    from rmsearch.runner import default_workers
+    from rmsearch.pool import default_workers
 
     workers = workers or default_workers()
     radius = FP_RADIUS if fp_radius is None else (fp_radius or None)

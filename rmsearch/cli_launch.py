@@ -1,5 +1,6 @@
 """``rmsearch launch``, ``rmsearch status`` and ``rmsearch run-shard``: parse, then call
-:mod:`rmsearch.runner`."""
+:mod:`rmsearch.runner` / :mod:`rmsearch.shards`. The search options of ``launch`` come from
+:class:`rmsearch.options.SearchOptions`."""
 
 from __future__ import annotations
 
@@ -9,17 +10,14 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT, SEED, WORKERS, FiniteFloat
+from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat
 from rmdata.errors import RMError
 from rmsearch.cli_slurm import options_from_cli, slurm_launch_options, submit_from_cli
-from rmsearch.protocol import RELAX_OPTIMIZERS
-from rmsearch.runner import default_workers, launch, run_shard, rundir_status
-from rmsearch.starts import parse_range
-
-#: launch options that describe the search (passed to rmsearch.runner.build_config).
-SEARCH_OPTIONS = ("seed", "system", "composition", "molecule", "natoms", "spacegroup",
-                  "minsep_factor", "fmax", "smax_gpa", "max_steps", "dtype", "optimizer", "kick", "kick_fmax",
-                  "keep_symmetry", "release_symmetry", "run_timeout_s")
+from rmsearch.options import OPTION_NAMES, parse_cli_values, search_click_options
+from rmsearch.pool import default_workers
+from rmsearch.records import FINISHED_STATUSES
+from rmsearch.runner import launch, rundir_status
+from rmsearch.shards import run_shard
 
 
 def _status_line(counts: dict[str, int]) -> str:
@@ -51,52 +49,7 @@ def _print_total(status: dict) -> None:
                    "never shrink).")
 @click.option("--workers", type=WORKERS, default=None,
               help=f"Worker processes, one thread each [default: cores available, {default_workers()}].")
-@click.option("--seed", type=SEED,
-              help="Search seed; run r starts from rng([seed, r]) [default: 0].")
-@click.option("--system",
-              help="Elements of the search, e.g. Li-S: any Li_a S_b with an atom count in --natoms.")
-@click.option("--composition", help="One formula unit, e.g. Li2S: whole formula units fitting --natoms.")
-@click.option("--molecule",
-              help="Exact molecule, e.g. C4H6O: random atoms in a 10x5x5 A box, no periodicity.")
-@click.option("--natoms", help="Atoms per cell, a number or a range [default: 2-12].")
-@click.option("--spacegroup", "--spacegroups", "spacegroup",
-              help="Space-group start: a number 1-230 or 'random' (pyxtal Wyckoff placement) "
-                   "[default: none].")
-@click.option("--volume-factor", help="Range of the random factor on the per-element volumes (A^3/atom) "
-                                      "[default: 0.8-1.2].")
-@click.option("--minsep-factor", type=FiniteFloat(0, 3),
-              help="Minimum separation of a start as a fraction of the covalent radii sum (at least 0.7 A) "
-                   "[default: 0.7].")
-@click.option("--fmax", type=FiniteFloat(0, None, True),
-              help="Force tolerance, max |F| in eV/A [default: 0.01].")
-@click.option("--smax", "smax_gpa", type=FiniteFloat(0, None, True),
-              help="Stress tolerance, max |sigma_ij| in GPa [default: 0.1].")
-@click.option("--max-steps", type=click.IntRange(1, 10**7),
-              help="Force calls per relaxation before it counts as not_converged [default: 2000].")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]),
-              help="Precision of the model evaluation (mace backend); float32 is ~1.4x faster on CPU "
-                   "and reaches the same minima [default: float32].")
-@click.option("--optimizer", type=click.Choice(list(RELAX_OPTIMIZERS)),
-              help="Relaxation method: auto (what the potential directory recommends, else "
-                   "fire2-lbfgs), FIRE 2.0 until max|F| < 2 eV/A then L-BFGS (fire2-lbfgs), FIRE 2.0 "
-                   "alone, ASE's FIRE, L-BFGS alone (rmsearch/optimizers.py), or conjugate gradients "
-                   "with fix box/relax inside LAMMPS (lammps-cg, rmsearch/lammps_min.py) [default: auto].")
-@click.option("--kick", type=FiniteFloat(0, 5),
-              help="Second stage of the molecule protocol: displace every atom of the relaxed structure "
-                   "by uniform noise in +-KICK A per component and relax again to --kick-fmax "
-                   "(paper: 0.75 A) [default: 0, no kick stage].")
-@click.option("--kick-fmax", type=FiniteFloat(0, None, True),
-              help="Force tolerance of the kick stage, max |F| in eV/A [default: 0.0002].")
-@click.option("--keep-symmetry", is_flag=True, default=None,
-              help="With --spacegroup: relax within the start's space group (forces, stress and steps "
-                   "projected onto its symmetric subspace, rmsearch/symmetry.py); lammps-cg then uses "
-                   "fire2-lbfgs [default: off].")
-@click.option("--release-symmetry", is_flag=True, default=None,
-              help="With --keep-symmetry: relax freely from the symmetric minimum as a second stage "
-                   "[default: off].")
-@click.option("--run-timeout", "run_timeout_s", type=FiniteFloat(0),
-              help="Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
-                   "and its worker restarted (0 = no limit; may change on resume) [default: 600].")
+@search_click_options
 @click.option("--device", default="cpu", show_default=True,
               help="cpu: the worker pool, one structure per model call; cuda (or cuda:N): the batched "
                    "path, many relaxations per MACE model call in one process (mace potentials).")
@@ -114,7 +67,7 @@ def _print_total(status: dict) -> None:
               help="Require RUNDIR to exist (an existing RUNDIR is resumed with or without this flag).")
 def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, workers: int | None,
                progress: bool, as_json: bool, scheduler: str, dry_run: bool, resume: bool,
-               volume_factor: str | None, device: str, batch: int | None, **flags) -> None:
+               device: str, batch: int | None, **flags) -> None:
     """Relax NRUNS random starts with a pool of worker processes into RUNDIR, or resume it.
 
     Options left out on a resume keep the values stored in RUNDIR/config.json; options that
@@ -125,9 +78,8 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
     if resume and not (rundir / "config.json").is_file():
         raise RMError(f"{rundir}: --resume needs an existing run directory (no config.json there)")
     potential = resolve_potential(potential_spec)
-    slurm_flags = {k: flags.pop(k) for k in list(flags) if k not in SEARCH_OPTIONS}
-    factor = parse_range(volume_factor, "--volume-factor") if volume_factor else None
-    search = dict(flags, volume_factor=factor)
+    slurm_flags = {k: flags.pop(k) for k in list(flags) if k not in OPTION_NAMES}
+    search = parse_cli_values(flags)
     if scheduler == "slurm":
         from rmsearch.slurm import prepare_search
 
@@ -159,7 +111,7 @@ def launch_cmd(rundir: Path, potential_spec: str | None, nruns: int | None, work
 def _fail_if_all_failed(summary: dict, rundir: Path) -> None:
     """RMError (exit status 2) when this launch ran runs and none converged or ended not_converged."""
     counts = summary["status_counts"]
-    ok = sum(n for s, n in counts.items() if s in ("converged", "not_converged"))
+    ok = sum(n for s, n in counts.items() if s in FINISHED_STATUSES)
     if summary["runs"] and not ok:
         raise RMError(f"{rundir}: all {summary['runs']} runs of this launch failed "
                       f"({_status_line(counts)}); see the error records with 'rmsearch status {rundir}'")

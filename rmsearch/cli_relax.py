@@ -1,5 +1,6 @@
 """``rmsearch relax``: relax given structures with the search's protocol (parse, then call
-:func:`rmsearch.api.relax_file`)."""
+:func:`rmsearch.api.relax_file`). The options it shares with ``launch`` take their names,
+types and defaults from :class:`rmsearch.options.SearchOptions`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT, SEED, FiniteFloat, output_option
-from rmsearch.protocol import RELAX_OPTIMIZERS
+from rmdata.cliutils import CONTEXT, output_option
+from rmsearch.options import click_option
 
 
 @click.command("relax", context_settings=CONTEXT)
@@ -20,24 +21,16 @@ from rmsearch.protocol import RELAX_OPTIMIZERS
                help="Output extxyz of the final structures (info: input_index, source_id, status, "
                     "energy eV, energy_per_atom eV/atom, pressure_gpa GPa, fmax eV/A, n_force_calls).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--fmax", type=FiniteFloat(0, None, True), default=0.01, show_default=True,
-              help="Force tolerance, max |F| in eV/A.")
-@click.option("--smax", "smax_gpa", type=FiniteFloat(0, None, True), default=0.1,
-              show_default=True, help="Stress tolerance of periodic cells, max |sigma_ij + p| in GPa.")
-@click.option("--max-steps", type=click.IntRange(1, 10**7), default=2000, show_default=True,
-              help="Force calls per relaxation before it counts as not_converged.")
+@click_option("fmax", help="Force tolerance, max |F| in eV/A.")
+@click_option("smax_gpa", help="Stress tolerance of periodic cells, max |sigma_ij + p| in GPa.")
+@click_option("max_steps", help="Force calls per relaxation before it counts as not_converged.")
 @click.option("--fixed-cell", is_flag=True, help="Relax atoms only; keep the cells of crystals fixed.")
-@click.option("--optimizer", type=click.Choice(list(RELAX_OPTIMIZERS)), default="auto", show_default=True,
-              help="Relaxation method, as for 'rmsearch launch --optimizer'.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True,
-              help="Precision of the model evaluation (mace backend).")
-@click.option("--kick", type=FiniteFloat(0, 5), default=0.0, show_default=True,
-              help="Kick stage of the molecule protocol: uniform +-KICK A per component, then relax "
-                   "again to --kick-fmax (0 = none).")
-@click.option("--kick-fmax", type=FiniteFloat(0, None, True), default=0.0002, show_default=True,
-              help="Force tolerance of the kick stage, eV/A.")
-@click.option("--seed", type=SEED, default=0, show_default=True,
-              help="Seed of the kick stage (structure i draws from rng([seed, i])).")
+@click_option("optimizer", help="Relaxation method, as for 'rmsearch launch --optimizer'.")
+@click_option("dtype", help="Precision of the model evaluation (mace backend).")
+@click_option("kick", help="Kick stage of the molecule protocol: uniform +-KICK A per component, then relax "
+                          "again to --kick-fmax (0 = none).")
+@click_option("kick_fmax", help="Force tolerance of the kick stage, eV/A.")
+@click_option("seed", help="Seed of the kick stage (structure i draws from rng([seed, i])).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def relax_cmd(inputs: Path, potential_spec: str, output: Path, overwrite: bool, fixed_cell: bool,

@@ -14,7 +14,7 @@ import click
 
 from rmdata.cliutils import CONTEXT, RMGroup
 from rmdata.errors import RMError
-from rmsearch import slurm
+from rmsearch import slurm, slurm_options
 
 
 def slurm_launch_options(func):
@@ -47,14 +47,15 @@ def options_from_cli(rundir: str | Path, *, slurm_profile: str | None = None,
                      array_size: int | None = None, partition: str | None = None,
                      account: str | None = None, time_limit: str | None = None,
                      cpus_per_task: int | None = None, mem: str | None = None,
-                     max_concurrent: int | None = None, extra_sbatch: str | None = None) -> slurm.SlurmOptions:
+                     max_concurrent: int | None = None,
+                     extra_sbatch: str | None = None) -> slurm_options.SlurmOptions:
     """The validated submission options (run dir, profile, flags); RMError names a bad one.
 
     Writes nothing, so ``launch --scheduler slurm`` checks them before creating RUNDIR.
     """
     overrides = dict(array_size=array_size, partition=partition, account=account, time=time_limit,
                      cpus_per_task=cpus_per_task, mem=mem, max_concurrent=max_concurrent,
-                     extra_sbatch=slurm.split_sbatch_options(extra_sbatch) or None)
+                     extra_sbatch=slurm_options.split_sbatch_options(extra_sbatch) or None)
     return slurm.resolve_options(rundir, slurm_profile, overrides).validate()
 
 
@@ -135,12 +136,12 @@ def profile_cmd(name: str, show: bool, time_limit: str | None, extra_sbatch: str
                 **fields) -> None:
     """Write the site profile NAME to the config dir (use it with --profile NAME)."""
     if show:
-        path = slurm.find_profile(name)
-        slurm.load_profile(path)  # validates
+        path = slurm_options.find_profile(name)
+        slurm_options.load_profile(path)  # validates
         click.echo(f"# {path}\n" + path.read_text())
         return
     data = {k: v for k, v in fields.items() if v is not None}
     data.update(time=time_limit, modules=list(modules), setup=list(setup),
-                extra_sbatch=slurm.split_sbatch_options(extra_sbatch))
-    opts = slurm.SlurmOptions.from_dict({k: v for k, v in data.items() if v is not None}, "command line")
-    click.echo(f"wrote {slurm.save_profile(name, opts)}")
+                extra_sbatch=slurm_options.split_sbatch_options(extra_sbatch))
+    opts = slurm_options.SlurmOptions.from_dict({k: v for k, v in data.items() if v is not None}, "command line")
+    click.echo(f"wrote {slurm_options.save_profile(name, opts)}")

@@ -1,5 +1,9 @@
 """Run records and shard files: the result store of a search.
 
+The run statuses (:data:`STATUSES`), how a relaxation's outcome becomes a record
+(:func:`record_from_outcome`, :func:`error_record`), which run ids are done
+(:func:`done_ids`) and the counts of a set of records (:func:`summarize_records`) live here.
+
 A search writes one JSON line per finished run into its worker's shard file
 (``RUNDIR/shards/<name>.jsonl``). A line is appended, flushed and fsynced in one write;
 a run id is done once its complete line is in a shard. A last line cut short by a
@@ -14,6 +18,7 @@ order xx yy zz yz xz xy).
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -28,9 +33,28 @@ from ase import Atoms
 
 log = logging.getLogger(__name__)
 
-#: Every status a run can end with. ``error: <message>`` is also allowed for failures
-#: that fit none of these (the message says what happened).
-STATUSES = ("converged", "not_converged", "lost_atoms", "exploded", "collapsed", "nan", "timeout")
+#: Statuses of a relaxation that ran to its end: within the tolerances, or stopped at
+#: ``max_steps`` (never counted as converged). Its structure is a usable result.
+FINISHED_STATUSES = ("converged", "not_converged")
+#: Statuses of a run that failed (atoms lost, cell exploded or collapsed, non-finite
+#: forces or energy, past the run timeout).
+FAILED_STATUSES = ("lost_atoms", "exploded", "collapsed", "nan", "timeout")
+#: Every status a run can end with. ``error: <message>`` (:data:`ERROR`) is also allowed
+#: for failures that fit none of these (the message says what happened).
+STATUSES = FINISHED_STATUSES + FAILED_STATUSES
+#: The status class of every ``error: <message>`` status.
+ERROR = "error"
+
+
+def status_class(status: str) -> str:
+    """``status``, or :data:`ERROR` for every ``error: ...`` status (the counting unit of
+    summaries)."""
+    return ERROR if status.startswith(ERROR) else status
+
+
+def is_failure(status: str) -> bool:
+    """Whether a status (or status class) is a failed run: a failed status or an error."""
+    return status_class(status) == ERROR or status in FAILED_STATUSES
 
 
 @dataclass
@@ -201,6 +225,73 @@ def read_records(shard_dir: str | os.PathLike, problems: list[str] | None = None
     return [seen[k] for k in sorted(seen)]
 
 
-def done_ids(records: Iterable[RunRecord]) -> set[int]:
-    """Run ids that have a record (whatever their status)."""
-    return {r.run_id for r in records}
+def read_shard_records(path: str | os.PathLike) -> list[RunRecord]:
+    """Complete records of one shard file (empty list if it does not exist)."""
+    return list(read_shard(path)) if Path(path).exists() else []
+
+
+def done_ids(shard_dir: str | os.PathLike) -> set[int]:
+    """Run ids that have a record in the shards of ``shard_dir`` (whatever their status):
+    the runs a launch, task or resubmission skips. Empty when there is no such folder."""
+    return {r.run_id for r in read_records(shard_dir)}
+
+
+def summarize_records(records: Iterable[RunRecord], wall_s: float) -> dict[str, Any]:
+    """Counts per status class (every ``error: ...`` as ``error``), best converged energy
+    per atom (eV/atom) with its run id and formula, wall time (s) and runs per second."""
+    records = list(records)
+    counts = collections.Counter(status_class(r.status) for r in records)
+    conv = [r for r in records if r.status == "converged" and math.isfinite(r.energy_per_atom)]
+    best = min(conv, key=lambda r: r.energy_per_atom) if conv else None
+    return {
+        "runs": len(records),
+        "status_counts": dict(sorted(counts.items())),
+        "best_energy_per_atom": best.energy_per_atom if best else None,
+        "best_run_id": best.run_id if best else None,
+        "best_formula": best.formula if best else None,
+        "wall_s": round(wall_s, 3),
+        "runs_per_s": round(len(records) / wall_s, 4) if wall_s > 0 else None,
+    }
+
+
+# ----------------------------------------------------------------------------- building records
+
+def record_from_outcome(outcome, start: Atoms, run_id: int, seed: int, wall_s: float) -> RunRecord:
+    """A :class:`RunRecord` from a ``RelaxOutcome`` and the start it relaxed (``wall_s``: s)."""
+    return RunRecord.from_atoms(
+        outcome.atoms, run_id=run_id, seed=seed, status=outcome.status,
+        energy=float(outcome.energy), energy_per_atom=float(outcome.energy_per_atom),
+        pressure_gpa=float(outcome.pressure_gpa), volume_per_atom=float(outcome.volume_per_atom),
+        fmax=float(outcome.fmax), stress=[float(s) for s in outcome.stress],
+        n_force_calls=int(outcome.n_force_calls), n_steps=int(outcome.n_steps), wall_s=wall_s,
+        spacegroup_start=start.info.get("spacegroup_start"), extra=_start_extra(start, outcome))
+
+
+def _start_extra(start: Atoms, outcome=None) -> dict[str, Any]:
+    extra = {k: start.info.get(k) for k in ("start_kind", "start_status", "volume_factor")}
+    if start.pbc.all():
+        extra["start_volume_per_atom"] = float(start.get_volume() / len(start))
+    if outcome is not None:
+        extra["model_time_s"] = float(outcome.model_time_s)
+        if start.info.get("spacegroup_start") is not None and outcome.atoms.pbc.all():
+            from rmsearch.symmetry import spacegroup_report
+
+            extra.update(spacegroup_report(start, outcome.atoms))
+        if outcome.first_stage is not None:
+            extra["first_stage"] = outcome.first_stage
+    return extra
+
+
+def error_record(run_id: int, seed: int, message: str, start: Atoms | None = None, wall_s: float = 0.0,
+                 status: str | None = None) -> RunRecord:
+    """A record with status ``error: <message>`` (or ``status``, with the message in
+    ``extra["message"]``) and the start as structure, if there is one."""
+    message = " ".join(message.split())[:300]
+    if status is None:
+        status = f"{ERROR}: {message}"
+    if start is None:
+        return RunRecord(run_id=run_id, seed=seed, status=status, formula="", numbers=[],
+                         positions=[], cell=[[0.0] * 3] * 3, pbc=[True] * 3, wall_s=wall_s)
+    return RunRecord.from_atoms(start, run_id=run_id, seed=seed, status=status, wall_s=wall_s,
+                                spacegroup_start=start.info.get("spacegroup_start"),
+                                extra={**_start_extra(start), "message": message})

@@ -138,7 +138,7 @@ def test_parallel_candidate_groups_give_the_same_clusters():
 def carbon_config() -> dict:
     from rmsearch.registry import model_directory
     from rmsearch.relax import RelaxSettings
-    from rmsearch.runner import potential_fingerprint, relax_settings_to_dict
+    from rmsearch.config import potential_fingerprint, relax_settings_to_dict
 
     pot = model_directory("carbon-uf3")
     return {"potential": str(pot), "potential_sha256": potential_fingerprint(pot),

@@ -187,7 +187,8 @@ def test_launch_batched_on_cpu(diamond_potential, tmp_path):
     pool's record fields and the serial relaxer's minima on the same starts."""
     from rmsearch.records import read_records
     from rmsearch.relax import Relaxer
-    from rmsearch.runner import launch, relax_settings_from_dict, read_config
+    from rmsearch.config import read_config, relax_settings_from_dict
+    from rmsearch.runner import launch
     from rmsearch.starts import StartSpec, make_start
 
     rundir = tmp_path / "run"

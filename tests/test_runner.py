@@ -21,14 +21,10 @@ import pytest
 
 from rmdata.errors import RMError
 from rmsearch.records import read_records
-from rmsearch.runner import (
-    build_config,
-    init_rundir,
-    launch,
-    run_shard,
-    rundir_lock,
-    rundir_status,
-)
+from rmsearch.config import build_config, init_rundir
+from rmsearch.locks import rundir_lock
+from rmsearch.runner import launch, rundir_status
+from rmsearch.shards import run_shard
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
@@ -119,7 +115,7 @@ def test_sigkill_mid_run_then_relaunch_gives_exactly_nruns(lj_potential, tmp_pat
     # a run is reproducible: its start and relaxation depend only on (seed, run id)
     from rmsearch.potentials import load_potential
     from rmsearch.relax import Relaxer
-    from rmsearch.runner import read_config, relax_settings_from_dict
+    from rmsearch.config import read_config, relax_settings_from_dict
     from rmsearch.starts import StartSpec, make_start
 
     config = read_config(rundir)
@@ -246,14 +242,14 @@ def test_run_shard_partition_status_and_errors(lj_potential, tmp_path, monkeypat
 
 def test_a_systematic_fault_stops_the_search(lj_potential, tmp_path, monkeypatch):
     """When every run fails the same way, the task stops after MAX_ERROR_STREAK runs."""
-    from rmsearch import runner
+    from rmsearch import shards
     from rmsearch.relax import Relaxer
 
     def broken(self, atoms, rng=None):
         raise KeyError("neighbor_style")
 
     monkeypatch.setattr(Relaxer, "relax", broken)
-    monkeypatch.setattr(runner, "MAX_ERROR_STREAK", 4)
+    monkeypatch.setattr(shards, "MAX_ERROR_STREAK", 4)
     rundir = tmp_path / "run"
     init_rundir(rundir, build_config(potential=lj_potential, nruns=30, system="Li-S", natoms="2-4"))
     with pytest.raises(RMError, match="4 runs in a row failed.*KeyError"):

@@ -130,7 +130,7 @@ def load_relaxer(config: dict[str, Any]):
     """
     from rmsearch.potentials import load_potential
     from rmsearch.relax import Relaxer
-    from rmsearch.runner import relax_settings_from_dict
+    from rmsearch.config import relax_settings_from_dict
 
     check_potential(config)
     return Relaxer(load_potential(config["potential"]), relax_settings_from_dict(config["relax"]))
@@ -140,7 +140,7 @@ def check_potential(config: dict[str, Any]) -> None:
     """Raise RMError unless ``config`` names a potential directory whose files still hash to
     ``potential_sha256`` and has relax settings."""
     from rmdata.errors import RMError
-    from rmsearch.runner import potential_fingerprint
+    from rmsearch.config import potential_fingerprint
 
     pot_dir = config.get("potential")
     if not pot_dir or "relax" not in config:

@@ -91,7 +91,7 @@ def test_run_shard_restarts_itself_after_a_timeout(tmp_path):
     import subprocess
     import sys
 
-    from rmsearch.runner import build_config, init_rundir
+    from rmsearch.config import build_config, init_rundir
 
     pot = _potential(tmp_path / "ljpot", LJ)
     rundir = tmp_path / "task"

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from rmdata.errors import RMError
-from rmsearch import slurm
+from rmsearch import slurm, slurm_options
 from rmsearch.cli import main
 
 
@@ -43,10 +43,10 @@ def test_profile_formats_agree(config_home):
     (profiles / "c.yaml").write_text("partition: cpu\naccount: chem1\ntime: 1-00:00:00\n"
                                      "modules: [python/3.11, openmpi]\nsetup:\n - source $HOME/rm/bin/activate\n"
                                      "extra_sbatch: [--qos=low]\n")
-    a, b, c = (slurm.load_profile(n) for n in "abc")
+    a, b, c = (slurm_options.load_profile(n) for n in "abc")
     assert a == b == c
     assert a.modules == ["python/3.11", "openmpi"] and a.extra_sbatch == ["--qos=low"]
-    assert slurm.load_profile(profiles / "a.toml") == a  # a path works as well as a name
+    assert slurm_options.load_profile(profiles / "a.toml") == a  # a path works as well as a name
 
 
 @pytest.mark.parametrize("text, field", [
@@ -65,7 +65,7 @@ def test_bad_profile_is_one_line_error_naming_file_and_field(config_home, text, 
     path = config_home / "profiles" / "bad.toml"
     path.write_text(text)
     with pytest.raises(RMError) as err:
-        slurm.load_profile("bad")
+        slurm_options.load_profile("bad")
     msg = str(err.value)
     assert "\n" not in msg and str(path) in msg and field in msg
 
@@ -74,7 +74,7 @@ def test_missing_profile_lists_what_exists(config_home):
     (config_home / "profiles").mkdir(parents=True)
     (config_home / "profiles" / "site.toml").write_text('partition = "cpu"\n')
     with pytest.raises(RMError, match=r"no profile 'other'.*have: site"):
-        slurm.load_profile("other")
+        slurm_options.load_profile("other")
 
 
 def test_profile_command_roundtrip(config_home):
@@ -82,7 +82,7 @@ def test_profile_command_roundtrip(config_home):
                                     "--module", "python/3.11", "--setup", "source /opt/rm/bin/activate",
                                     "--extra-sbatch", "--qos=low --constraint haswell", "--launcher", "srun"])
     assert res.exit_code == 0, res.output
-    opts = slurm.load_profile("mysite")
+    opts = slurm_options.load_profile("mysite")
     assert (opts.partition, opts.account, opts.launcher) == ("cpu", "x1", "srun")
     assert opts.extra_sbatch == ["--qos=low", "--constraint haswell"]
     assert opts.setup == ["source /opt/rm/bin/activate"]
@@ -91,10 +91,10 @@ def test_profile_command_roundtrip(config_home):
 
 
 def test_split_sbatch_and_array_spec():
-    assert slurm.split_sbatch_options('--qos=debug --constraint "a&b" -C x') == \
+    assert slurm_options.split_sbatch_options('--qos=debug --constraint "a&b" -C x') == \
         ["--qos=debug", "--constraint a&b", "-C x"]
     with pytest.raises(RMError):
-        slurm.split_sbatch_options("qos=debug")
+        slurm_options.split_sbatch_options("qos=debug")
     assert slurm.array_spec([7, 0, 1, 2, 5, 8]) == "0-2,5,7-8"
     assert slurm.array_spec([3], max_concurrent=2) == "3%2"
     assert slurm.default_array_size(10) == 1 and slurm.default_array_size(250) == 3
@@ -102,7 +102,7 @@ def test_split_sbatch_and_array_spec():
 
 
 def test_job_script_contents(rundir):
-    opts = slurm.SlurmOptions(partition="cpu", account="chem1", time="30", mem="2G", max_concurrent=2,
+    opts = slurm_options.SlurmOptions(partition="cpu", account="chem1", time="30", mem="2G", max_concurrent=2,
                               modules=["python/3.11"], setup=["source /opt/rm/bin/activate"],
                               extra_sbatch=["--qos=low"], launcher="srun --cpu-bind=cores")
     text = slurm.render_job_script(rundir, 4, opts)
@@ -126,14 +126,14 @@ def test_job_script_refuses_paths_sbatch_cannot_take(tmp_path):
     bad = tmp_path / "my run"
     bad.mkdir()
     with pytest.raises(RMError, match="without spaces"):
-        slurm.render_job_script(bad, 2, slurm.SlurmOptions())
+        slurm.render_job_script(bad, 2, slurm_options.SlurmOptions())
 
 
 def test_array_size_checks(rundir):
     with pytest.raises(RMError, match="larger than the number of runs"):
-        slurm.submit_slurm(rundir, slurm.SlurmOptions(array_size=11), dry_run=True)
+        slurm.submit_slurm(rundir, slurm_options.SlurmOptions(array_size=11), dry_run=True)
     with pytest.raises(RMError, match="not a run directory"):
-        slurm.submit_slurm(rundir.parent, slurm.SlurmOptions(), dry_run=True)
+        slurm.submit_slurm(rundir.parent, slurm_options.SlurmOptions(), dry_run=True)
 
 
 def test_dry_run_writes_script_accepted_by_sbatch_test_only(slurm_cluster, rundir, config_home):
@@ -170,7 +170,7 @@ def test_prepare_search_then_dry_run_submit(lis_potential, tmp_path):
     assert slurm.prepare_search(rd, nruns=40)["nruns"] == 40  # a search may grow
     with pytest.raises(RMError, match="'seed'"):
         slurm.prepare_search(rd, seed=4)  # but not change what its runs are
-    assert slurm.submit_slurm(rd, slurm.SlurmOptions(), dry_run=True) is None
+    assert slurm.submit_slurm(rd, slurm_options.SlurmOptions(), dry_run=True) is None
     assert "--array=0-0" in (rd / "slurm" / "job.sh").read_text()  # 40 runs: one task by default
     assert json.loads((rd / "config.json").read_text())["nruns"] == 40
 

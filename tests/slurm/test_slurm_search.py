@@ -15,10 +15,10 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from rmsearch import slurm
+from rmsearch import slurm, slurm_options
 from rmsearch.cli import main
+from rmsearch.config import build_config, init_rundir
 from rmsearch.records import STATUSES, read_shard
-from rmsearch.runner import build_config, init_rundir
 
 NRUNS = 200
 NTASKS = 4
@@ -50,7 +50,7 @@ def test_lis_search_array_cancel_and_resume(slurm_cluster, lis_potential, tmp_pa
     config = build_config(potential=lis_potential, nruns=NRUNS, seed=7, system="Li-S", natoms="2-4",
                           fmax=FMAX, max_steps=100)
     init_rundir(rundir, config)
-    opts = slurm.SlurmOptions(array_size=NTASKS, partition=slurm_cluster.partition, time="00:10:00")
+    opts = slurm_options.SlurmOptions(array_size=NTASKS, partition=slurm_cluster.partition, time="00:10:00")
 
     # the script passes sbatch's own check before anything is submitted
     slurm.submit_slurm(rundir, opts, dry_run=True)
