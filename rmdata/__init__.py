@@ -3,26 +3,35 @@
 Known stable structures are perturbed and every perturbed frame is labelled with the
 response of a harmonic well centred on the original (Response Matching, B. Cheng,
 JCTC 2024): forces pull atoms back, stress pulls the cell back.
+
+The Python API (imported on first use, so ``import rmdata`` stays light)::
+
+    >>> import rmdata
+    >>> summary = rmdata.make_dataset("diamond.xyz", "diamond", copies=1)   # doctest: +SKIP
+    >>> frames = rmdata.read("diamond.xyz")                                 # doctest: +SKIP
+
+See ``docs/api.md``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from rmdata.errors import RMError
+from rmdata.version import __version__
 
-try:
-    __version__ = version("response-matching")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.1.0"
+#: Public names defined in submodules, imported on first access (module path by name).
+_LAZY = {"make_dataset": "rmdata.make", "MakeSummary": "rmdata.make", "read": "rmdata.io"}
 
-from rmdata.errors import RMError  # noqa: E402
-
-
-def read(path, index=":"):
-    """Read an rmdata file (extxyz or HDF5) into ASE ``Atoms`` carrying the labels.
-
-    See :func:`rmdata.io.read`.
-    """
-    from rmdata.io import read as _read
-
-    return _read(path, index=index)
+__all__ = ["RMError", "__version__", *_LAZY]
 
 
-__all__ = ["RMError", "read", "__version__"]
+def __getattr__(name: str):
+    """Import ``rmdata.<name>`` from its module on first use (PEP 562)."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rmdata' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

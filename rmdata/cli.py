@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from rmdata import __version__
+from rmdata.version import __version__
 from rmdata.cliutils import (CONTEXT, SEED, WORKERS, FiniteFloat, FloatList, RMGroup, check_output,
                              output_option, overwrite_option, setup_logging)
 from rmdata.errors import RMError

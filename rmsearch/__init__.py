@@ -4,7 +4,7 @@ Export a trained potential to LAMMPS, relax thousands of random starts in parall
 then deduplicate, cluster, score and report the results.
 """
 
-from rmdata import __version__
+from rmdata.version import __version__
 
 #: The public API, imported on first use (``import rmsearch`` stays light for the CLI).
 _API = {"relax_atoms": "rmsearch.api", "iter_relax": "rmsearch.api", "relax_file": "rmsearch.api",
