@@ -14,6 +14,7 @@ See ``docs/api.md``.
 """
 
 from rmdata.errors import RMError
+from rmdata.lazy import lazy_attributes
 from rmdata.version import __version__
 
 #: Public names defined in submodules, imported on first access (module path by name).
@@ -21,17 +22,4 @@ _LAZY = {"make_dataset": "rmdata.make", "MakeSummary": "rmdata.make", "read": "r
 
 __all__ = ["RMError", "__version__", *_LAZY]
 
-
-def __getattr__(name: str):
-    """Import ``rmdata.<name>`` from its module on first use (PEP 562)."""
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rmdata' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

@@ -17,6 +17,7 @@ The relaxation function is ``relax_atoms`` because ``rmsearch.relax`` is the mod
 relax protocol (see :mod:`rmsearch.api`). Examples: ``docs/api.md``.
 """
 
+from rmdata.lazy import lazy_attributes
 from rmdata.version import __version__
 
 #: The public API: name -> module, imported on first use (PEP 562).
@@ -26,17 +27,4 @@ _API = {"export": "rmsearch.api", "search": "rmsearch.api", "analyze": "rmsearch
 
 __all__ = ["__version__", *_API]
 
-
-def __getattr__(name: str):
-    """Import ``rmsearch.<name>`` from its module on first use."""
-    if name in _API:
-        import importlib
-
-        value = getattr(importlib.import_module(_API[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'rmsearch' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_attributes(__name__, _API)
