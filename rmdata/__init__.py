@@ -15,11 +15,12 @@ See ``docs/api.md``.
 
 from rmdata.errors import RMError
 from rmdata.lazy import lazy_attributes
-from rmdata.version import __version__
 
-#: Public names defined in submodules, imported on first access (module path by name).
-_LAZY = {"make_dataset": "rmdata.make", "MakeSummary": "rmdata.make", "read": "rmdata.io"}
+#: Public names defined in submodules, imported on first access (module path by name); even the
+#: version (importlib.metadata reads the installed distributions: slow to start).
+_LAZY = {"__version__": "rmdata.version", "make_dataset": "rmdata.make", "MakeSummary": "rmdata.make",
+         "read": "rmdata.io"}
 
-__all__ = ["RMError", "__version__", *_LAZY]
+__all__ = ["RMError", *_LAZY]
 
 __getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

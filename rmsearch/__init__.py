@@ -18,13 +18,13 @@ relax protocol (see :mod:`rmsearch.api`). Examples: ``docs/api.md``.
 """
 
 from rmdata.lazy import lazy_attributes
-from rmdata.version import __version__
 
 #: The public API: name -> module, imported on first use (PEP 562).
-_API = {"export": "rmsearch.api", "search": "rmsearch.api", "analyze": "rmsearch.api",
-        "RunDirectory": "rmsearch.api", "AnalysisResult": "rmsearch.api", "relax_atoms": "rmsearch.api",
-        "iter_relax": "rmsearch.api", "relax_file": "rmsearch.api", "Calculator": "rmsearch.calculator"}
+_API = {"__version__": "rmdata.version", "export": "rmsearch.api", "search": "rmsearch.api",
+        "analyze": "rmsearch.api", "RunDirectory": "rmsearch.api", "AnalysisResult": "rmsearch.api",
+        "relax_atoms": "rmsearch.api", "iter_relax": "rmsearch.api", "relax_file": "rmsearch.api",
+        "Calculator": "rmsearch.calculator"}
 
-__all__ = ["__version__", *_API]
+__all__ = list(_API)
 
 __getattr__, __dir__ = lazy_attributes(__name__, _API)
