@@ -178,12 +178,11 @@ def write_section(path: Path, text: str, title: str = "bench_analyze") -> None:
 
 def valid_items(rundir: Path):
     """Generator of (run_id, atoms, eV/atom) of the valid converged results of a run directory."""
-    from rmsearch.analysis.analyze import _validate
     from rmsearch.analysis.collect import load_run
-    from rmsearch.analysis.validity import DEFAULT_FRAC, DEFAULT_MAX_VOLUME_FACTOR
+    from rmsearch.analysis.validity import split_valid
 
     run = load_run(rundir)
-    ids, _ = _validate(run.usable, DEFAULT_FRAC, DEFAULT_MAX_VOLUME_FACTOR)
+    ids, _ = split_valid(run.usable)
     recs = {r.run_id: r for r in run.usable}
     return [(rid, recs[rid].to_atoms(), recs[rid].energy_per_atom) for rid in ids]
 

@@ -3,26 +3,24 @@
 Known stable structures are perturbed and every perturbed frame is labelled with the
 response of a harmonic well centred on the original (Response Matching, B. Cheng,
 JCTC 2024): forces pull atoms back, stress pulls the cell back.
+
+The Python API (imported on first use, so ``import rmdata`` stays light)::
+
+    >>> import rmdata
+    >>> summary = rmdata.make_dataset("diamond.xyz", "diamond", copies=1)   # doctest: +SKIP
+    >>> frames = rmdata.read("diamond.xyz")                                 # doctest: +SKIP
+
+See ``docs/api.md``.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from rmdata.errors import RMError
+from rmdata.lazy import lazy_attributes
 
-try:
-    __version__ = version("response-matching")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.1.0"
+#: Public names defined in submodules, imported on first access (module path by name); even the
+#: version (importlib.metadata reads the installed distributions: slow to start).
+_LAZY = {"__version__": "rmdata.version", "make_dataset": "rmdata.make", "MakeSummary": "rmdata.make",
+         "read": "rmdata.io"}
 
-from rmdata.errors import RMError  # noqa: E402
+__all__ = ["RMError", *_LAZY]
 
-
-def read(path, index=":"):
-    """Read an rmdata file (extxyz or HDF5) into ASE ``Atoms`` carrying the labels.
-
-    See :func:`rmdata.io.read`.
-    """
-    from rmdata.io import read as _read
-
-    return _read(path, index=index)
-
-
-__all__ = ["RMError", "read", "__version__"]
+__getattr__, __dir__ = lazy_attributes(__name__, _LAZY)

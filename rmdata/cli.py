@@ -5,16 +5,21 @@ Each command parses its options and calls a plain library function.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
+if __name__ == "__main__":  # ``python -m rmdata.cli``: a stop signal while this loads ends in one line
+    from rmdata.console import quiet_start
 
-import click
+    _loaded = quiet_start()
 
-from rmdata import __version__
-from rmdata.cliutils import (CONTEXT, SEED, WORKERS, FiniteFloat, FloatList, RMGroup, check_output,
+import os  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import click  # noqa: E402
+
+from rmdata.cliutils import (CONTEXT, SEED, WORKERS, FiniteFloat, FloatList, RMGroup, check_output,  # noqa: E402
                              output_option, overwrite_option, setup_logging)
-from rmdata.errors import RMError
-from rmdata.limits import BOUNDS, COPIES_MAX
+from rmdata.errors import RMError  # noqa: E402
+from rmdata.limits import BOUNDS, COPIES_MAX  # noqa: E402
+from rmdata.version import __version__  # noqa: E402
 
 
 def _names(value: str | None) -> list[str] | None:
@@ -181,4 +186,5 @@ def convert(source, dest, overwrite):
 
 
 if __name__ == "__main__":
+    _loaded()
     main()

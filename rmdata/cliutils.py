@@ -71,7 +71,9 @@ class RMGroup(click.Group):
                 message += f" (see '{exc.ctx.command_path} --help')"
             click.echo(f"error: {message}", err=True)
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:
+            if isinstance(exc.__cause__, KeyboardInterrupt):  # a signal before or after the command ran
+                _stopped(exc.__cause__)
             click.echo("error: aborted", err=True)
             sys.exit(1)
         finally:
@@ -85,15 +87,20 @@ class RMGroup(click.Group):
         except RMError as exc:
             click.echo(f"error: {one_line(str(exc))}", err=True)
             sys.exit(2)
-        except Terminated as exc:
-            click.echo(f"error: terminated by {exc.args[0] if exc.args else 'SIGTERM'}; {_STOPPED}", err=True)
-            sys.exit(143)
-        except KeyboardInterrupt:
-            click.echo(f"error: interrupted; {_STOPPED}", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            _stopped(exc)
         except OSError as exc:
             click.echo(f"error: {os_error_message(exc)}", err=True)
             sys.exit(2)
+
+
+def _stopped(exc: KeyboardInterrupt) -> None:
+    """One line for a stop signal, then exit 143 (SIGTERM, :class:`Terminated`) or 130 (SIGINT)."""
+    if isinstance(exc, Terminated):
+        click.echo(f"error: terminated by {exc.args[0] if exc.args else 'SIGTERM'}; {_STOPPED}", err=True)
+        sys.exit(143)
+    click.echo(f"error: interrupted; {_STOPPED}", err=True)
+    sys.exit(130)
 
 
 def one_line(text: str) -> str:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import logging
 import os
 import warnings
@@ -596,8 +595,3 @@ def describe_datasets() -> str:
         lines.append(f"{d.name:<12} {d.kind:<9} {d.size:<62} {d.source}; {d.licence}")
     return "\n".join(lines)
 
-
-def read_mp20_csv_text(text: str, origin: str = "csv") -> list[tuple[str, Atoms]]:
-    """Parse MP-20 CSV text into ``(material_id, Atoms)`` pairs, skipping bad rows."""
-    bad: list[str] = []
-    return list(iter_mp20_csv(io.StringIO(text), origin, bad))

@@ -231,7 +231,7 @@ def provenance(config: dict[str, Any], seed: int | None = None) -> dict[str, Any
     Deliberately free of timestamps and host names so that the same inputs and seed give
     identical bytes.
     """
-    from rmdata import __version__
+    from rmdata.version import __version__
 
     return {
         "package": "response-matching",

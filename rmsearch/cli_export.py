@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from rmdata.cliutils import CONTEXT, check_output, output_option
+from rmdata.cliutils import CONTEXT, output_option
 
 
 @click.command("export", context_settings=CONTEXT)
@@ -27,21 +27,16 @@ def export_command(model: Path, output: Path, training: Path | None, backend: st
     MODEL may also be a shipped model, model:NAME ('rmsearch models list'): its verified
     potential directory is copied to -o/--output (for use outside the package, e.g. LAMMPS).
     """
-    from rmsearch.potentials import export_potential
-    from rmsearch.registry import PREFIX, copy_model
+    from rmsearch.api import export
+    from rmsearch.registry import PREFIX
 
-    out = check_output(output, inputs=[training, None if str(model).startswith(PREFIX) else model],
-                       overwrite=overwrite, folder=True)
-
+    pot = export(model, output, training=training, backend=backend, verify=verify, overwrite=overwrite)
     if str(model).startswith(PREFIX):
-        card = copy_model(str(model), out, overwrite=overwrite)
-        click.echo(f"wrote {out}: shipped model {card.name} (backend {card.backend}, elements "
-                   f"{' '.join(card.elements)}), files checked against its card")
+        click.echo(f"wrote {output}: shipped model {str(model).removeprefix(PREFIX)} (backend {pot.backend}, "
+                   f"elements {' '.join(pot.elements)}), files checked against its card")
         return
-    pot = export_potential(model, out, training=training, backend=backend, verify=verify,
-                           overwrite=overwrite)
     vols = ", ".join(f"{e} {v:.2f}" for e, v in pot.volumes.items())
-    click.echo(f"wrote {out}: backend {pot.backend}, elements {' '.join(pot.elements)}, "
+    click.echo(f"wrote {output}: backend {pot.backend}, elements {' '.join(pot.elements)}, "
                f"cutoff {pot.cutoff:g} A")
     click.echo(f"volumes (A^3/atom): {vols} ({pot.meta['volumes_source']})")
     if "verification" in pot.meta:

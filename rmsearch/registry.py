@@ -22,10 +22,12 @@ Potentials are named ``model:NAME`` wherever a potential directory is accepted
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,17 +150,27 @@ def copy_model(name: str, out: str | os.PathLike, overwrite: bool = False) -> Mo
     out = Path(out)
     if out.exists() and not overwrite:
         raise RMError(f"{out}: already exists; choose another --out or pass --overwrite")
-    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    with staged_copy(card.directory, out):
+        pass  # a plain copy: nothing to change before it replaces ``out``
+    return card
+
+
+@contextlib.contextmanager
+def staged_copy(src: Path, dest: Path) -> Iterator[Path]:
+    """Copy the directory ``src`` to a temporary directory beside ``dest`` and yield it (to
+    be changed in place); then replace ``dest`` by it. On any error the temporary is removed
+    and ``dest`` is left as it was."""
+    tmp = dest.parent / f".{dest.name}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        shutil.copytree(card.directory, tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        shutil.copytree(src, tmp)
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return card
 
 
 def install_model(name: str, potential: str | os.PathLike, *, kind: str, description: str,
@@ -178,11 +190,7 @@ def install_model(name: str, potential: str | os.PathLike, *, kind: str, descrip
     pot = load_potential(src)
     root = Path(registry) if registry is not None else REGISTRY_DIR
     root.mkdir(parents=True, exist_ok=True)
-    dest = root / name
-    tmp = root / f".{name}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    try:
+    with staged_copy(src, root / name) as tmp:
         _strip_build_paths(tmp, src)
         card = ModelCard(name=name, kind=kind, elements=list(pot.elements), backend=pot.backend,
                          description=description, files=_directory_files(tmp), training=training,
@@ -190,12 +198,6 @@ def install_model(name: str, potential: str | os.PathLike, *, kind: str, descrip
                          parameters=_parameter_count(pot),
                          size_bytes=sum(p.stat().st_size for p in tmp.rglob("*") if p.is_file()))
         write_json_atomic(tmp / CARD, asdict(card))
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return card
 
 

@@ -235,3 +235,45 @@ def test_molecules_with_the_same_shape_but_other_element_sites_stay_apart():
     items = [(0, _disguise_molecule(axial, rng), -0.5), (1, _disguise_molecule(equatorial, rng), -0.5),
              (2, _disguise_molecule(axial, rng), -0.5), (3, _disguise_molecule(equatorial, rng), -0.5)]
     assert sorted(c.members for c in dedupe(items).clusters) == [[0, 2], [1, 3]]
+
+
+def test_public_pymatgen_route_gives_pymatgens_reduction_and_grouping():
+    """dedupe reduces and fits through pymatgen's public API only (``get_reduced_structure``,
+    ``get_primitive_structure``, one-way ``fit``); the reduced cells are the matcher's own
+    (its private ``_get_reduced_structure``, checked here only) and the clusters are those of
+    pymatgen's ``group_structures`` with the same matcher."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from rmsearch.analysis.dedupe import make_matcher, reduce_structure, symmetric_fit
+    from rmsearch.analysis.references import load_references
+
+    rng = np.random.default_rng(12)
+    ad, matcher = AseAtomsAdaptor(), make_matcher()
+    refs = [s for _, s in load_references("mp20-subset:val")[:12]]
+    items, structures, base_of = [], [], {}
+    for b, s in enumerate(refs):
+        for c in range(3):  # the reference and two strained (3 %), disguised copies: matcher work
+            atoms = ad.get_atoms(s) if c == 0 else _disguise(ad.get_atoms(s), rng, noise=0.005)
+            if c:
+                atoms.set_cell(np.asarray(atoms.cell) * (1 + 0.015 * c), scale_atoms=True)
+            rid = 3 * b + c
+            items.append((rid, atoms, -5.0 + 0.0005 * c))
+            structures.append(ad.get_structure(atoms))
+            base_of[rid] = b
+    for st in structures[::3]:
+        ours, theirs = reduce_structure(st), matcher._get_reduced_structure(st, True, True)
+        assert np.allclose(ours.lattice.matrix, theirs.lattice.matrix)
+        assert np.allclose(ours.frac_coords, theirs.frac_coords)
+        assert [x.specie for x in ours] == [x.specie for x in theirs]
+    red = [reduce_structure(st) for st in structures]
+    for i in range(0, len(red), 4):
+        for j in range(len(red)):
+            assert symmetric_fit(matcher, red[i], red[j]) == matcher.fit(structures[i], structures[j],
+                                                                          symmetric=True)
+    res = dedupe(items, volume_bin=0.5, fp_radius=None)
+    ours = sorted(sorted(c.members) for c in res.clusters)
+    index = {id(st): k for k, st in enumerate(structures)}
+    groups = matcher.group_structures(structures)
+    theirs = sorted(sorted(index[id(st)] for st in g) for g in groups)
+    assert ours == theirs
+    assert len(ours) == len(refs) and res.n_matcher_calls > 0

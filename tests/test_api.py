@@ -1,8 +1,11 @@
 """The public Python API: ``rmsearch.Calculator`` (ASE calculator of any potential
-directory), ``rmsearch.relax_atoms`` and the ``rmsearch relax`` command."""
+directory), ``rmsearch.relax_atoms`` and the ``rmsearch relax`` command, ``rmsearch.search``
+/ ``RunDirectory`` / ``rmsearch.analyze``, ``rmsearch.export``, ``rmdata.make_dataset``, and
+the lazy package attributes."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -15,6 +18,7 @@ from ase.io import read, write
 from ase.optimize import FIRE
 
 import rmsearch
+from rmdata.errors import RMError
 
 CARBON = "model:carbon-uf3"
 
@@ -38,6 +42,26 @@ def test_calculator_forces_and_stress_are_energy_derivatives(carbon_calc):
     assert np.abs(forces).max() > 0.05  # a rattled cell feels forces
     assert np.allclose(forces, calculate_numerical_forces(atoms, eps=1e-5), atol=1e-6)
     assert np.allclose(stress, calculate_numerical_stress(atoms, eps=1e-6), atol=1e-6)
+
+
+def test_calculator_forces_and_stress_match_lammps_through_ase(carbon_calc):
+    """The bare potential (no core overlay) through rmsearch.Calculator and through ASE's own
+    LAMMPS calculator (LAMMPSlib, the potential's pair_style/pair_coeff): the same numbers."""
+    from ase.calculators.lammpslib import LAMMPSlib
+
+    from rmsearch.api import open_potential
+
+    pot = open_potential(CARBON)  # loads the LAMMPS library as carbon_calc did
+    atoms = rattled_diamond(seed=5)
+    ref = atoms.copy()
+    ref.calc = LAMMPSlib(lmpcmds=[f"pair_style {pot.pair_style}", *(f"pair_coeff {c}" for c in pot.pair_coeff)],
+                         atom_types={"C": 1}, log_file=None)
+    with rmsearch.Calculator(CARBON, core_repulsion=None) as calc:
+        atoms.calc = calc
+        assert np.abs(atoms.get_forces()).max() > 0.05
+        assert np.allclose(atoms.get_forces(), ref.get_forces(), atol=1e-6, rtol=0)
+        assert abs(atoms.get_potential_energy() - ref.get_potential_energy()) < 1e-6
+        assert np.allclose(atoms.get_stress(), ref.get_stress(), atol=1e-6, rtol=0)
 
 
 def test_calculator_on_a_molecule_has_no_stress_and_exact_forces():
@@ -120,3 +144,94 @@ def test_relax_command_refuses_elements_the_potential_lacks(tmp_path):
     assert proc.returncode != 0
     assert proc.stderr.startswith("error:") and "Si" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out.extxyz").exists()
+
+
+def test_import_is_light_and_the_api_is_lazy():
+    code = ("import sys, rmsearch, rmdata; heavy = [m for m in ('numpy', 'ase', 'torch', 'lammps', 'pymatgen') "
+            "if m in sys.modules]; assert not heavy, heavy; "
+            "assert callable(rmsearch.search) and callable(rmdata.make_dataset); "
+            "import rmsearch.relax; assert rmsearch.relax_atoms.__module__ == 'rmsearch.api'; "
+            "assert type(rmsearch.relax).__name__ == 'module'; print(sorted(rmsearch.__all__))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("export", "search", "analyze", "RunDirectory", "AnalysisResult", "relax_atoms", "Calculator"):
+        assert name in proc.stdout
+    with pytest.raises(AttributeError, match="no attribute 'relax_structure'"):
+        rmsearch.relax_structure  # noqa: B018
+
+
+def test_make_dataset_writes_the_expected_frames(tmp_path):
+    import rmdata
+
+    out = tmp_path / "diamond.xyz"
+    summary = rmdata.make_dataset(out, "diamond", seed=0, copies=1)
+    frames = rmdata.read(out)
+    # the diamond preset: one 8-atom cell x (noise levels x strains) = 121 frames per copy
+    assert summary.n_structures == 1 and summary.n_frames == len(frames) == 121
+    assert all(len(f) == 8 and f.arrays["REF_forces"].shape == (8, 3) for f in frames)
+    again = rmdata.make_dataset(tmp_path / "again.xyz", "diamond", seed=0, copies=1)
+    assert again.output.read_bytes() == out.read_bytes()  # same seed, same bytes
+
+
+@pytest.fixture(scope="module")
+def carbon_search(tmp_path_factory):
+    out = tmp_path_factory.mktemp("api_search") / "c_run"
+    run = rmsearch.search(CARBON, system="C", natoms="2-8", nruns=20, out=out, seed=0, workers=2)
+    return run
+
+
+def test_search_returns_the_run_directory_with_one_record_per_run(carbon_search):
+    run = carbon_search
+    assert isinstance(run, rmsearch.RunDirectory) and os.fspath(run) == os.fspath(run.path)
+    assert len(run.records) == run.config["nruns"] == 20
+    assert sorted(r.run_id for r in run.records) == list(range(20))
+    status = run.status()
+    assert status["done"] == 20 and status["remaining"] == 0 and status["converged"] >= 18
+    assert run.last_launch["runs"] == 20
+    assert run.config["start"]["natoms"] == [2, 8] and run.config["system"] == "C"
+    # resume: nothing left to run, the stored options kept; nruns may grow
+    again = rmsearch.search(out=run.path, nruns=22, workers=1)
+    assert again.last_launch["runs"] == 2 and len(again.records) == 22
+    assert rmsearch.RunDirectory(run.path).status()["done"] == 22
+
+
+def test_search_refuses_unknown_options_and_a_missing_run_directory(tmp_path):
+    with pytest.raises(TypeError, match="unknown option.*natom.*the options are seed, system"):
+        rmsearch.search(CARBON, out=tmp_path / "x", nruns=2, system="C", natom=4)
+    with pytest.raises(RMError, match="not a run directory"):
+        rmsearch.RunDirectory(tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+def test_analyze_returns_clusters_as_atoms_with_energies(carbon_search):
+    import ase.db
+    from pymatgen.core import Structure
+
+    result = rmsearch.analyze(carbon_search, top=5)
+    clusters = result.clusters
+    assert len(clusters) == result.data["n_clusters"] >= 2
+    assert result.report.is_file()
+    assert [a.info["cluster_id"] for a in clusters] == list(range(len(clusters)))
+    epa = [a.get_potential_energy() / len(a) for a in clusters]
+    assert epa == sorted(epa)  # one element, no hull: ranked by energy per atom
+    assert epa[0] == pytest.approx(carbon_search.status()["best_energy_per_atom"], abs=1e-12)
+    assert sum(a.info["hits"] for a in clusters) == result.data["dedupe"]["n_structures"]
+    top = result.data["top_clusters"][0]
+    assert clusters[0].info["run_id"] == top["representative"] and clusters[0].info["hits"] == top["hits"]
+    assert clusters[0].get_stress().shape == (6,)
+    records = {r.run_id: r for r in carbon_search.records}
+    assert np.allclose(clusters[0].positions, records[top["representative"]].positions)
+    structures = result.structures()
+    assert all(isinstance(st, Structure) for st in structures)
+    assert structures[0].composition.reduced_formula == "C"
+    db = ase.db.connect(carbon_search.path / "results.db")
+    assert db.count(representative=True) == len(clusters)
+
+
+def test_export_copies_a_shipped_model(tmp_path):
+    pot = rmsearch.export(CARBON, tmp_path / "carbon")
+    assert pot.backend == "uf3" and pot.elements == ["C"] and (tmp_path / "carbon" / "potential.json").is_file()
+    with pytest.raises(RMError, match="already exists"):
+        rmsearch.export(CARBON, tmp_path / "carbon")
+    out = rmsearch.relax_atoms(rattled_diamond(3.6, seed=6), tmp_path / "carbon", fmax=0.01)
+    assert out.status == "converged"

@@ -9,6 +9,7 @@ resumes by itself).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -65,6 +66,22 @@ class Pipeline:
             raise SystemExit(f"workflow step '{name}' failed (exit {proc.returncode}){tail}")
         print(f"[{name}] {wall:.1f} s", flush=True)
 
+    def launch(self, name: str, rundir: Path, potential: str | os.PathLike, search: list[str], *,
+               nruns: int, seed: int, workers: int | None = None) -> None:
+        """Step ``name``: ``rmsearch launch`` of ``nruns`` starts into ``rundir`` (it resumes by
+        itself). ``search``: the options that say what is searched and how, e.g.
+        ``["--system", "C", "--natoms", "2-12"]``; ``workers`` None: the CLI's default."""
+        cmd = ["rmsearch", "launch", "--potential", str(potential), *search, "--nruns", str(nruns),
+               "--seed", str(seed), "-o", str(rundir), "--no-progress"]
+        if workers:
+            cmd += ["--workers", str(workers)]
+        self.run(name, cmd)
+
+    def analyze(self, name: str, rundir: Path, options: list[str]) -> dict[str, Any]:
+        """Step ``name``: ``rmsearch analyze rundir *options``; returns the report data."""
+        self.run(name, ["rmsearch", "analyze", str(rundir), *options])
+        return read_report(rundir)
+
     def train(self, dataset: Path, name: str, epochs: int, channels: int, seed: int) -> Path:
         """Train MACE with the command ``rmdata mace-command`` prints; returns the model path."""
         workdir = self.out / "train"
@@ -86,6 +103,18 @@ class Pipeline:
         tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
         os.replace(tmp, path)
         return path
+
+
+def workflow_parser(doc: str, out: str, shipped: str | None = None, note: str = "") -> argparse.ArgumentParser:
+    """The parser of a workflow script: ``doc`` as its description, ``-o/--output/--out``
+    (default ``out``) and, for a workflow that searches with a shipped model, ``--potential``
+    (default None: the workflow uses ``shipped``; ``note`` adds to its help)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-o", "--output", "--out", dest="out", default=out, help="output folder")
+    if shipped is not None:
+        ap.add_argument("--potential", default=None,
+                        help=f"potential directory or model:NAME (default: {shipped}{note})")
+    return ap
 
 
 def add_run_options(ap, search: bool = True) -> None:

@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import sys
@@ -38,7 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, add_run_options, read_report, write_page  # noqa: E402
+from common import Pipeline, add_run_options, workflow_parser, write_page  # noqa: E402
 
 #: Sizes: (copies of the 121-frame set, epochs, MACE channels, search runs). The recipe
 #: (2 copies, 32 channels, 30 epochs) is the smallest measured to put cubic diamond
@@ -74,18 +73,15 @@ def label_clusters(rundir: Path, clusters: list[dict]) -> list[dict]:
     import numpy as np
     from ase.io import read
     from ase.neighborlist import neighbor_list
-    from pymatgen.io.ase import AseAtomsAdaptor
 
-    from rmsearch.analysis.dedupe import make_matcher
+    from rmsearch.analysis.match import same_structure
 
-    matcher = make_matcher()
-    refs = {name: AseAtomsAdaptor.get_structure(a) for name, a in polymorph_references().items()}
+    refs = polymorph_references()
     out = []
     for c in clusters:
         atoms = read(rundir / "report" / c["cif"])
         coordination = np.bincount(neighbor_list("i", atoms, 1.85), minlength=len(atoms))
-        structure = AseAtomsAdaptor.get_structure(atoms)
-        label = next((name for name, ref in refs.items() if matcher.fit(structure, ref, symmetric=True)), None)
+        label = next((name for name, ref in refs.items() if same_structure(atoms, ref)), None)
         if label is None and np.all(coordination == 3):
             label = "graphite-like sp2 layers"
         out.append({**c, "polymorph": label, "mean_coordination": float(coordination.mean())})
@@ -140,8 +136,7 @@ def write_report(out: Path, summary: dict, figure: str, clusters: list[dict]) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", "--out", dest="out", default="demo_run", help="output folder")
+    ap = workflow_parser(__doc__, "demo_run")
     ap.add_argument("--backend", choices=["mace", "native"], default="mace",
                     help="mace: train a one-layer MACE (the demo); native: rmsearch fit-native (UF3 taught by SNAP)")
     ap.add_argument("--quick", action="store_true", help="test size (fewer epochs and runs)")
@@ -184,15 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
               done=potdir / "potential.json")
     v_c = json.loads((potdir / "potential.json").read_text())["volumes"]["C"]
     rundir = p.out / "run"
-    launch = ["rmsearch", "launch", "--potential", str(potdir), "--system", "C", "--natoms", args.natoms,
-              "--volume-factor", f"{args.vmin / v_c:.4f}-{args.vmax / v_c:.4f}", "--nruns", str(nruns),
-              "--seed", str(args.seed), "-o", str(rundir), "--no-progress"]
-    if args.workers:
-        launch += ["--workers", str(args.workers)]
-    p.run("search", launch)
-    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "200", "--workers", str(args.workers or 2)])
-
-    report = read_report(rundir)
+    p.launch("search", rundir, potdir, ["--system", "C", "--natoms", args.natoms,
+                                        "--volume-factor", f"{args.vmin / v_c:.4f}-{args.vmax / v_c:.4f}"],
+             nruns=nruns, seed=args.seed, workers=args.workers)
+    report = p.analyze("analyze", rundir, ["--top", "200", "--workers", str(args.workers or 2)])
     clusters = label_clusters(rundir, report["top_clusters"])
     plot_polymorphs(clusters, p.out / "diamond_polymorphs.png")
     lowest = clusters[0] if clusters else None

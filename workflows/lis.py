@@ -32,7 +32,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import logging
@@ -42,7 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, add_run_options, read_report, write_page
+from common import Pipeline, add_run_options, workflow_parser, write_page
 
 log = logging.getLogger("workflows.lis")
 
@@ -64,12 +63,9 @@ def antifluorite_li2s(a: float = LI2S_A):
 def is_antifluorite(atoms) -> bool:
     """Whether ``atoms`` matches antifluorite Li2S (StructureMatcher stol 0.5, ltol 0.3, angle_tol 10;
     volume scaled, so a model lattice constant different from 5.71 A still matches)."""
-    from pymatgen.io.ase import AseAtomsAdaptor
+    from rmsearch.analysis.match import same_structure
 
-    from rmsearch.analysis.dedupe import make_matcher
-
-    return bool(make_matcher().fit(AseAtomsAdaptor.get_structure(atoms),
-                            AseAtomsAdaptor.get_structure(antifluorite_li2s()), symmetric=True))
+    return same_structure(atoms, antifluorite_li2s())
 
 
 def li_fraction(formula: str) -> float:
@@ -155,10 +151,8 @@ def write_report(out: Path, summary: dict[str, Any], hull: list[dict[str, Any]],
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", "--out", dest="out", default="lis_run", help="output folder")
+    ap = workflow_parser(__doc__, "lis_run", SHIPPED)
     ap.add_argument("--quick", action="store_true", help="test size (60 runs of 2-4 atoms)")
-    ap.add_argument("--potential", default=SHIPPED, help="potential directory or model:NAME")
     ap.add_argument("--nruns", type=int, help="random starts (default: 5000, quick 60)")
     ap.add_argument("--natoms", help="atoms per cell (default: 2-12, quick 2-4)")
     add_run_options(ap)
@@ -169,17 +163,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if nruns < 1 or args.max_steps < 1 or args.seed < 0:
         raise SystemExit("error: --nruns and --max-steps must be >= 1 and --seed >= 0")
 
+    potential = args.potential or SHIPPED
     p = Pipeline(args.out, force=args.force)
     rundir = p.out / "run"
-    launch = ["rmsearch", "launch", "--potential", args.potential, "--system", "Li-S", "--natoms", natoms,
-              "--nruns", str(nruns), "--max-steps", str(args.max_steps), "--dtype", args.dtype,
-              "--seed", str(args.seed), "-o", str(rundir), "--no-progress"]
-    if args.workers:
-        launch += ["--workers", str(args.workers)]
-    p.run("search", launch)
-    p.run("analyze", ["rmsearch", "analyze", str(rundir), "--top", "1000", "--workers", str(args.workers or 2)])
-
-    report = read_report(rundir)
+    p.launch("search", rundir, potential, ["--system", "Li-S", "--natoms", natoms, "--max-steps", str(args.max_steps),
+                                           "--dtype", args.dtype], nruns=nruns, seed=args.seed, workers=args.workers)
+    report = p.analyze("analyze", rundir, ["--top", "1000", "--workers", str(args.workers or 2)])
     clusters = report["top_clusters"]
     hull = hull_compositions(report)
     li2s = li2s_check(rundir, clusters)
@@ -195,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "valid_percent_of_converged": round(100.0 * (converged - report["n_invalid"]) / converged, 1)
         if converged else 0.0,
         "hull_note": report.get("hull_note", ""),
-        "model": {"potential": args.potential},
+        "model": {"potential": potential},
         "search": {"nruns": nruns, "natoms": natoms, "max_steps": args.max_steps, "dtype": args.dtype,
                    "seed": args.seed},
     }

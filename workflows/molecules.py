@@ -30,7 +30,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import logging
@@ -41,7 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, read_report, tool, write_page
+from common import Pipeline, tool, workflow_parser, write_page
 from pretrained import RECIPES, training_commands
 
 from rmsearch.analysis.molecules import plot_molecules
@@ -101,18 +100,10 @@ def retrain(pipe: Pipeline, holdout: list[str], seed: int) -> tuple[Path, float]
 def search(pipe: Pipeline, potential: str, formula: str, args) -> dict[str, Any]:
     """Search one composition with the paper's protocol and return its molecule figures."""
     run = pipe.out / "runs" / formula
-    launch = ["rmsearch", "launch", "--potential", potential, "--molecule", formula,
-              "--nruns", str(args.nstarts), "--fmax", str(FMAX_1), "--kick", str(KICK),
-              "--kick-fmax", str(FMAX_2), "--max-steps", str(args.max_steps), "--seed", str(args.seed),
-              "-o", str(run), "--no-progress"]
-    if args.workers:
-        launch += ["--workers", str(args.workers)]
-    pipe.run(f"search {formula}", launch)
-    analyze = ["rmsearch", "analyze", str(run)]
-    if args.no_posebusters:
-        analyze.append("--no-posebusters")
-    pipe.run(f"analyze {formula}", analyze)
-    report = read_report(run)
+    pipe.launch(f"search {formula}", run, potential,
+                ["--molecule", formula, "--fmax", str(FMAX_1), "--kick", str(KICK), "--kick-fmax", str(FMAX_2),
+                 "--max-steps", str(args.max_steps)], nruns=args.nstarts, seed=args.seed, workers=args.workers)
+    report = pipe.analyze(f"analyze {formula}", run, ["--no-posebusters"] if args.no_posebusters else [])
     figures = report["molecules"]["compositions"][formula]
     relax_s = [r["wall_s"] for r in _records(run)]
     figures["seconds_per_relaxation"] = round(sum(relax_s) / len(relax_s), 3) if relax_s else None
@@ -147,13 +138,10 @@ def write_report(out: Path, summary: dict[str, Any], results: dict[str, dict[str
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", "--out", dest="out", default="molecules_run", help="output folder")
+    ap = workflow_parser(__doc__, "molecules_run", SHIPPED, "; with --holdout: the retrained one")
     ap.add_argument("--compositions", help="formulas to search with the model, comma-separated "
                                            f"(default: {','.join(IN_TRAINING)})")
     ap.add_argument("--holdout", help="retrain without every isomer of these formulas, then search them")
-    ap.add_argument("--potential", default=None,
-                    help=f"potential directory or model:NAME (default: {SHIPPED}; with --holdout: the retrained one)")
     ap.add_argument("--nstarts", type=int, default=NSTARTS, help="random starts per composition")
     ap.add_argument("--max-steps", type=int, default=3000, help="force calls per relaxation stage")
     ap.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters even if installed")

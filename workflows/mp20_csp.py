@@ -42,7 +42,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import Pipeline, add_run_options, read_report, write_page
+from common import Pipeline, add_run_options, workflow_parser, write_page
 
 log = logging.getLogger("workflows.mp20_csp")
 
@@ -252,9 +252,7 @@ def spacegroup_of(atoms) -> str:
 # ----------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", "--out", dest="out", default="mp20_run", help="output folder")
-    ap.add_argument("--potential", default=None, help=f"potential directory or model:NAME (default: {SHIPPED})")
+    ap = workflow_parser(__doc__, "mp20_run", SHIPPED)
     ap.add_argument("--train", action="store_true", help="train the mp20-mace recipe on --dataset first")
     ap.add_argument("--dataset", default="mp20-subset", help="training set of --train: mp20 (downloaded) or mp20-subset")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="training device of --train")
@@ -311,26 +309,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for t in targets:
         rundir = p.out / "runs" / t["formula"]
-        launch = ["rmsearch", "launch", "--potential", potential, "--composition", t["composition"],
-                  "--natoms", str(t["natoms"]), "--nruns", str(args.trials), "--max-steps", str(args.max_steps),
-                  "--dtype", args.dtype, "--seed", str(args.seed), "-o", str(rundir), "--no-progress"]
-        if args.workers:
-            launch += ["--workers", str(args.workers)]
+        natoms, sg_args = t["natoms"], []
         if args.spacegroup_given:
             if t["atoms"] is None:
                 continue
             sg_args, natoms = spacegroup_launch_args(t["atoms"], t["natoms"])
-            launch[launch.index("--natoms") + 1] = str(natoms)
-            launch += sg_args
-        p.run(f"search {t['formula']}", launch)
-        analyze = ["rmsearch", "analyze", str(rundir), "--top", "5", "--match-top-k", str(args.trials),
-                   "--no-metrics"]
+        p.launch(f"search {t['formula']}", rundir, potential,
+                 ["--composition", t["composition"], "--natoms", str(natoms), "--max-steps", str(args.max_steps),
+                  "--dtype", args.dtype, *sg_args], nruns=args.trials, seed=args.seed, workers=args.workers)
+        analyze = ["--top", "5", "--match-top-k", str(args.trials), "--no-metrics"]
         if t["atoms"] is not None:
             ref_file = p.out / "runs" / f"{t['formula']}.reference.extxyz"
             write(ref_file, t["atoms"], format="extxyz")
             analyze += ["--reference", str(ref_file)]
-        p.run(f"analyze {t['formula']}", analyze)
-        rep = read_report(rundir)
+        rep = p.analyze(f"analyze {t['formula']}", rundir, analyze)
         csp = ((rep.get("csp") or {}).get("rows") or [{}])[0]
         records = list(read_records(rundir / "shards"))
         top = rep["top_clusters"][0] if rep["top_clusters"] else None

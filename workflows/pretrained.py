@@ -50,6 +50,19 @@ from common import Pipeline, tool
 ROOT = Path(__file__).resolve().parent.parent
 CSP15 = ROOT / "rmdata" / "data" / "csp15.json"
 
+#: The mp20-mace architecture and optimiser (one layer, 8 channels, max_L 2, correlation 2,
+#: r_max 4.0 A; Adam lr 0.005 decayed x0.95 per epoch, EMA), shared by the crystal recipes.
+MP20_MACE = ["--channels", "8", "--max-L", "2", "--correlation", "2", "--r-max", "4.0",
+             "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99"]
+
+
+def mp20_make(*cut: str) -> list[str]:
+    """``rmdata make`` options of the mp20-subset crystal recipes: the train split, ``cut``
+    (e.g. ``--containing Li,S``), 6 noise levels x 5 strains, held-out formulas removed."""
+    return ["--dataset", "mp20-subset", "--split", "train", *cut, "--levels", "0,1,2,4,8,16",
+            "--strains", "-0.1,-0.05,0,0.05,0.1", "--exclude-formulas", "@heldout.txt"]
+
+
 #: Each recipe: its kind, what it is for, the ``rmdata make`` options, and either the
 #: ``rmdata mace-command`` options or the ``rmsearch fit-native`` options.
 RECIPES: dict[str, dict] = {
@@ -74,24 +87,18 @@ RECIPES: dict[str, dict] = {
         "kind": "crystal",
         "description": "crystals of the 85 elements of the mp20-subset train split, every val and "
                        "csp15 composition held out; one-layer MACE, 8 channels",
-        "make": ["--dataset", "mp20-subset", "--split", "train", "--levels", "0,1,2,4,8,16",
-                 "--strains", "-0.1,-0.05,0,0.05,0.1", "--exclude-formulas", "@heldout.txt"],
+        "make": mp20_make(),
         "heldout": "mp20-val+csp15",
-        "mace": ["--channels", "8", "--max-L", "2", "--correlation", "2", "--r-max", "4.0",
-                 "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99",
-                 "--epochs", "50", "--eval-interval", "2", "--dtype", "float32"],
+        "mace": [*MP20_MACE, "--epochs", "50", "--eval-interval", "2", "--dtype", "float32"],
     },
     "lis-mace": {
         "kind": "crystal",
         "description": "crystals for Li-S searches: the mp20-subset train crystals that contain Li or S "
                        "(no Li-S binary; every val and csp15 composition and Li2S held out); one-layer MACE, "
                        "8 channels, force and stress weights 100/100",
-        "make": ["--dataset", "mp20-subset", "--split", "train", "--containing", "Li,S", "--levels",
-                 "0,1,2,4,8,16", "--strains", "-0.1,-0.05,0,0.05,0.1", "--exclude-formulas", "@heldout.txt"],
+        "make": mp20_make("--containing", "Li,S"),
         "heldout": "mp20-val+csp15",
-        "mace": ["--channels", "8", "--max-L", "2", "--correlation", "2", "--r-max", "4.0",
-                 "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99",
-                 "--epochs", "20", "--eval-interval", "2", "--dtype", "float32",
+        "mace": [*MP20_MACE, "--epochs", "20", "--eval-interval", "2", "--dtype", "float32",
                  "--forces-weight", "100", "--stress-weight", "100"],
     },
 }

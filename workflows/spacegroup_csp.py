@@ -27,7 +27,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -37,7 +36,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rmdata.utils import write_json_atomic
-from common import Pipeline, add_run_options
+from common import Pipeline, add_run_options, workflow_parser
 from mp20_csp import summarize
 
 HERE = Path(__file__).resolve().parent
@@ -58,9 +57,7 @@ def comparison(spacegroup: dict[str, Any], composition: dict[str, Any]) -> dict[
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", "--out", dest="out", default="spacegroup_run", help="output folder")
-    ap.add_argument("--potential", default=None, help="potential directory or model:NAME (default: model:mp20-mace)")
+    ap = workflow_parser(__doc__, "spacegroup_run", "model:mp20-mace")
     ap.add_argument("--reference", default="mp20-subset:val", help="targets: MP-20-style CSV, NAME:SPLIT or a structure file")
     ap.add_argument("--ntargets", type=int, default=0, help="first N eligible targets (0 = all)")
     ap.add_argument("--max-natoms", type=int, default=12, help="largest target cell (atoms)")

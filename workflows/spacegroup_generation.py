@@ -25,7 +25,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -39,7 +38,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from rmdata.utils import write_json_atomic
-from common import THREAD_ENV
+from common import THREAD_ENV, workflow_parser
 from mp20_csp import cell_formula, load_reference_atoms, potential_elements, search_args, spacegroup_launch_args
 
 log = logging.getLogger("workflows.spacegroup_generation")
@@ -87,9 +86,7 @@ def _relax_chunk(job: tuple[str, list, int]) -> list:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("-o", "--output", "--out", dest="out", default="spacegroup_generation", help="output folder")
-    ap.add_argument("--potential", default=SHIPPED, help=f"potential directory or model:NAME (default: {SHIPPED})")
+    ap = workflow_parser(__doc__, "spacegroup_generation", SHIPPED)
     ap.add_argument("--train", default="mp20-subset:train", help="training distribution (NAME:SPLIT or file)")
     ap.add_argument("--reference", default="mp20-subset:val", help="reference set of the metrics")
     ap.add_argument("--n", type=int, default=1000, help="generated structures (and control rows)")
@@ -111,14 +108,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    known = potential_elements(args.potential)
-    volumes = load_potential(resolve_potential(args.potential)).volumes
+    potential = args.potential or SHIPPED
+    known = potential_elements(potential)
+    volumes = load_potential(resolve_potential(potential)).volumes
     train = load_reference_atoms(args.train)
     rng = np.random.default_rng(args.seed)
     drawn = draw_rows(train, known, args.max_natoms, args.n, rng)
     control = draw_rows(train, known, args.max_natoms, args.n, rng, exclude={rid for rid, _ in drawn})
     starts = [generation_start(a, volumes, k, args.seed) for k, (_, a) in enumerate(drawn)]
-    chunks = [(args.potential, starts[w::args.workers], args.max_steps) for w in range(args.workers)]
+    chunks = [(potential, starts[w::args.workers], args.max_steps) for w in range(args.workers)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         parts = list(pool.map(_relax_chunk, chunks))
     results = [None] * len(starts)
@@ -143,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             [to_struct(a) for _, a in control], reference, workers=args.workers, ref_fingerprints=ref_fp),
     }
     in_group = sum(s.info.get("start_kind") == "spacegroup" for s in starts)
-    result = {"potential": args.potential, "train": args.train, "reference": args.reference, "n": args.n,
+    result = {"potential": potential, "train": args.train, "reference": args.reference, "n": args.n,
               "max_natoms": args.max_natoms, "seed": args.seed, "statuses": statuses,
               "starts_in_group": in_group, "relax_wall_s": round(t_relax, 1),
               "wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "paper_rows": PAPER_ROWS}

@@ -49,7 +49,7 @@ from rmsearch.analysis.snap import DEFAULT_SNAP_TOP, Snapped, snap_clusters
 from rmsearch.analysis.validity import (
     DEFAULT_FRAC,
     DEFAULT_MAX_VOLUME_FACTOR,
-    check_validity,
+    split_valid,
 )
 from rmsearch.records import RunRecord
 
@@ -104,7 +104,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     records = {r.run_id: r for r in run.records}
     report_dir = run.rundir / "report"
 
-    valid_ids, invalid = _validate(run.usable, frac, max_volume_factor)
+    valid_ids, invalid = split_valid(run.usable, frac=frac, max_volume_factor=max_volume_factor)
     result = dedupe(((rid, records[rid].to_atoms(), records[rid].energy_per_atom) for rid in valid_ids),
                     energy_bin=energy_bin, volume_bin=volume_bin, workers=workers, fp_radius=fp_radius)
     clusters, snap_info, snapped = result.clusters, None, {}
@@ -167,19 +167,6 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     write_report(data, report_dir)
     log.info("report written to %s (%.1f s)", report_dir / "index.html", data["wall_s"])
     return data
-
-
-def _validate(usable: list[RunRecord], frac: float, max_volume_factor: float
-              ) -> tuple[list[int], list[dict[str, Any]]]:
-    """Split converged records into valid run ids and invalid entries with reasons (one Atoms at a time)."""
-    valid_ids, invalid = [], []
-    for rec in usable:
-        check = check_validity(rec.to_atoms(), frac=frac, max_volume_factor=max_volume_factor)
-        if check.valid:
-            valid_ids.append(rec.run_id)
-        else:
-            invalid.append({"run_id": rec.run_id, "formula": rec.formula, "reason": check.reason})
-    return valid_ids, invalid
 
 
 def _snap(clusters: list[Cluster], records: dict[int, RunRecord], config: dict[str, Any], workers: int,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ase import Atoms
 from pymatgen.core import Structure
 
 from rmsearch.analysis.dedupe import make_matcher
@@ -53,6 +54,17 @@ class MatchResult:
         return {"top_k": self.top_k, "n_references": self.n_references, "n_matched": self.n_matched,
                 "match_rate": self.match_rate, "mean_rmsd": self.mean_rmsd, "n_searched": self.n_searched,
                 "match_rate_searched": self.n_matched / self.n_searched if self.n_searched else math.nan}
+
+
+def same_structure(a: Atoms | Structure, b: Atoms | Structure) -> bool:
+    """Whether two crystals are the same structure by the matcher of dedupe and matching
+    (:func:`rmsearch.analysis.dedupe.make_matcher`: stol 0.5, ltol 0.3, angle_tol 10 degrees,
+    primitive cells, volumes scaled, so a different lattice constant still matches), fitted
+    both ways. ASE ``Atoms`` or pymatgen ``Structure``."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    a, b = (AseAtomsAdaptor.get_structure(x) if isinstance(x, Atoms) else x for x in (a, b))
+    return bool(make_matcher().fit(a, b, symmetric=True))
 
 
 def match_references(candidates: Sequence[tuple[int, Structure]], references: Sequence[tuple[str, Structure]],

@@ -12,6 +12,7 @@ import html
 import json
 import math
 import os
+from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
@@ -120,54 +121,133 @@ def _summary_items(data: dict[str, Any]) -> list[tuple[str, str]]:
     return items
 
 
-def write_markdown(data: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Markdown version of the report."""
-    out = [f"# rmsearch report: {data['title']}", ""]
-    out += [f"- **{k}**: {v}" for k, v in _summary_items(data)]
-    out += ["", f"## Top {len(data['top_clusters'])} clusters", "",
-            "Ranked by distance above the pseudo hull when one was built, else by energy per atom. "
-            "dE is relative to the best shown; SG = spglib space group at symprec 1e-3, 1e-2, 1e-1 A.", ""]
-    rows = top_table_rows(data)
-    out += ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    for r in rows:
-        out.append("| " + " | ".join(r[:-1] + [f"[cif]({r[-1]})" if r[-1] else "-"]) + " |")
-    out += ["", "## Plots", ""]
+# --------------------------------------------------------------------------- the document
+# The report is built once as a list of blocks (what is said), then rendered as Markdown or as
+# HTML (how it is written), so the two formats cannot drift apart.
+
+
+#: Report blocks (named tuples, so ``match`` can take them apart). ``id``/``cls``: HTML id and
+#: class; a ``Link`` is a table cell linking ``href`` (relative to the report); an ``Items``
+#: entry ``(key, value)`` shows the key in bold; ``Image.key`` names a plot (HTML id ``plot-<key>``).
+Link = namedtuple("Link", "text href cls", defaults=("",))
+Heading = namedtuple("Heading", "level text")
+Paragraph = namedtuple("Paragraph", "text id", defaults=("",))
+Items = namedtuple("Items", "items id cls", defaults=("", ""))
+Table = namedtuple("Table", "columns rows id", defaults=("",))
+Image = namedtuple("Image", "key src alt")
+Code = namedtuple("Code", "text language", defaults=("",))
+Block = Heading | Paragraph | Items | Table | Image | Code
+
+TOP_NOTE = ("Ranked by distance above the pseudo hull when one was built, else by energy per atom. "
+            "dE is relative to the best shown; SG = spglib space group at symprec 1e-3, 1e-2, 1e-1 A.")
+
+
+def report_blocks(data: dict[str, Any]) -> list[Block]:
+    """The report as a format-free list of blocks (rendered by :func:`write_markdown` and
+    :func:`write_html`); sections without data are left out."""
+    blocks: list[Block] = [Heading(1, f"rmsearch report: {data['title']}"), Items(_summary_items(data), id="summary"),
+                           Heading(2, f"Top {len(data['top_clusters'])} clusters"), Paragraph(TOP_NOTE),
+                           Table(TABLE_COLUMNS, [r[:-1] + [Link("cif", r[-1], "cif") if r[-1] else "-"]
+                                                 for r in top_table_rows(data)], id="top"),
+                           Heading(2, "Plots")]
     for key, rel in data["plots"].items():
-        out += [f"### {PLOT_TITLES.get(key, key)}", "", f"![{key}]({rel})", ""]
+        title = PLOT_TITLES.get(key, key)
+        blocks += [Heading(3, title), Image(key, rel, title)]
     if data.get("hull_vertices"):
-        out += ["## Pseudo hull vertices", "", "| formula | E_ex (eV/atom) | cluster |", "|---|---|---|"]
-        out += [f"| {v['formula']} | {_fmt(v['e_ex'], 4)} | {v['cluster_id']} |" for v in data["hull_vertices"]]
-        out.append("")
+        blocks += [Heading(2, "Pseudo hull vertices"),
+                   Table(("formula", "E_ex (eV/atom)", "cluster"),
+                         [[v["formula"], _fmt(v["e_ex"], 4), str(v["cluster_id"])] for v in data["hull_vertices"]])]
     if data.get("match"):
         m = data["match"]["summary"]
-        out += ["## Match against references", "",
-                f"{m['n_matched']} of {m['n_references']} reference structures matched by one of the top "
-                f"{m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, "
-                f"mean RMSD {_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition "
-                f"that was searched (match rate among them {_fmt(m['match_rate_searched'])}).", ""]
+        blocks += [Heading(2, "Match against references"), Paragraph(
+            f"{m['n_matched']} of {m['n_references']} reference structures matched by one of the top "
+            f"{m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, "
+            f"mean RMSD {_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition "
+            f"that was searched (match rate among them {_fmt(m['match_rate_searched'])}).", id="match")]
     if data.get("molecules"):
-        out += ["## Molecules", "", MOLECULE_NOTE, "", "| " + " | ".join(MOLECULE_COLUMNS) + " |",
-                "|" + "---|" * len(MOLECULE_COLUMNS)]
-        out += ["| " + " | ".join(r) + " |" for r in molecule_rows(data)]
-        out.append("")
+        blocks += [Heading(2, "Molecules"), Paragraph(MOLECULE_NOTE),
+                   Table(MOLECULE_COLUMNS, molecule_rows(data), id="molecules")]
     if data.get("csp"):
-        out += ["## Crystal structure prediction (DiffCSP protocol)", "", csp_text(data["csp"]["summary"]), ""]
+        blocks += [Heading(2, "Crystal structure prediction (DiffCSP protocol)"),
+                   Paragraph(csp_text(data["csp"]["summary"]), id="csp")]
     if data.get("metrics"):
-        out += ["## Generation metrics", "", "| metric | value |", "|---|---|"]
-        out += [f"| {k} | {_fmt(v, 4)} |" for k, v in data["metrics"].items()]
-        out.append("")
+        blocks += [Heading(2, "Generation metrics"),
+                   Table(("metric", "value"), [[k, _fmt(v, 4)] for k, v in data["metrics"].items()], id="metrics")]
     if data["invalid"]:
-        out += [f"## Invalid structures ({data['n_invalid']}, not ranked)", ""]
-        out += [f"- run {i['run_id']} {i['formula']}: {i['reason']}" for i in data["invalid"][:50]]
-        out.append("")
+        blocks += [Heading(2, f"Invalid structures ({data['n_invalid']}, not ranked)"),
+                   Items([f"run {i['run_id']} {i['formula']}: {i['reason']}" for i in data["invalid"][:50]],
+                         id="invalid")]
     if data["problems"]:
-        out += [f"## Problems ({len(data['problems'])} records or lines skipped)", ""]
-        out += [f"- {p}" for p in data["problems"]]
-        out.append("")
-    out += ["## Deduplication settings", "", "```json", json.dumps(data["dedupe"]["settings"], indent=1), "```", ""]
+        blocks += [Heading(2, f"Problems ({len(data['problems'])} records or lines skipped)"),
+                   Items(list(data["problems"]), cls="problems")]
+    blocks += [Heading(2, "Deduplication settings"), Code(json.dumps(data["dedupe"]["settings"], indent=1), "json")]
+    return blocks
+
+
+def _markdown_cell(cell: str | Link) -> str:
+    return f"[{cell.text}]({cell.href})" if isinstance(cell, Link) else cell
+
+
+def markdown_lines(block: Block) -> list[str]:
+    """One block as Markdown lines, a blank line after it."""
+    match block:
+        case Heading(level, text):
+            lines = [f"{'#' * level} {text}"]
+        case Paragraph(text):
+            lines = [text]
+        case Items(items):
+            lines = [f"- **{it[0]}**: {it[1]}" if isinstance(it, tuple) else f"- {it}" for it in items]
+        case Table(columns, rows):
+            lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            lines += ["| " + " | ".join(_markdown_cell(c) for c in row) + " |" for row in rows]
+        case Image(key, src):
+            lines = [f"![{key}]({src})"]
+        case Code(text, language):
+            lines = [f"```{language}", text, "```"]
+        case _:
+            raise TypeError(f"unknown report block {block!r}")
+    return [*lines, ""]
+
+
+def _attrs(id: str = "", cls: str = "") -> str:  # noqa: A002 - the HTML attribute's name
+    e = html.escape
+    return (f" class='{e(cls)}'" if cls else "") + (f" id='{e(id)}'" if id else "")
+
+
+def _html_cell(cell: str | Link) -> str:
+    if isinstance(cell, Link):
+        return f"<a{_attrs(cls=cell.cls)} href='{html.escape(cell.href)}'>{html.escape(cell.text)}</a>"
+    return html.escape(cell)
+
+
+def html_lines(block: Block) -> list[str]:
+    """One block as HTML lines (text escaped)."""
+    e = html.escape
+    match block:
+        case Heading(level, text):
+            return [f"<h{level}>{e(text)}</h{level}>"]
+        case Paragraph(text, id):
+            return [f"<p{_attrs(id)}>{e(text)}</p>"]
+        case Items(items, id, cls):
+            return [f"<ul{_attrs(id, cls)}>",
+                    *(f"<li><b>{e(it[0])}</b>: {e(it[1])}</li>" if isinstance(it, tuple) else f"<li>{e(it)}</li>"
+                      for it in items), "</ul>"]
+        case Table(columns, rows, id):
+            return [f"<table{_attrs(id)}><tr>" + "".join(f"<th>{e(c)}</th>" for c in columns) + "</tr>",
+                    *("<tr>" + "".join(f"<td>{_html_cell(c)}</td>" for c in row) + "</tr>" for row in rows),
+                    "</table>"]
+        case Image(key, src, alt):
+            return [f"<img{_attrs('plot-' + key, 'plot')} src='{e(src)}' alt='{e(alt)}'>"]
+        case Code(text):
+            return [f"<pre>{e(text)}</pre>"]
+    raise TypeError(f"unknown report block {block!r}")
+
+
+def write_markdown(data: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Markdown version of the report."""
     path = Path(path)
     with atomic_output(path) as tmp:
-        tmp.write_text("\n".join(out))
+        tmp.write_text("\n".join(line for block in report_blocks(data) for line in markdown_lines(block)))
     return path
 
 
@@ -178,55 +258,10 @@ _CSS = ("body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-co
 
 def write_html(data: dict[str, Any], path: str | os.PathLike) -> Path:
     """Self-contained HTML report (plots and CIFs linked relatively)."""
-    e = html.escape
-    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>", f"<title>rmsearch report: {e(data['title'])}</title>",
-             f"<style>{_CSS}</style></head><body>", f"<h1>rmsearch report: {e(data['title'])}</h1>", "<ul id='summary'>"]
-    parts += [f"<li><b>{e(k)}</b>: {e(v)}</li>" for k, v in _summary_items(data)]
-    parts += ["</ul>", f"<h2>Top {len(data['top_clusters'])} clusters</h2>",
-              "<p>Ranked by distance above the pseudo hull when one was built, else by energy per atom. "
-              "dE is relative to the best shown; SG = spglib space group at symprec 1e-3, 1e-2, 1e-1 &Aring;.</p>",
-              "<table id='top'><tr>" + "".join(f"<th>{e(c)}</th>" for c in TABLE_COLUMNS) + "</tr>"]
-    for r in top_table_rows(data):
-        cif = f"<a class='cif' href='{e(r[-1])}'>cif</a>" if r[-1] else "-"
-        parts.append("<tr>" + "".join(f"<td>{e(x)}</td>" for x in r[:-1]) + f"<td>{cif}</td></tr>")
-    parts += ["</table>", "<h2>Plots</h2>"]
-    for key, rel in data["plots"].items():
-        parts += [f"<h3>{e(PLOT_TITLES.get(key, key))}</h3>",
-                  f"<img class='plot' id='plot-{e(key)}' src='{e(rel)}' alt='{e(PLOT_TITLES.get(key, key))}'>"]
-    if data.get("hull_vertices"):
-        parts += ["<h2>Pseudo hull vertices</h2>", "<table><tr><th>formula</th><th>E_ex (eV/atom)</th><th>cluster</th></tr>"]
-        parts += [f"<tr><td>{e(v['formula'])}</td><td>{_fmt(v['e_ex'], 4)}</td><td>{v['cluster_id']}</td></tr>"
-                  for v in data["hull_vertices"]]
-        parts.append("</table>")
-    if data.get("match"):
-        m = data["match"]["summary"]
-        parts += ["<h2>Match against references</h2>",
-                  f"<p id='match'>{m['n_matched']} of {m['n_references']} reference structures matched by one of the "
-                  f"top {m['top_k']} clusters of their composition (match rate {_fmt(m['match_rate'])}, mean RMSD "
-                  f"{_fmt(m['mean_rmsd'], 4)}); {m['n_searched']} references have a composition that was searched "
-                  f"(match rate among them {_fmt(m['match_rate_searched'])}).</p>"]
-    if data.get("molecules"):
-        parts += ["<h2>Molecules</h2>", f"<p>{e(MOLECULE_NOTE)}</p>",
-                  "<table id='molecules'><tr>" + "".join(f"<th>{e(c)}</th>" for c in MOLECULE_COLUMNS) + "</tr>"]
-        parts += ["<tr>" + "".join(f"<td>{e(x)}</td>" for x in r) + "</tr>" for r in molecule_rows(data)]
-        parts.append("</table>")
-    if data.get("csp"):
-        parts += ["<h2>Crystal structure prediction (DiffCSP protocol)</h2>",
-                  f"<p id='csp'>{e(csp_text(data['csp']['summary']))}</p>"]
-    if data.get("metrics"):
-        parts += ["<h2>Generation metrics</h2>", "<table id='metrics'><tr><th>metric</th><th>value</th></tr>"]
-        parts += [f"<tr><td>{e(k)}</td><td>{e(_fmt(v, 4))}</td></tr>" for k, v in data["metrics"].items()]
-        parts.append("</table>")
-    if data["invalid"]:
-        parts += [f"<h2>Invalid structures ({data['n_invalid']}, not ranked)</h2>", "<ul id='invalid'>"]
-        parts += [f"<li>run {i['run_id']} {e(i['formula'])}: {e(i['reason'])}</li>" for i in data["invalid"][:50]]
-        parts.append("</ul>")
-    if data["problems"]:
-        parts += [f"<h2>Problems ({len(data['problems'])} records or lines skipped)</h2>", "<ul class='problems'>"]
-        parts += [f"<li>{e(p)}</li>" for p in data["problems"]]
-        parts.append("</ul>")
-    parts += ["<h2>Deduplication settings</h2>", f"<pre>{e(json.dumps(data['dedupe']['settings'], indent=1))}</pre>",
-              "<p>Data: <a href='report.json'>report.json</a>, <a href='report.md'>report.md</a></p>",
+    parts = ["<!DOCTYPE html>", "<html><head><meta charset='utf-8'>",
+             f"<title>rmsearch report: {html.escape(data['title'])}</title>", f"<style>{_CSS}</style></head><body>"]
+    parts += [line for block in report_blocks(data) for line in html_lines(block)]
+    parts += ["<p>Data: <a href='report.json'>report.json</a>, <a href='report.md'>report.md</a></p>",
               "</body></html>"]
     path = Path(path)
     with atomic_output(path) as tmp:

@@ -18,7 +18,9 @@ Rules (both documented defaults, change them per call):
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from ase import Atoms
@@ -71,3 +73,22 @@ def min_distance(atoms: Atoms, cutoff: float = 3.0) -> float:
     """Smallest interatomic distance (A) including periodic images; ``inf`` if none below ``cutoff``."""
     d = neighbor_list("d", atoms, cutoff, self_interaction=False)
     return float(d.min()) if len(d) else math.inf
+
+
+def split_valid(records: Iterable[Any], *, frac: float = DEFAULT_FRAC,
+                max_volume_factor: float = DEFAULT_MAX_VOLUME_FACTOR) -> tuple[list[int], list[dict[str, Any]]]:
+    """Split converged run records into valid run ids and invalid entries.
+
+    ``records``: :class:`rmsearch.records.RunRecord` (anything with ``run_id``, ``formula``
+    and ``to_atoms()``), checked one ``Atoms`` at a time with :func:`check_validity`.
+    Returns ``(valid_ids, invalid)``, ``invalid`` as ``{"run_id", "formula", "reason"}``
+    dicts (the report's ``invalid`` list), both in the order of ``records``.
+    """
+    valid_ids, invalid = [], []
+    for rec in records:
+        check = check_validity(rec.to_atoms(), frac=frac, max_volume_factor=max_volume_factor)
+        if check.valid:
+            valid_ids.append(rec.run_id)
+        else:
+            invalid.append({"run_id": rec.run_id, "formula": rec.formula, "reason": check.reason})
+    return valid_ids, invalid
