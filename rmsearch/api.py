@@ -175,13 +175,10 @@ def export(model: str | os.PathLike, out: str | os.PathLike, *, training: str | 
 
 def search_options() -> tuple[str, ...]:
     """The keyword options of :func:`search` that describe the search (stored in
-    ``config.json``): those of :func:`rmsearch.runner.build_config`."""
-    import inspect
+    ``config.json``): the fields of :class:`rmsearch.options.SearchOptions`."""
+    from rmsearch.options import OPTION_NAMES
 
-    from rmsearch.runner import build_config
-
-    return tuple(name for name in inspect.signature(build_config).parameters
-                 if name not in ("potential", "nruns", "relax"))
+    return OPTION_NAMES
 
 
 def search(potential: str | os.PathLike | None = None, *, out: str | os.PathLike, nruns: int | None = None,
@@ -248,7 +245,7 @@ class RunDirectory(os.PathLike):
     @property
     def config(self) -> dict[str, Any]:
         """The search configuration (``config.json``: nruns, seed, start, relax, potential, ...)."""
-        from rmsearch.runner import read_config
+        from rmsearch.config import read_config
 
         return read_config(self.path)
 
