@@ -112,7 +112,7 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         snap_info, clusters, snapped = _snap(clusters, records, run.config, workers, energy_bin, volume_bin,
                                              snap_top)
     ranked, hull_data = _rank(clusters, elemental, snapped)
-    scores = score_clusters(ranked, records)
+    scores = score_clusters(ranked, records, workers=workers)
     for s in scores:
         if s.representative in snapped:
             sn = snapped[s.representative]

@@ -28,9 +28,11 @@ does with its composition hash:
 Before StructureMatcher, a quick exact-duplicate test (:func:`quick_same`) accepts pairs
 that are obviously the same: Niggli cells equal within 2 % in length and 1 degree in angle
 up to a proper change of basis and, after one translation, every atom within
-``0.1 (V/N)^(1/3)`` of an atom of the same element in the other (a bijection). Such pairs are far inside the matcher's tolerances
-(it would accept them too); everything else goes to the matcher. In a search most results
-are repeat hits, so this removes most matcher calls and structure reductions.
+``0.1 (V/N)^(1/3)`` of an atom of the same element in the other (a bijection); tried on the
+cells as found and then on spglib's primitive cells (``symprec`` 0.01 A, atoms not moved), so
+a minimum found in cells of different sizes is caught too. Such pairs are far inside the
+matcher's tolerances (it would accept them too); everything else goes to the matcher. In a
+search most joins are repeat hits, so this removes most matcher calls and structure reductions.
 
 Structures are visited in order of (energy per atom, run id); each is compared with the
 candidate representatives nearest in energy and volume first, joins the first that
@@ -138,6 +140,7 @@ def _composition_key(atoms: Atoms) -> str:
 QUICK_LTOL = 0.02  # relative Niggli cell length tolerance of the quick test
 QUICK_ANGLE_TOL = 1.0  # degrees
 QUICK_DTOL = 0.1  # atom displacement tolerance of the quick test, in units of (V/N)^(1/3)
+QUICK_SYMPREC = 0.01  # A: spglib tolerance of the quick test's primitive cell (far inside QUICK_DTOL)
 
 
 @dataclass
@@ -155,19 +158,50 @@ class QuickForm:
     length: float
 
 
-def quick_form(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray) -> QuickForm:
-    """The :class:`QuickForm` of a periodic structure (ASE's Niggli reduction, no primitive search).
+def quick_form(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray, primitive: bool = False) -> QuickForm:
+    """The :class:`QuickForm` of a periodic structure: its Niggli cell (spglib's reduction, in the
+    structure's own orientation; ASE's where spglib gives none).
 
     ``cell`` (3, 3) rows are lattice vectors (A); ``positions`` (n_atoms, 3) Cartesian (A).
+    ``primitive``: reduce the primitive cell (:func:`primitive_cell`) instead, so that the
+    quick test can accept a minimum found in cells of different sizes (diamond in a 2- and an
+    8-atom cell); it costs a symmetry search (~1-3 ms), so the dedupe makes it only for
+    structures that have candidates.
     """
-    from ase.build.tools import niggli_reduce_cell
+    import spglib
     from ase.geometry import cell_to_cellpar
 
-    _, op = niggli_reduce_cell(cell)
-    ncell = op @ cell  # the Niggli basis in the structure's own orientation
+    if primitive:
+        numbers, cell, positions = primitive_cell(numbers, cell, positions)
+    cell = np.asarray(cell, dtype=float)
+    ncell = spglib.niggli_reduce(cell)
+    if ncell is None:
+        from ase.build.tools import niggli_reduce_cell
+
+        ncell = niggli_reduce_cell(cell)[1].T @ cell  # ASE returns C with G_niggli = C^T G C
+    ncell = np.asarray(ncell, dtype=float)
     frac = np.linalg.solve(ncell.T, np.asarray(positions, float).T).T % 1.0
     return QuickForm(params=cell_to_cellpar(ncell), cell=ncell, frac=frac, numbers=np.asarray(numbers),
                      length=(abs(np.linalg.det(ncell)) / len(numbers)) ** (1.0 / 3.0))
+
+
+def primitive_cell(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray,
+                   symprec: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers, cell, Cartesian positions) of the primitive cell spglib finds at ``symprec`` (A;
+    0: :data:`QUICK_SYMPREC`), atoms where they are (no idealisation); the input where it finds none."""
+    import spglib
+
+    cell = np.asarray(cell, dtype=float)
+    frac = np.linalg.solve(cell.T, np.asarray(positions, dtype=float).T).T
+    try:
+        out = spglib.standardize_cell((cell, frac, np.asarray(numbers)), to_primitive=True, no_idealize=True,
+                                      symprec=symprec or QUICK_SYMPREC)
+    except Exception:  # spglib raises on degenerate input in some versions
+        out = None
+    if out is None or len(out[2]) > len(numbers):
+        return np.asarray(numbers), cell, np.asarray(positions, dtype=float)
+    lat, fr, nums = (np.asarray(x) for x in out)
+    return nums, lat, fr @ lat
 
 
 def _structure(raw: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Structure:
@@ -309,16 +343,18 @@ class _GroupClusters:
         self.structs: list[tuple[np.ndarray, ...]] = []
         self.forms: list[QuickForm | MoleculeForm] = []
         self.reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
+        self.prim_forms: dict[int, QuickForm] = {}  # cluster index -> primitive quick form (made when first needed)
         self.bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
         self.calls = self.quick_hits = 0
 
     def add(self, run_id: int, e: float, v: float, struct: tuple[np.ndarray, ...],
-            fp: np.ndarray | None = None) -> None:
+            fp: np.ndarray | None = None, form: QuickForm | None = None) -> None:
         """Cluster one structure: energy ``e`` (eV/atom), volume ``v`` (A^3/atom; NaN for a
         molecule) and raw structure (numbers, cell, positions; a molecule's numbers, positions);
-        ``fp``: its fingerprint (:mod:`rmsearch.analysis.fingerprint`) when the group has a radius."""
+        ``fp``: its fingerprint (:mod:`rmsearch.analysis.fingerprint`) when the group has a radius;
+        ``form``: its :func:`quick_form` where already made."""
         if math.isfinite(v):
-            key, form, found = self._find_crystal(e, v, struct, fp)
+            key, form, found = self._find_crystal(e, v, struct, fp, form)
         else:
             key, form, found = self._find_molecule(e, struct)
         if found is not None:
@@ -350,7 +386,8 @@ class _GroupClusters:
             self.fps = np.concatenate([self.fps, np.empty_like(self.fps)])
         self.fps[k] = fp
 
-    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...], fp: np.ndarray | None = None):
+    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...], fp: np.ndarray | None = None,
+                      form: QuickForm | None = None):
         be, bv = math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
         # nearest representatives (in energy and volume) first: a duplicate usually matches at once
         near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in self.bins.get((be + de, bv + dv), ())]
@@ -360,8 +397,16 @@ class _GroupClusters:
             near = idx[dist <= self.fp_radius].tolist()
         candidates = sorted(near, key=lambda k: (abs(self.clusters[k][1] - e) / self.energy_bin
                                                  + abs(math.log(self.clusters[k][2] / v)) / self.volume_bin, k))
-        form = quick_form(*struct)
+        form = form if form is not None else quick_form(*struct)
         found = next((k for k in candidates if quick_same(self.forms[k], form)), None)
+        if found is None and candidates:  # the same minimum in another cell size: compare primitive cells
+            prim = quick_form(*struct, primitive=True)
+            for k in candidates:
+                if k not in self.prim_forms:
+                    self.prim_forms[k] = quick_form(*self.structs[k], primitive=True)
+                if quick_same(self.prim_forms[k], prim):
+                    found = k
+                    break
         if found is not None:
             self.quick_hits += 1
             return (be, bv), form, found
@@ -406,27 +451,26 @@ def reduce_structure(struct: Structure) -> Structure:
 _Item = tuple[int, float, float, tuple[np.ndarray, ...]]  # run id, eV/atom, A^3/atom (NaN: molecule), raw
 
 
-def _dedupe_group(args: tuple[list[_Item], float, float, np.ndarray | None, float | None]
+def _dedupe_group(args: tuple[list[_Item], float, float, np.ndarray | None, float | None, list | None]
                   ) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
     """Cluster one composition group or candidate group (items sorted by energy and run id;
-    ``fps`` their fingerprints or None); returns (clusters, matcher calls, quick matches)."""
-    items, energy_bin, volume_bin, fps, fp_radius = args
+    ``fps`` their fingerprints or None, ``forms`` their quick forms or None); returns
+    (clusters, matcher calls, quick matches)."""
+    items, energy_bin, volume_bin, fps, fp_radius, forms = args
     group = _GroupClusters(energy_bin, volume_bin, fp_radius if fps is not None else None)
     for k, item in enumerate(items):
-        group.add(*item, fp=None if fps is None else fps[k])
+        group.add(*item, fp=None if fps is None else fps[k], form=None if forms is None else forms[k])
     return group.clusters, group.calls, group.quick_hits
 
 
-def _fingerprints(args: tuple[list[_Raw], list[tuple[int, int]]]) -> np.ndarray:
-    """Fingerprints (n, dim) of raw periodic structures (numbers, cell, positions)."""
+def _fingerprints(args: tuple[list[_Raw], list[tuple[int, int]]]) -> tuple[list[QuickForm], np.ndarray]:
+    """Quick forms and fingerprints (n, dim) of raw periodic structures (numbers, cell, positions);
+    the fingerprint is taken in the quick form's Niggli cell (fewest periodic images)."""
     from rmsearch.analysis.fingerprint import fingerprint
 
     raws, channels = args
-    out = []
-    for numbers, cell, positions in raws:
-        form = quick_form(numbers, cell, positions)
-        out.append(fingerprint(form.numbers, form.cell, form.frac, channels))
-    return np.asarray(out)
+    forms = [quick_form(numbers, cell, positions) for numbers, cell, positions in raws]
+    return forms, np.asarray([fingerprint(f.numbers, f.cell, f.frac, channels) for f in forms])
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -445,13 +489,14 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     structure's candidates never lie in another candidate group.
     """
     if fp_radius is None or not items or not all(math.isfinite(it[2]) for it in items):
-        return [(items, energy_bin, volume_bin, None, None)], {"components": 1, "largest": len(items)}
+        return [(items, energy_bin, volume_bin, None, None, None)], {"components": 1, "largest": len(items)}
     from rmsearch.analysis.fingerprint import candidate_components, pair_channels
 
     channels = pair_channels(items[0][3][0])
     size = max(64, -(-len(items) // (4 * max(n_tasks, 1))))
-    fps = np.concatenate(list(pmap(_fingerprints, [([it[3] for it in items[sl]], channels)
-                                                    for sl in _chunks(len(items), size)])))
+    parts = list(pmap(_fingerprints, [([it[3] for it in items[sl]], channels) for sl in _chunks(len(items), size)]))
+    forms = [f for part, _ in parts for f in part]
+    fps = np.concatenate([fp for _, fp in parts])
     bins = np.array([(math.floor(it[1] / energy_bin), math.floor(math.log(it[2]) / volume_bin)) for it in items])
     labels = candidate_components(fps, bins, fp_radius)
     members: dict[int, list[int]] = defaultdict(list)
@@ -467,7 +512,7 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     tasks = []
     for idx in packs:
         idx.sort()  # back in energy order
-        tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius))
+        tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius, [forms[i] for i in idx]))
     return tasks, {"components": len(members), "largest": max(len(m) for m in members.values())}
 
 

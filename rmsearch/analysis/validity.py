@@ -49,6 +49,10 @@ def close_pairs(atoms: Atoms, cutoffs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     cell = np.asarray(atoms.cell, dtype=float)
     shifts = np.zeros((1, 3))
     if pbc.all():
+        import spglib
+
+        reduced = spglib.niggli_reduce(cell)  # the same lattice, fewest images within reach
+        cell = cell if reduced is None else np.asarray(reduced, dtype=float)
         # images needed along axis k: |frac diff + shift| < reach |b_k|, with frac diff in (-1, 1)
         recip = np.linalg.inv(cell).T  # rows b_k, a_i . b_k = delta_ik; 1/|b_k| = layer spacing
         nmax = np.ceil(reach * np.linalg.norm(recip, axis=1)).astype(int) + 1
