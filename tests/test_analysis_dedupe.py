@@ -236,3 +236,21 @@ def test_molecules_with_the_same_shape_but_other_element_sites_stay_apart():
     items = [(0, _disguise_molecule(axial, rng), -0.5), (1, _disguise_molecule(equatorial, rng), -0.5),
              (2, _disguise_molecule(axial, rng), -0.5), (3, _disguise_molecule(equatorial, rng), -0.5)]
     assert sorted(c.members for c in dedupe(items).clusters) == [[0, 2], [1, 3]]
+
+
+def test_split_candidate_group_gives_the_clusters_of_one_process(monkeypatch):
+    """A candidate group cut into energy slices (one per worker) and stitched back has the clusters
+    the greedy rule finds in one process: repeat hits of two crystals spread over several energy bins."""
+    import rmsearch.analysis.dedupe as dd
+
+    rng = np.random.default_rng(11)
+    items = []
+    for k in range(24):  # hits alternate between the crystals; energies cross the slice boundary
+        base = diamond8() if k % 2 == 0 else lonsdaleite8()
+        items.append((k, _disguise(base, rng, noise=0.003), -7.0 + 0.0018 * (k % 12) + 0.005 * (k % 2)))
+    one = dedupe(items, workers=1)
+    monkeypatch.setattr(dd, "SPLIT_MIN", 2)
+    monkeypatch.setattr(dd, "SPLIT_SHARE", 0.0)
+    two = dedupe(items, workers=2)
+    assert sorted(c.members for c in two.clusters) == sorted(c.members for c in one.clusters)
+    assert len(one.clusters) == 2

@@ -140,6 +140,10 @@ def _composition_key(atoms: Atoms) -> str:
 QUICK_LTOL = 0.02  # relative Niggli cell length tolerance of the quick test
 QUICK_ANGLE_TOL = 1.0  # degrees
 QUICK_DTOL = 0.1  # atom displacement tolerance of the quick test, in units of (V/N)^(1/3)
+#: A candidate group is cut into energy slices (one per worker) when it holds at least SPLIT_MIN
+#: structures and more than SPLIT_SHARE times a worker's share of its composition.
+SPLIT_MIN = 2000
+SPLIT_SHARE = 1.0
 QUICK_SYMPREC = 0.01  # A: spglib tolerance of the quick test's primitive cell (far inside QUICK_DTOL)
 
 
@@ -360,12 +364,22 @@ class _GroupClusters:
         if found is not None:
             self.clusters[found][3].append(run_id)
         else:
-            if fp is not None:
-                self._store_fp(len(self.clusters), fp)
-            self.bins[key].append(len(self.clusters))
-            self.clusters.append((run_id, e, v, [run_id]))
-            self.structs.append(struct)
-            self.forms.append(form)
+            self.open(key, (run_id, e, v, [run_id]), struct, fp, form)
+
+    def open(self, key: tuple[int, int | None], cluster: tuple[int, float, float, list[int]],
+             struct: tuple[np.ndarray, ...], fp: np.ndarray | None, form: QuickForm | MoleculeForm) -> None:
+        """Open ``cluster`` (rep, e, v, members) with its representative's bins ``key``, raw
+        structure, fingerprint and quick form."""
+        if fp is not None:
+            self._store_fp(len(self.clusters), fp)
+        self.bins[key].append(len(self.clusters))
+        self.clusters.append(cluster)
+        self.structs.append(struct)
+        self.forms.append(form)
+
+    def bin_key(self, e: float, v: float) -> tuple[int, int]:
+        """The (energy, ln volume) bins of a crystal."""
+        return math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
 
     def _find_molecule(self, e: float, struct: tuple[np.ndarray, ...]):
         key: tuple[int, int | None] = (math.floor(e / self.energy_bin), None)
@@ -478,7 +492,7 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_radius: float | None,
-                 pmap, n_tasks: int) -> tuple[list[tuple], dict[str, int]]:
+                 pmap, n_tasks: int) -> tuple[list[tuple], dict[str, int], _Split | None]:
     """Split one composition group (sorted by energy, run id) into independent clustering tasks.
 
     Without a radius, or for molecules, the group is one task. With one, the crystals'
@@ -486,10 +500,13 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     into candidate groups (:func:`rmsearch.analysis.fingerprint.candidate_components`) and
     those are packed into about ``n_tasks`` tasks (largest first), each kept in energy
     order: the greedy rule gives the same clusters as on the whole group, because a
-    structure's candidates never lie in another candidate group.
+    structure's candidates never lie in another candidate group. A candidate group larger
+    than ``len(items) / n_tasks`` (and :data:`SPLIT_MIN`; in a dense search the candidate
+    graph percolates: 60 % of 100,000 carbon results in one group) is cut into ``n_tasks``
+    energy slices that run in parallel; the returned :class:`_Split` stitches them.
     """
     if fp_radius is None or not items or not all(math.isfinite(it[2]) for it in items):
-        return [(items, energy_bin, volume_bin, None, None, None)], {"components": 1, "largest": len(items)}
+        return [(items, energy_bin, volume_bin, None, None, None)], {"components": 1, "largest": len(items)}, None
     from rmsearch.analysis.fingerprint import candidate_components, pair_channels
 
     channels = pair_channels(items[0][3][0])
@@ -502,6 +519,19 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     members: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels.tolist()):
         members[lab].append(i)
+    stats = {"components": len(members), "largest": max(len(m) for m in members.values())}
+    split = None
+    big = max(members, key=lambda lab: len(members[lab]))
+    if n_tasks > 1 and len(members[big]) >= SPLIT_MIN and len(members[big]) > SPLIT_SHARE * len(items) / n_tasks:
+        # one candidate group would keep one process busy: cluster it in energy slices in
+        # parallel, then stitch the slices (_stitch)
+        comp = members.pop(big)
+        cuts = np.array_split(np.asarray(comp), n_tasks)
+        for k, part in enumerate(cuts):
+            members[f"split{k}"] = part.tolist()
+        split = _Split(slice_of={items[i][0]: k for k, part in enumerate(cuts) for i in part.tolist()},
+                       n_slices=len(cuts), data={items[i][0]: (items[i][3], fps[i], forms[i]) for i in comp})
+        stats["split"] = len(cuts)
     # pack components into n_tasks packs of about equal size, biggest first
     packs: list[list[int]] = [[] for _ in range(max(1, min(n_tasks, len(members))))]
     load = [0] * len(packs)
@@ -513,7 +543,52 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     for idx in packs:
         idx.sort()  # back in energy order
         tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius, [forms[i] for i in idx]))
-    return tasks, {"components": len(members), "largest": max(len(m) for m in members.values())}
+    return tasks, stats, split
+
+
+@dataclass
+class _Split:
+    """A candidate group too large for one process, clustered in energy slices in parallel
+    (:func:`_group_tasks`) and stitched afterwards (:func:`_stitch`)."""
+
+    slice_of: dict[int, int]  # run id -> slice (0 = lowest energies)
+    n_slices: int
+    data: dict[int, tuple]  # run id -> (raw structure, fingerprint, quick form)
+
+
+def _stitch(found: list[tuple[int, float, float, list[int]]], split: _Split, energy_bin: float,
+            volume_bin: float, fp_radius: float) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
+    """Join the slices of a split candidate group: each cluster of a slice whose representative
+    lies within two energy bins of the slice below is tried (same candidate rule and tests) against
+    that slice's representatives there, and joins the first that matches. Returns (clusters,
+    matcher calls, quick matches)."""
+    by_slice: dict[int | None, list] = defaultdict(list)
+    for c in found:
+        by_slice[split.slice_of.get(c[0])].append(c)
+    merged, calls, quick = sorted(by_slice.pop(0, []), key=lambda c: (c[1], c[0])), 0, 0
+    for s in range(1, split.n_slices):
+        upper = sorted(by_slice.pop(s, []), key=lambda c: (c[1], c[0]))
+        if not merged or not upper:
+            merged += upper
+            continue
+        lo, hi = upper[0][1] - 2.0 * energy_bin, merged[-1][1] + 2.0 * energy_bin
+        group = _GroupClusters(energy_bin, volume_bin, fp_radius)
+        for c in merged:
+            if c[1] >= lo:
+                struct, fp, form = split.data[c[0]]
+                group.open(group.bin_key(c[1], c[2]), c, struct, fp, form)
+        rest = []
+        for c in upper:
+            if c[1] <= hi:
+                struct, fp, form = split.data[c[0]]
+                _, _, k = group._find_crystal(c[1], c[2], struct, fp, form)
+                if k is not None:
+                    group.clusters[k][3].extend(c[3])
+                    continue
+            rest.append(c)
+        calls, quick = calls + group.calls, quick + group.quick_hits
+        merged = sorted(merged + rest, key=lambda c: (c[1], c[0]))
+    return [c for cs in by_slice.values() for c in cs] + merged, calls, quick
 
 
 def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEFAULT_ENERGY_BIN,
@@ -557,9 +632,12 @@ def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         tasks: list[tuple] = []
         task_key: list[str] = []
         split: dict[str, dict[str, int]] = {}
+        slices: dict[str, _Split] = {}
         for key in keys:
-            group_tasks, split[key] = _group_tasks(groups[key], energy_bin, volume_bin, fp_radius, pmap,
-                                                   workers)
+            group_tasks, split[key], cut = _group_tasks(groups[key], energy_bin, volume_bin, fp_radius, pmap,
+                                                        workers)
+            if cut is not None:
+                slices[key] = cut
             tasks += group_tasks
             task_key += [key] * len(group_tasks)
         # biggest tasks first so that the workers finish together
@@ -569,6 +647,13 @@ def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         if pool is not None:
             pool.shutdown()
     results = [done[i] for i in range(len(tasks))]
+    for key, cut in slices.items():  # join the energy slices of split candidate groups
+        mine = [i for i, k in enumerate(task_key) if k == key]
+        found, calls, quick = _stitch([c for i in mine for c in results[i][0]], cut, energy_bin, volume_bin,
+                                      fp_radius)
+        results = [r for i, r in enumerate(results) if i not in mine] + [
+            (found, sum(results[i][1] for i in mine) + calls, sum(results[i][2] for i in mine) + quick)]
+        task_key = [k for i, k in enumerate(task_key) if i not in mine] + [key]
     clusters = [Cluster(formula=key, natoms=natoms_of[rep], representative=rep, energy_per_atom=e,
                         volume_per_atom=v, members=sorted(members))
                 for key, (found, _, _) in zip(task_key, results) for rep, e, v, members in found]
