@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -104,15 +105,21 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
     records = {r.run_id: r for r in run.records}
     report_dir = run.rundir / "report"
 
+    timings = _Laps(t0)
+    timings.lap("load")
     valid_ids, invalid = split_valid(run.usable, frac=frac, max_volume_factor=max_volume_factor)
+    timings.lap("validity")
     result = dedupe(((rid, records[rid].to_atoms(), records[rid].energy_per_atom) for rid in valid_ids),
                     energy_bin=energy_bin, volume_bin=volume_bin, workers=workers, fp_radius=fp_radius)
+    timings.lap("dedupe")
     clusters, snap_info, snapped = result.clusters, None, {}
     if snap and any(records[c.representative].pbc and all(records[c.representative].pbc) for c in clusters):
         snap_info, clusters, snapped = _snap(clusters, records, run.config, workers, energy_bin, volume_bin,
                                              snap_top)
+    timings.lap("snap")
     ranked, hull_data = _rank(clusters, elemental, snapped)
-    scores = score_clusters(ranked, records)
+    scores = score_clusters(ranked, records, workers=workers)
+    timings.lap("hull_and_space_groups")
     for s in scores:
         if s.representative in snapped:
             sn = snapped[s.representative]
@@ -123,11 +130,18 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
             s.e_ex, s.e_hull = hull_data["e_hull_of"][s.representative]
 
     ann = _annotations(scores, invalid)
+    # the extxyz in a forked process (workers > 1) while this one writes the database
+    writer = _start(write_final_structures, run.usable, run.rundir / FINAL_XYZ, ann) if workers > 1 else None
     write_results_db(run, ann)
-    write_final_structures(run.usable, run.rundir / FINAL_XYZ, ann)
+    if writer is None:
+        write_final_structures(run.usable, run.rundir / FINAL_XYZ, ann)
+    else:
+        _finish(writer, run.rundir / FINAL_XYZ)
+    timings.lap("results_db_and_final_structures")
     cifs = _write_cifs(scores[:top], records, report_dir, snapped)
     valid_recs = [records[rid] for rid in valid_ids]
     plot_paths = _write_plots(scores, valid_recs, hull_data, report_dir, top)
+    timings.lap("cifs_and_plots")
 
     hull = hull_data["hull"]
     data: dict[str, Any] = {
@@ -162,11 +176,49 @@ def analyze(rundir: str | os.PathLike, reference: str | os.PathLike | None = Non
         periodic = [(rid, adaptor.get_structure(records[rid].to_atoms()), records[rid].energy_per_atom)
                     for rid in valid_ids if all(records[rid].pbc)]
         data["csp"] = csp_match(periodic, refs)
+    timings.lap("molecules_and_references")
     data["wall_s"] = time.perf_counter() - t0
+    data["timings_s"] = timings.steps
     data = _jsonable(data)
     write_report(data, report_dir)
     log.info("report written to %s (%.1f s)", report_dir / "index.html", data["wall_s"])
     return data
+
+
+def _start(fn, *args) -> Any:
+    """Run ``fn(*args)`` in a forked child (it shares this process's memory: nothing is pickled)."""
+    import multiprocessing
+
+    def target() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:  # reported by _finish as one line
+            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+            os._exit(1)
+
+    proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)
+    proc.start()
+    return proc
+
+
+def _finish(proc: Any, what: Path) -> None:
+    """Wait for a child of :func:`_start`; raise :class:`RMError` if it failed."""
+    proc.join()
+    if proc.exitcode != 0:
+        raise RMError(f"{what}: writing failed in a child process (exit code {proc.exitcode})")
+
+
+class _Laps:
+    """Wall time (s) of each analysis step, for the report (``timings_s``) and the log."""
+
+    def __init__(self, t0: float):
+        self.last, self.steps = t0, {}
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.steps[name] = round(now - self.last, 3)
+        self.last = now
+        log.info("analysis step %s: %.1f s", name, self.steps[name])
 
 
 def _snap(clusters: list[Cluster], records: dict[int, RunRecord], config: dict[str, Any], workers: int,

@@ -28,9 +28,11 @@ does with its composition hash:
 Before StructureMatcher, a quick exact-duplicate test (:func:`quick_same`) accepts pairs
 that are obviously the same: Niggli cells equal within 2 % in length and 1 degree in angle
 up to a proper change of basis and, after one translation, every atom within
-``0.1 (V/N)^(1/3)`` of an atom of the same element in the other (a bijection). Such pairs are far inside the matcher's tolerances
-(it would accept them too); everything else goes to the matcher. In a search most results
-are repeat hits, so this removes most matcher calls and structure reductions.
+``0.1 (V/N)^(1/3)`` of an atom of the same element in the other (a bijection); tried on the
+cells as found and then on spglib's primitive cells (``symprec`` 0.01 A, atoms not moved), so
+a minimum found in cells of different sizes is caught too. Such pairs are far inside the
+matcher's tolerances (it would accept them too); everything else goes to the matcher. In a
+search most joins are repeat hits, so this removes most matcher calls and structure reductions.
 
 Structures are visited in order of (energy per atom, run id); each is compared with the
 candidate representatives nearest in energy and volume first, joins the first that
@@ -138,6 +140,11 @@ def _composition_key(atoms: Atoms) -> str:
 QUICK_LTOL = 0.02  # relative Niggli cell length tolerance of the quick test
 QUICK_ANGLE_TOL = 1.0  # degrees
 QUICK_DTOL = 0.1  # atom displacement tolerance of the quick test, in units of (V/N)^(1/3)
+#: A candidate group is cut into energy slices (one per worker) when it holds at least SPLIT_MIN
+#: structures and more than SPLIT_SHARE times a worker's share of its composition.
+SPLIT_MIN = 2000
+SPLIT_SHARE = 1.0
+QUICK_SYMPREC = 0.01  # A: spglib tolerance of the quick test's primitive cell (far inside QUICK_DTOL)
 
 
 @dataclass
@@ -155,19 +162,50 @@ class QuickForm:
     length: float
 
 
-def quick_form(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray) -> QuickForm:
-    """The :class:`QuickForm` of a periodic structure (ASE's Niggli reduction, no primitive search).
+def quick_form(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray, primitive: bool = False) -> QuickForm:
+    """The :class:`QuickForm` of a periodic structure: its Niggli cell (spglib's reduction, in the
+    structure's own orientation; ASE's where spglib gives none).
 
     ``cell`` (3, 3) rows are lattice vectors (A); ``positions`` (n_atoms, 3) Cartesian (A).
+    ``primitive``: reduce the primitive cell (:func:`primitive_cell`) instead, so that the
+    quick test can accept a minimum found in cells of different sizes (diamond in a 2- and an
+    8-atom cell); it costs a symmetry search (~1-3 ms), so the dedupe makes it only for
+    structures that have candidates.
     """
-    from ase.build.tools import niggli_reduce_cell
+    import spglib
     from ase.geometry import cell_to_cellpar
 
-    _, op = niggli_reduce_cell(cell)
-    ncell = op @ cell  # the Niggli basis in the structure's own orientation
+    if primitive:
+        numbers, cell, positions = primitive_cell(numbers, cell, positions)
+    cell = np.asarray(cell, dtype=float)
+    ncell = spglib.niggli_reduce(cell)
+    if ncell is None:
+        from ase.build.tools import niggli_reduce_cell
+
+        ncell = niggli_reduce_cell(cell)[1].T @ cell  # ASE returns C with G_niggli = C^T G C
+    ncell = np.asarray(ncell, dtype=float)
     frac = np.linalg.solve(ncell.T, np.asarray(positions, float).T).T % 1.0
     return QuickForm(params=cell_to_cellpar(ncell), cell=ncell, frac=frac, numbers=np.asarray(numbers),
                      length=(abs(np.linalg.det(ncell)) / len(numbers)) ** (1.0 / 3.0))
+
+
+def primitive_cell(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray,
+                   symprec: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers, cell, Cartesian positions) of the primitive cell spglib finds at ``symprec`` (A;
+    0: :data:`QUICK_SYMPREC`), atoms where they are (no idealisation); the input where it finds none."""
+    import spglib
+
+    cell = np.asarray(cell, dtype=float)
+    frac = np.linalg.solve(cell.T, np.asarray(positions, dtype=float).T).T
+    try:
+        out = spglib.standardize_cell((cell, frac, np.asarray(numbers)), to_primitive=True, no_idealize=True,
+                                      symprec=symprec or QUICK_SYMPREC)
+    except Exception:  # spglib raises on degenerate input in some versions
+        out = None
+    if out is None or len(out[2]) > len(numbers):
+        return np.asarray(numbers), cell, np.asarray(positions, dtype=float)
+    lat, fr, nums = (np.asarray(x) for x in out)
+    return nums, lat, fr @ lat
 
 
 def _structure(raw: tuple[np.ndarray, np.ndarray, np.ndarray]) -> Structure:
@@ -309,27 +347,39 @@ class _GroupClusters:
         self.structs: list[tuple[np.ndarray, ...]] = []
         self.forms: list[QuickForm | MoleculeForm] = []
         self.reduced: dict[int, Structure] = {}  # cluster index -> reduced representative (made when first needed)
+        self.prim_forms: dict[int, QuickForm] = {}  # cluster index -> primitive quick form (made when first needed)
         self.bins: dict[tuple[int, int | None], list[int]] = defaultdict(list)
         self.calls = self.quick_hits = 0
 
     def add(self, run_id: int, e: float, v: float, struct: tuple[np.ndarray, ...],
-            fp: np.ndarray | None = None) -> None:
+            fp: np.ndarray | None = None, form: QuickForm | None = None) -> None:
         """Cluster one structure: energy ``e`` (eV/atom), volume ``v`` (A^3/atom; NaN for a
         molecule) and raw structure (numbers, cell, positions; a molecule's numbers, positions);
-        ``fp``: its fingerprint (:mod:`rmsearch.analysis.fingerprint`) when the group has a radius."""
+        ``fp``: its fingerprint (:mod:`rmsearch.analysis.fingerprint`) when the group has a radius;
+        ``form``: its :func:`quick_form` where already made."""
         if math.isfinite(v):
-            key, form, found = self._find_crystal(e, v, struct, fp)
+            key, form, found = self._find_crystal(e, v, struct, fp, form)
         else:
             key, form, found = self._find_molecule(e, struct)
         if found is not None:
             self.clusters[found][3].append(run_id)
         else:
-            if fp is not None:
-                self._store_fp(len(self.clusters), fp)
-            self.bins[key].append(len(self.clusters))
-            self.clusters.append((run_id, e, v, [run_id]))
-            self.structs.append(struct)
-            self.forms.append(form)
+            self.open(key, (run_id, e, v, [run_id]), struct, fp, form)
+
+    def open(self, key: tuple[int, int | None], cluster: tuple[int, float, float, list[int]],
+             struct: tuple[np.ndarray, ...], fp: np.ndarray | None, form: QuickForm | MoleculeForm) -> None:
+        """Open ``cluster`` (rep, e, v, members) with its representative's bins ``key``, raw
+        structure, fingerprint and quick form."""
+        if fp is not None:
+            self._store_fp(len(self.clusters), fp)
+        self.bins[key].append(len(self.clusters))
+        self.clusters.append(cluster)
+        self.structs.append(struct)
+        self.forms.append(form)
+
+    def bin_key(self, e: float, v: float) -> tuple[int, int]:
+        """The (energy, ln volume) bins of a crystal."""
+        return math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
 
     def _find_molecule(self, e: float, struct: tuple[np.ndarray, ...]):
         key: tuple[int, int | None] = (math.floor(e / self.energy_bin), None)
@@ -350,7 +400,8 @@ class _GroupClusters:
             self.fps = np.concatenate([self.fps, np.empty_like(self.fps)])
         self.fps[k] = fp
 
-    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...], fp: np.ndarray | None = None):
+    def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...], fp: np.ndarray | None = None,
+                      form: QuickForm | None = None):
         be, bv = math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
         # nearest representatives (in energy and volume) first: a duplicate usually matches at once
         near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in self.bins.get((be + de, bv + dv), ())]
@@ -360,8 +411,16 @@ class _GroupClusters:
             near = idx[dist <= self.fp_radius].tolist()
         candidates = sorted(near, key=lambda k: (abs(self.clusters[k][1] - e) / self.energy_bin
                                                  + abs(math.log(self.clusters[k][2] / v)) / self.volume_bin, k))
-        form = quick_form(*struct)
+        form = form if form is not None else quick_form(*struct)
         found = next((k for k in candidates if quick_same(self.forms[k], form)), None)
+        if found is None and candidates:  # the same minimum in another cell size: compare primitive cells
+            prim = quick_form(*struct, primitive=True)
+            for k in candidates:
+                if k not in self.prim_forms:
+                    self.prim_forms[k] = quick_form(*self.structs[k], primitive=True)
+                if quick_same(self.prim_forms[k], prim):
+                    found = k
+                    break
         if found is not None:
             self.quick_hits += 1
             return (be, bv), form, found
@@ -404,27 +463,26 @@ def reduce_structure(struct: Structure) -> Structure:
 _Item = tuple[int, float, float, tuple[np.ndarray, ...]]  # run id, eV/atom, A^3/atom (NaN: molecule), raw
 
 
-def _dedupe_group(args: tuple[list[_Item], float, float, np.ndarray | None, float | None]
+def _dedupe_group(args: tuple[list[_Item], float, float, np.ndarray | None, float | None, list | None]
                   ) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
     """Cluster one composition group or candidate group (items sorted by energy and run id;
-    ``fps`` their fingerprints or None); returns (clusters, matcher calls, quick matches)."""
-    items, energy_bin, volume_bin, fps, fp_radius = args
+    ``fps`` their fingerprints or None, ``forms`` their quick forms or None); returns
+    (clusters, matcher calls, quick matches)."""
+    items, energy_bin, volume_bin, fps, fp_radius, forms = args
     group = _GroupClusters(energy_bin, volume_bin, fp_radius if fps is not None else None)
     for k, item in enumerate(items):
-        group.add(*item, fp=None if fps is None else fps[k])
+        group.add(*item, fp=None if fps is None else fps[k], form=None if forms is None else forms[k])
     return group.clusters, group.calls, group.quick_hits
 
 
-def _fingerprints(args: tuple[list[_Raw], list[tuple[int, int]]]) -> np.ndarray:
-    """Fingerprints (n, dim) of raw periodic structures (numbers, cell, positions)."""
+def _fingerprints(args: tuple[list[_Raw], list[tuple[int, int]]]) -> tuple[list[QuickForm], np.ndarray]:
+    """Quick forms and fingerprints (n, dim) of raw periodic structures (numbers, cell, positions);
+    the fingerprint is taken in the quick form's Niggli cell (fewest periodic images)."""
     from rmsearch.analysis.fingerprint import fingerprint
 
     raws, channels = args
-    out = []
-    for numbers, cell, positions in raws:
-        form = quick_form(numbers, cell, positions)
-        out.append(fingerprint(form.numbers, form.cell, form.frac, channels))
-    return np.asarray(out)
+    forms = [quick_form(numbers, cell, positions) for numbers, cell, positions in raws]
+    return forms, np.asarray([fingerprint(f.numbers, f.cell, f.frac, channels) for f in forms])
 
 
 def _chunks(n: int, size: int) -> list[slice]:
@@ -432,7 +490,7 @@ def _chunks(n: int, size: int) -> list[slice]:
 
 
 def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_radius: float | None,
-                 pmap, n_tasks: int) -> tuple[list[tuple], dict[str, int]]:
+                 pmap, n_tasks: int) -> tuple[list[tuple], dict[str, int], _Split | None]:
     """Split one composition group (sorted by energy, run id) into independent clustering tasks.
 
     Without a radius, or for molecules, the group is one task. With one, the crystals'
@@ -440,21 +498,38 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     into candidate groups (:func:`rmsearch.analysis.fingerprint.candidate_components`) and
     those are packed into about ``n_tasks`` tasks (largest first), each kept in energy
     order: the greedy rule gives the same clusters as on the whole group, because a
-    structure's candidates never lie in another candidate group.
+    structure's candidates never lie in another candidate group. A candidate group larger
+    than ``len(items) / n_tasks`` (and :data:`SPLIT_MIN`; in a dense search the candidate
+    graph percolates: 60 % of 100,000 carbon results in one group) is cut into ``n_tasks``
+    energy slices that run in parallel; the returned :class:`_Split` stitches them.
     """
     if fp_radius is None or not items or not all(math.isfinite(it[2]) for it in items):
-        return [(items, energy_bin, volume_bin, None, None)], {"components": 1, "largest": len(items)}
+        return [(items, energy_bin, volume_bin, None, None, None)], {"components": 1, "largest": len(items)}, None
     from rmsearch.analysis.fingerprint import candidate_components, pair_channels
 
     channels = pair_channels(items[0][3][0])
     size = max(64, -(-len(items) // (4 * max(n_tasks, 1))))
-    fps = np.concatenate(list(pmap(_fingerprints, [([it[3] for it in items[sl]], channels)
-                                                    for sl in _chunks(len(items), size)])))
+    parts = list(pmap(_fingerprints, [([it[3] for it in items[sl]], channels) for sl in _chunks(len(items), size)]))
+    forms = [f for part, _ in parts for f in part]
+    fps = np.concatenate([fp for _, fp in parts])
     bins = np.array([(math.floor(it[1] / energy_bin), math.floor(math.log(it[2]) / volume_bin)) for it in items])
     labels = candidate_components(fps, bins, fp_radius)
     members: dict[int, list[int]] = defaultdict(list)
     for i, lab in enumerate(labels.tolist()):
         members[lab].append(i)
+    stats = {"components": len(members), "largest": max(len(m) for m in members.values())}
+    split = None
+    big = max(members, key=lambda lab: len(members[lab]))
+    if n_tasks > 1 and len(members[big]) >= SPLIT_MIN and len(members[big]) > SPLIT_SHARE * len(items) / n_tasks:
+        # one candidate group would keep one process busy: cluster it in energy slices in
+        # parallel, then stitch the slices (_stitch)
+        comp = members.pop(big)
+        cuts = np.array_split(np.asarray(comp), n_tasks)
+        for k, part in enumerate(cuts):
+            members[f"split{k}"] = part.tolist()
+        split = _Split(slice_of={items[i][0]: k for k, part in enumerate(cuts) for i in part.tolist()},
+                       n_slices=len(cuts), data={items[i][0]: (items[i][3], fps[i], forms[i]) for i in comp})
+        stats["split"] = len(cuts)
     # pack components into n_tasks packs of about equal size, biggest first
     packs: list[list[int]] = [[] for _ in range(max(1, min(n_tasks, len(members))))]
     load = [0] * len(packs)
@@ -465,8 +540,53 @@ def _group_tasks(items: list[_Item], energy_bin: float, volume_bin: float, fp_ra
     tasks = []
     for idx in packs:
         idx.sort()  # back in energy order
-        tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius))
-    return tasks, {"components": len(members), "largest": max(len(m) for m in members.values())}
+        tasks.append(([items[i] for i in idx], energy_bin, volume_bin, fps[idx], fp_radius, [forms[i] for i in idx]))
+    return tasks, stats, split
+
+
+@dataclass
+class _Split:
+    """A candidate group too large for one process, clustered in energy slices in parallel
+    (:func:`_group_tasks`) and stitched afterwards (:func:`_stitch`)."""
+
+    slice_of: dict[int, int]  # run id -> slice (0 = lowest energies)
+    n_slices: int
+    data: dict[int, tuple]  # run id -> (raw structure, fingerprint, quick form)
+
+
+def _stitch(found: list[tuple[int, float, float, list[int]]], split: _Split, energy_bin: float,
+            volume_bin: float, fp_radius: float) -> tuple[list[tuple[int, float, float, list[int]]], int, int]:
+    """Join the slices of a split candidate group: each cluster of a slice whose representative
+    lies within two energy bins of the slice below is tried (same candidate rule and tests) against
+    that slice's representatives there, and joins the first that matches. Returns (clusters,
+    matcher calls, quick matches)."""
+    by_slice: dict[int | None, list] = defaultdict(list)
+    for c in found:
+        by_slice[split.slice_of.get(c[0])].append(c)
+    merged, calls, quick = sorted(by_slice.pop(0, []), key=lambda c: (c[1], c[0])), 0, 0
+    for s in range(1, split.n_slices):
+        upper = sorted(by_slice.pop(s, []), key=lambda c: (c[1], c[0]))
+        if not merged or not upper:
+            merged += upper
+            continue
+        lo, hi = upper[0][1] - 2.0 * energy_bin, merged[-1][1] + 2.0 * energy_bin
+        group = _GroupClusters(energy_bin, volume_bin, fp_radius)
+        for c in merged:
+            if c[1] >= lo:
+                struct, fp, form = split.data[c[0]]
+                group.open(group.bin_key(c[1], c[2]), c, struct, fp, form)
+        rest = []
+        for c in upper:
+            if c[1] <= hi:
+                struct, fp, form = split.data[c[0]]
+                _, _, k = group._find_crystal(c[1], c[2], struct, fp, form)
+                if k is not None:
+                    group.clusters[k][3].extend(c[3])
+                    continue
+            rest.append(c)
+        calls, quick = calls + group.calls, quick + group.quick_hits
+        merged = sorted(merged + rest, key=lambda c: (c[1], c[0]))
+    return [c for cs in by_slice.values() for c in cs] + merged, calls, quick
 
 
 def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEFAULT_ENERGY_BIN,
@@ -510,9 +630,12 @@ def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         tasks: list[tuple] = []
         task_key: list[str] = []
         split: dict[str, dict[str, int]] = {}
+        slices: dict[str, _Split] = {}
         for key in keys:
-            group_tasks, split[key] = _group_tasks(groups[key], energy_bin, volume_bin, fp_radius, pmap,
-                                                   workers)
+            group_tasks, split[key], cut = _group_tasks(groups[key], energy_bin, volume_bin, fp_radius, pmap,
+                                                        workers)
+            if cut is not None:
+                slices[key] = cut
             tasks += group_tasks
             task_key += [key] * len(group_tasks)
         # biggest tasks first so that the workers finish together
@@ -522,6 +645,13 @@ def dedupe(items: Iterable[tuple[int, Atoms, float]], *, energy_bin: float = DEF
         if pool is not None:
             pool.shutdown()
     results = [done[i] for i in range(len(tasks))]
+    for key, cut in slices.items():  # join the energy slices of split candidate groups
+        mine = [i for i, k in enumerate(task_key) if k == key]
+        found, calls, quick = _stitch([c for i in mine for c in results[i][0]], cut, energy_bin, volume_bin,
+                                      fp_radius)
+        results = [r for i, r in enumerate(results) if i not in mine] + [
+            (found, sum(results[i][1] for i in mine) + calls, sum(results[i][2] for i in mine) + quick)]
+        task_key = [k for i, k in enumerate(task_key) if i not in mine] + [key]
     clusters = [Cluster(formula=key, natoms=natoms_of[rep], representative=rep, energy_per_atom=e,
                         volume_per_atom=v, members=sorted(members))
                 for key, (found, _, _) in zip(task_key, results) for rep, e, v, members in found]

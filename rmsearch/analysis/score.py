@@ -74,16 +74,42 @@ class ClusterScore:
         return asdict(self)
 
 
-def score_clusters(clusters: list[Cluster], records: dict[int, RunRecord]) -> list[ClusterScore]:
-    """Scores of ``clusters`` in their given order; ``cluster_id`` is the position in that order."""
+def score_clusters(clusters: list[Cluster], records: dict[int, RunRecord], workers: int = 1) -> list[ClusterScore]:
+    """Scores of ``clusters`` in their given order; ``cluster_id`` is the position in that order.
+
+    ``workers`` > 1 finds the space groups (three spglib calls per cluster) in that many processes.
+    """
+    raws = [_raw(records[c.representative]) for c in clusters]
+    if workers > 1 and len(raws) > 256:
+        from concurrent.futures import ProcessPoolExecutor
+
+        size = -(-len(raws) // (4 * workers))
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            groups = [g for part in pool.map(_spacegroups, [raws[i:i + size] for i in range(0, len(raws), size)])
+                      for g in part]
+    else:
+        groups = _spacegroups(raws)
     scores = []
-    for k, c in enumerate(clusters):
+    for k, (c, sgs) in enumerate(zip(clusters, groups)):
         rec = records[c.representative]
-        atoms = rec.to_atoms()
-        sgs = {str(p): list(spacegroup(atoms, p)) for p in SYMPRECS}
         scores.append(ClusterScore(cluster_id=k, formula=c.formula, natoms=c.natoms,
                                    representative=c.representative, hits=c.hits, members=list(c.members),
                                    energy_per_atom=float(rec.energy_per_atom),
                                    pressure_gpa=float(rec.pressure_gpa),
                                    volume_per_atom=float(rec.volume_per_atom), spacegroups=sgs))
     return scores
+
+
+def _raw(rec: RunRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(numbers, cell, Cartesian positions, pbc) of a record: what a worker needs, cheap to send."""
+    return (np.asarray(rec.numbers), np.asarray(rec.cell, dtype=float), np.asarray(rec.positions, dtype=float),
+            np.asarray(rec.pbc, dtype=bool))
+
+
+def _spacegroups(raws: list[tuple[np.ndarray, ...]]) -> list[dict[str, list[Any]]]:
+    """Space groups at every :data:`SYMPRECS` of raw structures (symprec -> [number, symbol])."""
+    out = []
+    for numbers, cell, positions, pbc in raws:
+        atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+        out.append({str(p): list(spacegroup(atoms, p)) for p in SYMPRECS})
+    return out

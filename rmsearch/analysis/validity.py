@@ -30,6 +30,50 @@ from ase.neighborlist import neighbor_list
 DEFAULT_FRAC = 0.7
 DEFAULT_MAX_VOLUME_FACTOR = 20.0
 
+#: Largest (atoms^2 x periodic images) for the dense numpy pair search of :func:`close_pairs`;
+#: beyond it ASE's linear-scaling neighbour list takes over.
+DENSE_PAIR_LIMIT = 2_000_000
+
+
+def close_pairs(atoms: Atoms, cutoffs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs ``(i, j, d)`` with ``d < cutoffs[i] + cutoffs[j]`` (A), periodic images included, as
+    ``ase.neighborlist.neighbor_list("ijd", atoms, cutoffs, self_interaction=False)`` lists them.
+
+    Small cells (a search's 2-50 atoms) take a dense numpy search over every image within
+    reach: ~0.1 ms instead of ASE's ~9 ms, whose set-up dominates for a few atoms; large ones
+    go to ASE. Pairs come sorted by ``i``, then ``j``.
+    """
+    cutoffs = np.asarray(cutoffs, dtype=float)
+    n = len(atoms)
+    pbc = np.asarray(atoms.pbc, dtype=bool)
+    pos = atoms.get_positions()
+    reach = 2.0 * float(cutoffs.max()) if n else 0.0
+    cell = np.asarray(atoms.cell, dtype=float)
+    shifts = np.zeros((1, 3))
+    if pbc.all():
+        import spglib
+
+        reduced = spglib.niggli_reduce(cell)  # the same lattice, fewest images within reach
+        cell = cell if reduced is None else np.asarray(reduced, dtype=float)
+        # images needed along axis k: |frac diff + shift| < reach |b_k|, with frac diff in (-1, 1)
+        recip = np.linalg.inv(cell).T  # rows b_k, a_i . b_k = delta_ik; 1/|b_k| = layer spacing
+        nmax = np.ceil(reach * np.linalg.norm(recip, axis=1)).astype(int) + 1
+        big = n * n * int(np.prod(2 * nmax + 1)) > DENSE_PAIR_LIMIT
+        if not big:
+            pos = ((pos @ recip.T) % 1.0) @ cell
+            shifts = np.stack(np.meshgrid(*(np.arange(-m, m + 1) for m in nmax), indexing="ij"),
+                              -1).reshape(-1, 3).astype(float)
+    else:
+        big = pbc.any() or n * n > DENSE_PAIR_LIMIT  # partly periodic cells are rare: ASE handles them
+    if big:
+        return neighbor_list("ijd", atoms, cutoffs.tolist(), self_interaction=False)
+    vec = pos[None, :, None, :] - pos[:, None, None, :] + (shifts @ cell)[None, None, :, :]  # (i, j, image, 3)
+    dist = np.sqrt(np.einsum("ijsk,ijsk->ijs", vec, vec))
+    within = dist < (cutoffs[:, None] + cutoffs[None, :])[:, :, None]
+    within[np.arange(n), np.arange(n), len(shifts) // 2] = False  # no self pair at zero shift (the middle one)
+    i, j, s = np.nonzero(within)
+    return i, j, dist[i, j, s]
+
 
 @dataclass(frozen=True)
 class Validity:
@@ -59,7 +103,7 @@ def check_validity(atoms: Atoms, *, frac: float = DEFAULT_FRAC,
             if vol / len(atoms) > limit:
                 return Validity(False, f"exploded volume {vol / len(atoms):.1f} A^3/atom > {limit:.1f}")
     # pairs closer than frac * (r_i + r_j): a per-atom cutoff of frac * r_i does exactly that
-    i, j, d = neighbor_list("ijd", atoms, (frac * radii).tolist(), self_interaction=False)
+    i, j, d = close_pairs(atoms, frac * radii)
     if len(d):
         ratio = d / (radii[i] + radii[j])
         k = int(np.argmin(ratio))
