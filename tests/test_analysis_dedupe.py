@@ -67,7 +67,8 @@ def test_quick_test_is_sound_on_mp20_structures():
     """Whenever the quick test says 'same', StructureMatcher agrees; distinct structures never pass it."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from rmsearch.analysis.dedupe import make_matcher, quick_form, quick_same
+    from rmsearch.analysis.dedupe import make_matcher
+    from rmsearch.analysis.quick import quick_form, quick_same
     from rmsearch.analysis.references import load_references
 
     def qf(s):
