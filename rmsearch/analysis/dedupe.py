@@ -29,7 +29,7 @@ Before StructureMatcher, a quick exact-duplicate test (:func:`rmsearch.analysis.
 that are obviously the same: Niggli cells equal within 2 % in length and 1 degree in angle
 up to a proper change of basis and, after one translation, every atom within
 ``0.1 (V/N)^(1/3)`` of an atom of the same element in the other (a bijection); tried on the
-cells as found and then on spglib's primitive cells (``symprec`` 0.01 A, atoms not moved), so
+cells as found and then on spglib's primitive cells (``symprec`` 0.05 A, atoms not moved), so
 a minimum found in cells of different sizes is caught too. Such pairs are far inside the
 matcher's tolerances (it would accept them too); everything else goes to the matcher. In a
 search most joins are repeat hits, so this removes most matcher calls and structure reductions.
@@ -217,7 +217,8 @@ class _GroupClusters:
     def __init__(self, energy_bin: float, volume_bin: float, fp_radius: float | None = None):
         self.energy_bin, self.volume_bin, self.fp_radius = energy_bin, volume_bin, fp_radius
         self.matcher = make_matcher()
-        self.fps: np.ndarray | None = None  # (capacity, dim): fingerprints of the clusters' representatives
+        # per (energy, volume) bin: fingerprints of its representatives (capacity, dim) and how many
+        self.bin_fps: dict[tuple[int, int | None], tuple[np.ndarray, int]] = {}
         self.clusters: list[tuple[int, float, float, list[int]]] = []  # (rep, e, v, members)
         self.structs: list[tuple[np.ndarray, ...]] = []
         self.forms: list[QuickForm | MoleculeForm] = []
@@ -246,7 +247,7 @@ class _GroupClusters:
         """Open ``cluster`` (rep, e, v, members) with its representative's bins ``key``, raw
         structure, fingerprint and quick form."""
         if fp is not None:
-            self._store_fp(len(self.clusters), fp)
+            self._store_fp(key, fp)
         self.bins[key].append(len(self.clusters))
         self.clusters.append(cluster)
         self.structs.append(struct)
@@ -268,22 +269,29 @@ class _GroupClusters:
                 return key, form, k
         return key, form, None
 
-    def _store_fp(self, k: int, fp: np.ndarray) -> None:
-        if self.fps is None:
-            self.fps = np.empty((64, len(fp)))
-        elif k >= len(self.fps):
-            self.fps = np.concatenate([self.fps, np.empty_like(self.fps)])
-        self.fps[k] = fp
+    def _store_fp(self, key: tuple[int, int | None], fp: np.ndarray) -> None:
+        arr, n = self.bin_fps.get(key, (None, 0))
+        if arr is None:
+            arr = np.empty((16, len(fp)))
+        elif n == len(arr):
+            arr = np.concatenate([arr, np.empty_like(arr)])
+        arr[n] = fp
+        self.bin_fps[key] = (arr, n + 1)
 
     def _find_crystal(self, e: float, v: float, struct: tuple[np.ndarray, ...], fp: np.ndarray | None = None,
                       form: QuickForm | None = None):
         be, bv = math.floor(e / self.energy_bin), math.floor(math.log(v) / self.volume_bin)
         # nearest representatives (in energy and volume) first: a duplicate usually matches at once
-        near = [k for de in (-1, 0, 1) for dv in (-1, 0, 1) for k in self.bins.get((be + de, bv + dv), ())]
-        if fp is not None and self.fp_radius is not None and near and self.fps is not None:
-            idx = np.asarray(near)
-            dist = np.linalg.norm(self.fps[idx] - fp, axis=1)
-            near = idx[dist <= self.fp_radius].tolist()
+        keys = [(be + de, bv + dv) for de in (-1, 0, 1) for dv in (-1, 0, 1)]
+        if fp is not None and self.fp_radius is not None:  # one numpy distance per bin, not per representative
+            near = []
+            for key in keys:
+                if key in self.bin_fps:
+                    arr, n = self.bin_fps[key]
+                    ks = self.bins[key]
+                    near += [ks[i] for i in np.flatnonzero(np.linalg.norm(arr[:n] - fp, axis=1) <= self.fp_radius)]
+        else:
+            near = [k for key in keys for k in self.bins.get(key, ())]
         candidates = sorted(near, key=lambda k: (abs(self.clusters[k][1] - e) / self.energy_bin
                                                  + abs(math.log(self.clusters[k][2] / v)) / self.volume_bin, k))
         form = form if form is not None else quick_form(*struct)

@@ -20,7 +20,7 @@ import numpy as np
 QUICK_LTOL = 0.02  # relative Niggli cell length tolerance of the quick test
 QUICK_ANGLE_TOL = 1.0  # degrees
 QUICK_DTOL = 0.1  # atom displacement tolerance of the quick test, in units of (V/N)^(1/3)
-QUICK_SYMPREC = 0.01  # A: spglib tolerance of the quick test's primitive cell (far inside QUICK_DTOL)
+QUICK_SYMPREC = 0.05  # A: spglib tolerance of the quick test's primitive cell (inside QUICK_DTOL: >= 0.1 A)
 
 
 @dataclass
