@@ -208,8 +208,8 @@ class WorkerPool:
             self.startup_deaths += 1
             if self.startup_deaths > MAX_STARTUP_DEATHS:
                 raise RMError(f"worker processes keep dying before their first run (last exit code "
-                              f"{s.process.exitcode}); run 'rmsearch run-shard {self.rundir} --task 0 "
-                              "--ntasks 1 -v' to see why")
+                              f"{s.process.exitcode}); run 'rmsearch -v run-shard {self.rundir} --task 0 "
+                              "--ntasks 1' to see why")
         if self.pending or rid is not None:
             self._start(slot)
 
