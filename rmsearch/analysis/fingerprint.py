@@ -22,8 +22,8 @@ results of a native carbon search (2-12 atoms), for every pair sent to the match
 radius at 0.6: pairs it calls equal are bimodal, 75 % within 0.05 (repeat hits of one
 minimum, energies within 0.1 meV/atom) and the rest spread over 0.3-0.6 with energies 4-20
 meV/atom apart (distinct minima the loose matcher joins); 98 % of the pairs it calls
-different lie beyond 0.3. At 0.3 the dedupe sends 206 pairs to the matcher instead of 1,713,
-finds 2,055 clusters instead of 1,893, and its largest candidate group holds 152 structures
+different lie beyond 0.3. At 0.3 the dedupe sends 154 pairs to the matcher instead of 1,713,
+finds 2,054 clusters instead of 1,893, and its largest candidate group holds 152 structures
 instead of 2,302 (so the groups run in parallel). Repeat hits as relaxations leave them
 (rattled 0.003 L, strained 0.5 %: tests/test_analysis_fingerprint.py) lie within it; diamond
 and lonsdaleite are 2.3 apart. ``--fp-radius 0.6`` follows the matcher's own reach (copies
