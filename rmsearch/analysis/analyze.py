@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -192,8 +191,8 @@ def _start(fn, *args) -> Any:
     def target() -> None:
         try:
             fn(*args)
-        except BaseException as exc:  # reported by _finish as one line
-            print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
+        except BaseException as exc:  # _finish raises the one-line error; this says why
+            log.error("%s: %s", type(exc).__name__, exc)
             os._exit(1)
 
     proc = multiprocessing.get_context("fork").Process(target=target, daemon=True)

@@ -112,11 +112,9 @@ def fingerprint(numbers: np.ndarray, cell: np.ndarray, frac: np.ndarray,
 def fingerprint_of(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray,
                    channels: list[tuple[int, int]] | None = None) -> np.ndarray:
     """:func:`fingerprint` of a structure given by Cartesian ``positions`` (A) in any cell."""
-    from ase.build.tools import niggli_reduce_cell
+    from rmsearch.analysis.quick import niggli_cell
 
-    cell = np.asarray(cell, dtype=float)
-    _, op = niggli_reduce_cell(cell)
-    ncell = op.T @ cell  # ASE returns C with G_niggli = C^T G C
+    ncell = niggli_cell(cell)
     frac = np.linalg.solve(ncell.T, np.asarray(positions, dtype=float).T).T
     return fingerprint(numbers, ncell, frac, channels)
 

@@ -48,21 +48,28 @@ def quick_form(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray, pri
     8-atom cell); it costs a symmetry search (~1-3 ms), so the dedupe makes it only for
     structures that have candidates.
     """
-    import spglib
     from ase.geometry import cell_to_cellpar
 
     if primitive:
         numbers, cell, positions = primitive_cell(numbers, cell, positions)
-    cell = np.asarray(cell, dtype=float)
-    ncell = spglib.niggli_reduce(cell)
-    if ncell is None:
-        from ase.build.tools import niggli_reduce_cell
-
-        ncell = niggli_reduce_cell(cell)[1].T @ cell  # ASE returns C with G_niggli = C^T G C
-    ncell = np.asarray(ncell, dtype=float)
+    ncell = niggli_cell(cell)
     frac = np.linalg.solve(ncell.T, np.asarray(positions, float).T).T % 1.0
     return QuickForm(params=cell_to_cellpar(ncell), cell=ncell, frac=frac, numbers=np.asarray(numbers),
                      length=(abs(np.linalg.det(ncell)) / len(numbers)) ** (1.0 / 3.0))
+
+
+def niggli_cell(cell: np.ndarray) -> np.ndarray:
+    """The Niggli-reduced basis (3, 3 rows, A) of a lattice, in the lattice's own orientation:
+    spglib's reduction, ASE's where spglib gives none."""
+    import spglib
+
+    cell = np.asarray(cell, dtype=float)
+    reduced = spglib.niggli_reduce(cell)
+    if reduced is None:
+        from ase.build.tools import niggli_reduce_cell
+
+        reduced = niggli_reduce_cell(cell)[1].T @ cell  # ASE returns C with G_niggli = C^T G C
+    return np.asarray(reduced, dtype=float)
 
 
 def primitive_cell(numbers: np.ndarray, cell: np.ndarray, positions: np.ndarray,

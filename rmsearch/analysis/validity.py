@@ -51,10 +51,9 @@ def close_pairs(atoms: Atoms, cutoffs: np.ndarray) -> tuple[np.ndarray, np.ndarr
     cell = np.asarray(atoms.cell, dtype=float)
     shifts = np.zeros((1, 3))
     if pbc.all():
-        import spglib
+        from rmsearch.analysis.quick import niggli_cell
 
-        reduced = spglib.niggli_reduce(cell)  # the same lattice, fewest images within reach
-        cell = cell if reduced is None else np.asarray(reduced, dtype=float)
+        cell = niggli_cell(cell)  # the same lattice, fewest images within reach
         # images needed along axis k: |frac diff + shift| < reach |b_k|, with frac diff in (-1, 1)
         recip = np.linalg.inv(cell).T  # rows b_k, a_i . b_k = delta_ik; 1/|b_k| = layer spacing
         nmax = np.ceil(reach * np.linalg.norm(recip, axis=1)).astype(int) + 1
@@ -115,7 +114,7 @@ def check_validity(atoms: Atoms, *, frac: float = DEFAULT_FRAC,
 
 def min_distance(atoms: Atoms, cutoff: float = 3.0) -> float:
     """Smallest interatomic distance (A) including periodic images; ``inf`` if none below ``cutoff``."""
-    d = neighbor_list("d", atoms, cutoff, self_interaction=False)
+    d = close_pairs(atoms, np.full(len(atoms), cutoff / 2.0))[2]
     return float(d.min()) if len(d) else math.inf
 
 
