@@ -8,7 +8,7 @@ crystals are periodic in all three directions, molecules in none.
 - ``mp20-subset``: 847 train + 123 val rows of MP-20 shipped inside the package.
 - ``qm7b``: QM7b (7211 molecules), downloaded; coordinates recovered from its Coulomb
   matrices (see :mod:`rmdata.molecules`).
-- ``molecules``: 505 small molecules built offline with RDKit from a shipped SMILES list.
+- ``molecules``: 4,488 small molecules built offline with RDKit from a shipped SMILES list.
 - ``diamond``, ``silicon``, ``nacl``: one-structure presets built with ASE.
 - any ASE-readable file or folder through ``--input``.
 """
@@ -382,7 +382,7 @@ REGISTRY: dict[str, DatasetInfo] = {
         DatasetInfo("qm7b", "molecule", "7,211 molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
                     "QM7b (Blum & Reymond 2009; Montavon et al. 2013), downloaded", "CC-BY (quantum-machine.org)",
                     (), "molecule", _qm7b),
-        DatasetInfo("molecules", "molecule", "505 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
+        DatasetInfo("molecules", "molecule", "4,488 small molecules, <= 7 heavy atoms (C, N, O, S, Cl)",
                     "built offline with RDKit (ETKDG + MMFF94) from a shipped SMILES list", "MIT",
                     (), "molecule", _molecules),
         DatasetInfo("diamond", "crystal", "1 structure (8-atom cubic diamond, a = 3.567 A)", "ase.build.bulk",

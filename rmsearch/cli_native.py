@@ -129,7 +129,8 @@ def _natoms(text: str) -> None:
               default=f"{_default(FitSettings, 'zbl_inner')},{_default(FitSettings, 'zbl_outer')}",
               help="ZBL core INNER,OUTER switching radii (A) of a C-C pair, or 'none'; every element pair "
                    "gets a core, its radii scaled by its covalent-radius sum (C-H 0.56,0.84; Na-Cl 1.41,2.12 "
-                   "with the default).")
+                   "with the default) or, with --zbl-contacts, by its shortest distance in the training "
+                   "references.")
 @click.option("--mace-model", type=click.Path(path_type=Path), default=None,
               help="A MACE .model to evaluate on the same held-out frames, for comparison.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")

@@ -27,7 +27,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import Field, asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -90,6 +90,15 @@ class FitSettings:
                                    bounds=(0, None))
     zbl_inner: float = setting(0.8, "Radius where the ZBL core starts to switch off", unit="A", option=False)
     zbl_outer: float = setting(1.2, "Radius where the ZBL core is off (0: no core)", unit="A", option=False)
+    zbl_contacts: bool = setting(
+        False, "Scale each element pair's ZBL radii by the shortest distance of that pair in the training "
+        "references (noise level 0, strain 0) instead of its covalent-radius sum, so that no pair can come "
+        "much closer than the data ever shows it (like ions of a salt, O-O in molecules); pairs never "
+        "within 6 A of each other there keep the covalent scale", option="--zbl-contacts/--zbl-covalent")
+    #: Shortest distance (A) of each element pair ("A-B", alphabetical) in the training
+    #: references, filled in by :func:`fit_potential` with ``zbl_contacts``.
+    pair_lengths: dict | None = setting(None, "Shortest pair distances of the references", unit="A",
+                                        option=False)
     fit_core: bool = setting(False, "Subtract the core from the labels before fitting")
     holdout: float = setting(0.1, "Fraction of frames held out for the error report", bounds=(0, 1, False, True))
     seed: int = setting(0, "Seed of the holdout draw and of the teacher rounds' starts", bounds=(0, 2**32 - 1))
@@ -179,14 +188,59 @@ class Descriptors:
 ZBL_REFERENCE = "C"
 
 
+def pair_key(a: str, b: str) -> str:
+    """The key of the element pair a-b in :attr:`FitSettings.pair_lengths` ("Cl-Na")."""
+    return "-".join(sorted((a, b)))
+
+
+def pair_length(settings: FitSettings, a: str, b: str) -> float:
+    """The length (A) that sets the ZBL radii of pair a-b: the covalent-radius sum, or with
+    ``zbl_contacts`` the shortest a-b distance of the training references where there is one."""
+    contacts = settings.pair_lengths or {}
+    if settings.zbl_contacts and pair_key(a, b) in contacts:
+        return float(contacts[pair_key(a, b)])
+    return float(covalent_radii[atomic_numbers[a]] + covalent_radii[atomic_numbers[b]])
+
+
 def zbl_radii(settings: FitSettings, a: str, b: str) -> tuple[float, float]:
     """ZBL switching radii (inner, outer) in A of the element pair ``a``-``b``: the settings'
-    radii (given for a C-C pair) times ``(r_cov(a) + r_cov(b)) / (2 r_cov(C))``, so that each
-    pair's core switches off at the same fraction of its covalent bond length (~0.79 with the
-    default 0.8-1.2 A: C-H 0.56-0.84, H-H 0.33-0.49, Na-Cl 1.41-2.12 A)."""
+    radii (given for a C-C pair) times ``pair_length(a, b) / (2 r_cov(C))``, so that each
+    pair's core switches off at the same fraction of its bond length (~0.79 with the default
+    0.8-1.2 A). The pair length is the covalent-radius sum (C-H 0.56-0.84, H-H 0.33-0.49,
+    Na-Cl 1.41-2.12 A) or, with ``zbl_contacts``, the pair's shortest distance in the
+    training references (:func:`reference_contacts`; rocksalt NaCl: Na-Cl 1.48-2.22,
+    Na-Na and Cl-Cl 2.10-3.15 A)."""
     ref = 2 * covalent_radii[atomic_numbers[ZBL_REFERENCE]]
-    scale = (covalent_radii[atomic_numbers[a]] + covalent_radii[atomic_numbers[b]]) / ref
+    scale = pair_length(settings, a, b) / ref
     return round(float(settings.zbl_inner * scale), 6), round(float(settings.zbl_outer * scale), 6)
+
+
+#: How far (A) :func:`reference_contacts` looks for a pair's shortest distance.
+CONTACT_RANGE = 6.0
+
+
+def reference_contacts(frames: Sequence[Atoms], cutoff: float = CONTACT_RANGE) -> dict[str, float]:
+    """Shortest distance (A) of each element pair within ``cutoff`` A over the reference
+    frames of an rmdata file: those at noise level 0 and strain 0 (every frame of a file
+    without that information), one per ``source_id``."""
+    from ase.neighborlist import neighbor_list
+
+    refs: dict[Any, Atoms] = {}
+    for k, atoms in enumerate(frames):
+        info = atoms.info
+        if float(info.get("noise_level", 0)) == 0 and float(info.get("strain", 0) or 0) == 0:
+            refs.setdefault(info.get("source_id", k), atoms)
+    if not refs:
+        refs = dict(enumerate(frames))
+    best: dict[str, float] = {}
+    for atoms in refs.values():
+        i, j, d = neighbor_list("ijd", atoms, cutoff)
+        sym = np.array(atoms.get_chemical_symbols())
+        for a, b, dist in zip(sym[i], sym[j], d):
+            key = pair_key(a, b)
+            if dist < best.get(key, np.inf):
+                best[key] = round(float(dist), 6)
+    return dict(sorted(best.items()))
 
 
 def zbl_styles(settings: FitSettings, elements: list[str]) -> list[tuple[str, list[str]]]:
@@ -527,6 +581,8 @@ def fit_potential(data: str | os.PathLike, out: str | os.PathLike, settings: Fit
     t0 = time.perf_counter()
     frames = read_frames(data)
     elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
+    if settings.zbl_contacts and settings.core and settings.pair_lengths is None:
+        settings = replace(settings, pair_lengths=reference_contacts(frames))
     dm = design_matrix(frames, settings, elements)
     held = holdout_mask(len(frames), settings.holdout, settings.seed)
     train = ~held

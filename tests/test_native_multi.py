@@ -5,6 +5,8 @@
 - LAMMPS parity of the fitted pair style with the fit's own predictions <= 1e-6 eV/A on a
   rocksalt cell and on a molecule;
 - a 5 %-strained rocksalt NaCl relaxes back within 1 %;
+- the NaCl one-shot: linear SNAP with contact-scaled ZBL cores fitted on one rocksalt cell
+  finds rocksalt as the lowest valid structure of a 60-run search of 2-8 atoms;
 - a rattled molecule of the offline set relaxes back to its reference (RMSD < 0.05 A) with a
   potential fitted on molecules;
 - launch refuses an element the potential lacks before any run; UF3 refuses two elements.
@@ -158,6 +160,44 @@ def test_rocksalt_parity_and_strained_rocksalt_relaxes_back(nacl_pot):
             assert out.converged, out.status
             a = out.atoms.get_volume() ** (1 / 3)
             assert abs(a / A_NACL - 1) < 0.01, (factor, a)
+
+
+def test_contact_scaled_cores_follow_the_references(nacl_data):
+    """With --zbl-contacts each pair's ZBL radii are its shortest reference distance (rocksalt:
+    Na-Cl a/2, Na-Na and Cl-Cl a/sqrt 2) times the C-C ratio; covalent scaling otherwise."""
+    import rmdata
+    from rmsearch.fitting import reference_contacts, zbl_radii
+    from rmsearch.snap import SnapSettings
+
+    contacts = reference_contacts(rmdata.read(nacl_data))
+    assert contacts["Cl-Na"] == pytest.approx(A_NACL / 2, abs=1e-6)
+    assert contacts["Cl-Cl"] == pytest.approx(A_NACL / 2**0.5, abs=1e-6) == contacts["Na-Na"]
+    on = SnapSettings(zbl_contacts=True, pair_lengths=contacts)
+    inner, outer = zbl_radii(on, "Na", "Na")
+    assert outer == pytest.approx(1.2 * A_NACL / 2**0.5 / 1.52, abs=1e-5) and inner / outer == pytest.approx(2 / 3)
+    assert zbl_radii(SnapSettings(), "Na", "Na")[1] == pytest.approx(1.2 * 2 * 1.66 / 1.52, abs=1e-5)
+
+
+def test_nacl_one_shot_finds_rocksalt_lowest(nacl_data, tmp_path):
+    """The one-shot binary (README, native recipe table): a linear SNAP (rcut 5 A) with
+    contact-scaled cores fitted on one 8-atom rocksalt cell; 60 random NaCl starts of 2-8
+    atoms; the lowest valid structure is rocksalt (StructureMatcher, default tolerances)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    import rmsearch
+    from rmsearch.native import fit_native
+    from rmsearch.snap import SnapSettings
+
+    pot = tmp_path / "pot"
+    fit_native(nacl_data, pot, settings=SnapSettings(rcut=5.0, quadratic=False, zbl_contacts=True))
+    run = rmsearch.search(pot, out=tmp_path / "run", nruns=60, composition="NaCl", natoms="2-8", seed=0,
+                          workers=2)
+    result = run.analyze()
+    best = result.structures()[0]
+    rocksalt = AseAtomsAdaptor.get_structure(bulk("NaCl", "rocksalt", a=A_NACL))
+    assert StructureMatcher(scale=True).fit(best, rocksalt), result.clusters[0].info
+    assert result.data["status_counts"].get("converged", 0) >= 55
 
 
 def test_fit_native_cli_on_molecules(tmp_path):

@@ -113,10 +113,18 @@ def test_exclude_formulas_holds_out_every_polymorph_and_isomer(tmp_path):
     assert composition_key("Co2Sb2", periodic=True) == composition_key("CoSb", periodic=True)
     assert composition_key("C4H8", periodic=False) != composition_key("C2H4", periodic=False)
     mols = tmp_path / "m.xyz"
-    summary = make_dataset(mols, "molecules", exclude_formulas=["C3H6O", "C2H4"], seed=0)
+    summary = make_dataset(mols, "molecules", exclude_formulas=["C3H6O", "C2H4"], limit=505, seed=0)
     formulas = {f.get_chemical_formula(mode="hill") for f in rmdata.read(mols)}
     assert "C3H6O" not in formulas and "C2H4" not in formulas and "C4H8" in formulas
-    assert summary.n_structures == 505 - 7 - 1
+    assert summary.n_structures == 505  # --limit counts the structures kept
+    from rdkit import Chem
+    from rdkit.Chem.rdMolDescriptors import CalcMolFormula
+
+    from rmdata.molecules import read_smiles_list
+
+    last = max(int(f.info["source_id"].split("-")[1]) for f in rmdata.read(mols))
+    held = [s for s in read_smiles_list()[: last + 1] if CalcMolFormula(Chem.MolFromSmiles(s)) in ("C3H6O", "C2H4")]
+    assert len(held) == last + 1 - 505 == 7 + 1  # every isomer skipped, nothing else
     crystals = tmp_path / "c.xyz"
     from rmdata.datasets import load_structures
 

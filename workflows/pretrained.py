@@ -78,10 +78,10 @@ RECIPES: dict[str, dict] = {
         "kind": "molecule",
         "description": "small molecules of H, C, N, O, S, Cl (<= 7 heavy atoms) from the offline "
                        "molecule set; one-layer MACE of the paper's size",
-        "make": ["--dataset", "molecules", "--copies", "2"],
+        "make": ["--dataset", "molecules", "--copies", "1"],
         "mace": ["--channels", "8", "--max-L", "2", "--correlation", "3", "--r-max", "4.5",
-                 "--batch-size", "16", "--lr", "0.01", "--lr-gamma", "0.97", "--ema-decay", "0.99",
-                 "--epochs", "120", "--eval-interval", "2", "--dtype", "float32"],
+                 "--batch-size", "16", "--lr", "0.01", "--lr-gamma", "0.88", "--ema-decay", "0.99",
+                 "--epochs", "30", "--eval-interval", "2", "--dtype", "float32"],
     },
     "mp20-mace": {
         "kind": "crystal",
@@ -89,7 +89,8 @@ RECIPES: dict[str, dict] = {
                        "csp15 composition held out; one-layer MACE, 8 channels",
         "make": mp20_make(),
         "heldout": "mp20-val+csp15",
-        "mace": [*MP20_MACE, "--epochs", "50", "--eval-interval", "2", "--dtype", "float32"],
+        "mace": [*MP20_MACE, "--epochs", "50", "--eval-interval", "2", "--dtype", "float32",
+                 "--forces-weight", "100", "--stress-weight", "100"],
     },
     "lis-mace": {
         "kind": "crystal",
