@@ -632,7 +632,7 @@ def fit_potential(data: str | os.PathLike, out: str | os.PathLike, settings: Fit
                                                [predict(dm, beta, settings, i) for i in check])
         if not (report["verification"]["forces_eV_per_A"] <= VERIFY_TOL
                 and report["verification"]["stress_eV_per_A3"] <= VERIFY_TOL):
-            raise RMError(f"{out}: self-check failed, pair_style snap differs from the fit by "
+            raise RMError(f"{out}: self-check failed, the LAMMPS pair style ({kind}) differs from the fit by "
                           f"{report['verification']}; report this as a bug")
         meta["verification"] = report["verification"]
         write_json_atomic(tmp / "potential.json", meta)

@@ -207,7 +207,9 @@ def finish_potential_dir(tmp: Path, out: Path, pot: Potential, header: list[str]
     ``pot``, with paths pointing into ``out``) and move the finished ``tmp`` to ``out``,
     replacing an older ``out``."""
     text = "\n".join(header + pair_commands(pot, core_repulsion=None)) + "\n"
-    (tmp / "potential.in").write_text(text.replace(str(tmp.resolve()), str(out.resolve())))
+    (tmp / "potential.in").write_text(text)
+    for path in tmp.rglob("potential.in"):  # a nested potential (a teacher) points into tmp too
+        path.write_text(path.read_text().replace(str(tmp.resolve()), str(out.resolve())))
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)

@@ -168,6 +168,9 @@ def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path, kind, nruns):
     data = tmp_path / "diamond_s20.xyz"
     make_dataset(data, "diamond", seed=0, workers=1, strains=list(NATIVE_STRAINS), copies=NATIVE_COPIES)
     fit_native(data, tmp_path / "pot", kind=kind)
+    for text in [p.read_text() for p in (tmp_path / "pot").rglob("potential.in")]:
+        # every potential.in (the teacher's too) points at the finished directory, not its build folder
+        assert ".tmp" not in text and str((tmp_path / "pot").resolve()) in text
     summary = launch(tmp_path / "run", potential=tmp_path / "pot", nruns=nruns, workers=1, progress=False,
                      system="C", natoms="2-4", seed=0)
     assert summary["total"]["done"] == nruns
