@@ -127,20 +127,26 @@ def test_molecules_model_holds_ethanol():
 
 
 def test_mp20_model_pulls_a_strained_training_crystal_back():
-    """model:mp20-mace relaxes a training crystal strained by 4 % per axis (+12.5 % volume)
-    back towards its volume (within 6 %), as its stress labels demand."""
+    """model:mp20-mace relaxes a training crystal strained by +4 % and by -4 % per axis
+    (+-12.5 % volume) to one and the same cell volume (a volume minimum, as its stress labels
+    demand), within 20 % of the crystal's: its card reports equilibrium volumes of training
+    crystals 15 % too large (median of 12)."""
     from rmdata.datasets import load_structures
     from rmsearch.potentials import load_potential
     from rmsearch.relax import Relaxer, RelaxSettings
 
     _, ref = next(iter(load_structures("mp20-subset", split="train", bad=[])))
-    start = ref.copy()
-    start.set_cell(ref.cell * 1.04, scale_atoms=True)
-    start.rattle(0.02, seed=2)
+    volumes = []
     with Relaxer(load_potential(registry.model_directory("mp20-mace")), RelaxSettings(fmax=0.01)) as relaxer:
-        out = relaxer.relax(start)
-    assert out.converged
-    assert abs(out.atoms.get_volume() / ref.get_volume() - 1) < 0.06
+        for factor in (1.04, 0.96):
+            start = ref.copy()
+            start.set_cell(ref.cell * factor, scale_atoms=True)
+            start.rattle(0.02, seed=2)
+            out = relaxer.relax(start)
+            assert out.converged
+            volumes.append(out.atoms.get_volume())
+    assert abs(volumes[0] / volumes[1] - 1) < 0.01, volumes
+    assert abs(volumes[0] / ref.get_volume() - 1) < 0.2, (volumes, ref.get_volume())
 
 
 @pytest.mark.parametrize(("name", "system"), [("molecules-mace", ["--molecule", "C2H6O", "--fmax", "0.01"]),
