@@ -105,7 +105,7 @@ def test_rattled_strained_rocksalt_keeps_fm3m_at_the_free_energy():
     assert kept.energy == pytest.approx(free.energy, abs=1e-6)
     assert kept.atoms.get_volume() == pytest.approx(free.atoms.get_volume(), rel=1e-6)
     start_volume = _rocksalt().get_volume()
-    assert kept.atoms.get_volume() < 0.8 * start_volume  # the cell did relax (12 % strain)
+    assert kept.atoms.get_volume() < 0.9 * start_volume  # the cell did relax (12 % linear strain, 40 % in volume)
 
 
 def test_p1_start_is_unaffected(mp20):

@@ -48,7 +48,8 @@ from rmsearch.analysis.molecules import plot_molecules
 log = logging.getLogger("workflows.molecules")
 
 #: In-training compositions searched by default: for each heavy-atom count 4-7, the two with the
-#: most isomers in the offline molecule set (fixed by this rule before any result was seen).
+#: most isomers in the offline molecule set (fixed by this rule before any result was seen, on
+#: the set's first 505 molecules: the whole set then).
 IN_TRAINING = ("C3H6O", "C4H8", "C3H7NO", "C5H8", "C5H11N", "C6H14", "C5H10OS", "C6H10O")
 #: Out-of-distribution compositions of 8-9 heavy atoms (none in the offline set, which stops at 7).
 OUT_OF_DISTRIBUTION = ("C8H18", "C7H14O", "C8H10", "C7H9N", "C9H20", "C8H8O")

@@ -216,7 +216,7 @@ def test_messages_do_not_mislead(hostile_inputs, tmp_path, monkeypatch):
                         watch=(tmp_path,))
     assert "AssertionError: AssertionError" not in err and "()" not in err
     assert "(0, 2)" in check_ok(rmsearch_main, ["analyze", "--help"])
-    assert "505" in check_ok(rmdata_main, ["datasets"])
+    assert "4,488" in check_ok(rmdata_main, ["datasets"])
     assert "default: 1]" not in check_ok(rmsearch_main, ["analyze", "--help"]).replace("\n", " ")
 
 
