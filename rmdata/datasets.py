@@ -357,9 +357,9 @@ def _nacl() -> Atoms:
 
 
 def _molecules(split=None, bad=None, limit=None, seed=0, **_) -> Iterator[tuple[str, Atoms]]:
-    from rmdata.molecules import load_molecules
+    from rmdata.molecules import iter_molecules
 
-    for atoms in load_molecules(limit=limit, seed=seed):
+    for atoms in iter_molecules(limit=limit, seed=seed):
         yield atoms.info["source_id"], atoms
 
 

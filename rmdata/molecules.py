@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -157,11 +157,33 @@ def molecule_from_smiles(smiles: str, seed: int = 0, max_iters: int = 2000) -> A
     return atoms
 
 
+def iter_molecules(limit: int | None = None, seed: int = 0,
+                   path: str | os.PathLike | None = None) -> Iterator[Atoms]:
+    """The molecules of :func:`load_molecules`, built one at a time as they are asked for (so
+    a consumer that stops early, such as ``rmdata make --limit`` after its filters, builds
+    only what it uses)."""
+    if limit is not None and limit < 1:
+        raise RMError(f"limit={limit}: must be a positive number of molecules")
+    smiles_list = read_smiles_list(path)[:limit]
+    built = 0
+    for index, smiles in enumerate(smiles_list):
+        try:
+            atoms = molecule_from_smiles(smiles, seed=seed)
+        except _EmbeddingError as exc:
+            log.warning("molecules: skipping mol-%04d: %s", index, exc)
+            continue
+        atoms.info["source_id"] = f"mol-{index:04d}"
+        atoms.info["dataset"] = "molecules"
+        built += 1
+        yield atoms
+    log.info("molecules: %d of %d built (seed %d)", built, len(smiles_list), seed)
+
+
 def load_molecules(limit: int | None = None, seed: int = 0,
                    path: str | os.PathLike | None = None) -> list[Atoms]:
     """The ``molecules`` dataset: every molecule of the SMILES list built in 3D.
 
-    See :func:`molecule_from_smiles` for how each is built (about 5 ms per molecule).
+    See :func:`molecule_from_smiles` for how each is built (about 5-10 ms per molecule).
     A molecule whose embedding fails is skipped with a warning; its ``source_id`` is not
     reused.
 
@@ -174,21 +196,7 @@ def load_molecules(limit: int | None = None, seed: int = 0,
         List of non-periodic ``Atoms`` with ``info["source_id"]`` = ``mol-NNNN`` (index in
         the list) and ``info["smiles"]``.
     """
-    if limit is not None and limit < 1:
-        raise RMError(f"limit={limit}: must be a positive number of molecules")
-    smiles_list = read_smiles_list(path)[:limit]
-    out = []
-    for index, smiles in enumerate(smiles_list):
-        try:
-            atoms = molecule_from_smiles(smiles, seed=seed)
-        except _EmbeddingError as exc:
-            log.warning("molecules: skipping mol-%04d: %s", index, exc)
-            continue
-        atoms.info["source_id"] = f"mol-{index:04d}"
-        atoms.info["dataset"] = "molecules"
-        out.append(atoms)
-    log.info("molecules: %d of %d built (seed %d)", len(out), len(smiles_list), seed)
-    return out
+    return list(iter_molecules(limit, seed, path))
 
 
 def hill_formula(counts: dict[str, int]) -> str:

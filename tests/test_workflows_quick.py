@@ -223,3 +223,15 @@ def test_li2s_check_on_a_run_directory(tmp_path):
     assert res["on_hull"] and not res["lowest"]["antifluorite"] and res["antifluorite_found"]
     assert res["antifluorite"]["e_hull"] == pytest.approx(0.1)
     assert lis.li2s_check(tmp_path, [cluster(0, 7, "LiS", 0.0, -1.0)]) == {"found": False, "n_clusters": 0}
+
+
+def test_native_molecules_workflow_holds_lightly_rattled_molecules(tmp_path):
+    """workflows/native_molecules.py at test size: a linear SNAP fitted on 30 offline molecules
+    brings 4 of them, rattled by +-0.05 A, back to the same molecule (RDKit SMILES), close to
+    the reference geometry."""
+    import native_molecules
+
+    summary = native_molecules.main(["--out", str(tmp_path / "nm"), "--limit", "30", "--nmolecules", "4",
+                                     "--rattle", "0.05", "--fit-options", "--kind snap --linear --rcut 4"])
+    assert summary["molecules"] == 4 and summary["same_molecule"] == 4, summary["rows"]
+    assert all(r["rmsd_A"] < 0.1 for r in summary["rows"]), summary["rows"]
