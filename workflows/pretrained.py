@@ -58,10 +58,12 @@ from common import Pipeline, tool
 ROOT = Path(__file__).resolve().parent.parent
 CSP15 = ROOT / "rmdata" / "data" / "csp15.json"
 
-#: The mp20-mace architecture and optimiser (one layer, 8 channels, max_L 2, correlation 2,
-#: r_max 4.0 A; Adam lr 0.005 decayed x0.95 per epoch, EMA), shared by the crystal recipes.
+#: The mp20-mace architecture, optimiser and loss (one layer, 8 channels, max_L 2, correlation 2,
+#: r_max 4.0 A; Adam lr 0.005 decayed x0.95 per epoch, EMA; force/stress weights 100/100),
+#: shared by the crystal recipes.
 MP20_MACE = ["--channels", "8", "--max-L", "2", "--correlation", "2", "--r-max", "4.0",
-             "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99"]
+             "--batch-size", "16", "--lr", "0.005", "--lr-gamma", "0.95", "--ema-decay", "0.99",
+             "--forces-weight", "100", "--stress-weight", "100"]
 
 
 def mp20_make(*cut: str) -> list[str]:
@@ -97,8 +99,7 @@ RECIPES: dict[str, dict] = {
                        "csp15 composition held out; one-layer MACE, 8 channels",
         "make": mp20_make(),
         "heldout": "mp20-val+csp15",
-        "mace": [*MP20_MACE, "--epochs", "23", "--eval-interval", "2", "--dtype", "float32",
-                 "--forces-weight", "100", "--stress-weight", "100"],
+        "mace": [*MP20_MACE, "--epochs", "23", "--eval-interval", "2", "--dtype", "float32"],
     },
     "lis-mace": {
         "kind": "crystal",
@@ -107,8 +108,7 @@ RECIPES: dict[str, dict] = {
                        "8 channels, force and stress weights 100/100",
         "make": mp20_make("--containing", "Li,S"),
         "heldout": "mp20-val+csp15",
-        "mace": [*MP20_MACE, "--epochs", "20", "--eval-interval", "2", "--dtype", "float32",
-                 "--forces-weight", "100", "--stress-weight", "100"],
+        "mace": [*MP20_MACE, "--epochs", "20", "--eval-interval", "2", "--dtype", "float32"],
     },
 }
 
