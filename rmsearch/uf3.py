@@ -34,6 +34,7 @@ denser phases end below diamond; :mod:`rmsearch.distill` fixes that with a SNAP 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -170,94 +171,218 @@ def _sym_lm(a: np.ndarray, b: np.ndarray, basis: UF3Basis) -> np.ndarray:
     return out
 
 
-def energy_row(atoms: Atoms, basis: UF3Basis) -> np.ndarray:
-    """Energy features (ncol,) of one periodic structure: E (eV) = row @ coef, in the column
-    order of :func:`feature_rows` (sums of the basis functions over pairs and triplets)."""
-    ii, _, dist, vec = neighbor_list("ijdD", atoms, basis.rc2)
-    row = np.zeros(basis.n_columns)
-    row[: basis.free2] = _basis(basis.t2, dist)[0][:, : basis.free2].sum(axis=0)
-    ep, eq = _triplets(ii, dist, basis.rc3)
-    if len(ep):
-        b_ij = _basis(basis.t3, dist[ep])[0][:, : basis.free3]
-        b_ik = _basis(basis.t3, dist[eq])[0][:, : basis.free3]
-        b_jk = _basis(basis.t3jk, np.linalg.norm(vec[eq] - vec[ep], axis=1))[0]
-        row[basis.free2:] = np.einsum("tl,tn->ln", _sym_lm(b_ij, b_ik, basis), b_jk).ravel()
+def _lm(a: np.ndarray, b: np.ndarray, basis: UF3Basis, symmetric: bool) -> np.ndarray:
+    """The (l, m) columns of a three-body block: :func:`_sym_lm` when both neighbours are of
+    one element, else every a_l b_m (T, free3^2; l for r_ij, m for r_ik)."""
+    if symmetric:
+        return _sym_lm(a, b, basis)
+    return (a[:, :, None] * b[:, None, :]).reshape(len(a), -1)
+
+
+@dataclass(frozen=True)
+class UF3Layout:
+    """The coefficient blocks of a UF3 potential over ``elements`` (sorted, as the
+    potential's atom types), all sharing the knots of ``basis``.
+
+    Two-body: one block of ``free2`` columns per unordered element pair (A, B), A <= B.
+    Three-body: one block per centre element I and unordered neighbour pair J <= K; with
+    J == K it is symmetric in (l, m) (``n_lm * nb3jk`` columns), else full (``free3^2 *
+    nb3jk``; l for the J neighbour). Columns: all pair blocks, then all triple blocks, in
+    this order; one element is the single-element layout. The count grows as n_el^2 free2 / 2
+    + n_el^3 free3^2 nb3jk / 2: keep ``n3`` small for many elements (``fit-native --help``).
+    """
+
+    basis: UF3Basis
+    elements: tuple[str, ...]
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        n = len(self.elements)
+        return [(a, b) for a in range(n) for b in range(a, n)]
+
+    @property
+    def triples(self) -> list[tuple[int, int, int]]:
+        n = len(self.elements)
+        return [(i, j, k) for i in range(n) for j in range(n) for k in range(j, n)]
+
+    def triple_width(self, j: int, k: int) -> int:
+        b = self.basis
+        return (len(b.pairs_lm[0]) if j == k else b.free3 ** 2) * b.nb3jk
+
+    @property
+    def offsets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Start column of each pair block, indexed [A, B] (both orders), and of each triple
+        block, indexed [I, J, K] (both neighbour orders)."""
+        n = len(self.elements)
+        pair = np.zeros((n, n), dtype=int)
+        triple = np.zeros((n, n, n), dtype=int)
+        col = 0
+        for a, b in self.pairs:
+            pair[a, b] = pair[b, a] = col
+            col += self.basis.free2
+        for i, j, k in self.triples:
+            triple[i, j, k] = triple[i, k, j] = col
+            col += self.triple_width(j, k)
+        return pair, triple
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.pairs) * self.basis.free2 + sum(self.triple_width(j, k) for _, j, k in self.triples)
+
+    def species(self, atoms: Atoms) -> np.ndarray:
+        """Index into ``elements`` of each atom; a one-line RMError for an element not there."""
+        index = {e: k for k, e in enumerate(self.elements)}
+        symbols = atoms.get_chemical_symbols()
+        missing = sorted(set(symbols) - set(index))
+        if missing:
+            raise RMError(f"element(s) {','.join(missing)} not in the UF3 potential ({','.join(self.elements)})")
+        return np.array([index[s] for s in symbols], dtype=int)
+
+
+def _layout(model: UF3Layout | UF3Basis, atoms: Atoms) -> UF3Layout:
+    """``model`` itself, or the one-element layout of a basis for ``atoms`` (one element)."""
+    if isinstance(model, UF3Layout):
+        return model
+    elements = sorted(set(atoms.get_chemical_symbols()))
+    if len(elements) != 1:
+        raise RMError(f"elements {','.join(elements)}: pass a UF3Layout for several elements")
+    return UF3Layout(model, tuple(elements))
+
+
+class _Geometry:
+    """Neighbour pairs (ordered, within rc2) and three-body triplets (within rc3, the J
+    neighbour's element <= the K neighbour's) of one structure, with their blocks."""
+
+    def __init__(self, atoms: Atoms, layout: UF3Layout):
+        basis = layout.basis
+        self.n = len(atoms)
+        sp = layout.species(atoms)
+        self.ii, self.jj, self.dist, self.vec = neighbor_list("ijdD", atoms, basis.rc2)
+        if len(self.ii) and self.dist.min() <= 0.0:
+            raise RMError("two atoms on top of each other: UF3 features need distinct positions")
+        pair_off, triple_off = layout.offsets
+        self.pair_col = pair_off[sp[self.ii], sp[self.jj]]
+        ep, eq = _triplets(self.ii, self.dist, basis.rc3)
+        swap = sp[self.jj[ep]] > sp[self.jj[eq]]
+        self.ep, self.eq = np.where(swap, eq, ep), np.where(swap, ep, eq)
+        cj, ck = sp[self.jj[self.ep]], sp[self.jj[self.eq]]
+        self.triple_col = triple_off[sp[self.ii[self.ep]], cj, ck]
+        self.triple_sym = cj == ck
+
+    def pair_blocks(self):
+        """(start column, entry mask) of each two-body block present."""
+        for col in np.unique(self.pair_col):
+            yield int(col), self.pair_col == col
+
+    def triple_blocks(self):
+        """(start column, symmetric, triplet mask) of each three-body block present."""
+        for col in np.unique(self.triple_col):
+            mask = self.triple_col == col
+            yield int(col), bool(self.triple_sym[mask][0]), mask
+
+
+def energy_row(atoms: Atoms, model: UF3Layout | UF3Basis) -> np.ndarray:
+    """Energy features (ncol,) of one structure (periodic or a molecule): E (eV) = row @
+    coef, in the column order of :func:`feature_rows` (sums of the basis functions over
+    pairs and triplets)."""
+    layout = _layout(model, atoms)
+    basis = layout.basis
+    g = _Geometry(atoms, layout)
+    row = np.zeros(layout.n_columns)
+    if len(g.ii):
+        b2 = _basis(basis.t2, g.dist)[0][:, : basis.free2]
+        for col, m in g.pair_blocks():
+            row[col: col + basis.free2] = b2[m].sum(axis=0)
+    for col, sym, m in g.triple_blocks():
+        ep, eq = g.ep[m], g.eq[m]
+        b_ij = _basis(basis.t3, g.dist[ep])[0][:, : basis.free3]
+        b_ik = _basis(basis.t3, g.dist[eq])[0][:, : basis.free3]
+        b_jk = _basis(basis.t3jk, np.linalg.norm(g.vec[eq] - g.vec[ep], axis=1))[0]
+        block = np.einsum("tl,tn->ln", _lm(b_ij, b_ik, basis, sym), b_jk).ravel()
+        row[col: col + block.size] = block
     return row
 
 
-def feature_rows(atoms: Atoms, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]:
-    """Force block (3N, ncol) and virial block (3, 3, ncol) of one periodic structure.
+def feature_rows(atoms: Atoms, model: UF3Layout | UF3Basis) -> tuple[np.ndarray, np.ndarray]:
+    """Force block (3N, ncol) and virial block (3, 3, ncol) of one structure (periodic or a
+    molecule; a molecule's virial is not used).
 
     Forces (eV/A) = block @ coef; virial ``W = -V sigma`` (eV) = block @ coef, with the
-    column order of :func:`coefficients`. Vectorised over the neighbour list.
+    column order of :class:`UF3Layout`. Vectorised over the neighbour list, one pass per
+    block present.
     """
-    n = len(atoms)
-    ii, jj, dist, vec = neighbor_list("ijdD", atoms, basis.rc2)
-    ncol = basis.n_columns
+    layout = _layout(model, atoms)
+    basis = layout.basis
+    g = _Geometry(atoms, layout)
+    n, ncol = g.n, layout.n_columns
     forces = np.zeros((n, 3, ncol))
     virial = np.zeros((3, 3, ncol))
-    if len(ii) == 0:
+    if len(g.ii) == 0:
         return forces.reshape(3 * n, ncol), virial
-    if dist.min() <= 0.0:
-        raise RMError("two atoms on top of each other: UF3 features need distinct positions")
-    unit = vec / dist[:, None]
+    unit = g.vec / g.dist[:, None]
     # two-body: E = sum over ordered pairs of V2(r); dE/dr_j = V2'(r) u, dE/dr_i = -V2'(r) u
-    _, db2 = _basis(basis.t2, dist)
-    db2 = db2[:, : basis.free2]
-    c2 = unit[:, :, None] * db2[:, None, :]  # (P, 3, free2)
-    f2 = _scatter(n, [(ii, 1.0), (jj, -1.0)], c2.reshape(len(ii), -1)).reshape(n, 3, -1)
-    forces[:, :, : basis.free2] = f2
-    virial[:, :, : basis.free2] = -np.einsum("pa,pb,pk->abk", vec, unit, db2)
-    # three-body: centres i, unordered neighbour pairs (p < q) within rc3
-    ep, eq = _triplets(ii, dist, basis.rc3)
-    total = len(ep)
-    if total == 0:
-        return forces.reshape(3 * n, ncol), virial
-    ci, cj, ck = ii[ep], jj[ep], jj[eq]
-    d_ij, d_ik = vec[ep], vec[eq]
-    d_jk = d_ik - d_ij
-    r_ij, r_ik = dist[ep], dist[eq]
-    r_jk = np.linalg.norm(d_jk, axis=1)
-    if r_jk.min() <= 0.0:
-        raise RMError("two atoms on top of each other: UF3 features need distinct positions")
-    b_ij, db_ij = (x[:, : basis.free3] for x in _basis(basis.t3, r_ij))
-    b_ik, db_ik = (x[:, : basis.free3] for x in _basis(basis.t3, r_ik))
-    b_jk, db_jk = _basis(basis.t3jk, r_jk)
-    # dE/dr_ij, dE/dr_ik, dE/dr_jk per triplet and column (T, n_lm * nb3jk)
-    g_ij = (_sym_lm(db_ij, b_ik, basis)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
-    g_ik = (_sym_lm(b_ij, db_ik, basis)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
-    g_jk = (_sym_lm(b_ij, b_ik, basis)[:, :, None] * db_jk[:, None, :]).reshape(total, -1)
-    u_ij = d_ij / r_ij[:, None]
-    u_ik = d_ik / r_ik[:, None]
-    u_jk = d_jk / r_jk[:, None]
-    f3 = np.zeros((n, 3, g_ij.shape[1]))
-    for axis in range(3):
-        # force = -dE/dr: on i +g_ij u_ij + g_ik u_ik, on j -g_ij u_ij + g_jk u_jk,
-        # on k -g_ik u_ik - g_jk u_jk
-        a = g_ij * u_ij[:, axis, None]
-        b = g_ik * u_ik[:, axis, None]
-        c = g_jk * u_jk[:, axis, None]
-        f3[:, axis] = (_scatter(n, [(ci, 1.0), (cj, -1.0)], a) + _scatter(n, [(ci, 1.0), (ck, -1.0)], b)
-                       + _scatter(n, [(cj, 1.0), (ck, -1.0)], c))
-    forces[:, :, basis.free2:] = f3
-    virial[:, :, basis.free2:] = -(np.einsum("ta,tb,tk->abk", d_ij, u_ij, g_ij)
-                                   + np.einsum("ta,tb,tk->abk", d_ik, u_ik, g_ik)
-                                   + np.einsum("ta,tb,tk->abk", d_jk, u_jk, g_jk))
+    db2 = _basis(basis.t2, g.dist)[1][:, : basis.free2]
+    for col, m in g.pair_blocks():
+        c2 = unit[m][:, :, None] * db2[m][:, None, :]  # (P, 3, free2)
+        cols = slice(col, col + basis.free2)
+        forces[:, :, cols] = _scatter(n, [(g.ii[m], 1.0), (g.jj[m], -1.0)],
+                                      c2.reshape(int(m.sum()), -1)).reshape(n, 3, -1)
+        virial[:, :, cols] = -np.einsum("pa,pb,pk->abk", g.vec[m], unit[m], db2[m])
+    # three-body: centres i, unordered neighbour pairs within rc3
+    for col, sym, m in g.triple_blocks():
+        ep, eq = g.ep[m], g.eq[m]
+        total = len(ep)
+        ci, cj, ck = g.ii[ep], g.jj[ep], g.jj[eq]
+        d_ij, d_ik = g.vec[ep], g.vec[eq]
+        d_jk = d_ik - d_ij
+        r_ij, r_ik = g.dist[ep], g.dist[eq]
+        r_jk = np.linalg.norm(d_jk, axis=1)
+        if r_jk.min() <= 0.0:
+            raise RMError("two atoms on top of each other: UF3 features need distinct positions")
+        b_ij, db_ij = (x[:, : basis.free3] for x in _basis(basis.t3, r_ij))
+        b_ik, db_ik = (x[:, : basis.free3] for x in _basis(basis.t3, r_ik))
+        b_jk, db_jk = _basis(basis.t3jk, r_jk)
+        # dE/dr_ij, dE/dr_ik, dE/dr_jk per triplet and column (T, n_lm * nb3jk)
+        g_ij = (_lm(db_ij, b_ik, basis, sym)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
+        g_ik = (_lm(b_ij, db_ik, basis, sym)[:, :, None] * b_jk[:, None, :]).reshape(total, -1)
+        g_jk = (_lm(b_ij, b_ik, basis, sym)[:, :, None] * db_jk[:, None, :]).reshape(total, -1)
+        u_ij = d_ij / r_ij[:, None]
+        u_ik = d_ik / r_ik[:, None]
+        u_jk = d_jk / r_jk[:, None]
+        cols = slice(col, col + g_ij.shape[1])
+        for axis in range(3):
+            # force = -dE/dr: on i +g_ij u_ij + g_ik u_ik, on j -g_ij u_ij + g_jk u_jk,
+            # on k -g_ik u_ik - g_jk u_jk
+            a = g_ij * u_ij[:, axis, None]
+            b = g_ik * u_ik[:, axis, None]
+            c = g_jk * u_jk[:, axis, None]
+            forces[:, axis, cols] = (_scatter(n, [(ci, 1.0), (cj, -1.0)], a)
+                                     + _scatter(n, [(ci, 1.0), (ck, -1.0)], b)
+                                     + _scatter(n, [(cj, 1.0), (ck, -1.0)], c))
+        virial[:, :, cols] = -(np.einsum("ta,tb,tk->abk", d_ij, u_ij, g_ij)
+                               + np.einsum("ta,tb,tk->abk", d_ik, u_ik, g_ik)
+                               + np.einsum("ta,tb,tk->abk", d_jk, u_jk, g_jk))
     return forces.reshape(3 * n, ncol), virial
 
 
-def coefficients(coef: np.ndarray, basis: UF3Basis) -> tuple[np.ndarray, np.ndarray]:
-    """Full two-body (nb2,) and symmetric three-body (nb3, nb3, nb3jk) coefficient arrays
-    (eV) from the fitted columns, trailing coefficients zero."""
-    if coef.shape != (basis.n_columns,):
-        raise ValueError(f"expected {basis.n_columns} coefficients, got {coef.shape}")
+def coefficients(coef: np.ndarray, basis: UF3Basis, symmetric: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Full two-body (nb2,) and three-body (nb3, nb3, nb3jk) coefficient arrays (eV) of a
+    one-element potential's columns ``coef`` (free2 two-body, then one three-body block),
+    trailing coefficients zero; the three-body block is symmetric in (l, m) unless
+    ``symmetric`` is False (a J != K block, free3^2 * nb3jk columns)."""
+    width = (len(basis.pairs_lm[0]) if symmetric else basis.free3 ** 2) * basis.nb3jk
+    if coef.shape != (basis.free2 + width,):
+        raise ValueError(f"expected {basis.free2 + width} coefficients, got {coef.shape}")
     c2 = np.zeros(basis.nb2)
     c2[: basis.free2] = coef[: basis.free2]
     c3 = np.zeros((basis.nb3, basis.nb3, basis.nb3jk))
-    lidx, midx = basis.pairs_lm
-    block = coef[basis.free2:].reshape(len(lidx), basis.nb3jk)
-    c3[lidx, midx] = block
-    c3[midx, lidx] = block
+    if symmetric:
+        lidx, midx = basis.pairs_lm
+        block = coef[basis.free2:].reshape(len(lidx), basis.nb3jk)
+        c3[lidx, midx] = block
+        c3[midx, lidx] = block
+    else:
+        c3[: basis.free3, : basis.free3] = coef[basis.free2:].reshape(basis.free3, basis.free3, basis.nb3jk)
     return c2, c3
 
 
@@ -265,34 +390,40 @@ def _numbers(values: np.ndarray) -> str:
     return " ".join(repr(float(v)) for v in values)
 
 
-def write_potential(path, element: str, coef: np.ndarray, basis: UF3Basis, header: str = "") -> None:
-    """Write a one-element UF3 potential file for ``pair_style uf3 3``
-    (``pair_coeff * * FILE element``)."""
-    c2, c3 = coefficients(coef, basis)
+def write_potential(path, elements: str | Sequence[str], coef: np.ndarray, basis: UF3Basis,
+                    header: str = "") -> None:
+    """Write a UF3 potential file for ``pair_style uf3 3`` (``pair_coeff * * FILE E1 E2 ...``):
+    a 2B block per element pair A <= B and a 3B block per centre I and neighbour pair J <= K
+    (LAMMPS fills I K J by transposing), in the column order of :class:`UF3Layout`."""
+    elements = (elements,) if isinstance(elements, str) else tuple(elements)
+    layout = UF3Layout(basis, elements)
+    if coef.shape != (layout.n_columns,):
+        raise ValueError(f"expected {layout.n_columns} coefficients, got {coef.shape}")
+    pair_off, triple_off = layout.offsets
     t2, t3, tjk = basis.t2, basis.t3, basis.t3jk
     tag = f"#UF3 POT UNITS: metal DATE: - AUTHOR: rmsearch fit-native CITATION: Xie et al. 2023 {header}".rstrip()
-    lines = [tag, f"2B {element} {element} 0 3 nk", f"{basis.rc2!r} {len(t2)}", _numbers(t2),
-             str(len(c2)), _numbers(c2), "#",
-             tag, f"3B {element} {element} {element} 0 3 nk",
-             f"{2.0 * basis.rc3!r} {basis.rc3!r} {basis.rc3!r} {len(tjk)} {len(t3)} {len(t3)}",
-             _numbers(tjk), _numbers(t3), _numbers(t3),
-             f"{c3.shape[0]} {c3.shape[1]} {c3.shape[2]}"]
-    lines += [_numbers(row) for row in c3.reshape(-1, c3.shape[2])]
-    lines.append("#")
+    lines = []
+    two = basis.free2
+    for a, b in layout.pairs:
+        c2 = np.zeros(basis.nb2)
+        c2[:two] = coef[pair_off[a, b]: pair_off[a, b] + two]
+        lines += [tag, f"2B {elements[a]} {elements[b]} 0 3 nk", f"{basis.rc2!r} {len(t2)}", _numbers(t2),
+                  str(len(c2)), _numbers(c2), "#"]
+    for i, j, k in layout.triples:
+        col = triple_off[i, j, k]
+        block = coef[col: col + layout.triple_width(j, k)]
+        _, c3 = coefficients(np.concatenate([np.zeros(two), block]), basis, symmetric=j == k)
+        lines += [tag, f"3B {elements[i]} {elements[j]} {elements[k]} 0 3 nk",
+                  f"{2.0 * basis.rc3!r} {basis.rc3!r} {basis.rc3!r} {len(tjk)} {len(t3)} {len(t3)}",
+                  _numbers(tjk), _numbers(t3), _numbers(t3),
+                  f"{c3.shape[0]} {c3.shape[1]} {c3.shape[2]}"]
+        lines += [_numbers(row) for row in c3.reshape(-1, c3.shape[2])]
+        lines.append("#")
     with open(path, "w") as fh:
         fh.write("\n".join(lines) + "\n")
 
 
-
 # ----------------------------------------------------------------------------- the native fit
-
-def one_element(elements: list[str]) -> list[str]:
-    """``elements`` if there is one; else a one-line RMError pointing at ``--kind snap``."""
-    if len(elements) != 1:
-        raise RMError(f"elements {','.join(elements)}: UF3 fits one element for now; "
-                      "fit several with '--kind snap' (per-element SNAP)")
-    return elements
-
 
 @dataclass
 class UF3Settings(FitSettings):
@@ -330,23 +461,31 @@ class UF3Settings(FitSettings):
     def cutoff(self) -> float:
         return self.rc2
 
+    def layout(self, elements: list[str]) -> UF3Layout:
+        """The coefficient blocks of a fit over ``elements`` (:class:`UF3Layout`)."""
+        return UF3Layout(self.basis, tuple(elements))
+
     def pair_style(self, elements: list[str]) -> tuple[str, str]:
         """(LAMMPS pair style, its ``pair_coeff`` arguments after ``* *``; {potdir} placeholder)."""
-        (element,) = one_element(elements)
-        return "uf3 3", f"{{potdir}}/{element}.uf3 {element}"
+        return "uf3 3", f"{{potdir}}/{model_file(elements)} {' '.join(elements)}"
 
     def n_columns(self, elements: list[str]) -> int:
-        """Fitted coefficients (one element)."""
-        one_element(elements)
-        return self.basis.n_columns
+        """Fitted coefficients: ``n_el (n_el + 1) / 2`` two-body blocks of ``n2`` columns and
+        ``n_el^2 (n_el + 1) / 2`` three-body blocks of ~``(n3 + 3)^2 (n3 + 3) / 2`` to
+        ``n3^2 (n3 + 3)`` (:class:`UF3Layout`)."""
+        return self.layout(elements).n_columns
 
     def descriptors(self, elements: list[str]) -> UF3Descriptors:
         return UF3Descriptors(self, elements)
 
     def write_model(self, directory: Path, elements: list[str], beta: np.ndarray) -> None:
-        """Write the fitted coefficients ``beta`` as ``<element>.uf3``."""
-        (element,) = one_element(elements)
-        write_potential(directory / f"{element}.uf3", element, beta, self.basis)
+        """Write the fitted coefficients ``beta`` as one UF3 file (:func:`model_file`)."""
+        write_potential(directory / model_file(elements), elements, beta, self.basis)
+
+
+def model_file(elements: Sequence[str]) -> str:
+    """The UF3 file name of a fit over ``elements``: ``C.uf3``, ``ClNa.uf3``."""
+    return "".join(elements) + ".uf3"
 
 
 class UF3Descriptors(Descriptors):
@@ -354,9 +493,8 @@ class UF3Descriptors(Descriptors):
     :class:`~rmsearch.fitting.Descriptors`); the ZBL core's share comes from LAMMPS."""
 
     def __init__(self, settings: UF3Settings, elements: list[str]):
-        one_element(elements)
         self.settings = settings
-        self.basis = settings.basis
+        self.layout = settings.layout(elements)
         self.core = None
         if settings.core:
             style, coeffs = zbl_pair(settings, elements)
@@ -369,12 +507,14 @@ class UF3Descriptors(Descriptors):
             self.core.close()
 
     def rows(self, atoms: Atoms) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial (3, 3))."""
-        if not atoms.pbc.all() or atoms.cell.volume <= 0:
-            raise RMError("UF3 fitting needs periodic frames with a cell (rmdata crystal presets)")
-        a_f, w_c = feature_rows(atoms, self.basis)
+        """(force block (3N, ncol), virial block (3, 3, ncol), core forces (N, 3), core virial
+        (3, 3)) of a crystal, or of a molecule (no periodic images; virial unused)."""
+        crystal = bool(atoms.pbc.all())
+        if crystal and atoms.cell.volume <= 0:
+            raise RMError("a periodic frame without a cell volume: UF3 fits need a cell for crystals")
+        a_f, w_c = feature_rows(atoms, self.layout)
         n = len(atoms)
         if self.core is None:
             return a_f, w_c, np.zeros((n, 3)), np.zeros((3, 3))
-        _, f, stress = self.core.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
-        return a_f, w_c, f, -abs(atoms.get_volume()) * stress
+        _, f, stress = self.core.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, crystal)
+        return a_f, w_c, f, (-abs(atoms.get_volume()) * stress if crystal else np.zeros((3, 3)))

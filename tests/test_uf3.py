@@ -158,3 +158,102 @@ def test_uf3_settings_reject_bad_cutoffs():
         UF3Settings(rc2=2.0, rc3=2.5)
     with pytest.raises(RMError, match="n3"):
         UF3Settings(n3=0)
+
+
+# ----------------------------------------------------------------------------- several elements
+
+def _multi_teacher(layout, seed=4) -> np.ndarray:
+    """Smooth random coefficients of every block: repulsive-looking pairs, small triplets."""
+    rng = np.random.default_rng(seed)
+    coef = 0.02 * rng.normal(size=layout.n_columns)
+    pair_off, _ = layout.offsets
+    f2 = layout.basis.free2
+    for a, b in layout.pairs:
+        coef[pair_off[a, b]: pair_off[a, b] + f2] = np.linspace(2.0, -0.2, f2) + 0.1 * rng.normal(size=f2)
+    return coef
+
+
+def _multi_frames(seed: int) -> list:
+    """Rattled, strained rocksalt NaCl cells and rattled ClNa-containing molecules (non-periodic)."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(3):
+        atoms = bulk("NaCl", "rocksalt", a=5.0, cubic=True)
+        atoms.set_cell(atoms.cell @ (np.eye(3) + 0.06 * (rng.random((3, 3)) - 0.5)), scale_atoms=True)
+        atoms.positions += 0.3 * (rng.random(atoms.positions.shape) - 0.5)
+        out.append(atoms)
+        mol = Atoms("Na2Cl3", positions=[[0, 0, 0], [2.4, 0.3, 0], [1.2, 1.8, 0.2], [1.1, -1.5, 0.4],
+                                          [3.3, 2.2, -0.5]], pbc=False)
+        mol.positions += 0.3 * (rng.random(mol.positions.shape) - 0.5)
+        out.append(mol)
+    return out
+
+
+def test_two_element_features_equal_lammps(tmp_path):
+    """Two elements (Cl, Na): the numpy rows times random coefficients of every 2B and 3B block
+    (J != K blocks full, J == K symmetric) equal LAMMPS' energy, forces and stress of the
+    written file to 1e-9, on rattled rocksalt cells and on non-periodic clusters; the layout
+    counts 3 pair and 6 triple blocks."""
+    from rmsearch.engine import LammpsEngine, Potential
+    from rmsearch.uf3 import UF3Basis, UF3Layout, energy_row, feature_rows, write_potential
+
+    basis = UF3Basis(rc2=3.6, n2=9, rc3=3.0, n3=4, n3jk=4)
+    layout = UF3Layout(basis, ("Cl", "Na"))
+    assert len(layout.pairs) == 3 and len(layout.triples) == 6
+    sym, full = len(basis.pairs_lm[0]) * basis.nb3jk, basis.free3 ** 2 * basis.nb3jk
+    assert layout.n_columns == 3 * basis.free2 + 4 * sym + 2 * full
+    coef = _multi_teacher(layout)
+    write_potential(tmp_path / "ClNa.uf3", ["Cl", "Na"], coef, basis)
+    pot = Potential(directory=tmp_path, backend="uf3", elements=["Cl", "Na"], cutoff=basis.rc2,
+                    volumes={}, pair_style="uf3 3", pair_coeff=[f"* * {tmp_path}/ClNa.uf3 Cl Na"])
+    engine = LammpsEngine(pot, core_repulsion=None)
+    try:
+        for atoms in _multi_frames(5):
+            crystal = bool(atoms.pbc.all())
+            f_rows, w_rows = feature_rows(atoms, layout)
+            energy, forces, stress = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers,
+                                                    crystal)
+            scale = max(1.0, np.abs(forces).max())
+            assert abs(energy_row(atoms, layout) @ coef - energy) < 1e-9 * max(1.0, abs(energy))
+            assert np.abs((f_rows @ coef).reshape(-1, 3) - forces).max() < 1e-9 * scale
+            if crystal:
+                assert np.abs(-(w_rows @ coef) / atoms.get_volume() - stress).max() < 1e-9 * scale
+    finally:
+        engine.close()
+
+
+def test_known_two_element_uf3_is_fitted_back(tmp_path):
+    """Labels (forces, and stress of the crystals) of a known Cl-Na UF3 potential on rocksalt
+    cells and clusters are fitted back to 1e-8 eV/A (no ridge, no core); the fitted file is
+    ``ClNa.uf3`` and LAMMPS agrees with the fit."""
+    from rmsearch.engine import LammpsEngine, Potential
+    from rmsearch.native import fit_native
+    from rmsearch.uf3 import UF3Basis, UF3Layout, UF3Settings, write_potential
+
+    basis = UF3Basis(rc2=3.6, n2=9, rc3=3.0, n3=4, n3jk=4)
+    coef = _multi_teacher(UF3Layout(basis, ("Cl", "Na")))
+    write_potential(tmp_path / "ClNa.uf3", ["Cl", "Na"], coef, basis)
+    pot = Potential(directory=tmp_path, backend="uf3", elements=["Cl", "Na"], cutoff=basis.rc2,
+                    volumes={}, pair_style="uf3 3", pair_coeff=[f"* * {tmp_path}/ClNa.uf3 Cl Na"])
+    engine = LammpsEngine(pot, core_repulsion=None)
+    frames = [f for seed in range(6, 16) for f in _multi_frames(seed)]
+    for atoms in frames:  # positions and cells as extxyz keeps them (8 decimals), so labels stay exact
+        atoms.set_cell(np.round(np.asarray(atoms.cell), 8))
+        atoms.positions = np.round(atoms.positions, 8)
+        crystal = bool(atoms.pbc.all())
+        _, forces, stress = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, crystal)
+        atoms.arrays["REF_forces"] = forces
+        if crystal:
+            atoms.info["REF_stress"] = stress.ravel()
+    engine.close()
+    write(tmp_path / "labels.xyz", frames, format="extxyz")
+    settings = UF3Settings(rc2=3.6, n2=9, rc3=3.0, n3=4, n3jk=4, alpha=0.0, zbl_outer=0.0, holdout=0.2)
+    report = fit_native(tmp_path / "labels.xyz", tmp_path / "fit", settings=settings, teacher=False)
+    assert report["elements"] == ["Cl", "Na"]
+    scale = np.sqrt(np.mean(np.concatenate([f.arrays["REF_forces"].ravel() for f in frames]) ** 2))
+    for split in ("train", "holdout"):  # labels in extxyz: 8 decimals
+        assert report[split]["force_rmse_eV_per_A"] < 1e-8 * scale, (report[split], scale)
+    assert report["verification"]["forces_eV_per_A"] < 1e-8
+    assert (tmp_path / "fit" / "ClNa.uf3").is_file()
