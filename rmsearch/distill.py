@@ -14,8 +14,10 @@ split only, so the held-out frames stay held out for both.
 Recipe (:class:`DistillSettings`, defaults in brackets):
 
 1. teacher: the default ``fit-native --kind snap`` fit, kept in ``POTDIR/teacher``;
-2. teacher frames: the minima of ``teacher_starts`` [60] random starts (``rmsearch.starts``,
-   ``natoms`` [2-8] atoms of the element) relaxed with the teacher;
+2. teacher frames: the minima of ``teacher_starts`` [60] random starts (``rmsearch.starts``)
+   relaxed with the teacher: the searches of the training compositions, taken in turn
+   (:func:`training_specs`: each reduced formula of a training crystal with ``natoms``
+   [2-8] atoms, at least one formula unit; each formula of a training molecule);
 3. ``rounds`` [3] times: fit the student; relax ``starts_per_round`` [60] fresh random
    starts with it; add every minimum and ``copies`` [2] rattled (``rattle``, A) and strained
    (``strain``) copies of it to the teacher frames;
@@ -23,8 +25,10 @@ Recipe (:class:`DistillSettings`, defaults in brackets):
 
 A fit uses the rmdata training frames' forces and stresses (as without a teacher) plus the
 teacher frames' forces, stresses and energies, and the energies per atom of every frame
-relative to the first rmdata training frame, weighted by ``energy_weight`` against a force
-row. Teacher labels are SNAP without its ZBL core (the student overlays the same core);
+relative to the first rmdata training frame of the same reduced composition (per-atom
+energies of one stoichiometry share their elements' chemical potentials, which UF3 has no
+term for), weighted by ``energy_weight`` against a force row. The teacher is the default
+quadratic SNAP with the student's two-body cutoff and ZBL settings. Teacher labels are SNAP without its ZBL core (the student overlays the same core);
 frames with two atoms closer than ``min_distance`` (A, the core's range) are left out.
 """
 
@@ -91,12 +95,14 @@ class _Teacher:
         self.engine = LammpsEngine(bare, core_repulsion=None)
 
     def label(self, atoms: Atoms) -> Atoms:
-        """A copy of ``atoms`` with the teacher's REF_forces (eV/A), REF_stress (eV/A^3) and
-        ``teacher_energy`` (eV)."""
-        e, f, s = self.engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
-        out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
+        """A copy of ``atoms`` with the teacher's REF_forces (eV/A), REF_stress (eV/A^3, a
+        crystal's) and ``teacher_energy`` (eV)."""
+        crystal = bool(atoms.pbc.all())
+        e, f, s = self.engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, crystal)
+        out = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=crystal)
         out.arrays["REF_forces"] = f
-        out.info["REF_stress"] = np.asarray(s).ravel()
+        if crystal:
+            out.info["REF_stress"] = np.asarray(s).ravel()
         out.info["teacher_energy"] = float(e)
         return out
 
@@ -116,12 +122,17 @@ class _Rows:
     """The growing least-squares system of the student: rmdata force/stress rows, teacher
     frame force/stress rows, and energy-per-atom rows relative to a reference frame."""
 
-    def __init__(self, settings: UF3Settings, elements: list[str], opts: DistillSettings, ref: Atoms):
+    def __init__(self, settings: UF3Settings, elements: list[str], opts: DistillSettings,
+                 refs: Sequence[Atoms]):
         self.settings, self.elements, self.opts = settings, elements, opts
+        self.layout = settings.layout(elements)
         self.a: list[np.ndarray] = []
         self.b: list[np.ndarray] = []
-        self.ref_row = energy_row(ref, settings.basis) / len(ref)
-        self.ref_energy = ref.info["teacher_energy"] / len(ref)
+        # per reduced composition: the first frame's energy row and teacher energy, per atom
+        self.refs: dict[str, tuple[np.ndarray, float]] = {}
+        for atoms in refs:
+            self.refs.setdefault(stoichiometry(atoms), (energy_row(atoms, self.layout) / len(atoms),
+                                                        atoms.info["teacher_energy"] / len(atoms)))
 
     def add_design(self, a: np.ndarray, b: np.ndarray) -> None:
         self.a.append(a)
@@ -129,10 +140,15 @@ class _Rows:
 
     def relative_energies(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, np.ndarray]:
         """Energy-per-atom feature rows and teacher targets (eV/atom) of ``frames``, both
-        relative to the reference frame (unweighted)."""
-        rows = np.array([energy_row(a, self.settings.basis) / len(a) - self.ref_row for a in frames])
-        target = np.array([a.info["teacher_energy"] / len(a) - self.ref_energy for a in frames])
-        return rows, target
+        relative to the reference frame of their reduced composition (unweighted; frames of a
+        composition without one are left out)."""
+        rows, target = [], []
+        for a in frames:
+            ref = self.refs.get(stoichiometry(a))
+            if ref is not None:
+                rows.append(energy_row(a, self.layout) / len(a) - ref[0])
+                target.append(a.info["teacher_energy"] / len(a) - ref[1])
+        return np.array(rows).reshape(len(rows), self.layout.n_columns), np.array(target)
 
     def add_energies(self, frames: Sequence[Atoms]) -> None:
         """Energy rows of ``frames``, weighted by ``energy_weight``."""
@@ -152,20 +168,49 @@ class _Rows:
 
     def energy_gap(self, beta: np.ndarray, frames: Sequence[Atoms]) -> float:
         """RMS difference (eV/atom) between student and teacher relative energies on ``frames``."""
-        if not frames:
-            return math.nan
         rows, target = self.relative_energies(frames)
+        if not len(target):
+            return math.nan
         return float(np.sqrt(np.mean((rows @ beta - target) ** 2)))
 
 
-def _minima(potential: Potential, spec: Any, run_ids: range, seed: int, bar: Any) -> list[Atoms]:
-    """Relaxed structures of the random starts ``run_ids`` (finite energies only)."""
+def stoichiometry(atoms: Atoms) -> str:
+    """The reduced formula of ``atoms`` ("NaCl", "CH3"): what per-atom energies compare within."""
+    return atoms.get_chemical_formula(mode="hill", empirical=True)
+
+
+def training_specs(frames: Sequence[Atoms], natoms: str, volumes: dict[str, float]) -> list[Any]:
+    """The searches of the training compositions (:class:`rmsearch.starts.StartSpec`, in
+    first-seen order): a crystal's reduced formula with ``natoms`` atoms (raised to one
+    formula unit where that is larger), a molecule's formula as a molecule."""
+    from rmsearch.starts import make_spec, parse_natoms
+
+    lo, hi = parse_natoms(natoms)
+    specs: dict[tuple[str, str], Any] = {}
+    for atoms in frames:
+        if atoms.pbc.any():
+            formula = stoichiometry(atoms)
+            size = len(Atoms(formula))
+            key = ("composition", formula)
+            if key not in specs:
+                specs[key] = make_spec(composition=formula, natoms=(max(lo, size), max(hi, size)), volumes=volumes)
+        else:
+            formula = atoms.get_chemical_formula(mode="hill")
+            key = ("molecule", formula)
+            if key not in specs:
+                specs[key] = make_spec(molecule=formula, volumes=volumes)
+    return list(specs.values())
+
+
+def _minima(potential: Potential, specs: Sequence[Any], run_ids: range, seed: int, bar: Any) -> list[Atoms]:
+    """Relaxed structures of the random starts ``run_ids`` (run r searches ``specs[r %
+    len(specs)]``; finite energies only)."""
     from rmsearch.starts import make_start
 
     out = []
     with Relaxer(potential, RelaxSettings()) as relaxer:
         for run_id in run_ids:
-            o = relaxer.relax(make_start(spec, run_id, seed))
+            o = relaxer.relax(make_start(specs[run_id % len(specs)], run_id, seed))
             bar.update(1)
             if np.isfinite(o.energy_per_atom) and np.all(np.isfinite(o.atoms.positions)):
                 out.append(o.atoms)
@@ -173,12 +218,14 @@ def _minima(potential: Potential, spec: Any, run_ids: range, seed: int, bar: Any
 
 
 def _perturbed(minima: Sequence[Atoms], opts: DistillSettings, rng: np.random.Generator) -> list[Atoms]:
-    """``opts.copies`` strained and rattled copies of each structure, in order."""
+    """``opts.copies`` strained (crystals) and rattled copies of each structure, in order."""
     out = []
     for a in minima:
         for _ in range(opts.copies):
             b = a.copy()
-            b.set_cell(b.cell @ (np.eye(3) + opts.strain * rng.standard_normal((3, 3))), scale_atoms=True)
+            strain = np.eye(3) + opts.strain * rng.standard_normal((3, 3))
+            if b.pbc.all():
+                b.set_cell(b.cell @ strain, scale_atoms=True)
             b.positions += opts.rattle * rng.standard_normal(b.positions.shape)
             out.append(b)
     return out
@@ -192,7 +239,6 @@ def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[n
     from tqdm import tqdm
 
     from rmsearch.analysis.validity import min_distance
-    from rmsearch.starts import make_spec
 
     opts = opts or DistillSettings()
     data, frames, train, dm = problem.data, problem.frames, problem.train, problem.dm
@@ -200,17 +246,16 @@ def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[n
     if settings.fit_core:
         raise RMError("--fit-core: not supported with a teacher (teacher labels have no core); "
                       "drop --fit-core or pass --no-teacher")
-    if len(elements) != 1:
-        raise RMError(f"elements {elements}: distillation fits one element at a time for now")
     teacher_dir = workdir / "teacher"
-    teacher_settings = SnapSettings(holdout=settings.holdout, seed=settings.seed,
-                                    zbl_inner=settings.zbl_inner, zbl_outer=settings.zbl_outer)
+    teacher_settings = SnapSettings(holdout=settings.holdout, seed=settings.seed, rcut=settings.rc2,
+                                    zbl_inner=settings.zbl_inner, zbl_outer=settings.zbl_outer,
+                                    zbl_contacts=settings.zbl_contacts, pair_lengths=settings.pair_lengths)
     teacher_report = fit_potential(data, teacher_dir, teacher_settings)
     teacher = _Teacher(teacher_dir, teacher_settings, elements)
     scratch = workdir / ".student"
     train_idx = np.flatnonzero(train)
     rmdata_frames = [teacher.label(frames[i]) for i in train_idx]
-    rows = _Rows(settings, elements, opts, rmdata_frames[0])
+    rows = _Rows(settings, elements, opts, rmdata_frames)
     design = dm.subset(train)
     rows.add_design(dm.a[design], dm.label[design])
     rows.add_energies(rmdata_frames)
@@ -219,7 +264,7 @@ def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[n
         return min_distance(atoms, opts.min_distance) >= opts.min_distance
 
     rng = np.random.default_rng([opts.seed, 1])
-    spec = make_spec(composition=elements[0], natoms=opts.natoms, volumes=teacher.potential.volumes)
+    specs = training_specs([frames[i] for i in train_idx], opts.natoms, teacher.potential.volumes)
     total = opts.teacher_starts + opts.rounds * opts.starts_per_round
     report: dict[str, Any] = {"settings": asdict(opts), "teacher": {
         "directory": "teacher", "settings": teacher_report["settings"],
@@ -228,7 +273,7 @@ def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[n
     try:
         with tqdm(total=total, unit="relax", desc="distill", disable=None, dynamic_ncols=True) as bar:
             start = 0
-            minima = _minima(teacher.potential, spec, range(start, start + opts.teacher_starts), opts.seed, bar)
+            minima = _minima(teacher.potential, specs, range(start, start + opts.teacher_starts), opts.seed, bar)
             start += opts.teacher_starts
             new = [teacher.label(a) for a in minima if keep(a)]
             rows.add_frames(new)
@@ -236,7 +281,7 @@ def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[n
             for r in range(opts.rounds):
                 beta = rows.solve()
                 student = _student(scratch / f"round{r}", settings, elements, beta, teacher.potential.volumes)
-                minima = _minima(student, spec, range(start, start + opts.starts_per_round), opts.seed, bar)
+                minima = _minima(student, specs, range(start, start + opts.starts_per_round), opts.seed, bar)
                 start += opts.starts_per_round
                 labelled = [teacher.label(a) for a in minima if keep(a)]
                 gap = rows.energy_gap(beta, labelled)

@@ -84,6 +84,8 @@ class FitSettings:
     optimizer: ClassVar[str | None] = None
     #: Whether the fit learns from a SNAP teacher by default (:mod:`rmsearch.distill`).
     distills: ClassVar[bool] = False
+    #: The options that shrink this kind's coefficient count (named in the memory error).
+    fewer_coefficients: ClassVar[str] = ""
 
     alpha: float = setting(1.0, "Ridge strength on unit-norm columns", unit="dimensionless", bounds=(0, None))
     stress_weight: float = setting(1.0, "Weight of a stress row (-V sigma / N, eV) against a force row (eV/A)",
@@ -361,7 +363,7 @@ def check_memory(frames: Sequence[Atoms], settings: FitSettings, elements: list[
     if need > have:
         raise RMError(f"the fit needs ~{need / 2**30:.1f} GiB ({rows} rows x {cols} coefficients x "
                       f"{DESIGN_COPIES} copies), {have / 2**30:.1f} GiB available; fit fewer frames "
-                      "('rmdata make --limit N'), or fewer coefficients ('--linear', a smaller '--twojmax')")
+                      f"('rmdata make --limit N'), or fewer coefficients ({settings.fewer_coefficients})")
     return need
 
 

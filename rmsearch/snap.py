@@ -80,6 +80,7 @@ class SnapSettings(FitSettings):
     """
 
     kind: ClassVar[str] = "snap"
+    fewer_coefficients: ClassVar[str] = "'--linear', a smaller '--twojmax'"
 
     twojmax: int = setting(6, "SNAP band limit 2J (6: 30 descriptors, 8: 55)", bounds=(0, 12))
     rcut: float = setting(3.5, "SNAP descriptor cutoff (of the pair of largest covalent radii; smaller "

@@ -1,7 +1,9 @@
 """UF3 (ultra-fast force field) features and potential files: a two- plus three-body cubic
 B-spline potential that LAMMPS evaluates natively (``pair_style uf3 3``, package ML-UF3).
 
-Model (Xie et al., npj Comput. Mater. 9, 87, 2023), as LAMMPS implements it (one element):
+Model (Xie et al., npj Comput. Mater. 9, 87, 2023), as LAMMPS implements it (shown for one
+element; several elements give each element pair its own V2 and each centre element with
+each unordered pair of neighbour elements its own V3, :class:`UF3Layout`):
 
     E = sum_i sum_{j != i} V2(r_ij)  +  sum_i sum_{j < k} V3(r_ij, r_ik, r_jk)
     V2(r) = sum_n c_n B_n(r),   V3 = sum_{l,m,n} c_lmn B_l(r_ij) B_m(r_ik) B_n(r_jk)
@@ -19,7 +21,8 @@ The model is linear in the coefficients: :func:`energy_row` returns the energy f
 block (3, 3, ncol) (``W = -V sigma``, eV;
 sigma in ASE's sign) from an ASE neighbour list, vectorised over pairs and triplets
 (sparse incidence matrices scatter them onto atoms). :func:`write_potential` writes the
-single-file format of LAMMPS' ML-UF3 package (2B and 3B blocks, ``nk`` knots).
+single-file format of LAMMPS' ML-UF3 package (2B and 3B blocks, ``nk`` knots; one 3B block
+per centre I and neighbours J <= K, which LAMMPS transposes for I K J).
 :class:`UF3Settings` and :class:`UF3Descriptors` plug it into the native fit
 (:mod:`rmsearch.fitting`, ``rmsearch fit-native --kind uf3``).
 
@@ -435,18 +438,24 @@ class UF3Settings(FitSettings):
     shell, which tells cubic from hexagonal diamond. The fit learns from a SNAP teacher by
     default (``distills``); the ZBL core stays on (without it random starts collapse to
     0.7 A bonds). Its potential directories recommend ``lammps-cg``: the force call is so
-    cheap that the Python relaxer's per-step work would dominate."""
+    cheap that the Python relaxer's per-step work would dominate. Several elements: one
+    block per element pair and per (centre, neighbour pair) triple, same knots
+    (:class:`UF3Layout`); the coefficient count grows as the cube of the element count, so
+    keep ``n3`` small there (molecules of 6 elements: rc2 4, rc3 2, n3 2)."""
 
     kind: ClassVar[str] = "uf3"
     optimizer: ClassVar[str | None] = "lammps-cg"
     distills: ClassVar[bool] = True
+    fewer_coefficients: ClassVar[str] = "a smaller '--n3': three-body columns grow as n_elements^3 (n3 + 3)^3 / 2"
 
     alpha: float = with_default(FitSettings, "alpha", 1e-6)
     rc2: float = setting(3.5, "UF3 two-body cutoff", unit="A", bounds=(0, 10, True))
     n2: int = setting(14, "UF3 two-body knot intervals", bounds=(1, 1000))
     rc3: float = setting(2.2, "UF3 three-body cutoff on r_ij and r_ik (r_jk spans up to twice it)", unit="A",
                          bounds=(0, 10, True))
-    n3: int = setting(6, "UF3 three-body knot intervals on r_ij, r_ik (and r_jk)", bounds=(1, 100))
+    n3: int = setting(6, "UF3 three-body knot intervals on r_ij, r_ik (and r_jk); each element triple (centre, "
+                      "neighbour pair) adds ~n3^2 (n3 + 3) coefficients, n_el^2 (n_el + 1) / 2 triples: "
+                      "use 2 for 4+ elements (6 elements, n3 2: 2,634 coefficients)", bounds=(1, 100))
     n3jk: int = setting(6, "UF3 three-body knot intervals on r_jk", follows="n3")
 
     def __post_init__(self) -> None:

@@ -9,7 +9,8 @@
   finds rocksalt as the lowest valid structure of a 60-run search of 2-8 atoms;
 - a rattled molecule of the offline set relaxes back to its reference (RMSD < 0.05 A) with a
   potential fitted on molecules;
-- launch refuses an element the potential lacks before any run; UF3 refuses two elements.
+- launch refuses an element the potential lacks before any run; UF3 on the binary, taught
+  by SNAP searching the training composition.
 """
 
 from __future__ import annotations
@@ -248,16 +249,45 @@ def test_launch_refuses_an_element_the_potential_lacks(nacl_pot, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_uf3_refuses_two_elements_and_memory_bound(nacl_data, tmp_path, monkeypatch):
-    """UF3 on a binary: a one-line error pointing at --kind snap; a fit whose design matrix
-    exceeds the available memory: a one-line error with suggestions, before any descriptor."""
-    from rmsearch import fitting
-    from rmsearch.native import fit_native
+def test_uf3_on_two_elements_taught_by_snap_and_memory_bound(nacl_data, tmp_path, monkeypatch):
+    """UF3 on a binary, taught by SNAP: the teacher searches the training composition (NaCl),
+    LAMMPS reads the two-element file and matches the fit (<= 1e-6 eV/A); a fit whose design
+    matrix exceeds the available memory: a one-line error naming the kind's own options,
+    before any descriptor."""
+    import json
 
-    with pytest.raises(RMError, match="--kind snap"):
-        fit_native(nacl_data, tmp_path / "uf3", kind="uf3")
+    from rmsearch import fitting
+    from rmsearch.distill import DistillSettings
+    from rmsearch.native import fit_native
+    from rmsearch.uf3 import UF3Settings
+
+    report = fit_native(nacl_data, tmp_path / "uf3", settings=UF3Settings(rc2=5.0, rc3=3.0, n3=2),
+                        teacher=DistillSettings(rounds=1, teacher_starts=4, natoms="2-4"))
+    assert report["elements"] == ELEMENTS and (tmp_path / "uf3" / "ClNa.uf3").is_file()
+    assert report["verification"]["forces_eV_per_A"] <= 1e-6
+    assert report["distillation"]["teacher_frames"] > 0
+    teacher = json.loads((tmp_path / "uf3" / "teacher" / "fit.json").read_text())
+    assert teacher["settings"]["rcut"] == 5.0  # the student's two-body reach
     monkeypatch.setattr(fitting, "available_memory", lambda: 1 << 20)
-    with pytest.raises(RMError, match="GiB.*--linear") as exc:
-        fit_native(nacl_data, tmp_path / "snap", kind="snap")
-    assert "\n" not in str(exc.value)
-    assert not (tmp_path / "uf3").exists() and not (tmp_path / "snap").exists()
+    for kind, hint in (("snap", "--linear"), ("uf3", "--n3")):
+        with pytest.raises(RMError, match=f"GiB.*{hint}") as exc:
+            fit_native(nacl_data, tmp_path / kind, kind=kind, overwrite=True)
+        assert "\n" not in str(exc.value)
+    assert not (tmp_path / "snap").exists()
+
+
+def test_teacher_searches_the_training_compositions():
+    """The distillation's searches: a crystal's reduced formula with at least one formula unit,
+    a molecule's formula as a molecule, each once."""
+    from ase.build import molecule
+
+    from rmsearch.distill import training_specs
+
+    frames = [bulk("NaCl", "rocksalt", a=A_NACL, cubic=True), molecule("CH4"), molecule("CH4"),
+              bulk("Si", "diamond", a=5.43) * (2, 1, 1)]
+    frames[1].pbc = frames[2].pbc = False
+    volumes = {"Na": 20.0, "Cl": 25.0, "C": 6.0, "H": 5.0, "Si": 20.0}
+    specs = training_specs(frames, "2-8", volumes)
+    assert [(s.mode, s.formula, s.natoms) for s in specs] == [
+        ("composition", "ClNa", (2, 8)), ("molecule", "CH4", (2, 12)), ("composition", "Si", (2, 8))]
+    assert training_specs([bulk("NaCl", "rocksalt", a=A_NACL)], "1-1", volumes)[0].natoms == (2, 2)
