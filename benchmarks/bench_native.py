@@ -93,6 +93,20 @@ def summarise(rows: list[dict]) -> dict:
             "statuses": dict(Counter(r["status"] for r in rows))}
 
 
+def emit(args: argparse.Namespace, section: str, lines: list[str], out: dict) -> None:
+    """Print the section's markdown; write it into ``--write`` (``## section``) and the raw
+    numbers into ``--json`` when asked."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+    if args.write:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_relax import write_section
+
+        write_section(args.write, section, text)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 starts instead of 40")
@@ -209,15 +223,7 @@ def main(argv: list[str] | None = None) -> int:
                f"UF3 without teacher {f['uf3 no teacher']['fit_s']} s; settings "
                + "; ".join(f"{k} {json.dumps({x: y for x, y in f[k]['settings'].items() if x not in ('holdout', 'seed', 'fit_core')})}"
                            for k in ("snap", "uf3")))]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
-    if args.write:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_relax import write_section
-
-        write_section(args.write, "bench_native", text)
+    emit(args, "bench_native", lines, out)
     for r in relaxers.values():
         r.close()
     del np
@@ -357,15 +363,7 @@ def main_multi(args: argparse.Namespace) -> int:
              f"- {CHOSEN_ON_HOLDOUT}", ""]
     lines += multi_lines(f"Offline molecules, first {args.mol_limit}", out["molecules"])
     lines += multi_lines(f"mp20-subset chemical system {args.system}", out["system"])
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
-    if args.write:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from bench_relax import write_section
-
-        write_section(args.write, "bench_native_multi", text)
+    emit(args, "bench_native_multi", lines, out)
     return 0
 
 

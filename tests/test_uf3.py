@@ -228,7 +228,9 @@ def test_known_two_element_uf3_is_fitted_back(tmp_path):
     """Labels (forces, and stress of the crystals) of a known Cl-Na UF3 potential on rocksalt
     cells and clusters are fitted back to 1e-8 eV/A (no ridge, no core); the fitted file is
     ``ClNa.uf3`` and LAMMPS agrees with the fit."""
-    from rmsearch.engine import LammpsEngine, Potential
+    from test_native_multi import _labelled
+
+    from rmsearch.engine import Potential
     from rmsearch.native import fit_native
     from rmsearch.uf3 import UF3Basis, UF3Layout, UF3Settings, write_potential
 
@@ -237,17 +239,11 @@ def test_known_two_element_uf3_is_fitted_back(tmp_path):
     write_potential(tmp_path / "ClNa.uf3", ["Cl", "Na"], coef, basis)
     pot = Potential(directory=tmp_path, backend="uf3", elements=["Cl", "Na"], cutoff=basis.rc2,
                     volumes={}, pair_style="uf3 3", pair_coeff=[f"* * {tmp_path}/ClNa.uf3 Cl Na"])
-    engine = LammpsEngine(pot, core_repulsion=None)
     frames = [f for seed in range(6, 16) for f in _multi_frames(seed)]
     for atoms in frames:  # positions and cells as extxyz keeps them (8 decimals), so labels stay exact
         atoms.set_cell(np.round(np.asarray(atoms.cell), 8))
         atoms.positions = np.round(atoms.positions, 8)
-        crystal = bool(atoms.pbc.all())
-        _, forces, stress = engine.compute(atoms.positions, np.asarray(atoms.cell), atoms.numbers, crystal)
-        atoms.arrays["REF_forces"] = forces
-        if crystal:
-            atoms.info["REF_stress"] = stress.ravel()
-    engine.close()
+    frames = _labelled(pot, frames)
     write(tmp_path / "labels.xyz", frames, format="extxyz")
     settings = UF3Settings(rc2=3.6, n2=9, rc3=3.0, n3=4, n3jk=4, alpha=0.0, zbl_outer=0.0, holdout=0.2)
     report = fit_native(tmp_path / "labels.xyz", tmp_path / "fit", settings=settings, teacher=False)
