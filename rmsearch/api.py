@@ -191,7 +191,7 @@ def search(potential: str | os.PathLike | None = None, *, out: str | os.PathLike
     with the stored one. options (:func:`search_options`, as ``rmsearch launch``): one of
     ``system`` ("Li-S": any Li_a S_b), ``composition`` ("Li2S": whole formula units) or
     ``molecule`` ("C4H6O"); ``natoms`` (8, "2-12" or (2, 12) atoms per cell);
-    ``spacegroup`` (1-230 or "random"); ``volume_factor`` ((0.8, 1.2) or "0.8-1.2");
+    ``spacegroup`` (1-230, "random" or "mixed"); ``volume_factor`` ((0.8, 1.2) or "0.8-1.2");
     ``minsep_factor``; ``seed`` (run r starts from ``rng([seed, r])``); the relaxation's
     ``fmax`` (eV/A), ``smax_gpa`` (GPa), ``max_steps`` (force calls), ``dtype``,
     ``optimizer``, ``kick`` (A), ``kick_fmax`` (eV/A), ``keep_symmetry``,

@@ -91,7 +91,8 @@ class SearchOptions:
                                             "Atoms per cell, a number or a range", config="start.natoms")
     spacegroup: int | str | None = _option(
         _default(StartSpec, "spacegroup"),
-        "Space-group start: a number 1-230 or 'random' (pyxtal Wyckoff placement)",
+        "Space-group start: a number 1-230, 'random' (a group drawn per start; pyxtal Wyckoff placement) "
+        "or 'mixed' (even run ids 'random', odd ones without symmetry)",
         config="start.spacegroup", cli=("--spacegroup", "--spacegroups"))
     volume_factor: tuple[float, float] = _option(
         _default(StartSpec, "volume_factor"),

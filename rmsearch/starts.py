@@ -25,8 +25,9 @@ by random sequential addition with a per-pair minimum separation
 ``max(minsep_floor, minsep_factor * (r_cov,i + r_cov,j))`` checked against all periodic
 images (defaults 0.7 x covalent radii sum, at least 0.7 A).
 
-Symmetric starts (``spacegroup`` an int 1-230, or ``"random"`` for a space group drawn
-uniformly among those whose Wyckoff positions can hold the composition) are made by
+Symmetric starts (``spacegroup`` an int 1-230, ``"random"`` for a space group drawn
+uniformly among those whose Wyckoff positions can hold the composition, or ``"mixed"``:
+``"random"`` for even run ids and no symmetry for odd ones, half and half) are made by
 pyxtal with a lattice of the group's crystal family and the same target volume; the
 cell is then reduced to LAMMPS' tilt bounds (same lattice, other basis). When pyxtal
 cannot place the composition in the group, the start falls back to an unconstrained
@@ -66,6 +67,8 @@ _PLACEMENT_TRIES = 20
 _CELL_TRIES = 50
 #: pyxtal draws per start before falling back to a random start.
 _PYXTAL_TRIES = 5
+#: The ``spacegroup`` values that draw a group per start: every start, or every even run id.
+DRAWN_GROUPS = ("random", "mixed")
 #: Draws of a random space group before giving up ("random" mode).
 _SG_DRAWS = 200
 
@@ -89,7 +92,8 @@ class StartSpec:
         minsep_floor: lower bound of every minimum separation (A).
         max_length_ratio: largest ratio between two lattice lengths of a random cell.
         max_tilt: largest LAMMPS tilt factor as a fraction of the box length (< 0.5).
-        spacegroup: None (no symmetry), an international number 1-230, or "random".
+        spacegroup: None (no symmetry), an international number 1-230, "random", or
+            "mixed" (even run ids "random", odd ones no symmetry).
         box: molecule box edge lengths (A).
     """
 
@@ -136,8 +140,8 @@ class StartSpec:
         if self.minsep_factor < 0 or self.minsep_floor < 0:
             raise RMError("start spec: minsep_factor and minsep_floor must be >= 0")
         sg = self.spacegroup
-        if sg is not None and sg != "random" and not (isinstance(sg, int) and 1 <= sg <= 230):
-            raise RMError(f"start spec: spacegroup={sg!r} must be an integer 1-230 or 'random'")
+        if sg is not None and sg not in DRAWN_GROUPS and not (isinstance(sg, int) and 1 <= sg <= 230):
+            raise RMError(f"start spec: spacegroup={sg!r} must be an integer 1-230, 'random' or 'mixed'")
         if self.mode == "molecule":
             if sg is not None:
                 raise RMError("start spec: --spacegroup applies to crystals, not to --molecule")
@@ -208,15 +212,15 @@ def parse_range(text: str, name: str) -> tuple[float, float]:
 
 
 def parse_spacegroup(text: str | int | None) -> int | str | None:
-    """``None``/``"none"`` -> None, ``"random"`` -> "random", ``"225"`` -> 225."""
+    """``None``/``"none"`` -> None, ``"random"``/``"mixed"`` -> themselves, ``"225"`` -> 225."""
     if text is None or str(text).lower() in ("", "none"):
         return None
-    if str(text).lower() == "random":
-        return "random"
+    if str(text).lower() in DRAWN_GROUPS:
+        return str(text).lower()
     try:
         sg = int(text)
     except ValueError:
-        raise RMError(f"--spacegroup {text!r}: expected an integer 1-230 or 'random'") from None
+        raise RMError(f"--spacegroup {text!r}: expected an integer 1-230, 'random' or 'mixed'") from None
     if not 1 <= sg <= 230:
         raise RMError(f"--spacegroup {sg}: space groups are numbered 1-230")
     return sg
@@ -480,7 +484,7 @@ def make_start(spec: StartSpec, run_id: int, seed: int) -> Atoms:
     volume = factor * sum(spec.volumes[el] * c for el, c in counts.items())
     info["volume_factor"] = factor
     atoms = None
-    if spec.spacegroup is not None:
+    if spec.spacegroup is not None and not (spec.spacegroup == "mixed" and run_id % 2):
         atoms, sg, status = _symmetric(rng, spec, counts, volume)
         info.update(spacegroup_start=sg, start_status=status)
     if atoms is None:
@@ -496,7 +500,7 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
     """(atoms or None, space group, status) for a space-group start."""
     key = tuple(counts.values())
     formula = Atoms(_numbers(counts)).get_chemical_formula()
-    if spec.spacegroup == "random":
+    if spec.spacegroup in DRAWN_GROUPS:
         for _ in range(_SG_DRAWS):
             sg = int(rng.integers(1, 231))
             if compatible(sg, key):

@@ -187,6 +187,24 @@ def test_random_spacegroup_is_the_group_or_a_supergroup():
     assert exact >= total // 2
 
 
+def test_mixed_starts_alternate_symmetric_and_random():
+    """'mixed': even run ids are space-group starts (spglib finds a group above P1 in most),
+    odd ones plain random starts identical to those of a search without symmetry."""
+    mixed = make_spec(system="Li-S", natoms="4-12", spacegroup="mixed", volumes=VOLUMES)
+    plain = make_spec(system="Li-S", natoms="4-12", volumes=VOLUMES)
+    above_p1 = 0
+    for r in range(20):
+        atoms = make_start(mixed, r, 5)
+        if r % 2:
+            assert atoms.info["start_kind"] == "random" and atoms.info["spacegroup_start"] is None
+            assert np.array_equal(atoms.positions, make_start(plain, r, 5).positions)
+        else:
+            assert atoms.info["start_kind"] == "spacegroup" or atoms.info["start_status"].startswith("fallback:")
+            above_p1 += _spg(atoms).number > 1
+    assert above_p1 >= 8
+    assert make_spec(system="Li-S", spacegroup="MIXED", volumes=VOLUMES).spacegroup == "mixed"
+
+
 def test_incompatible_spacegroup_falls_back_with_status():
     spec = make_spec(composition="C", natoms="3", spacegroup=225, volumes=VOLUMES)
     atoms = make_start(spec, 0, 0)

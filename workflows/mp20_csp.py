@@ -89,12 +89,12 @@ def search_args(formula_per_cell: str) -> tuple[str, int]:
 
 
 def select_targets(references: list[tuple[str, Any]], known: set[str], n: int, max_natoms: int,
-                   wanted: list[str] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+                   wanted: list[str] | None = None, min_natoms: int = 1) -> tuple[list[dict[str, Any]], list[str]]:
     """Choose targets; returns (targets, notes).
 
     ``references``: (id, Atoms) in dataset order. ``known``: elements the model knows.
-    Without ``wanted``: the first ``n`` references with known elements and at most
-    ``max_natoms`` atoms. With ``wanted`` (formulas per cell): each formula, with the first
+    Without ``wanted``: the first ``n`` references with known elements and ``min_natoms``
+    to ``max_natoms`` atoms. With ``wanted`` (formulas per cell): each formula, with the first
     reference structure of that formula per cell (or none). Every target dict holds
     ``formula`` (per cell), ``composition`` and ``natoms`` (launch arguments), ``id`` and
     ``atoms`` of the reference (None when there is none).
@@ -105,12 +105,12 @@ def select_targets(references: list[tuple[str, Any]], known: set[str], n: int, m
         for rid, atoms in references:
             if len(out) == n:
                 break
-            if set(atoms.get_chemical_symbols()) <= known and len(atoms) <= max_natoms:
+            if set(atoms.get_chemical_symbols()) <= known and min_natoms <= len(atoms) <= max_natoms:
                 f = cell_formula(atoms)
                 comp, natoms = search_args(f)
                 out.append({"formula": f, "composition": comp, "natoms": natoms, "id": rid, "atoms": atoms})
         if len(out) < n:
-            notes.append(f"only {len(out)} reference structures with known elements and <= {max_natoms} atoms")
+            notes.append(f"only {len(out)} reference structures with known elements and {min_natoms}-{max_natoms} atoms")
         return out, notes
     by_formula: dict[str, tuple[str, Any]] = {}
     for rid, atoms in references:
@@ -260,6 +260,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="targets: MP-20-style CSV, NAME:SPLIT or a structure file")
     ap.add_argument("--ntargets", type=int, default=0, help="first N eligible targets (0 = all)")
     ap.add_argument("--max-natoms", type=int, default=12, help="largest target cell (atoms)")
+    ap.add_argument("--min-natoms", type=int, default=1, help="smallest target cell (atoms)")
+    ap.add_argument("--spacegroups", default="none", choices=["none", "random", "mixed"],
+                    help="composition-only starts: without symmetry, each in a random space group (pyxtal), "
+                         "or mixed (even runs symmetric); relaxed freely (launch --spacegroups)")
     ap.add_argument("--trials", type=int, default=30, help="random starts per target")
     ap.add_argument("--csp15", action=argparse.BooleanOptionalAction, default=True,
                     help="also search the 15 csp15 compositions")
@@ -272,7 +276,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for name in ("trials", "max_natoms", "max_steps"):
+    for name in ("trials", "max_natoms", "min_natoms", "max_steps"):
         if getattr(args, name) < 1:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
     if args.ntargets < 0 or args.seed < 0:
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     else:
         potential = args.potential or SHIPPED
     known = potential_elements(potential)
-    targets, notes = select_targets(refs, known, args.ntargets or len(refs), args.max_natoms)
+    targets, notes = select_targets(refs, known, args.ntargets or len(refs), args.max_natoms,
+                                    min_natoms=args.min_natoms)
     if args.csp15 and not args.spacegroup_given:
         csp_refs: list[tuple[str, Any]] = []
         try:
@@ -309,7 +314,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for t in targets:
         rundir = p.out / "runs" / t["formula"]
-        natoms, sg_args = t["natoms"], []
+        natoms, sg_args = t["natoms"], ([] if args.spacegroups == "none" else ["--spacegroups", args.spacegroups])
         if args.spacegroup_given:
             if t["atoms"] is None:
                 continue
@@ -348,7 +353,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     summary = summarize(rows)
     summary.update(paper=PAPER, notes=notes, reference=args.reference, potential=potential,
                    search={"trials": args.trials, "max_steps": args.max_steps, "dtype": args.dtype,
-                           "max_natoms": args.max_natoms, "spacegroup_given": args.spacegroup_given})
+                           "max_natoms": args.max_natoms, "spacegroup_given": args.spacegroup_given,
+                           "min_natoms": args.min_natoms, "spacegroups": args.spacegroups})
     plot_targets([r for r in rows if r["scored"]], p.out / "mp20_targets.png")
     p.finish({**summary, "targets": rows})
     path = write_report(p.out, summary, rows, "mp20_targets.png")
