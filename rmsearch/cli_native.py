@@ -52,7 +52,7 @@ def _option(fields: list[tuple[type, dataclasses.Field]]) -> Callable:
             kwargs["is_flag"] = True
     elif annotation == "int":
         kwargs["type"] = click.IntRange(*meta["bounds"]) if meta["bounds"] else int
-    elif annotation == "float":
+    elif annotation in ("float", "float | None"):
         kwargs["type"] = FiniteFloat(*meta["bounds"])
     else:
         kwargs["type"] = str
@@ -113,8 +113,9 @@ def _natoms(text: str) -> None:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--kind", type=click.Choice(list(KINDS)), default=DEFAULT_KIND, show_default=True,
               help="Native MLIP to fit: UF3, two- plus three-body B-splines (~20-40x cheaper per force "
-                   "call than SNAP), taught by a SNAP teacher (see --teacher; one element); or quadratic SNAP "
-                   "alone, for any number of elements and for crystals and molecules alike. SNAP fits one "
+                   "call than SNAP), taught by a SNAP teacher (see --teacher); or quadratic SNAP alone. Both fit "
+                   "any number of elements, crystals and molecules alike; UF3's three-body coefficients grow "
+                   "as the cube of the element count (see --n3). SNAP fits one "
                    "coefficient block per element: K bispectrum components (K = 30 at 2J = 6, 55 at 8) when "
                    "linear, K + K(K+1)/2 (495, 1595) when quadratic, so the coefficients grow linearly with "
                    "the elements; a fit whose design matrix would not fit in memory is refused.")

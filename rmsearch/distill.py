@@ -164,7 +164,8 @@ class _Rows:
         self.add_energies(frames)
 
     def solve(self) -> np.ndarray:
-        return ridge_solve(np.vstack(self.a), np.concatenate(self.b), self.settings.alpha)
+        return ridge_solve(np.vstack(self.a), np.concatenate(self.b), self.settings.alpha,
+                           self.settings.norm_floor or 0.0)
 
     def energy_gap(self, beta: np.ndarray, frames: Sequence[Atoms]) -> float:
         """RMS difference (eV/atom) between student and teacher relative energies on ``frames``."""

@@ -88,6 +88,11 @@ class FitSettings:
     fewer_coefficients: ClassVar[str] = ""
 
     alpha: float = setting(1.0, "Ridge strength on unit-norm columns", unit="dimensionless", bounds=(0, None))
+    norm_floor: float | None = setting(
+        None, "Floor of the column norms the ridge scales by, relative to the largest: a column the training "
+        "data barely touch (a B-spline at distances only one noisy frame reaches) then costs as much to use as "
+        "one of this norm, instead of getting an unbounded coefficient [default: 0, and 0.01 for UF3 of "
+        "several elements]", unit="dimensionless", bounds=(0, 1))
     stress_weight: float = setting(1.0, "Weight of a stress row (-V sigma / N, eV) against a force row (eV/A)",
                                    bounds=(0, None))
     zbl_inner: float = setting(0.8, "Radius where the ZBL core starts to switch off", unit="A", option=False)
@@ -110,6 +115,8 @@ class FitSettings:
             raise RMError(f"--alpha {self.alpha}: must be >= 0")
         if not self.stress_weight >= 0:
             raise RMError(f"--stress-weight {self.stress_weight}: must be >= 0")
+        if self.norm_floor is not None and not 0.0 <= self.norm_floor <= 1.0:
+            raise RMError(f"--norm-floor {self.norm_floor}: must be in [0, 1]")
         if not 0.0 <= self.holdout < 1.0:
             raise RMError(f"--holdout {self.holdout}: must be in [0, 1)")
         if self.zbl_outer and not 0 < self.zbl_inner < self.zbl_outer:
@@ -139,6 +146,10 @@ class FitSettings:
     def write_model(self, directory: Path, elements: list[str], beta: np.ndarray) -> None:
         """Write the fitted coefficients ``beta`` as the model files in ``directory``."""
         raise NotImplementedError
+
+    def default_norm_floor(self, elements: list[str]) -> float:
+        """``norm_floor`` when not given: 0 (measured recipes of SNAP and of one-element UF3)."""
+        return 0.0
 
 
 def periodic(atoms: Atoms, k: int) -> bool:
@@ -414,17 +425,21 @@ def labels(atoms: Atoms, k: int) -> tuple[np.ndarray, np.ndarray | None]:
     return np.asarray(forces, dtype=float), stress.reshape(3, 3)
 
 
-def ridge_solve(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
+def ridge_solve(a: np.ndarray, b: np.ndarray, alpha: float, floor: float = 0.0) -> np.ndarray:
     """``argmin |a x - b|^2 + lam |D x|^2`` with D the column norms and ``lam = alpha``.
 
     Columns are scaled to unit norm first (so alpha is dimensionless and the same for
     linear and quadratic terms), then solved by SVD (``scipy.linalg.lstsq`` on the
     augmented system), which stays accurate when the descriptors are nearly collinear.
+    Norms below ``floor`` times the largest count as that (``FitSettings.norm_floor``);
+    an all-zero column gets a zero coefficient.
     """
     from scipy.linalg import lstsq
 
     norms = np.linalg.norm(a, axis=0)
-    norms[norms == 0] = 1.0
+    zero = norms == 0
+    norms = np.maximum(norms, floor * norms.max()) if norms.size else norms
+    norms[zero] = 1.0
     an = a / norms
     if alpha > 0:
         an = np.vstack([an, math.sqrt(alpha) * np.eye(a.shape[1])])
@@ -479,7 +494,7 @@ def fit_beta(dm: DesignMatrix, settings: FitSettings, train: np.ndarray) -> np.n
     """Coefficients (SNAP: without beta0) fitted to the labels of the frames of mask ``train``."""
     rows = dm.subset(train)
     target = dm.label[rows] - (dm.core[rows] if settings.fit_core else 0.0)
-    return ridge_solve(dm.a[rows], target, settings.alpha)
+    return ridge_solve(dm.a[rows], target, settings.alpha, settings.norm_floor or 0.0)
 
 
 # ----------------------------------------------------------------------------- potential directory
@@ -585,6 +600,8 @@ def fit_potential(data: str | os.PathLike, out: str | os.PathLike, settings: Fit
     elements = sorted({s for a in frames for s in a.get_chemical_symbols()})
     if settings.zbl_contacts and settings.core and settings.pair_lengths is None:
         settings = replace(settings, pair_lengths=reference_contacts(frames))
+    if settings.norm_floor is None:
+        settings = replace(settings, norm_floor=settings.default_norm_floor(elements))
     dm = design_matrix(frames, settings, elements)
     held = holdout_mask(len(frames), settings.holdout, settings.seed)
     train = ~held
