@@ -235,3 +235,15 @@ def test_native_molecules_workflow_holds_lightly_rattled_molecules(tmp_path):
                                      "--rattle", "0.05", "--fit-options", "--kind snap --linear --rcut 4"])
     assert summary["molecules"] == 4 and summary["same_molecule"] == 4, summary["rows"]
     assert all(r["rmsd_A"] < 0.1 for r in summary["rows"]), summary["rows"]
+
+
+def test_generation_draws_disjoint_sets_or_the_whole_split():
+    """Table 1 draws: n generation rows and n other control rows when the split has 2n; else
+    n draws with replacement (the training distribution) and every row (up to n) as control."""
+    import spacegroup_generation
+
+    rows = [(str(i), None) for i in range(10)]
+    gen, control = spacegroup_generation.draw_sets(rows, 4, np.random.default_rng(0))
+    assert len(gen) == len(control) == 4 and not {r for r, _ in gen} & {r for r, _ in control}
+    gen, control = spacegroup_generation.draw_sets(rows, 25, np.random.default_rng(0))
+    assert len(gen) == 25 and len({r for r, _ in control}) == 10

@@ -13,7 +13,10 @@ composition, its atom count and its space group G (spglib 0.1 A). One Wyckoff st
 row in G (``rmsearch.starts``, the conventional cell pyxtal fills, as
 ``workflows/spacegroup_csp.py`` launches it) is relaxed within G (``keep_symmetry``) with
 the shipped ``model:mp20-mace`` (the generated set: the converged and not-converged
-results). The control row is ``--n`` other training rows (a second draw). Both are scored by
+results). The control row is ``--n`` other training rows (a second, disjoint draw). Where
+the split has fewer than 2 ``--n`` eligible rows (mp20-subset train: 1000 + 1000 is more
+than it holds), the ``--n`` generation rows are drawn with replacement and the control is
+every eligible row (:func:`draw_sets`). Both are scored by
 :func:`rmsearch.analysis.metrics.generation_metrics` against ``--reference`` (default
 mp20-subset:val, the split the model never saw). Outputs ``DIR/generated.extxyz``,
 ``DIR/table1.json``.
@@ -52,18 +55,25 @@ PAPER_ROWS = {
 }
 
 
-def draw_rows(rows: list[tuple[str, Any]], known: set[str], max_natoms: int, n: int,
-              rng: np.random.Generator, exclude: set[str] = frozenset()) -> list[tuple[str, Any]]:
-    """``n`` distinct rows (id, Atoms) drawn uniformly from those with known elements and at
-    most ``max_natoms`` atoms, ids in ``exclude`` left out."""
-    eligible = [(rid, a) for rid, a in rows if rid not in exclude and len(a) <= max_natoms
-                and set(a.get_chemical_symbols()) <= known]
-    if len(eligible) < n:
-        raise SystemExit(f"error: --n {n}: only {len(eligible)} eligible training rows left (<= {max_natoms} "
-                         "atoms; the control row needs n rows besides the generated set's n); lower --n or "
-                         "raise --max-natoms")
-    pick = rng.choice(len(eligible), size=n, replace=False)
-    return [eligible[int(k)] for k in pick]
+def eligible_rows(rows: list[tuple[str, Any]], known: set[str], max_natoms: int) -> list[tuple[str, Any]]:
+    """The rows (id, Atoms) with known elements and at most ``max_natoms`` atoms, in order."""
+    return [(rid, a) for rid, a in rows if len(a) <= max_natoms and set(a.get_chemical_symbols()) <= known]
+
+
+def draw_sets(rows: list[tuple[str, Any]], n: int, rng: np.random.Generator
+              ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """(generation rows, control rows) from the eligible ``rows``: ``n`` distinct rows each,
+    disjoint, when there are 2n; else the generation rows are ``n`` draws with replacement
+    from the training distribution and the control is every eligible row (up to ``n``; the
+    subset's train split has fewer than the seed paper's 1000 + 1000)."""
+    if len(rows) < 2:
+        raise SystemExit(f"error: only {len(rows)} eligible training rows; raise --max-natoms")
+    if len(rows) >= 2 * n:
+        pick = rng.choice(len(rows), size=2 * n, replace=False)
+        return [rows[int(k)] for k in pick[:n]], [rows[int(k)] for k in pick[n:]]
+    drawn = [rows[int(k)] for k in rng.integers(len(rows), size=n)]
+    control = [rows[int(k)] for k in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
+    return drawn, control
 
 
 def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int):
@@ -113,8 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     volumes = load_potential(resolve_potential(potential)).volumes
     train = load_reference_atoms(args.train)
     rng = np.random.default_rng(args.seed)
-    drawn = draw_rows(train, known, args.max_natoms, args.n, rng)
-    control = draw_rows(train, known, args.max_natoms, args.n, rng, exclude={rid for rid, _ in drawn})
+    drawn, control = draw_sets(eligible_rows(train, known, args.max_natoms), args.n, rng)
     starts = [generation_start(a, volumes, k, args.seed) for k, (_, a) in enumerate(drawn)]
     chunks = [(potential, starts[w::args.workers], args.max_steps) for w in range(args.workers)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -137,11 +146,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = {
         "this project (Wyckoff starts, symmetric relaxation)": generation_metrics(
             [to_struct(a) for a in generated], reference, workers=args.workers, ref_fingerprints=ref_fp),
-        f"control: {args.n} training structures": generation_metrics(
+        f"control: {len(control)} training structures": generation_metrics(
             [to_struct(a) for _, a in control], reference, workers=args.workers, ref_fingerprints=ref_fp),
     }
     in_group = sum(s.info.get("start_kind") == "spacegroup" for s in starts)
     result = {"potential": potential, "train": args.train, "reference": args.reference, "n": args.n,
+              "n_control": len(control), "distinct_generation_rows": len({rid for rid, _ in drawn}),
               "max_natoms": args.max_natoms, "seed": args.seed, "statuses": statuses,
               "starts_in_group": in_group, "relax_wall_s": round(t_relax, 1),
               "wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "paper_rows": PAPER_ROWS}
