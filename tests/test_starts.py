@@ -235,3 +235,23 @@ def test_bad_input_is_one_line_rmerror():
         make_spec(system="C", spacegroup="231", volumes=VOLUMES)
     with pytest.raises(RMError, match="natoms"):
         make_spec(system="C", natoms="x", volumes=VOLUMES)
+
+
+def test_shared_pyxtal_tolerances_leave_starts_unchanged(monkeypatch):
+    """pyxtal's distance checks share one default Tol_matrix (a speed-up): the symmetric starts
+    are the same to the bit as with pyxtal building its own per call."""
+    import pyxtal.operations as ops
+    from pyxtal.tolerance import Tol_matrix
+
+    import rmsearch.starts as starts
+
+    spec = make_spec(composition="Li2S", natoms="6-12", spacegroup="random", volumes=VOLUMES)
+    shared = [make_start(spec, r, 4) for r in range(6)]
+    assert ops.Tol_matrix is starts._shared_tol_matrix
+    monkeypatch.setattr(ops, "Tol_matrix", Tol_matrix)
+    monkeypatch.setattr(starts, "_share_default_tolerances", lambda: None)
+    own = [make_start(spec, r, 4) for r in range(6)]
+    assert ops.Tol_matrix is Tol_matrix
+    for a, b in zip(shared, own):
+        assert a.info["spacegroup_start"] == b.info["spacegroup_start"]
+        assert np.array_equal(a.positions, b.positions) and np.array_equal(a.cell, b.cell)
