@@ -247,3 +247,14 @@ def test_generation_draws_disjoint_sets_or_the_whole_split():
     assert len(gen) == len(control) == 4 and not {r for r, _ in gen} & {r for r, _ in control}
     gen, control = spacegroup_generation.draw_sets(rows, 25, np.random.default_rng(0))
     assert len(gen) == 25 and len({r for r, _ in control}) == 10
+
+
+def test_generation_keeps_the_lowest_energy_start_of_each_pair():
+    """With several starts per pair (results k, n + k, ...), the generated structure of pair k
+    is its lowest-energy converged or step-limited result; a pair with none is left out."""
+    import spacegroup_generation
+
+    a, b, c, d = (Atoms("H", cell=[x, x, x], pbc=True) for x in (1.0, 2.0, 3.0, 4.0))
+    results = [("converged", a, -1.0), ("error: x", b, -9.0), ("not_converged", c, -2.0),
+               ("error: y", d, np.nan)]
+    assert [x.cell[0, 0] for x in spacegroup_generation.lowest_per_pair(results, 2)] == [3.0]

@@ -13,7 +13,8 @@ composition, its atom count and its space group G (spglib 0.1 A). One Wyckoff st
 row in G (``rmsearch.starts``, the conventional cell pyxtal fills, as
 ``workflows/spacegroup_csp.py`` launches it) is relaxed within G (``keep_symmetry``) with
 the shipped ``model:mp20-mace`` (the generated set: the converged and not-converged
-results). The control row is ``--n`` other training rows (a second, disjoint draw). Where
+results; with ``--starts-per-pair K``, K starts per pair and the lowest-energy result). The
+control row is ``--n`` other training rows (a second, disjoint draw). Where
 the split has fewer than 2 ``--n`` eligible rows (mp20-subset train: 1000 + 1000 is more
 than it holds), the ``--n`` generation rows are drawn with replacement and the control is
 every eligible row (:func:`draw_sets`). Both are scored by
@@ -87,6 +88,18 @@ def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int):
     return make_start(spec, run_id, seed)
 
 
+def lowest_per_pair(results: list, n: int) -> list:
+    """The generated set: per pair k (results k, n + k, 2n + k, ...: status, Atoms, eV/atom),
+    the lowest-energy converged or step-limited result; pairs with none are left out."""
+    out = []
+    for k in range(n):
+        kept = [(e, atoms) for status, atoms, e in results[k::n]
+                if status in ("converged", "not_converged") and np.isfinite(e)]
+        if kept:
+            out.append(min(kept, key=lambda x: x[0])[1])
+    return out
+
+
 def _relax_chunk(job: tuple[str, list, int]) -> list:
     from rmsearch import relax_atoms
 
@@ -102,12 +115,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=1000, help="generated structures (and control rows)")
     ap.add_argument("--max-natoms", type=int, default=20, help="largest training cell drawn (atoms)")
     ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
+    ap.add_argument("--starts-per-pair", type=int, default=1,
+                    help="Wyckoff starts relaxed per (composition, space group) pair; the generated "
+                         "structure is the lowest-energy result (the search's own rule)")
     ap.add_argument("--workers", type=int, default=1, help="relaxation and fingerprint processes")
     ap.add_argument("--seed", type=int, default=0, help="seed of the draws and the starts")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.n < 2 or args.max_natoms < 1 or args.workers < 1 or args.seed < 0 or args.max_steps < 1:
-        raise SystemExit("error: --n must be >= 2; --max-natoms, --workers, --max-steps >= 1; --seed >= 0")
+    if (args.n < 2 or args.max_natoms < 1 or args.workers < 1 or args.seed < 0 or args.max_steps < 1
+            or args.starts_per_pair < 1):
+        raise SystemExit("error: --n must be >= 2; --max-natoms, --workers, --max-steps, --starts-per-pair "
+                         ">= 1; --seed >= 0")
     os.environ.update(THREAD_ENV)
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -124,7 +142,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     train = load_reference_atoms(args.train)
     rng = np.random.default_rng(args.seed)
     drawn, control = draw_sets(eligible_rows(train, known, args.max_natoms), args.n, rng)
-    starts = [generation_start(a, volumes, k, args.seed) for k, (_, a) in enumerate(drawn)]
+    n, per = len(drawn), args.starts_per_pair
+    starts = [generation_start(a, volumes, t * n + k, args.seed)
+              for t in range(per) for k, (_, a) in enumerate(drawn)]
     chunks = [(potential, starts[w::args.workers], args.max_steps) for w in range(args.workers)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         parts = list(pool.map(_relax_chunk, chunks))
@@ -136,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     statuses: dict[str, int] = {}
     for status, _, _ in results:
         statuses[status] = statuses.get(status, 0) + 1
-    generated = [atoms for status, atoms, _ in results if status in ("converged", "not_converged")]
+    generated = lowest_per_pair(results, n)
     from ase.io import write
 
     write(out / "generated.extxyz", generated, format="extxyz")
@@ -152,6 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     in_group = sum(s.info.get("start_kind") == "spacegroup" for s in starts)
     result = {"potential": potential, "train": args.train, "reference": args.reference, "n": args.n,
               "n_control": len(control), "distinct_generation_rows": len({rid for rid, _ in drawn}),
+              "starts_per_pair": per,
               "max_natoms": args.max_natoms, "seed": args.seed, "statuses": statuses,
               "starts_in_group": in_group, "relax_wall_s": round(t_relax, 1),
               "wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "paper_rows": PAPER_ROWS}
