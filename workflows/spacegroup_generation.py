@@ -41,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rmdata.errors import RMError
 from rmdata.utils import write_json_atomic
 from common import THREAD_ENV, workflow_parser
 from mp20_csp import cell_formula, load_reference_atoms, potential_elements, search_args, spacegroup_launch_args
@@ -143,18 +144,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     drawn, control = draw_sets(eligible_rows(train, known, args.max_natoms), args.n, rng)
     n, per = len(drawn), args.starts_per_pair
-    starts = [generation_start(a, volumes, t * n + k, args.seed)
-              for t in range(per) for k, (_, a) in enumerate(drawn)]
-    chunks = [(potential, starts[w::args.workers], args.max_steps) for w in range(args.workers)]
+    starts, failed = [], {}
+    for t in range(per):
+        for k, (_, a) in enumerate(drawn):
+            try:
+                starts.append(generation_start(a, volumes, t * n + k, args.seed))
+            except RMError as exc:  # no start could be placed: a failed run, as in a search
+                failed[len(starts)] = f"error: {exc}"
+                starts.append(None)
+    todo = [i for i, st in enumerate(starts) if st is not None]
+    chunks = [(potential, [starts[i] for i in todo[w::args.workers]], args.max_steps) for w in range(args.workers)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         parts = list(pool.map(_relax_chunk, chunks))
-    results = [None] * len(starts)
+    results: list = [(failed[i], None, float("nan")) if i in failed else None for i in range(len(starts))]
     for w, part in enumerate(parts):
         for j, res in enumerate(part):
-            results[w + j * args.workers] = res
+            results[todo[w + j * args.workers]] = res
     t_relax = time.perf_counter() - t0
     statuses: dict[str, int] = {}
     for status, _, _ in results:
+        status = "error" if status.startswith("error") else status
         statuses[status] = statuses.get(status, 0) + 1
     generated = lowest_per_pair(results, n)
     from ase.io import write
@@ -169,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"control: {len(control)} training structures": generation_metrics(
             [to_struct(a) for _, a in control], reference, workers=args.workers, ref_fingerprints=ref_fp),
     }
-    in_group = sum(s.info.get("start_kind") == "spacegroup" for s in starts)
+    in_group = sum(s is not None and s.info.get("start_kind") == "spacegroup" for s in starts)
     result = {"potential": potential, "train": args.train, "reference": args.reference, "n": args.n,
               "n_control": len(control), "distinct_generation_rows": len({rid for rid, _ in drawn}),
               "starts_per_pair": per,
