@@ -28,8 +28,9 @@ teacher frames' forces, stresses and energies, and the energies per atom of ever
 relative to the first rmdata training frame of the same reduced composition (per-atom
 energies of one stoichiometry share their elements' chemical potentials, which UF3 has no
 term for), weighted by ``energy_weight`` against a force row. The teacher is the default
-quadratic SNAP with the student's two-body cutoff and ZBL settings. Teacher labels are SNAP without its ZBL core (the student overlays the same core);
-frames with two atoms closer than ``min_distance`` (A, the core's range) are left out.
+quadratic SNAP with the student's two-body cutoff and ZBL settings. Teacher labels are SNAP
+without its ZBL core (the student overlays the same core); frames with two atoms closer than
+``min_distance`` (A, the core's range) are left out.
 """
 
 from __future__ import annotations
