@@ -110,7 +110,8 @@ def select_targets(references: list[tuple[str, Any]], known: set[str], n: int, m
                 comp, natoms = search_args(f)
                 out.append({"formula": f, "composition": comp, "natoms": natoms, "id": rid, "atoms": atoms})
         if len(out) < n:
-            notes.append(f"only {len(out)} reference structures with known elements and {min_natoms}-{max_natoms} atoms")
+            notes.append(f"only {len(out)} reference structures with known elements and "
+                         f"{min_natoms}-{max_natoms} atoms")
         return out, notes
     by_formula: dict[str, tuple[str, Any]] = {}
     for rid, atoms in references:
