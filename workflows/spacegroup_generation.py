@@ -101,12 +101,29 @@ def lowest_per_pair(results: list, n: int) -> list:
     return out
 
 
-def _relax_chunk(job: tuple[str, list, int]) -> list:
+def _relax_chunk(job: tuple[str, dict[str, float], int, list, int]) -> list:
+    """Build (in this worker: pyxtal placement is the slow part of a start) and relax the
+    starts of (training Atoms, run id) pairs; per pair (status, Atoms, eV/atom, whether the
+    start is in the asked group). A start that cannot be placed is a failed run."""
     from rmsearch import relax_atoms
 
-    potential, starts, max_steps = job
-    return [(o.status, o.atoms, o.energy_per_atom) for o in
-            relax_atoms(starts, potential, keep_symmetry=True, max_steps=max_steps)]
+    potential, volumes, seed, pairs, max_steps = job
+    starts = []
+    for atoms, run_id in pairs:
+        try:
+            starts.append(generation_start(atoms, volumes, run_id, seed))
+        except RMError as exc:  # no start could be placed: a failed run, as in a search
+            starts.append(f"error: {exc}")
+    placed = [st for st in starts if not isinstance(st, str)]
+    relaxed = iter(relax_atoms(placed, potential, keep_symmetry=True, max_steps=max_steps) if placed else [])
+    out = []
+    for st in starts:
+        if isinstance(st, str):
+            out.append((st, None, float("nan"), False))
+        else:
+            o = next(relaxed)
+            out.append((o.status, o.atoms, o.energy_per_atom, st.info.get("start_kind") == "spacegroup"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -144,22 +161,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     drawn, control = draw_sets(eligible_rows(train, known, args.max_natoms), args.n, rng)
     n, per = len(drawn), args.starts_per_pair
-    starts, failed = [], {}
-    for t in range(per):
-        for k, (_, a) in enumerate(drawn):
-            try:
-                starts.append(generation_start(a, volumes, t * n + k, args.seed))
-            except RMError as exc:  # no start could be placed: a failed run, as in a search
-                failed[len(starts)] = f"error: {exc}"
-                starts.append(None)
-    todo = [i for i, st in enumerate(starts) if st is not None]
-    chunks = [(potential, [starts[i] for i in todo[w::args.workers]], args.max_steps) for w in range(args.workers)]
+    pairs = [(a, t * n + k) for t in range(per) for k, (_, a) in enumerate(drawn)]
+    chunks = [(potential, volumes, args.seed, pairs[w::args.workers], args.max_steps) for w in range(args.workers)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         parts = list(pool.map(_relax_chunk, chunks))
-    results: list = [(failed[i], None, float("nan")) if i in failed else None for i in range(len(starts))]
+    outcomes: list = [None] * len(pairs)
     for w, part in enumerate(parts):
-        for j, res in enumerate(part):
-            results[todo[w + j * args.workers]] = res
+        outcomes[w::args.workers] = part
+    results = [o[:3] for o in outcomes]
     t_relax = time.perf_counter() - t0
     statuses: dict[str, int] = {}
     for status, _, _ in results:
@@ -178,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"control: {len(control)} training structures": generation_metrics(
             [to_struct(a) for _, a in control], reference, workers=args.workers, ref_fingerprints=ref_fp),
     }
-    in_group = sum(s is not None and s.info.get("start_kind") == "spacegroup" for s in starts)
+    in_group = sum(o[3] for o in outcomes)
     result = {"potential": potential, "train": args.train, "reference": args.reference, "n": args.n,
               "n_control": len(control), "distinct_generation_rows": len({rid for rid, _ in drawn}),
               "starts_per_pair": per,
@@ -189,7 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, row in rows.items():
         print(f"{name}: COV-P {row['cov_p']:.3f} COV-R {row['cov_r']:.3f} FD {row['frechet_distance']:.3f} "
               f"(n used {row['n_used']}, reference {row['n_reference']})", flush=True)
-    print(f"starts in the asked group {in_group}/{len(starts)}; statuses {statuses}; wall {result['wall_s']} s")
+    print(f"starts in the asked group {in_group}/{len(pairs)}; statuses {statuses}; wall {result['wall_s']} s")
     return result
 
 
