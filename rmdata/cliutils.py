@@ -92,6 +92,22 @@ class RMGroup(click.Group):
         except OSError as exc:
             click.echo(f"error: {os_error_message(exc)}", err=True)
             sys.exit(2)
+        except Exception as exc:
+            stop = _stop_behind(exc)
+            if stop is None:
+                raise
+            _stopped(stop)  # e.g. an extension module's import turned Ctrl-C into ImportError
+
+
+def _stop_behind(exc: BaseException) -> KeyboardInterrupt | None:
+    """The stop signal (KeyboardInterrupt) among an exception's causes and contexts, if any."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _stopped(exc: KeyboardInterrupt) -> None:

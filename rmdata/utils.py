@@ -256,26 +256,55 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+def _exit_quietly(signum, _frame):
+    raise SystemExit(128 + signum)
+
+
 def _unblock_then(initializer, *args) -> None:
+    # A forked worker inherits the command's handlers, whose exception a pool worker would
+    # print with a traceback ("Process ForkPoolWorker-2: ..."), e.g. when the parent's
+    # clean-up terminates the pool while this worker is still starting. SystemExit leaves
+    # a worker silently and still runs its ``finally`` blocks (temporaries removed).
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _exit_quietly)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if initializer is not None:
         initializer(*args)
 
 
 def worker_pool(workers: int, initializer=None, initargs: tuple = ()):
-    """A ``multiprocessing`` pool (fork where available) started with SIGINT/SIGTERM held.
+    """A ``multiprocessing`` pool (fork where available) that a stop signal cannot tear.
 
-    A stop signal that lands while the pool forks would run the command's handler inside
-    Python's after-fork hooks, where its exception is printed as "Exception ignored" with a
-    traceback and then lost; held, it is delivered once the workers exist, at a point where
-    the clean-up works. The workers unblock both before ``initializer(*initargs)``.
+    A SIGINT/SIGTERM that lands while the pool forks would run the command's handler inside
+    Python's after-fork hooks (printed as "Exception ignored" with a traceback, then lost)
+    or between two forks (workers left running, holding the caller's pipes). So, while the
+    pool starts, both signals are blocked in this thread (the workers inherit the mask) and
+    recorded rather than handled (another thread may receive them); once the pool exists the
+    caller's handlers are back and a recorded signal is raised again, after the pool is
+    terminated. The workers leave quietly on either signal (``SystemExit``, no traceback)
+    and unblock both before ``initializer(*initargs)``.
     """
     import multiprocessing as mp
+    import threading
 
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    pending: list[int] = []
+    handlers = {}
+    if threading.current_thread() is threading.main_thread():
+        handlers = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+                    for sig in STOP_SIGNALS}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
     try:
-        return ctx.Pool(workers, initializer=_unblock_then, initargs=(initializer, *initargs))
+        pool = ctx.Pool(workers, initializer=_unblock_then, initargs=(initializer, *initargs))
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
+        for sig, handler in handlers.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+    if pending:
+        try:
+            signal.raise_signal(pending[0])
+        except BaseException:
+            pool.terminate()
+            pool.join()
+            raise
+    return pool

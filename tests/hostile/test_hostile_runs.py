@@ -91,7 +91,10 @@ def test_launch_exits_non_zero_when_every_run_failed(damage, uf3_copy, tmp_path,
 
 # ------------------------------------------------------------------ processes: signals and hangs
 
-MAKE = [sys.executable, "-m", "rmdata.cli", "make", "--dataset", "diamond", "--copies", "30", "-j", "2",
+#: About 4 s alone on 2 cores (12 s for six at once): long enough that the signals of the
+#: test below, at 1-4 s, land while it runs (with 30 copies, 1 s, most used to arrive late).
+COPIES = 200
+MAKE = [sys.executable, "-m", "rmdata.cli", "make", "--dataset", "diamond", "--copies", str(COPIES), "-j", "2",
         "-o", "out.xyz"]
 
 
@@ -128,7 +131,7 @@ def test_sigterm_and_sigint_during_make_leave_nothing_behind(tmp_path):
         assert "Traceback" not in err, err[-2000:]
         files = sorted(p.name for p in folder.iterdir())
         if files == ["out.xyz"]:  # finished before the signal (it may still arrive before exit)
-            assert len(rmdata.read(folder / "out.xyz")) == 121 * 30
+            assert len(rmdata.read(folder / "out.xyz")) == 121 * COPIES
             continue
         interrupted += 1
         assert code != 0 and files == [], (sig, delay, code, files)  # no output, no hidden temporary
