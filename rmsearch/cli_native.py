@@ -16,11 +16,12 @@ from typing import Any
 
 import click
 
-from rmdata.cliutils import CONTEXT, FiniteFloat, check_output, output_option
+from rmdata.cliutils import CONTEXT, WORKERS, FiniteFloat, check_output, output_option
 from rmdata.errors import RMError
 from rmsearch.distill import DistillSettings
 from rmsearch.fitting import FitSettings
 from rmsearch.native import DEFAULT_KIND, KINDS, fit_native
+from rmsearch.pool import default_workers
 from rmsearch.snap import SnapSettings
 from rmsearch.uf3 import UF3Settings
 
@@ -134,9 +135,12 @@ def _natoms(text: str) -> None:
                    "references.")
 @click.option("--mace-model", type=click.Path(path_type=Path), default=None,
               help="A MACE .model to evaluate on the same held-out frames, for comparison.")
+@click.option("--workers", "-j", type=WORKERS, default=None,
+              help="Processes computing the rows of a streamed fit (--solver) [default: the cores this process "
+                   "may use]; the potential does not depend on it.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
 def fit_native_command(data: Path, kind: str, output: Path, teacher: bool, zbl: str, mace_model: Path | None,
-                       overwrite: bool, **values: Any) -> None:
+                       workers: int | None, overwrite: bool, **values: Any) -> None:
     """Fit a native potential on DATA (rmdata extxyz/HDF5: REF_forces, and REF_stress of
     crystals; molecule frames have no stress rows) and write OUT."""
     out = check_output(output, inputs=[data, mace_model], overwrite=overwrite, folder=True)
@@ -150,9 +154,11 @@ def fit_native_command(data: Path, kind: str, output: Path, teacher: bool, zbl: 
         what = f"two-body to {settings.rc2:g} A, three-body to {settings.rc3:g} A"
     distill = teacher and settings_from_options(DistillSettings, values)
     report = fit_native(data, out, kind=kind, settings=settings, mace_model=mace_model, overwrite=overwrite,
-                        teacher=distill)
+                        teacher=distill, workers=workers or default_workers())
     click.echo(f"wrote {out}: {kind} ({what}, {report['n_coefficients']} coefficients) from "
-               f"{report['n_frames']} frames in {report['wall_s']:.1f} s")
+               f"{report['n_frames']} frames in {report['wall_s']:.1f} s"
+               + (" (streamed normal equations; errors on a sample of the frames)"
+                  if report["solver"] == "normal" else ""))
     click.echo(f"{'split':<18}{'frames':>7}{'force RMSE (eV/A)':>20}{'stress RMSE (eV/A^3)':>23}")
     rows = [("train", report["train"]), ("holdout", report["holdout"]),
             ("holdout (no core)", report.get("holdout_snap_only")),

@@ -248,6 +248,9 @@ def distill(problem: FitProblem, opts: DistillSettings | None = None) -> tuple[n
     if settings.fit_core:
         raise RMError("--fit-core: not supported with a teacher (teacher labels have no core); "
                       "drop --fit-core or pass --no-teacher")
+    if dm.normal is not None:
+        raise RMError("a teacher needs every design row in memory, and this fit streams them; "
+                      "pass --solver svd (with fewer frames) or --no-teacher")
     teacher_dir = workdir / "teacher"
     teacher_settings = SnapSettings(holdout=settings.holdout, seed=settings.seed, rcut=settings.rc2,
                                     zbl_inner=settings.zbl_inner, zbl_outer=settings.zbl_outer,

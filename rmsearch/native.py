@@ -37,7 +37,8 @@ KINDS = tuple(SETTINGS)
 
 def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | None = None,
                settings: FitSettings | None = None, mace_model: str | os.PathLike | None = None,
-               overwrite: bool = False, teacher: bool | DistillSettings = True) -> dict[str, Any]:
+               overwrite: bool = False, teacher: bool | DistillSettings = True,
+               workers: int = 1) -> dict[str, Any]:
     """Fit a native potential (``kind`` uf3 or snap) on an rmdata file and write the potential directory ``out``.
 
     A UF3 fit learns from a quadratic SNAP teacher fitted on the same file
@@ -47,6 +48,7 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
     :func:`rmsearch.fitting.fit_potential`): settings, train and held-out RMSEs of forces
     (eV/A) and stress (eV/A^3) on the rmdata frames, MACE's on the same held-out frames
     when ``mace_model`` is given, the distillation rounds, and the LAMMPS self-check.
+    ``workers``: processes of a streamed fit (``--solver``).
     """
     if kind is None:
         kind = settings.kind if settings is not None else DEFAULT_KIND
@@ -59,4 +61,5 @@ def fit_native(data: str | os.PathLike, out: str | os.PathLike, *, kind: str | N
     learn = labels_alone
     if teacher is not False and settings.distills:
         learn = partial(distill, opts=teacher if isinstance(teacher, DistillSettings) else None)
-    return fit_potential(data, out, settings, learn=learn, mace_model=mace_model, overwrite=overwrite)
+    return fit_potential(data, out, settings, learn=learn, mace_model=mace_model, overwrite=overwrite,
+                         workers=workers)

@@ -67,6 +67,10 @@ _PLACEMENT_TRIES = 20
 _CELL_TRIES = 50
 #: pyxtal draws per start before falling back to a random start.
 _PYXTAL_TRIES = 5
+#: Distance checks pyxtal may make for one start (all its draws) before the start falls back
+#: to a random one: a bound on groups pyxtal cannot fill that counts work, not seconds, so
+#: a start stays a function of its seed (see :func:`_spacegroup_crystal`).
+PYXTAL_CHECKS = 4000
 #: The ``spacegroup`` values that draw a group per start: every start, or every even run id.
 DRAWN_GROUPS = ("random", "mixed")
 #: Draws of a random space group before giving up ("random" mode).
@@ -415,12 +419,28 @@ def _tolerances(species: tuple[str, ...], factor: float, floor: float):
     return Tol_matrix(*pairs, prototype="atomic")
 
 
+class _OutOfChecks(Exception):
+    """pyxtal used up the distance checks of one start (:data:`PYXTAL_CHECKS`)."""
+
+
+#: Distance checks pyxtal has made for the start being drawn (reset per start).
+_checks = {"used": 0, "limit": PYXTAL_CHECKS}
+
+
 @cache
-def _shared_tol_matrix(*args: Any, **kwargs: Any):
-    """One pyxtal ``Tol_matrix`` per set of arguments (see :func:`_share_default_tolerances`)."""
+def _tol_matrix(*args: Any, **kwargs: Any):
     from pyxtal.tolerance import Tol_matrix
 
     return Tol_matrix(*args, **kwargs)
+
+
+def _shared_tol_matrix(*args: Any, **kwargs: Any):
+    """One pyxtal ``Tol_matrix`` per set of arguments (see :func:`_share_default_tolerances`);
+    each call is one distance check of pyxtal, counted against the start's budget."""
+    _checks["used"] += 1
+    if _checks["used"] > _checks["limit"]:
+        raise _OutOfChecks(f"{_checks['limit']} distance checks")
+    return _tol_matrix(*args, **kwargs)
 
 
 def _share_default_tolerances() -> None:
@@ -443,12 +463,16 @@ def _spacegroup_crystal(rng: np.random.Generator, spec: StartSpec, counts: dict[
     species = list(counts)
     num = [counts[el] for el in species]
     numbers = _numbers(counts)
+    _checks.update(used=0, limit=PYXTAL_CHECKS)
     for _ in range(_PYXTAL_TRIES):
         lattice = Lattice(_group(sg).lattice_type, volume=volume, random_state=rng)
         crystal = pyxtal()
         try:
             crystal.from_random(3, sg, species, num, lattice=lattice, random_state=rng, max_count=1,
                                 tm=_tolerances(tuple(species), spec.minsep_factor, spec.minsep_floor))
+        except _OutOfChecks:
+            log.debug("pyxtal used %d distance checks on %s in %d", PYXTAL_CHECKS, counts, sg)
+            return None
         except Exception as exc:  # noqa: BLE001 - pyxtal signals failure with assorted types
             log.debug("pyxtal failed for %s in %d: %s", counts, sg, exc)
             continue

@@ -87,6 +87,52 @@ def test_known_two_element_snap_is_fitted_back(tmp_path, quadratic):
     assert err["force_rmse_eV_per_A"] < 1e-8 * scale and err["stress_rmse_eV_per_A3"] < 1e-8 * scale, err
 
 
+def test_streamed_normal_equations_equal_the_in_memory_fit(tmp_path, monkeypatch):
+    """The streamed solver (normal equations accumulated per block of frames, frames grouped
+    by their elements) gives the in-memory SVD fit's coefficients to 1e-9 (relative) on
+    crystals and molecules, the same bytes with 1 or 2 worker processes, reports errors on
+    the frames it kept, and a teacher refuses its streamed rows in one line."""
+    from rmsearch import fitting
+    from rmsearch.distill import distill
+    from rmsearch.fitting import (FitProblem, design_matrix, errors, fit_beta, report_frames,
+                                  streamed_design)
+    from rmsearch.snap import SnapSettings
+    from rmsearch.uf3 import UF3Settings
+
+    rng = np.random.default_rng(3)
+    frames = [_rocksalt(rng) for _ in range(5)] + [_cluster(rng) for _ in range(6)]
+    frames += [Atoms("Na3", positions=rng.random((3, 3)) * 3.0, pbc=False) for _ in range(3)]
+    for atoms in frames:  # any labels do: both solvers fit the same least-squares problem
+        atoms.arrays["REF_forces"] = rng.normal(size=(len(atoms), 3))
+        if atoms.pbc.all():
+            atoms.info["REF_stress"] = rng.normal(size=6) * 0.01
+    held = np.zeros(len(frames), bool)
+    held[[2, 7]] = True
+    monkeypatch.setattr(fitting, "STREAM_BLOCK", 4)  # several blocks, of different elements
+    monkeypatch.setattr(fitting, "STREAM_REPORT_FRAMES", 3)
+    for settings in (SnapSettings(twojmax=4, rcut=4.0, alpha=1e-3), UF3Settings(rc2=4.5, rc3=3.0, n3=2)):
+        full = design_matrix(frames, settings, ELEMENTS)
+        beta = fit_beta(full, settings, ~held)
+        kept = report_frames(len(frames), held, 0)
+        assert kept[:3].all() and kept[held].all() and (kept & ~held).sum() <= 3 + 3
+        one = streamed_design(frames, settings, ELEMENTS, ~held, kept, workers=1)
+        two = streamed_design(frames, settings, ELEMENTS, ~held, kept, workers=2)
+        assert one.normal.rows == int(full.subset(~held).sum())
+        b1, b2 = fit_beta(one, settings, ~held), fit_beta(two, settings, ~held)
+        assert b1.tobytes() == b2.tobytes()
+        assert np.abs(b1 - beta).max() < 1e-9 * np.abs(beta).max(), type(settings).__name__
+        # errors on the kept frames equal the in-memory ones on the same frames
+        mask = ~held & kept
+        assert errors(one, b1, settings, ~held)["n_frames"] == mask.sum() < (~held).sum()
+        assert errors(one, b1, settings, ~held)["force_rmse_eV_per_A"] == pytest.approx(
+            errors(full, beta, settings, mask)["force_rmse_eV_per_A"], rel=1e-8)
+    with pytest.raises(RMError, match="streams them.*--solver svd") as exc:
+        distill(FitProblem("x.xyz", frames, ~held, one, settings, ELEMENTS, tmp_path))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(RMError, match="--solver qr: choose one of auto, svd, normal"):
+        SnapSettings(solver="qr")
+
+
 @pytest.fixture(scope="module")
 def nacl_data(tmp_path_factory):
     """An rmdata file of one rocksalt NaCl cell (8 atoms) with the native recipe's strains and copies."""

@@ -255,3 +255,19 @@ def test_shared_pyxtal_tolerances_leave_starts_unchanged(monkeypatch):
     for a, b in zip(shared, own):
         assert a.info["spacegroup_start"] == b.info["spacegroup_start"]
         assert np.array_equal(a.positions, b.positions) and np.array_equal(a.cell, b.cell)
+
+
+def test_pyxtal_check_budget_is_deterministic_and_falls_back(monkeypatch):
+    """A start whose group pyxtal cannot fill within PYXTAL_CHECKS distance checks falls back
+    to a random start: counted work, not seconds, so the same seed gives the same start."""
+    import rmsearch.starts as starts
+
+    spec = make_spec(composition="Li2S", natoms="12", spacegroup=225, volumes=VOLUMES)
+    placed = make_start(spec, 0, 1)
+    assert placed.info["spacegroup_start"] == 225 and starts._checks["used"] > 1
+    monkeypatch.setattr(starts, "PYXTAL_CHECKS", 1)
+    starved = [make_start(spec, 0, 1) for _ in range(2)]
+    for atoms in starved:
+        assert atoms.info["spacegroup_start"] is None and atoms.info["start_status"].startswith("fallback:")
+        assert starts._checks["used"] == 2  # stopped at the first check over the budget
+    assert np.array_equal(starved[0].positions, starved[1].positions)

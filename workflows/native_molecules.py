@@ -64,10 +64,13 @@ def main(argv: list[str] | None = None) -> dict:
                     help="fit on the first N molecules of the offline list (0: all 4,488; use a linear fit)")
     ap.add_argument("--fit-options", default=FIT_OPTIONS, help="options of rmsearch fit-native")
     ap.add_argument("--fmax", type=float, default=0.01, help="force tolerance of the relaxation (eV/A)")
+    ap.add_argument("--shift", type=float, default=0.0,
+                    help="move the evenly spaced picks by this fraction of their spacing, in [0, 1): "
+                         "0.5 with another --seed gives a disjoint tuning set of molecules")
     add_run_options(ap, search=False)
     args = ap.parse_args(argv)
-    if args.nmolecules < 1 or not 0 < args.rattle <= 1.0:
-        raise SystemExit("error: --nmolecules must be >= 1 and --rattle in (0, 1] A")
+    if args.nmolecules < 1 or not 0 < args.rattle <= 1.0 or not 0 <= args.shift < 1:
+        raise SystemExit("error: --nmolecules must be >= 1, --rattle in (0, 1] A and --shift in [0, 1)")
     from ase.io import read, write
 
     from rmsearch.analysis.molecules import check_molecule
@@ -87,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
     # bicyclobutanes, it cannot: no potential could be judged on those), evenly along the list
     refs = [a for a in read(data, index=":") if float(a.info.get("noise_level", 0)) == 0]
     refs = [a for a in refs if check_molecule(a).valid]
-    pick = np.unique(np.linspace(0, len(refs) - 1, min(args.nmolecules, len(refs))).round().astype(int))
+    spacing = (len(refs) - 1) / max(min(args.nmolecules, len(refs)) - 1, 1)
+    pick = np.linspace(0, len(refs) - 1, min(args.nmolecules, len(refs))) + args.shift * spacing
+    pick = np.unique(np.minimum(pick.round().astype(int), len(refs) - 1))
     rng = np.random.default_rng(args.seed)
     rattled = []
     for i in pick:
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
     fit = json.loads((potential / "fit.json").read_text())
     same = sum(r["same"] for r in rows)
     summary = {"molecules": len(rows), "same_molecule": same, "share": round(same / len(rows), 3),
-               "rattle_A": args.rattle, "fit_options": args.fit_options, "levels": args.levels,
+               "rattle_A": args.rattle, "shift": args.shift, "seed": args.seed, "fit_options": args.fit_options, "levels": args.levels,
                "fit_wall_s": fit.get("wall_s"), "fit_frames": fit.get("n_frames"),
                "fit_coefficients": fit.get("n_coefficients"),
                "holdout_force_rmse_eV_per_A": (fit.get("holdout") or {}).get("force_rmse_eV_per_A"),
