@@ -35,6 +35,7 @@ import argparse
 import html
 import json
 import logging
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -274,6 +275,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="space-group-conditioned CSP: each target's starts are Wyckoff placements in its "
                          "reference's space group (spglib 0.1 A), relaxed within it (launch --spacegroup G "
                          "--keep-symmetry; targets without a reference are skipped, so no csp15)")
+    ap.add_argument("--jobs", type=int, default=None,
+                    help="targets searched at once, each with --workers / jobs processes (default: one per "
+                         "core when --workers is not given, so that a launch's start-up and analysis, which "
+                         "use one core, overlap another target's search; results do not depend on it)")
     add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -312,17 +317,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rmsearch.records import read_records
 
     train_formulas = _training_formulas()
-    rows = []
-    for t in targets:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    jobs = max(1, args.jobs or (1 if args.workers else cores))
+    workers = args.workers or max(1, cores // jobs)
+
+    def search(t: dict[str, Any]) -> dict[str, Any] | None:
         rundir = p.out / "runs" / t["formula"]
         natoms, sg_args = t["natoms"], ([] if args.spacegroups == "none" else ["--spacegroups", args.spacegroups])
         if args.spacegroup_given:
             if t["atoms"] is None:
-                continue
+                return None
             sg_args, natoms = spacegroup_launch_args(t["atoms"], t["natoms"])
         p.launch(f"search {t['formula']}", rundir, potential,
                  ["--composition", t["composition"], "--natoms", str(natoms), "--max-steps", str(args.max_steps),
-                  "--dtype", args.dtype, *sg_args], nruns=args.trials, seed=args.seed, workers=args.workers)
+                  "--dtype", args.dtype, *sg_args], nruns=args.trials, seed=args.seed, workers=workers)
         analyze = ["--top", "5", "--match-top-k", str(args.trials), "--no-metrics"]
         if t["atoms"] is not None:
             ref_file = p.out / "runs" / f"{t['formula']}.reference.extxyz"
@@ -332,7 +340,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         csp = ((rep.get("csp") or {}).get("rows") or [{}])[0]
         records = list(read_records(rundir / "shards"))
         top = rep["top_clusters"][0] if rep["top_clusters"] else None
-        rows.append({
+        row = {
             "formula": t["formula"], "id": t["id"], "natoms": t["natoms"], "trials": rep["n_records"],
             "csp15": bool(t.get("csp15")),
             "converged": rep["status_counts"].get("converged", 0), "clusters": rep["n_clusters"],
@@ -347,15 +355,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "reference_spacegroup": None if t["atoms"] is None else spacegroup_of(t["atoms"]),
             "spacegroup_starts": sum(r.extra.get("start_kind") == "spacegroup" for r in records),
             "spacegroup_kept": sum(bool(r.extra.get("spacegroup_kept")) for r in records),
-        })
-        print(f"[{t['formula']}] k=1 {rows[-1]['matched_k1']} k=20 {rows[-1]['matched']} "
-              f"rmse {rows[-1]['rmsd']}", flush=True)
+        }
+        print(f"[{t['formula']}] k=1 {row['matched_k1']} k=20 {row['matched']} rmse {row['rmsd']}", flush=True)
+        return row
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(jobs) as pool:  # each target is its own processes; rows keep the target order
+        rows = [row for row in pool.map(search, targets) if row is not None]
 
     summary = summarize(rows)
     summary.update(paper=PAPER, notes=notes, reference=args.reference, potential=potential,
                    search={"trials": args.trials, "max_steps": args.max_steps, "dtype": args.dtype,
                            "max_natoms": args.max_natoms, "spacegroup_given": args.spacegroup_given,
-                           "min_natoms": args.min_natoms, "spacegroups": args.spacegroups})
+                           "min_natoms": args.min_natoms, "spacegroups": args.spacegroups,
+                           "jobs": jobs, "workers_per_job": workers})
     plot_targets([r for r in rows if r["scored"]], p.out / "mp20_targets.png")
     p.finish({**summary, "targets": rows})
     path = write_report(p.out, summary, rows, "mp20_targets.png")
