@@ -65,7 +65,7 @@ STREAM_ABOVE = 2 * 2**30
 STREAM_BLOCK = 256
 #: A streamed fit keeps the rows of at most this many held-out and this many training
 #: frames (drawn with the seed) for its error report, and of the first frames for the self-check.
-STREAM_REPORT_FRAMES = 2000
+STREAM_REPORT_FRAMES = 500
 SELF_CHECK_FRAMES = 3
 
 
