@@ -21,10 +21,10 @@ of :data:`STREAM_BLOCK` frames (frames of the same elements together, so a block
 only its elements' columns) are turned into ``A^T A`` and ``A^T b`` on worker processes,
 summed in a fixed order (independent of the worker count) and solved by Cholesky with the
 same unit-norm ridge; only the rows of a sample of frames are kept, for the error report
-and the self-check (:func:`report_frames`). Measured on 3,206 molecule frames (quadratic
-SNAP, 2,970 coefficients, one core): SVD 107 s, normal equations 34 s, coefficients equal to
-1e-16; all 4,488 offline molecules (22,440 frames, 0.88 M rows: 21 GB in memory) in 133 s
-on 2 cores.
+and the self-check (:func:`report_frames`). Measured (benchmarks/bench_fit.py) on 700
+offline molecules (3,500 frames, quadratic SNAP, 2,970 coefficients): SVD 122 s, normal
+equations 38.5 s on one worker, 25.4 s on two, coefficients equal to 6e-13; all 4,488
+offline molecules (22,440 frames, 0.88 M rows: 21 GB in memory) in ~100 s on 2 cores.
 
 Settings are declared once: each field of a settings class is made with :func:`setting`,
 whose metadata (help text, unit, command-line bounds) ``rmsearch fit-native`` turns into
