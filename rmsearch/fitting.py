@@ -501,8 +501,7 @@ _STREAM: dict[str, Any] = {}
 
 def _stream_init(frames, settings, elements, train, kept) -> None:
     pin_threads(1)
-    _STREAM.update(frames=frames, settings=settings, train=train, kept=kept,
-                   desc=settings.descriptors(elements), ncol=settings.n_columns(elements))
+    _STREAM.update(frames=frames, settings=settings, train=train, kept=kept, desc=settings.descriptors(elements))
 
 
 def _stream_block(block: np.ndarray) -> tuple:
@@ -514,7 +513,7 @@ def _stream_block(block: np.ndarray) -> tuple:
         rows = _frame_rows(st["desc"], st["frames"][k], int(k), st["settings"])
         if st["train"][k]:
             a_rows.append(rows[0])
-            t_rows.append(rows[1] - rows[2] if st["settings"].fit_core else rows[1])
+            t_rows.append(fit_target(rows[1], rows[2], st["settings"]))
         if st["kept"][k]:
             kept.append((int(k), rows))
     if not a_rows:
@@ -532,6 +531,8 @@ def streamed_design(frames: Sequence[Atoms], settings: FitSettings, elements: li
     touches only the columns of its elements) on ``workers`` processes, and the rows of
     the ``kept`` frames. Blocks are summed in a fixed order: the result does not depend on
     ``workers``."""
+    from contextlib import ExitStack
+
     from rmdata.utils import worker_pool
 
     check_memory(frames, settings, elements, kept)
@@ -540,25 +541,19 @@ def streamed_design(frames: Sequence[Atoms], settings: FitSettings, elements: li
     blocks = [np.array(order[i:i + STREAM_BLOCK]) for i in range(0, len(order), STREAM_BLOCK)]
     gram, rhs, rows, parts = np.zeros((ncol, ncol)), np.zeros(ncol), 0, []
     args = (frames, settings, elements, train, kept)
-    if workers > 1 and len(blocks) > 1:
-        with worker_pool(min(workers, len(blocks)), _stream_init, args) as pool:
+    with ExitStack() as stack:
+        if workers > 1 and len(blocks) > 1:
+            pool = stack.enter_context(worker_pool(min(workers, len(blocks)), _stream_init, args))
             results = pool.imap(_stream_block, blocks)
-            for cols, g, r, n, part in results:
-                gram[np.ix_(cols, cols)] += g
-                rhs[cols] += r
-                rows += n
-                parts += part
-    else:
-        _stream_init(*args)
-        try:
-            for block in blocks:
-                cols, g, r, n, part = _stream_block(block)
-                gram[np.ix_(cols, cols)] += g
-                rhs[cols] += r
-                rows += n
-                parts += part
-        finally:
-            _STREAM.pop("desc").close()
+        else:  # in this process
+            _stream_init(*args)
+            stack.callback(lambda: _STREAM.pop("desc").close())
+            results = map(_stream_block, blocks)
+        for cols, g, r, n, part in results:
+            gram[np.ix_(cols, cols)] += g
+            rhs[cols] += r
+            rows += n
+            parts += part
     parts.sort(key=lambda p: p[0])
     return _assemble(parts, frames, ncol, kept, NormalEquations(gram, rhs, rows))
 
@@ -672,14 +667,19 @@ def predict(dm: DesignMatrix, beta: np.ndarray, settings: FitSettings, index: in
     return pred[: 3 * n].reshape(n, 3), -w / dm.volume[index]
 
 
+def fit_target(label: np.ndarray, core: np.ndarray, settings: FitSettings) -> np.ndarray:
+    """What the coefficients are fitted to: the labels, minus the core's share with ``fit_core``."""
+    return label - core if settings.fit_core else label
+
+
 def fit_beta(dm: DesignMatrix, settings: FitSettings, train: np.ndarray) -> np.ndarray:
     """Coefficients (SNAP: without beta0) fitted to the labels of the frames of mask ``train``
     (a streamed ``dm`` holds the normal equations of the training frames it was built with)."""
     if dm.normal is not None:  # streamed: the training rows are the normal equations
         return ridge_solve_normal(dm.normal, settings.alpha, settings.norm_floor or 0.0)
     rows = dm.subset(train)
-    target = dm.label[rows] - (dm.core[rows] if settings.fit_core else 0.0)
-    return ridge_solve(dm.a[rows], target, settings.alpha, settings.norm_floor or 0.0)
+    return ridge_solve(dm.a[rows], fit_target(dm.label[rows], dm.core[rows], settings), settings.alpha,
+                       settings.norm_floor or 0.0)
 
 
 # ----------------------------------------------------------------------------- potential directory

@@ -423,8 +423,9 @@ class _OutOfChecks(Exception):
     """pyxtal used up the distance checks of one start (:data:`PYXTAL_CHECKS`)."""
 
 
-#: Distance checks pyxtal has made for the start being drawn (reset per start).
-_checks = {"used": 0, "limit": PYXTAL_CHECKS}
+#: Distance checks pyxtal has made for the start being drawn (reset per start), and the
+#: bound in force (None outside a start's draw: other uses of pyxtal are not bounded).
+_checks: dict[str, int | None] = {"used": 0, "limit": None}
 
 
 @cache
@@ -438,7 +439,7 @@ def _shared_tol_matrix(*args: Any, **kwargs: Any):
     """One pyxtal ``Tol_matrix`` per set of arguments (see :func:`_share_default_tolerances`);
     each call is one distance check of pyxtal, counted against the start's budget."""
     _checks["used"] += 1
-    if _checks["used"] > _checks["limit"]:
+    if _checks["limit"] is not None and _checks["used"] > _checks["limit"]:
         raise _OutOfChecks(f"{_checks['limit']} distance checks")
     return _tol_matrix(*args, **kwargs)
 
@@ -455,15 +456,28 @@ def _share_default_tolerances() -> None:
 
 def _spacegroup_crystal(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
                         volume: float, sg: int) -> Atoms | None:
-    """A start with space group ``sg`` from pyxtal, or None if it cannot be made."""
+    """A start with space group ``sg`` from pyxtal, or None if it cannot be made within
+    :data:`PYXTAL_CHECKS` distance checks."""
+    _share_default_tolerances()
+    _checks.update(used=0, limit=PYXTAL_CHECKS)
+    try:
+        return _pyxtal_draws(rng, spec, counts, volume, sg)
+    except _OutOfChecks:
+        log.debug("pyxtal used %d distance checks on %s in %d", PYXTAL_CHECKS, counts, sg)
+        return None
+    finally:
+        _checks["limit"] = None
+
+
+def _pyxtal_draws(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
+                  volume: float, sg: int) -> Atoms | None:
+    """Up to :data:`_PYXTAL_TRIES` pyxtal placements in ``sg``; the first valid one, or None."""
     from pyxtal import pyxtal
     from pyxtal.lattice import Lattice
 
-    _share_default_tolerances()
     species = list(counts)
     num = [counts[el] for el in species]
     numbers = _numbers(counts)
-    _checks.update(used=0, limit=PYXTAL_CHECKS)
     for _ in range(_PYXTAL_TRIES):
         lattice = Lattice(_group(sg).lattice_type, volume=volume, random_state=rng)
         crystal = pyxtal()
@@ -471,8 +485,7 @@ def _spacegroup_crystal(rng: np.random.Generator, spec: StartSpec, counts: dict[
             crystal.from_random(3, sg, species, num, lattice=lattice, random_state=rng, max_count=1,
                                 tm=_tolerances(tuple(species), spec.minsep_factor, spec.minsep_floor))
         except _OutOfChecks:
-            log.debug("pyxtal used %d distance checks on %s in %d", PYXTAL_CHECKS, counts, sg)
-            return None
+            raise
         except Exception as exc:  # noqa: BLE001 - pyxtal signals failure with assorted types
             log.debug("pyxtal failed for %s in %d: %s", counts, sg, exc)
             continue

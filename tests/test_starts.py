@@ -270,4 +270,5 @@ def test_pyxtal_check_budget_is_deterministic_and_falls_back(monkeypatch):
     for atoms in starved:
         assert atoms.info["spacegroup_start"] is None and atoms.info["start_status"].startswith("fallback:")
         assert starts._checks["used"] == 2  # stopped at the first check over the budget
+        assert starts._checks["limit"] is None  # pyxtal outside a start's draw is not bounded
     assert np.array_equal(starved[0].positions, starved[1].positions)

@@ -35,7 +35,6 @@ import argparse
 import html
 import json
 import logging
-import os
 import shlex
 import sys
 from pathlib import Path
@@ -317,7 +316,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from rmsearch.records import read_records
 
     train_formulas = _training_formulas()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from rmsearch.pool import default_workers
+
+    cores = default_workers()
     jobs = max(1, args.jobs or (1 if args.workers else cores))
     workers = args.workers or max(1, cores // jobs)
 

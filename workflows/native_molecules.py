@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     fit = json.loads((potential / "fit.json").read_text())
     same = sum(r["same"] for r in rows)
     summary = {"molecules": len(rows), "same_molecule": same, "share": round(same / len(rows), 3),
-               "rattle_A": args.rattle, "shift": args.shift, "seed": args.seed, "fit_options": args.fit_options, "levels": args.levels,
+               "rattle_A": args.rattle, "shift": args.shift, "seed": args.seed,
+               "fit_options": args.fit_options, "levels": args.levels,
                "fit_wall_s": fit.get("wall_s"), "fit_frames": fit.get("n_frames"),
                "fit_coefficients": fit.get("n_coefficients"),
                "holdout_force_rmse_eV_per_A": (fit.get("holdout") or {}).get("force_rmse_eV_per_A"),
