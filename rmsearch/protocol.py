@@ -16,7 +16,8 @@ stress give ``nan``; a volume beyond ``max_volume_factor`` x the start or
 ``max_volume_per_atom`` gives ``exploded``, one below ``min_volume_per_atom`` ``collapsed``
 (the Python driver checks them before LAMMPS sees the cell); atoms missing from LAMMPS
 (or, for molecules, atoms left with no neighbour within the cutoff) give ``lost_atoms``;
-anything else that goes wrong gives ``error: <message>`` and the LAMMPS instance is
+two atoms pulled onto each other (closer than the inner end of the core-repulsion table,
+LAMMPS' "Pair distance < table inner cutoff") give ``collapsed`` too; anything else that goes wrong gives ``error: <message>`` and the LAMMPS instance is
 rebuilt for the next run (:func:`failures_as_status`).
 
 Names: ``fmax`` and ``smax_gpa`` in the settings are tolerances; what a run measured is
@@ -242,6 +243,11 @@ def _isolated_atoms(positions: np.ndarray, cutoff: float) -> bool:
     return bool((d.min(1) > cutoff).any())
 
 
+#: LAMMPS' message when two atoms come closer than the inner end of a pair table (the core
+#: repulsion's): the model pulled them onto each other.
+PAIR_COLLAPSE = "Pair distance < table inner cutoff"
+
+
 def error_status(exc: BaseException) -> str:
     """The status ``error: <type>: <message>`` (one line, at most 300 characters) of a run
     that raised ``exc``."""
@@ -339,8 +345,9 @@ class RunState:
 @contextmanager
 def failures_as_status(state: RunState, engine: LammpsEngine) -> Iterator[None]:
     """Turn an exception inside the block into ``state``'s status (``lost_atoms`` for
-    :class:`~rmsearch.engine.LostAtoms`, ``error: ...`` for anything else) and rebuild the
-    engine's LAMMPS instance for the next run: a failed run must not stop the search."""
+    :class:`~rmsearch.engine.LostAtoms`, ``collapsed`` for two atoms on top of each other,
+    ``error: ...`` for anything else) and rebuild the engine's LAMMPS instance for the next
+    run: a failed run must not stop the search."""
     try:
         yield
     except LostAtoms:
@@ -348,7 +355,7 @@ def failures_as_status(state: RunState, engine: LammpsEngine) -> Iterator[None]:
         engine.reset()
     except Exception as exc:
         log.debug("relaxation failed", exc_info=True)
-        state.status = error_status(exc)
+        state.status = "collapsed" if PAIR_COLLAPSE in str(exc) else error_status(exc)
         engine.reset()
 
 

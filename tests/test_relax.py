@@ -149,7 +149,8 @@ def _cube(symbols="C4", a=3.0, seed=0) -> Atoms:
 
 
 def test_failure_statuses_and_reuse(random_potential):
-    """NaN, step limit, explosion, unknown element and lost atoms give statuses, never raise."""
+    """NaN, step limit, explosion, unknown element, lost atoms and fused atoms give statuses,
+    never raise."""
     from rmsearch.records import STATUSES
     from rmsearch.relax import Relaxer, RelaxSettings
 
@@ -167,6 +168,12 @@ def test_failure_statuses_and_reuse(random_potential):
         mol = Atoms("CO2", positions=[[0, 0, 0], [1.2, 0, 0], [30.0, 0, 0]])  # O far away
         out = r.relax(mol)
         assert out.status == "lost_atoms" and np.all(out.stress == 0)
+        fused = _cube()
+        fused.positions[1] = fused.positions[0] + [1e-7, 0, 0]  # two atoms on top of each other
+        out = r.relax(fused)
+        assert out.status == "collapsed", out.status
+        out = r.relax(_cube("C2O2"))  # and the instance works after it
+        assert out.status == "not_converged" and np.isfinite(out.energy)
     with Relaxer(good, RelaxSettings(max_volume_per_atom=1.0, min_volume_per_atom=0.5)) as r:
         assert r.relax(_cube()).status == "exploded"
     with Relaxer(good, RelaxSettings(min_volume_per_atom=1e4)) as r:
