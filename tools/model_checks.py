@@ -1,0 +1,147 @@
+"""Recipe-selection checks of a trained potential: measures that are none of the reported figures.
+
+RESULTS.md chooses model recipes on these (Li-S section: the stress-weight table; molecules
+section: low-noise weighting), never on the searches it reports:
+
+- ``--frames FILE`` (an rmdata file of the training data, any noise levels): the force RMSE
+  per noise level (eV/A; level 0 is where the labels are zero, so it is how far the
+  training structures are from being minima), and for periodic frames the pressure
+  response: the slope of the model's pressure against the label's over the level-0 frames
+  (1 = the stress labels are learnt, 0 = ignored).
+- ``--relax FILE`` (structures, e.g. held-out crystals): each relaxed from itself with the
+  search's relax protocol; the median volume ratio V/V0, the median |V/V0 - 1|, and how
+  many still match themselves (pymatgen StructureMatcher stol 0.5, ltol 0.3, angle_tol 10,
+  the CSP rule): are known crystals minima of the model, at their volume?
+- ``--systems Na-Cl,Li-Se`` (tuning systems, never the reported ones): ``--nruns`` random
+  starts of ``--natoms`` atoms each (default 40 of 2-12), converged of all: can the model's
+  landscape be searched at all?
+
+Usage::
+
+    python tools/model_checks.py POTENTIAL --frames train.xyz --relax val.xyz --systems Na-Cl,Li-O,Li-Se
+    python tools/model_checks.py model:molecules-mace --frames molecules.xyz
+
+One JSON object goes to stdout (``--out FILE`` writes it too). Deterministic for a given
+``--seed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from rmdata.errors import RMError
+
+
+def level_errors(potential: str, frames: list) -> dict:
+    """Force RMSE (eV/A) per noise level and, for periodic frames, the level-0 pressure slope."""
+    import rmsearch
+
+    calc = rmsearch.Calculator(potential, core_repulsion=None)
+    sq: dict[float, list[np.ndarray]] = defaultdict(list)
+    p_label, p_model = [], []
+    for atoms in frames:
+        a = atoms.copy()
+        a.calc = calc
+        sq[float(atoms.info["noise_level"])].append((a.get_forces() - atoms.arrays["REF_forces"]).ravel() ** 2)
+        if atoms.pbc.any() and float(atoms.info["noise_level"]) == 0 and "REF_stress" in atoms.info:
+            ref = np.asarray(atoms.info["REF_stress"], dtype=float).reshape(3, 3)
+            p_label.append(np.trace(ref) / 3)
+            p_model.append(np.mean(a.get_stress(voigt=True)[:3]))
+    out = {"force_rmse_by_level_eV_per_A": {f"{lv:g}": round(float(np.sqrt(np.mean(np.concatenate(v)))), 4)
+                                            for lv, v in sorted(sq.items())}}
+    if len(p_label) > 2 and np.ptp(p_label) > 0:
+        out["pressure_slope"] = round(float(np.polyfit(p_label, p_model, 1)[0]), 3)
+    return out
+
+
+def relaxed_from_reference(potential: str, structures: list) -> dict:
+    """Relax each structure of known elements from itself: volume ratios and self-matches."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    import rmsearch
+
+    matcher = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
+    known = set(rmsearch.Calculator(potential).potential.elements)
+    structures = [a for a in structures if set(a.get_chemical_symbols()) <= known]
+    ratios, matched = [], 0
+    for ref in structures:
+        start = ref.copy()
+        start.calc = None
+        outcome = rmsearch.relax_atoms(start, potential, fmax=0.01, max_steps=1500)
+        if not outcome.converged:
+            continue
+        ratios.append(outcome.atoms.get_volume() / ref.get_volume())
+        matched += matcher.get_rms_dist(AseAtomsAdaptor.get_structure(ref),
+                                        AseAtomsAdaptor.get_structure(outcome.atoms)) is not None
+    r = np.array(ratios)
+    return {"structures": len(structures), "converged": len(r), "matched_themselves": matched,
+            "median_volume_ratio": round(float(np.median(r)), 3) if len(r) else None,
+            "median_abs_volume_error": round(float(np.median(abs(r - 1))), 3) if len(r) else None}
+
+
+def searchability(potential: str, system: str, natoms: str, nruns: int, seed: int) -> dict:
+    """Random starts of ``system``: how many of ``nruns`` relaxations converge."""
+    import rmsearch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = rmsearch.search(potential, out=Path(tmp) / "run", nruns=nruns, workers=1, system=system,
+                              natoms=natoms, seed=seed, max_steps=1500)
+        status = run.status()
+    return {"runs": nruns, "converged": status["converged"]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("potential", help="potential directory or model:NAME")
+    ap.add_argument("--frames", help="rmdata file: force RMSE per noise level, pressure slope")
+    ap.add_argument("--max-frames", type=int, default=1500, help="random frames of --frames used at most")
+    ap.add_argument("--relax", help="structure file: relaxed from themselves (volumes, self-matches)")
+    ap.add_argument("--max-atoms", type=int, default=20, help="--relax structures of at most this many atoms")
+    ap.add_argument("--systems", default="", help="tuning systems to search, comma-separated (e.g. Na-Cl,Li-Se)")
+    ap.add_argument("--natoms", default="2-12", help="atoms per cell of the --systems starts")
+    ap.add_argument("--nruns", type=int, default=40, help="starts per tuning system")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the frame sample and the searches")
+    ap.add_argument("--out", help="also write the JSON here")
+    args = ap.parse_args(argv)
+    try:
+        checks(args)
+    except (OSError, ValueError, RMError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
+def checks(args: argparse.Namespace) -> None:
+    """Run the checks ``args`` asks for; print (and write) the JSON."""
+    import rmdata
+
+    result: dict = {"potential": args.potential}
+    if args.frames:
+        frames = rmdata.read(args.frames)
+        if len(frames) > args.max_frames:
+            pick = np.random.default_rng(args.seed).choice(len(frames), args.max_frames, replace=False)
+            frames = [frames[i] for i in sorted(pick)]
+        result["frames"] = {"file": args.frames, "n": len(frames), **level_errors(args.potential, frames)}
+    if args.relax:
+        from ase.io import read
+
+        structures = [a for a in read(args.relax, index=":") if len(a) <= args.max_atoms]
+        result["relaxed_from_reference"] = {"file": args.relax,
+                                            **relaxed_from_reference(args.potential, structures)}
+    for system in filter(None, args.systems.split(",")):
+        result.setdefault("searchability", {})[system] = searchability(args.potential, system, args.natoms,
+                                                                       args.nruns, args.seed)
+    text = json.dumps(result, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
