@@ -17,8 +17,9 @@ stress give ``nan``; a volume beyond ``max_volume_factor`` x the start or
 (the Python driver checks them before LAMMPS sees the cell); atoms missing from LAMMPS
 (or, for molecules, atoms left with no neighbour within the cutoff) give ``lost_atoms``;
 two atoms pulled onto each other (closer than the inner end of the core-repulsion table,
-LAMMPS' "Pair distance < table inner cutoff") give ``collapsed`` too; anything else that goes wrong gives ``error: <message>`` and the LAMMPS instance is
-rebuilt for the next run (:func:`failures_as_status`).
+LAMMPS' "Pair distance < table inner cutoff") give ``collapsed`` too; anything else that
+goes wrong gives ``error: <message>`` and the LAMMPS instance is rebuilt for the next run
+(:func:`failures_as_status`).
 
 Names: ``fmax`` and ``smax_gpa`` in the settings are tolerances; what a run measured is
 ``RunState.max_force`` (eV/A), reported as ``RelaxOutcome.fmax``.

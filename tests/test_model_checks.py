@@ -38,8 +38,16 @@ def test_carbon_potential_holds_diamond_and_is_searchable(diamond_dataset, tmp_p
     assert checks["searchability"]["C"]["converged"] >= 5
 
 
-def test_bad_input_is_one_error_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(TOOL), "model:carbon-uf3", "--frames", str(tmp_path / "none.xyz")],
-                          capture_output=True, text=True, timeout=120)
+@pytest.mark.parametrize("options", [["--frames", "none.xyz"], ["--systems", "C", "--nruns", "-1"],
+                                     ["--relax", "in.xyz", "--out", "in.xyz"]])
+def test_bad_input_is_one_error_line(options, tmp_path):
+    """A missing file, a negative count, or --out onto an input: one error line, input intact."""
+    src = tmp_path / "in.xyz"
+    write(src, bulk("C", "diamond", a=3.567, cubic=True))
+    before = src.read_bytes()
+    proc = subprocess.run([sys.executable, str(TOOL), "model:carbon-uf3", *options], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
-    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert src.read_bytes() == before

@@ -10,8 +10,8 @@ section: low-noise weighting), never on the searches it reports:
   (1 = the stress labels are learnt, 0 = ignored).
 - ``--relax FILE`` (structures, e.g. held-out crystals): each relaxed from itself with the
   search's relax protocol; the median volume ratio V/V0, the median |V/V0 - 1|, and how
-  many still match themselves (pymatgen StructureMatcher stol 0.5, ltol 0.3, angle_tol 10,
-  the CSP rule): are known crystals minima of the model, at their volume?
+  many still match themselves (the analysis' StructureMatcher, stol 0.5, ltol 0.3,
+  angle_tol 10, the CSP rule): are known crystals minima of the model, at their volume?
 - ``--systems Na-Cl,Li-Se`` (tuning systems, never the reported ones): ``--nruns`` random
   starts of ``--natoms`` atoms each (default 40 of 2-12), converged of all: can the model's
   landscape be searched at all?
@@ -62,20 +62,22 @@ def level_errors(potential: str, frames: list) -> dict:
 
 
 def relaxed_from_reference(potential: str, structures: list) -> dict:
-    """Relax each structure of known elements from itself: volume ratios and self-matches."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
+    """Relax each structure of known elements from itself (one LAMMPS instance for all):
+    volume ratios and self-matches by the analysis' matcher."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
     import rmsearch
+    from rmsearch.analysis.dedupe import make_matcher
+    from rmsearch.api import open_potential
 
-    matcher = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
-    known = set(rmsearch.Calculator(potential).potential.elements)
-    structures = [a for a in structures if set(a.get_chemical_symbols()) <= known]
-    ratios, matched = [], 0
-    for ref in structures:
-        start = ref.copy()
+    matcher = make_matcher()
+    pot = open_potential(potential)
+    structures = [a for a in structures if set(a.get_chemical_symbols()) <= set(pot.elements)]
+    starts = [a.copy() for a in structures]
+    for start in starts:
         start.calc = None
-        outcome = rmsearch.relax_atoms(start, potential, fmax=0.01, max_steps=1500)
+    ratios, matched = [], 0
+    for ref, outcome in zip(structures, rmsearch.iter_relax(starts, pot, fmax=0.01, max_steps=1500)):
         if not outcome.converged:
             continue
         ratios.append(outcome.atoms.get_volume() / ref.get_volume())
@@ -111,6 +113,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the frame sample and the searches")
     ap.add_argument("--out", help="also write the JSON here")
     args = ap.parse_args(argv)
+    for name in ("max_frames", "max_atoms", "nruns"):
+        if getattr(args, name) < 1:
+            raise SystemExit(f"error: --{name.replace('_', '-')} {getattr(args, name)}: must be >= 1")
+    if args.seed < 0:
+        raise SystemExit(f"error: --seed {args.seed}: must be >= 0")
+    inputs = {Path(p).resolve() for p in (args.frames, args.relax) if p}
+    if args.out and Path(args.out).resolve() in inputs:
+        raise SystemExit(f"error: --out {args.out}: is an input file; choose another path")
     try:
         checks(args)
     except (OSError, ValueError, RMError) as exc:
@@ -139,7 +149,10 @@ def checks(args: argparse.Namespace) -> None:
                                                                        args.nruns, args.seed)
     text = json.dumps(result, indent=1)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        from rmdata.utils import atomic_output
+
+        with atomic_output(args.out) as tmp:
+            tmp.write_text(text + "\n")
     print(text)
 
 
