@@ -82,6 +82,9 @@ def main(verbose: int) -> None:
                    "for no strained frames). [preset: 11 values in -0.1..0.1]")
 @click.option("--rc", type=FiniteFloat(*BOUNDS["rc"]), default=None,
               help="Repulsion cutoff (A), in [0, 3]; 0 disables. [preset: crystals 0.75, molecules 0.7]")
+@click.option("--youngs", type=FiniteFloat(*BOUNDS["youngs"]), default=None,
+              help="Young's modulus E (eV/A^3) of the isotropic stiffness behind the stress labels "
+                   "(Poisson ratio 0.3), in (0, 1000]; crystals only. [preset: 1.0]")
 @click.option("--copies", type=click.IntRange(1, COPIES_MAX), default=None,
               help="Noise draws per (strain, level). [preset: 1]")
 @click.option("--raw-labels", is_flag=True,
@@ -89,7 +92,7 @@ def main(verbose: int) -> None:
 @click.option("--seed", type=SEED, default=0, help="Random seed; same seed gives identical bytes.")
 @click.option("--workers", "-j", type=WORKERS, default=None, help="Worker processes (default: all cores).")
 def make(dataset, input_path, output, overwrite, fmt, preset, split, limit, elements, containing,
-         exclude_formulas, k, levels, step_size, strains, rc, copies, raw_labels, seed, workers):
+         exclude_formulas, k, levels, step_size, strains, rc, youngs, copies, raw_labels, seed, workers):
     """Perturb reference structures and write response-matched labels."""
     from rmdata.make import default_output, make_dataset
 
@@ -104,7 +107,8 @@ def make(dataset, input_path, output, overwrite, fmt, preset, split, limit, elem
         elements=_names(elements), containing=_names(containing),
         exclude_formulas=_formula_list(exclude_formulas),
         k=k, levels=levels, step_size=step_size,
-        strains=strains, rc=rc, copies=copies, raw_labels=raw_labels, progress=True)
+        strains=strains, rc=rc, youngs=youngs, copies=copies, raw_labels=raw_labels,
+        progress=True)
     click.echo(f"wrote {summary.output}: {summary.n_frames} frames from {summary.n_structures} structures "
                f"({summary.n_atoms_total} atoms; elements {', '.join(summary.elements)}) "
                f"in {summary.elapsed_s:.1f} s")

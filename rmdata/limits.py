@@ -12,6 +12,7 @@ BOUNDS = {
     "step_size": (0.0, 1.0, False, False),   # A
     "strains": (-0.5, 0.5, False, False),    # isotropic cell strain
     "rc": (0.0, 3.0, False, False),          # A
+    "youngs": (0.0, 1e3, True, False),       # eV/A^3
 }
 COPIES_MAX = 1000
 #: Largest noise amplitude max(levels) * step_size (A); the presets use at most 3.2 A.

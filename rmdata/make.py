@@ -129,7 +129,8 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
                  exclude_formulas: list[str] | None = None, k: float | None = None,
                  levels: list[float] | None = None, step_size: float | None = None,
                  strains: list[float] | None = None, rc: float | None = None, copies: int | None = None,
-                 raw_labels: bool = False, progress: bool = False) -> MakeSummary:
+                 youngs: float | None = None, raw_labels: bool = False,
+                 progress: bool = False) -> MakeSummary:
     """Write a response-matched dataset (extxyz or HDF5) from a dataset or an input file.
 
     Args:
@@ -146,8 +147,9 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         exclude_formulas: drop every structure of these compositions (see
             :func:`composition_key`: every polymorph of a crystal formula, every isomer of a
             molecular formula), to hold compositions out of training.
-        k: spring constant (eV/A^2); levels, step_size (A), strains, rc (A), copies:
-            override the preset (DESIGN §2).
+        k: spring constant (eV/A^2); levels, step_size (A), strains, rc (A), copies,
+            youngs (Young's modulus of the stress labels, eV/A^3): override the preset
+            (DESIGN §2).
         raw_labels: keep the rigid-motion part of the labels (reference-code labels).
         progress: show a progress bar.
     """
@@ -160,7 +162,7 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         raise RMError(f"{output}: that is the input file; choose another output name "
                       "(inputs are never overwritten)")
     overrides = dict(k=k, levels=levels, step_size=step_size, strains=strains, rc=rc, copies=copies,
-                     raw=True if raw_labels else None)
+                     youngs=youngs, raw=True if raw_labels else None)
     presets = resolve_presets(dataset, preset, overrides)
     keep = set(elements) if elements else None
     need = set(containing) if containing else None

@@ -34,13 +34,13 @@ class Preset:
     mace: dict = field(default_factory=dict)
 
     def with_overrides(self, *, k=None, levels=None, step_size=None, strains=None, rc=None,
-                       copies=None, raw=None, cell_noise=None) -> Preset:
+                       copies=None, raw=None, cell_noise=None, youngs=None) -> Preset:
         """A copy with the given (non-None) parameters replaced."""
         noise = replace(self.noise, **{n: v for n, v in dict(
             levels=tuple(levels) if levels is not None else None, step_size=step_size,
             strains=tuple(strains) if strains is not None else None, copies=copies,
             cell_noise=cell_noise).items() if v is not None})
-        labels = replace(self.labels, **{n: v for n, v in dict(k=k, rc=rc, raw=raw).items()
+        labels = replace(self.labels, **{n: v for n, v in dict(k=k, rc=rc, raw=raw, youngs=youngs).items()
                                          if v is not None})
         check_parameters(noise, labels)
         return replace(self, noise=noise, labels=labels)
@@ -50,6 +50,7 @@ def check_parameters(noise: NoiseParams, labels: LabelParams) -> None:
     """One-line RMError naming the option whose value is non-finite or out of :data:`BOUNDS`."""
     check_finite(labels.k, "--k", *BOUNDS["k"])
     check_finite(labels.rc, "--rc", *BOUNDS["rc"])
+    check_finite(labels.youngs, "--youngs", *BOUNDS["youngs"])
     check_finite(noise.step_size, "--step-size", *BOUNDS["step_size"])
     for level in noise.levels:
         check_finite(level, "--levels", *BOUNDS["levels"])

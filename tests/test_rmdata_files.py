@@ -304,3 +304,25 @@ def test_p1_fast_path_equals_pymatgen_cifparser_on_every_shipped_row():
     assert _p1_arrays(p1.format(ops="'x, y, z'\n'-x, -y, -z'", sites="Na Na0 0 0 0 1")) is None
     assert _p1_arrays(p1.format(ops="'x, y, z'", sites="Na Na0 0 0 0 0.5")) is None
     assert _p1_arrays(p1.format(ops="'x, y, z'", sites="Na+ Na0 0 0 0 1")) is None
+
+
+def test_youngs_scales_the_stress_labels_only(tmp_path):
+    """sigma = C : eps with C proportional to E: --youngs 0.1 gives a tenth of the preset's
+    stress labels (E = 1 eV/A^3), the same forces and the same structures; recorded in the
+    provenance."""
+    si = tmp_path / "si.xyz"
+    write(si, bulk("Si", "diamond", a=5.43))
+    common = ["make", "-i", str(si), "--levels", "0,4", "--strains", "-0.05,0.05", "--seed", "3", "-j", "1"]
+    assert run_cli(*common, "-o", str(tmp_path / "e1.xyz")).exit_code == 0
+    assert run_cli(*common, "--youngs", "0.1", "-o", str(tmp_path / "e01.xyz")).exit_code == 0
+    stiff, soft = rmdata.read(tmp_path / "e1.xyz"), rmdata.read(tmp_path / "e01.xyz")
+    assert len(stiff) == len(soft) == 4
+    for a, b in zip(stiff, soft):
+        assert np.abs(a.info["REF_stress"]).max() > 1e-3  # strained frames carry stress
+        np.testing.assert_allclose(b.info["REF_stress"], 0.1 * a.info["REF_stress"], rtol=1e-12, atol=1e-15)
+        np.testing.assert_array_equal(b.arrays["REF_forces"], a.arrays["REF_forces"])
+        np.testing.assert_array_equal(b.positions, a.positions)
+    labels = read_provenance(tmp_path / "e01.xyz")["config"]["presets"]["crystal"]["labels"]
+    assert labels["youngs"] == 0.1
+    bad = run_cli(*common, "--youngs", "0", "-o", str(tmp_path / "bad.xyz"))
+    assert bad.exit_code != 0 and "--youngs" in bad.output and not (tmp_path / "bad.xyz").exists()

@@ -48,6 +48,7 @@ TABLE = [
     (rmdata_main, MAKE, "--k", (0, 1e4, True, False), False),
     (rmdata_main, MAKE, "--step-size", (0, 1, False, False), False),
     (rmdata_main, MAKE, "--rc", (0, 3, False, False), False),
+    (rmdata_main, MAKE, "--youngs", (0, 1e3, True, False), False),
     (rmdata_main, MAKE, "--levels", (0, 1000, False, False), False),
     (rmdata_main, MAKE, "--strains", (-0.5, 0.5, False, False), False),
     (rmdata_main, MAKE, "--copies", (1, 1000, False, False), True),
