@@ -13,8 +13,9 @@ section: low-noise weighting), never on the searches it reports:
   many still match themselves (the analysis' StructureMatcher, stol 0.5, ltol 0.3,
   angle_tol 10, the CSP rule): are known crystals minima of the model, at their volume?
 - ``--systems Na-Cl,Li-Se`` (tuning systems, never the reported ones): ``--nruns`` random
-  starts of ``--natoms`` atoms each (default 40 of 2-12), converged of all: can the model's
-  landscape be searched at all?
+  starts of ``--natoms`` atoms each (default 40 of 2-12): converged of all, valid of those
+  (the analysis' distance rule) and ordered of the valid (a space group above P-1 at 0.1 A):
+  can the model's landscape be searched at all, and does it end in ordered crystals?
 
 Usage::
 
@@ -89,15 +90,32 @@ def relaxed_from_reference(potential: str, structures: list) -> dict:
             "median_abs_volume_error": round(float(np.median(abs(r - 1))), 3) if len(r) else None}
 
 
+#: spglib tolerance (A) of the "ordered" count of :func:`searchability` (the analysis' loosest).
+ORDER_SYMPREC = 0.1
+
+
 def searchability(potential: str, system: str, natoms: str, nruns: int, seed: int) -> dict:
-    """Random starts of ``system``: how many of ``nruns`` relaxations converge."""
+    """Random starts of ``system``: of ``nruns`` relaxations, how many converge, how many of
+    those are valid (the analysis' rule: no pair closer than 0.7 x the covalent radii sum,
+    volume not exploded) and how many valid ones are ordered (a space group above P-1 at
+    spglib :data:`ORDER_SYMPREC` A): a landscape can converge into dense, distorted minima."""
+    import spglib
+
     import rmsearch
+    from rmsearch.analysis.validity import check_validity
 
     with tempfile.TemporaryDirectory() as tmp:
         run = rmsearch.search(potential, out=Path(tmp) / "run", nruns=nruns, workers=1, system=system,
                               natoms=natoms, seed=seed, max_steps=1500)
         status = run.status()
-    return {"runs": nruns, "converged": status["converged"]}
+        final = [r.to_atoms() for r in run.records if r.status == "converged"]
+    valid = [a for a in final if check_validity(a).valid]
+    ordered = 0
+    for a in valid:
+        data = spglib.get_symmetry_dataset((a.cell[:], a.get_scaled_positions(), a.numbers),
+                                           symprec=ORDER_SYMPREC)
+        ordered += data is not None and data.number > 2
+    return {"runs": nruns, "converged": status["converged"], "valid": len(valid), "ordered": ordered}
 
 
 def main(argv: list[str] | None = None) -> None:
