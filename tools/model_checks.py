@@ -29,7 +29,9 @@ One JSON object goes to stdout (``--out FILE`` writes it too). Deterministic for
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -140,13 +142,30 @@ def main(argv: list[str] | None = None) -> None:
     if args.out and Path(args.out).resolve() in inputs:
         raise SystemExit(f"error: --out {args.out}: is an input file; choose another path")
     try:
-        checks(args)
+        with stdout_to_stderr():
+            text = checks(args)
     except (OSError, ValueError, RMError) as exc:
         raise SystemExit(f"error: {exc}") from None
+    print(text)
 
 
-def checks(args: argparse.Namespace) -> None:
-    """Run the checks ``args`` asks for; print (and write) the JSON."""
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send file descriptor 1 to stderr meanwhile (this process and the search workers it
+    starts), so that libraries that print on import (MACE) keep off the JSON on stdout."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def checks(args: argparse.Namespace) -> str:
+    """Run the checks ``args`` asks for; write the JSON to ``--out`` if given and return it."""
     import rmdata
 
     result: dict = {"potential": args.potential}
@@ -171,7 +190,7 @@ def checks(args: argparse.Namespace) -> None:
 
         with atomic_output(args.out) as tmp:
             tmp.write_text(text + "\n")
-    print(text)
+    return text
 
 
 if __name__ == "__main__":
