@@ -101,9 +101,8 @@ def searchability(potential: str, system: str, natoms: str, nruns: int, seed: in
     those are valid (the analysis' rule: no pair closer than 0.7 x the covalent radii sum,
     volume not exploded) and how many valid ones are ordered (a space group above P-1 at
     spglib :data:`ORDER_SYMPREC` A): a landscape can converge into dense, distorted minima."""
-    import spglib
-
     import rmsearch
+    from rmsearch.analysis.score import spacegroup
     from rmsearch.analysis.validity import check_validity
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,11 +111,7 @@ def searchability(potential: str, system: str, natoms: str, nruns: int, seed: in
         status = run.status()
         final = [r.to_atoms() for r in run.records if r.status == "converged"]
     valid = [a for a in final if check_validity(a).valid]
-    ordered = 0
-    for a in valid:
-        data = spglib.get_symmetry_dataset((a.cell[:], a.get_scaled_positions(), a.numbers),
-                                           symprec=ORDER_SYMPREC)
-        ordered += data is not None and data.number > 2
+    ordered = sum(spacegroup(a, ORDER_SYMPREC)[0] > 2 for a in valid)
     return {"runs": nruns, "converged": status["converged"], "valid": len(valid), "ordered": ordered}
 
 
