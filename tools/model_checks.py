@@ -108,11 +108,10 @@ def searchability(potential: str, system: str, natoms: str, nruns: int, seed: in
     with tempfile.TemporaryDirectory() as tmp:
         run = rmsearch.search(potential, out=Path(tmp) / "run", nruns=nruns, workers=1, system=system,
                               natoms=natoms, seed=seed, max_steps=1500)
-        status = run.status()
         final = [r.to_atoms() for r in run.records if r.status == "converged"]
     valid = [a for a in final if check_validity(a).valid]
     ordered = sum(spacegroup(a, ORDER_SYMPREC)[0] > 2 for a in valid)
-    return {"runs": nruns, "converged": status["converged"], "valid": len(valid), "ordered": ordered}
+    return {"runs": nruns, "converged": len(final), "valid": len(valid), "ordered": ordered}
 
 
 def main(argv: list[str] | None = None) -> None:
