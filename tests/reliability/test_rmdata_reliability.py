@@ -32,6 +32,17 @@ def _leftovers(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------ crash and rerun
 
 
+def _kill_once_writing(proc: subprocess.Popen, folder: Path, before: set[Path], delay_s: float) -> None:
+    """SIGKILL ``proc`` ``delay_s`` after a new temporary output (one not in ``before``)
+    appears in ``folder``, or at once if it exits first: the kill point follows the
+    writer's progress, not the clock."""
+    while proc.poll() is None and not set(_leftovers(folder)) - before:
+        time.sleep(0.001)
+    time.sleep(delay_s)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
 @pytest.mark.parametrize("suffix", [".xyz", ".h5"])
 def test_sigkill_at_random_points_then_rerun_gives_identical_output(tmp_path, suffix):
     ref = tmp_path / f"ref{suffix}"
@@ -41,16 +52,24 @@ def test_sigkill_at_random_points_then_rerun_gives_identical_output(tmp_path, su
     rng = np.random.default_rng(11)
     out = tmp_path / f"out{suffix}"
     killed_mid_write = 0
-    for point in rng.uniform(0.05, 0.95, size=10) * full:
+    # seven kills a few ms into the write (whatever the machine's load), three at random
+    # times of the whole run (mostly before the write starts)
+    plan = [("writing", d) for d in rng.uniform(0.0, 0.01, size=7)]
+    plan += [("clock", t) for t in rng.uniform(0.05, 0.95, size=3) * full]
+    for kind, when in plan:
+        before = set(_leftovers(tmp_path))  # earlier killed writers' temporaries
         proc = subprocess.Popen([*MAKE, "-o", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(point)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        killed_mid_write += bool(_leftovers(tmp_path))
+        if kind == "writing":
+            _kill_once_writing(proc, tmp_path, before, when)
+        else:
+            time.sleep(when)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        killed_mid_write += bool(set(_leftovers(tmp_path)) - before)
         # never a truncated output under the final name
         assert not out.exists() or out.read_bytes() == ref.read_bytes()
         out.unlink(missing_ok=True)
-    assert killed_mid_write >= 3  # most kill points really interrupted a write
+    assert killed_mid_write >= 5  # the kills planned inside the write really interrupted it
     subprocess.run([*MAKE, "-o", str(out)], check=True, capture_output=True)
     assert out.read_bytes() == ref.read_bytes()
     assert not _leftovers(tmp_path)  # the rerun removed the killed writers' temporaries
