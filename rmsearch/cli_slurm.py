@@ -17,30 +17,43 @@ from rmdata.errors import RMError
 from rmsearch import slurm, slurm_options
 
 
+#: The ``#SBATCH`` fields that both a submission and a site profile set: one definition each.
+_SBATCH_FIELDS = {
+    "partition": lambda: click.option("--partition", default=None, help="SLURM partition."),
+    "account": lambda: click.option("--account", default=None, help="SLURM account to charge."),
+    "time": lambda: click.option("--time", "time_limit", default=None,
+                                 help="Wall-time limit per task (minutes, HH:MM:SS or D-HH:MM:SS)."),
+    "mem": lambda: click.option("--mem", default=None, help="Memory per task, e.g. 2G."),
+    "extra_sbatch": lambda: click.option("--extra-sbatch", default=None,
+                                         help='More sbatch options, e.g. "--qos=debug --constraint=cpu".'),
+}
+
+
+def _apply(func, options):
+    for opt in reversed(options):
+        func = opt(func)
+    return func
+
+
 def slurm_launch_options(func):
     """Decorator: the SLURM options of ``launch``/``slurm submit`` (values ``None`` = not given)."""
-    options = [
+    return _apply(func, [
         click.option("--profile", "slurm_profile", metavar="NAME_OR_FILE", default=None,
                      help="Site profile: a file, or NAME for $RMSEARCH_CONFIG/profiles/NAME.toml "
                           "(default config dir ~/.config/rmsearch)."),
         click.option("--array-size", type=click.IntRange(min=1), default=None,
                      help="Number of array tasks N; task i runs run ids i, i+N, ... "
                           "[default: nruns/100, at most 1000; fixed once submitted]"),
-        click.option("--partition", default=None, help="SLURM partition."),
-        click.option("--account", default=None, help="SLURM account to charge."),
-        click.option("--time", "time_limit", default=None,
-                     help="Wall-time limit per task (minutes, HH:MM:SS or D-HH:MM:SS)."),
+        _SBATCH_FIELDS["partition"](),
+        _SBATCH_FIELDS["account"](),
+        _SBATCH_FIELDS["time"](),
         click.option("--cpus-per-task", type=click.IntRange(min=1), default=None,
                      help="Cores per task [default: 1; one task is one serial LAMMPS process]."),
-        click.option("--mem", default=None, help="Memory per task, e.g. 2G."),
+        _SBATCH_FIELDS["mem"](),
         click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
                      help="At most this many tasks at once (--array=...%M)."),
-        click.option("--extra-sbatch", default=None,
-                     help='More sbatch options, e.g. "--qos=debug --constraint=cpu".'),
-    ]
-    for opt in reversed(options):
-        func = opt(func)
-    return func
+        _SBATCH_FIELDS["extra_sbatch"](),
+    ])
 
 
 def options_from_cli(rundir: str | Path, *, slurm_profile: str | None = None,
@@ -121,14 +134,14 @@ def check_cmd(rundir: Path) -> None:
 
 @slurm_group.command("profile", context_settings=CONTEXT)
 @click.argument("name")
-@click.option("--partition", default=None, help="SLURM partition.")
-@click.option("--account", default=None, help="SLURM account.")
+@_SBATCH_FIELDS["partition"]()
+@_SBATCH_FIELDS["account"]()
 @click.option("--qos", default=None, help="SLURM quality of service.")
-@click.option("--time", "time_limit", default=None, help="Wall-time limit per task.")
-@click.option("--mem", default=None, help="Memory per task, e.g. 2G.")
+@_SBATCH_FIELDS["time"]()
+@_SBATCH_FIELDS["mem"]()
 @click.option("--module", "modules", multiple=True, help="'module load' argument (repeatable).")
 @click.option("--setup", multiple=True, help="Shell line run first, e.g. 'source ~/rm/bin/activate' (repeatable).")
-@click.option("--extra-sbatch", default=None, help='More sbatch options, e.g. "--constraint=cpu".')
+@_SBATCH_FIELDS["extra_sbatch"]()
 @click.option("--launcher", default=None, help="Put this in front of the task command, e.g. srun.")
 @click.option("--python", "python", default=None, help="Python on the compute nodes [default: this one].")
 @click.option("--show", is_flag=True, help="Print the stored profile NAME instead of writing it.")
