@@ -39,6 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import ClassVar
 
@@ -212,10 +213,10 @@ class UF3Layout:
         b = self.basis
         return (len(b.pairs_lm[0]) if j == k else b.free3 ** 2) * b.nb3jk
 
-    @property
+    @cached_property
     def offsets(self) -> tuple[np.ndarray, np.ndarray]:
         """Start column of each pair block, indexed [A, B] (both orders), and of each triple
-        block, indexed [I, J, K] (both neighbour orders)."""
+        block, indexed [I, J, K] (both neighbour orders); computed once per layout (read-only)."""
         n = len(self.elements)
         pair = np.zeros((n, n), dtype=int)
         triple = np.zeros((n, n, n), dtype=int)
@@ -226,6 +227,7 @@ class UF3Layout:
         for i, j, k in self.triples:
             triple[i, j, k] = triple[i, k, j] = col
             col += self.triple_width(j, k)
+        pair.flags.writeable = triple.flags.writeable = False
         return pair, triple
 
     @property
