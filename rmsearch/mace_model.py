@@ -91,8 +91,11 @@ class MACEEvaluator:
         self.device = torch.device(device)
         self.model = load_mace_model(model_path, dtype).to(self.device)
         if script:
+            from e3nn.util import jit  # scripts e3nn's own modules as MACE does (plain torch.jit.script
+            # fails on e3nn's Activation, e.g. in MACE's nonlinear readout)
+
             try:
-                self.model = torch.jit.script(self.model)
+                self.model = jit.compile(self.model)
             except Exception as exc:  # noqa: BLE001 - any scripting failure: stay eager
                 log.warning("%s: TorchScript failed (%s); evaluating the model eagerly",
                             model_path, " ".join(str(exc).split())[:200])
