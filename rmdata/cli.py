@@ -164,9 +164,12 @@ def info(path):
               help="Training precision (default: float64 on CPU, float32 on CUDA).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu",
               help="Training device; cuda also defaults to float32 and a 4x larger batch.")
+@click.option("--readout", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True,
+              help="Readout of the one-layer model: MACE's linear one (mace_run_train), or mlp, a "
+                   "16-unit silu network (rmdata-mace-train, the same flags).")
 @click.option("--seed", type=SEED, default=0, help="Training seed (>= 0).")
 def mace_command_cmd(path, seed, **options):
-    """Print the exact mace_run_train command for a dataset file."""
+    """Print the exact mace_run_train (or rmdata-mace-train) command for a dataset file."""
     from rmdata.mace import check_training_options, mace_command
 
     check_training_options(seed=seed, **options)

@@ -38,6 +38,10 @@ TRAINING_OPTIONS = ("max_L", "correlation", "batch_size", "lr", "lr_gamma", "ema
                     "forces_weight", "stress_weight", "eval_interval")
 
 
+#: Readout of the one-layer model -> the training command (same flags).
+READOUTS = {"linear": "mace_run_train", "mlp": "rmdata-mace-train"}
+
+
 def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int | None = None,
                  r_max: float | None = None, channels: int | None = None, device: str = "cpu",
                  seed: int = 0, valid_fraction: float = 0.1, dtype: str | None = None,
@@ -45,7 +49,8 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
                  batch_size: int | None = None, lr: float | None = None,
                  lr_gamma: float | None = None, ema_decay: float | None = None,
                  forces_weight: float | None = None, stress_weight: float | None = None,
-                 eval_interval: int | None = None, restart: bool = False) -> list[str]:
+                 eval_interval: int | None = None, restart: bool = False,
+                 readout: str = "linear") -> list[str]:
     """The lines of a shell script that trains MACE on ``path`` (converting HDF5 first).
 
     Args:
@@ -70,7 +75,12 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         eval_interval: epochs between validations and checkpoints (MACE's default, 1).
         restart: resume from the newest checkpoint in ``checkpoints/`` if there is one
             (``--restart_latest``), so an interrupted training continues.
+        readout: ``linear`` (MACE's readout of a one-layer model) or ``mlp``: MACE's
+            nonlinear readout block (16 hidden scalars, silu), trained by
+            ``rmdata-mace-train`` (:mod:`rmdata.mace_train`) with the same flags.
     """
+    if readout not in READOUTS:
+        raise RMError(f"--readout {readout}: choose one of {', '.join(READOUTS)}")
     path = Path(path)
     prov = read_provenance(path)
     presets = prov.get("config", {}).get("presets", {})
@@ -90,7 +100,7 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
     if batch_size is None:
         batch_size = mace["batch_size"] * (4 if device == "cuda" else 1)
     args = [
-        "mace_run_train",
+        READOUTS[readout],
         f"--name={name or path.stem}",
         f"--train_file={train_file}",
         f"--valid_fraction={valid_fraction}",
@@ -112,6 +122,8 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         f"--max_num_epochs={epochs or mace['max_num_epochs']}",
         f"--lr={mace['lr'] if lr is None else lr}",
     ]
+    if readout == "mlp":
+        args.append("--MLP_irreps=16x0e")
     if lr_gamma is not None:
         args += ["--scheduler=ExponentialLR", f"--lr_scheduler_gamma={lr_gamma}"]
     if ema_decay is not None:

@@ -40,3 +40,38 @@ def test_mace_trains_on_forces_and_stress(tmp_path):
     # the validation loss falls clearly below its initial value
     assert min(losses) < 0.8 * initial, (initial, losses)
     assert (tmp_path / "small.model").stat().st_size > 10_000
+
+
+def test_mlp_readout_trains_and_evaluates_like_any_mace_model(tmp_path):
+    """``--readout mlp``: rmdata-mace-train gives the one-layer model MACE's nonlinear
+    readout; the saved model scripts, and its forces are minus the gradient of its energy."""
+    import numpy as np
+    import torch
+    from ase.build import bulk
+    from mace.modules.blocks import NonLinearReadoutBlock
+
+    from rmdata.mace import train
+    from rmsearch.mace_model import MACEEvaluator
+
+    data = tmp_path / "diamond.xyz"
+    make_dataset(data, "diamond", seed=0)
+    model, log = train(data, tmp_path / "t", name="nl", epochs=2, channels=8, seed=0, readout="mlp")
+    assert "rmdata-mace-train" in mace_command(data, readout="mlp")[0]
+    net = torch.load(model, map_location="cpu", weights_only=False)
+    assert isinstance(net.readouts[0], NonLinearReadoutBlock) and len(net.interactions) == 1
+    scripted = MACEEvaluator(model, dtype="float64", script=True)
+    eager = MACEEvaluator(model, dtype="float64", script=False)
+    assert isinstance(scripted.model, torch.jit.ScriptModule)
+    atoms = bulk("C", "diamond", a=3.57)
+    atoms.rattle(0.1, seed=2)
+    e, f, _ = scripted.evaluate(atoms.positions, atoms.cell.array, atoms.numbers)
+    e2, f2, _ = eager.evaluate(atoms.positions, atoms.cell.array, atoms.numbers)
+    assert abs(e - e2) < 1e-9 and np.allclose(f, f2, atol=1e-9)
+    h = 1e-4
+    for i, k in [(0, 0), (1, 2)]:
+        pos = atoms.positions.copy()
+        pos[i, k] += h
+        ep = scripted.evaluate(pos, atoms.cell.array, atoms.numbers)[0]
+        pos[i, k] -= 2 * h
+        em = scripted.evaluate(pos, atoms.cell.array, atoms.numbers)[0]
+        assert abs(-(ep - em) / (2 * h) - f[i, k]) < 1e-5 * max(1.0, abs(f[i, k]))

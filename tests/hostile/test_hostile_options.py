@@ -181,6 +181,7 @@ def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inp
     ["make", "--dataset", "diamond", "--preset", "nope"],
     ["mace-command", "{inp}/data.xyz", "--device", "tpu"],
     ["mace-command", "{inp}/data.xyz", "--dtype", "float16"],
+    ["mace-command", "{inp}/data.xyz", "--readout", "cubic"],
     ["convert", "{inp}/data.xyz", "x.zzz"],
     ["convert", "{inp}/data.xyz"],
     ["info"],
