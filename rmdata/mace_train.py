@@ -24,9 +24,10 @@ log = logging.getLogger("rmdata.mace_train")
 
 def _patch_one_layer_readout() -> None:
     """Make MACE's constructor give one-interaction models the nonlinear readout block."""
-    from e3nn import o3
-    from mace.modules import models
+    from mace.modules import models  # first: importing mace sets up torch.load for e3nn's constants
     from mace.modules.blocks import LinearReadoutBlock, NonLinearReadoutBlock
+
+    from e3nn import o3
 
     original = models.MACE.__init__
     if getattr(original, "_rm_mlp_readout", False):

@@ -42,7 +42,7 @@ def test_mace_trains_on_forces_and_stress(tmp_path):
     assert (tmp_path / "small.model").stat().st_size > 10_000
 
 
-def test_mlp_readout_trains_and_evaluates_like_any_mace_model(tmp_path):
+def test_mlp_readout_trains_and_evaluates_like_any_mace_model(tmp_path, monkeypatch):
     """``--readout mlp``: rmdata-mace-train gives the one-layer model MACE's nonlinear
     readout; the saved model scripts, and its forces are minus the gradient of its energy."""
     import numpy as np
@@ -55,6 +55,8 @@ def test_mlp_readout_trains_and_evaluates_like_any_mace_model(tmp_path):
 
     data = tmp_path / "diamond.xyz"
     make_dataset(data, "diamond", seed=0)
+    # as in a fresh shell: importing mace in this process set it
+    monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
     model, log = train(data, tmp_path / "t", name="nl", epochs=2, channels=8, seed=0, readout="mlp")
     assert "rmdata-mace-train" in mace_command(data, readout="mlp")[0]
     net = torch.load(model, map_location="cpu", weights_only=False)
