@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -95,7 +96,9 @@ class MACEEvaluator:
             # fails on e3nn's Activation, e.g. in MACE's nonlinear readout)
 
             try:
-                self.model = jit.compile(self.model)
+                with warnings.catch_warnings():  # TorchScript's notes on e3nn's annotations
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.model = jit.compile(self.model)
             except Exception as exc:  # noqa: BLE001 - any scripting failure: stay eager
                 log.warning("%s: TorchScript failed (%s); evaluating the model eagerly",
                             model_path, " ".join(str(exc).split())[:200])
