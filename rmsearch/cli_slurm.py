@@ -17,43 +17,39 @@ from rmdata.errors import RMError
 from rmsearch import slurm, slurm_options
 
 
-#: The ``#SBATCH`` fields that both a submission and a site profile set: one definition each.
-_SBATCH_FIELDS = {
-    "partition": lambda: click.option("--partition", default=None, help="SLURM partition."),
-    "account": lambda: click.option("--account", default=None, help="SLURM account to charge."),
-    "time": lambda: click.option("--time", "time_limit", default=None,
-                                 help="Wall-time limit per task (minutes, HH:MM:SS or D-HH:MM:SS)."),
-    "mem": lambda: click.option("--mem", default=None, help="Memory per task, e.g. 2G."),
-    "extra_sbatch": lambda: click.option("--extra-sbatch", default=None,
-                                         help='More sbatch options, e.g. "--qos=debug --constraint=cpu".'),
-}
-
-
-def _apply(func, options):
-    for opt in reversed(options):
-        func = opt(func)
-    return func
+#: The ``#SBATCH`` options that both a submission and a site profile take, defined once
+#: (a click option decorator makes a new option each time it is applied).
+PARTITION = click.option("--partition", default=None, help="SLURM partition.")
+ACCOUNT = click.option("--account", default=None, help="SLURM account to charge.")
+TIME = click.option("--time", "time_limit", default=None,
+                    help="Wall-time limit per task (minutes, HH:MM:SS or D-HH:MM:SS).")
+MEM = click.option("--mem", default=None, help="Memory per task, e.g. 2G.")
+EXTRA_SBATCH = click.option("--extra-sbatch", default=None,
+                            help='More sbatch options, e.g. "--qos=debug --constraint=cpu".')
 
 
 def slurm_launch_options(func):
     """Decorator: the SLURM options of ``launch``/``slurm submit`` (values ``None`` = not given)."""
-    return _apply(func, [
+    options = [
         click.option("--profile", "slurm_profile", metavar="NAME_OR_FILE", default=None,
                      help="Site profile: a file, or NAME for $RMSEARCH_CONFIG/profiles/NAME.toml "
                           "(default config dir ~/.config/rmsearch)."),
         click.option("--array-size", type=click.IntRange(min=1), default=None,
                      help="Number of array tasks N; task i runs run ids i, i+N, ... "
                           "[default: nruns/100, at most 1000; fixed once submitted]"),
-        _SBATCH_FIELDS["partition"](),
-        _SBATCH_FIELDS["account"](),
-        _SBATCH_FIELDS["time"](),
+        PARTITION,
+        ACCOUNT,
+        TIME,
         click.option("--cpus-per-task", type=click.IntRange(min=1), default=None,
                      help="Cores per task [default: 1; one task is one serial LAMMPS process]."),
-        _SBATCH_FIELDS["mem"](),
+        MEM,
         click.option("--max-concurrent", type=click.IntRange(min=1), default=None,
                      help="At most this many tasks at once (--array=...%M)."),
-        _SBATCH_FIELDS["extra_sbatch"](),
-    ])
+        EXTRA_SBATCH,
+    ]
+    for opt in reversed(options):
+        func = opt(func)
+    return func
 
 
 def options_from_cli(rundir: str | Path, *, slurm_profile: str | None = None,
@@ -134,14 +130,14 @@ def check_cmd(rundir: Path) -> None:
 
 @slurm_group.command("profile", context_settings=CONTEXT)
 @click.argument("name")
-@_SBATCH_FIELDS["partition"]()
-@_SBATCH_FIELDS["account"]()
+@PARTITION
+@ACCOUNT
 @click.option("--qos", default=None, help="SLURM quality of service.")
-@_SBATCH_FIELDS["time"]()
-@_SBATCH_FIELDS["mem"]()
+@TIME
+@MEM
 @click.option("--module", "modules", multiple=True, help="'module load' argument (repeatable).")
 @click.option("--setup", multiple=True, help="Shell line run first, e.g. 'source ~/rm/bin/activate' (repeatable).")
-@_SBATCH_FIELDS["extra_sbatch"]()
+@EXTRA_SBATCH
 @click.option("--launcher", default=None, help="Put this in front of the task command, e.g. srun.")
 @click.option("--python", "python", default=None, help="Python on the compute nodes [default: this one].")
 @click.option("--show", is_flag=True, help="Print the stored profile NAME instead of writing it.")

@@ -19,7 +19,7 @@ Recipes (chosen by measurement; RESULTS.md has the tables of what was tried):
   float32, Adam lr 0.01 decayed x0.97 per epoch with an EMA of the weights, 120 epochs, and
   MACE's nonlinear readout on the one layer (``--readout mlp``: on the tuning compositions
   50 % valid after 23 epochs against 36 % for the linear readout after 120); one core,
-  ~80 min. Tried and not shipped (RESULTS.md, molecules): the same model on all 4,488
+  99 min beside other jobs. Tried and not shipped (RESULTS.md, molecules): the same model on all 4,488
   molecules (one draw, 11 epochs, lr x0.88: ~6 min per epoch, validation force RMSE 244
   meV/A) was worse on every composition measured; MACE's ZBL pair term
   (``--pair_repulsion``) was dropped at once: the noisy frames put atoms well inside the ZBL
