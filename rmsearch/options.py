@@ -19,7 +19,7 @@ import click
 
 from rmdata.cliutils import SEED, FiniteFloat
 from rmsearch.protocol import RELAX_OPTIMIZERS, RelaxSettings
-from rmsearch.starts import StartSpec, parse_range
+from rmsearch.starts import StartSpec, parse_range, parse_spacegroup_weights
 
 #: ``on_resume`` of an option that changes results: a resume must give the stored value.
 FIXED = "fixed"
@@ -94,6 +94,12 @@ class SearchOptions:
         "Space-group start: a number 1-230, 'random' (a group drawn per start; pyxtal Wyckoff placement) "
         "or 'mixed' (even run ids 'random', odd ones without symmetry)",
         config="start.spacegroup", cli=("--spacegroup", "--spacegroups"))
+    spacegroup_weights: dict[int, float] | None = _option(
+        None,
+        "JSON file of space group number -> weight: --spacegroups random/mixed draw each start's group "
+        "with these weights among the groups that hold it (a centred group's start is the primitive cell "
+        "of its conventional placement), e.g. a prior from known crystals (rmsearch.symmetry.SpacegroupPrior)",
+        config="start.spacegroup_weights", from_cli=parse_spacegroup_weights, default_text="none: uniform")
     volume_factor: tuple[float, float] = _option(
         _default(StartSpec, "volume_factor"),
         "Range of the random factor on the per-element volumes (A^3/atom)",

@@ -35,6 +35,13 @@ random one and says so in ``atoms.info["start_status"]``. With a fixed space gro
 compositions that fit its Wyckoff positions are preferred. spglib may find a supergroup
 of the group asked for: few atoms on special positions often have more symmetry.
 
+Weighted groups (``spacegroup_weights``, with ``"random"`` or ``"mixed"``): the group of a
+symmetric start is drawn with these weights (e.g. how often each group occurs among known
+crystals of the same stoichiometry, :class:`rmsearch.symmetry.SpacegroupPrior`) among the
+groups that can hold the start, instead of uniformly. A centred group (A, B, C, I: 2
+lattice points, R in hexagonal axes: 3, F: 4) is placed in its conventional cell with that
+many times the atoms, and the start is its primitive cell: the atom count asked for.
+
 Every start carries in ``atoms.info``: ``run_id``, ``seed``, ``start_kind``
 (``random``, ``spacegroup``, ``molecule``), ``spacegroup_start`` (int or None),
 ``start_status`` (``ok`` or ``fallback: ...``) and ``volume_factor``.
@@ -75,6 +82,9 @@ PYXTAL_CHECKS = 4000
 DRAWN_GROUPS = ("random", "mixed")
 #: Draws of a random space group before giving up ("random" mode).
 _SG_DRAWS = 200
+#: Lattice points per conventional cell of each centring letter (pyxtal's settings: R groups
+#: in hexagonal axes).
+CENTRING = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
 
 
 #: Most atoms in one start cell (more would take hours per relaxation).
@@ -98,6 +108,8 @@ class StartSpec:
         max_tilt: largest LAMMPS tilt factor as a fraction of the box length (< 0.5).
         spacegroup: None (no symmetry), an international number 1-230, "random", or
             "mixed" (even run ids "random", odd ones no symmetry).
+        spacegroup_weights: relative weight of each space group (number -> weight >= 0) in
+            the draw of "random"/"mixed" starts; empty: uniform among those that fit.
         box: molecule box edge lengths (A).
     """
 
@@ -112,6 +124,7 @@ class StartSpec:
     max_length_ratio: float = 2.0
     max_tilt: float = 0.35
     spacegroup: int | str | None = None
+    spacegroup_weights: dict[int, float] = field(default_factory=dict)
     box: tuple[float, float, float] = (10.0, 5.0, 5.0)
 
     def __post_init__(self) -> None:
@@ -120,6 +133,7 @@ class StartSpec:
         self.volume_factor = tuple(float(v) for v in self.volume_factor)
         self.box = tuple(float(b) for b in self.box)
         self.volumes = {str(k): float(v) for k, v in self.volumes.items()}
+        self.spacegroup_weights = parse_spacegroup_weights(self.spacegroup_weights)
         self.validate()
 
     def validate(self) -> None:
@@ -146,6 +160,8 @@ class StartSpec:
         sg = self.spacegroup
         if sg is not None and sg not in DRAWN_GROUPS and not (isinstance(sg, int) and 1 <= sg <= 230):
             raise RMError(f"start spec: spacegroup={sg!r} must be an integer 1-230, 'random' or 'mixed'")
+        if self.spacegroup_weights and sg not in DRAWN_GROUPS:
+            raise RMError("--spacegroup-weights: weights a drawn group; give --spacegroups random or mixed")
         if self.mode == "molecule":
             if sg is not None:
                 raise RMError("start spec: --spacegroup applies to crystals, not to --molecule")
@@ -228,6 +244,38 @@ def parse_spacegroup(text: str | int | None) -> int | str | None:
     if not 1 <= sg <= 230:
         raise RMError(f"--spacegroup {sg}: space groups are numbered 1-230")
     return sg
+
+
+def parse_spacegroup_weights(weights: Any, name: str = "--spacegroup-weights") -> dict[int, float]:
+    """``{"225": 3, ...}`` (a mapping, or the path of a JSON file holding one) -> {225: 3.0, ...};
+    RMError naming ``name`` unless every key is a group number 1-230 and every weight a finite
+    number >= 0, at least one of them > 0 (an empty mapping: no weights)."""
+    import json
+    import os
+
+    if weights is None:
+        return {}
+    if isinstance(weights, (str, os.PathLike)):
+        try:
+            with open(weights) as fh:
+                weights = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise RMError(f"{name} {weights}: cannot read a JSON object of space group -> weight ({exc})") from None
+    if not isinstance(weights, dict):
+        raise RMError(f"{name}: expected a JSON object of space group number -> weight")
+    out: dict[int, float] = {}
+    for key, value in weights.items():
+        try:
+            sg, w = int(key), float(value)
+        except (TypeError, ValueError):
+            raise RMError(f"{name}: {key!r}: {value!r} is not a space group number and a weight") from None
+        if not 1 <= sg <= 230 or not math.isfinite(w) or w < 0:
+            raise RMError(f"{name}: {key!r}: {value!r}: groups are numbered 1-230 and weights must be "
+                          "finite and >= 0")
+        out[sg] = w
+    if out and not any(out.values()):
+        raise RMError(f"{name}: every weight is 0; give at least one positive weight")
+    return dict(sorted(out.items()))
 
 
 def make_spec(*, system: str | None = None, composition: str | None = None,
@@ -556,6 +604,8 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
     """(atoms or None, space group, status) for a space-group start."""
     key = tuple(counts.values())
     formula = Atoms(_numbers(counts)).get_chemical_formula()
+    if spec.spacegroup in DRAWN_GROUPS and spec.spacegroup_weights:
+        return _weighted_symmetric(rng, spec, counts, volume)
     if spec.spacegroup in DRAWN_GROUPS:
         for _ in range(_SG_DRAWS):
             sg = int(rng.integers(1, 231))
@@ -574,3 +624,46 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
                             "with the minimum separations; random start without symmetry")
     return atoms, sg, "ok"
 
+
+
+def centring(sg: int) -> int:
+    """Lattice points per conventional cell of space group ``sg`` (pyxtal's setting)."""
+    return CENTRING[_group(sg).symbol[0]]
+
+
+def _weighted_symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
+                        volume: float) -> tuple[Atoms | None, int | None, str]:
+    """A start in a group drawn with ``spec.spacegroup_weights`` among those whose conventional
+    cell holds ``counts`` times its centring; the primitive cell of the placement."""
+    formula = Atoms(_numbers(counts)).get_chemical_formula()
+    key = tuple(counts.values())
+    groups = [sg for sg, w in spec.spacegroup_weights.items()
+              if w > 0 and compatible(sg, tuple(n * centring(sg) for n in key))]
+    if not groups:
+        return None, None, (f"fallback: no space group of --spacegroup-weights holds {formula}; "
+                            "random start without symmetry")
+    w = np.array([spec.spacegroup_weights[sg] for sg in groups])
+    sg = int(groups[int(rng.choice(len(groups), p=w / w.sum()))])
+    m = centring(sg)
+    atoms = _spacegroup_crystal(rng, spec, {el: n * m for el, n in counts.items()}, volume * m, sg)
+    if atoms is not None and m > 1:
+        atoms = _primitive(atoms, _numbers(counts), spec)
+    if atoms is None:
+        return None, None, (f"fallback: pyxtal could not place {formula} in space group {sg} "
+                            "with the minimum separations; random start without symmetry")
+    return atoms, sg, "ok"
+
+
+def _primitive(atoms: Atoms, numbers: np.ndarray, spec: StartSpec) -> Atoms | None:
+    """The primitive cell of an exactly symmetric placement (spglib, 1e-4 A), in LAMMPS' frame and
+    in the element order of ``numbers``; None unless it has as many atoms."""
+    import spglib
+
+    cell = (atoms.cell[:], atoms.get_scaled_positions(), atoms.numbers)
+    prim = spglib.standardize_cell(cell, to_primitive=True, no_idealize=True, symprec=1e-4)
+    if prim is None or len(prim[2]) != len(numbers):
+        return None
+    out = to_lammps_frame(Atoms(numbers=prim[2], cell=prim[0], scaled_positions=prim[1], pbc=True))
+    if not min_distance_ok(out, spec.minsep_factor, spec.minsep_floor):
+        return None
+    return out[np.argsort(_order_key(out.numbers, numbers), kind="stable")]

@@ -23,11 +23,18 @@ needs no projection; :class:`Symmetry` is then None and the relaxation is untouc
 group at 1e-3, 1e-2 and 1e-1 A and whether the start's operations (spglib at
 :data:`SYMPREC`) were kept (:func:`keeps_operations`).
 
+A space-group prior for drawn symmetric starts (:class:`SpacegroupPrior`): how often each
+group occurs among known crystals of the same anonymous stoichiometry (pymatgen's
+``anonymized_formula``: AB2 for Li2S and SiO2), smoothed by the group frequencies of all of
+them; ``rmsearch launch --spacegroups mixed --spacegroup-weights FILE`` draws with it.
+
 Units: A, fractional coordinates, eV/A, eV/A^3.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -144,6 +151,48 @@ def spacegroup_number(atoms: Atoms, symprec: float) -> int | None:
     cell = (np.array(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers)
     data = spglib.get_symmetry_dataset(cell, symprec=symprec)
     return None if data is None else int(data.number)
+
+
+def anonymous_formula(formula_or_atoms: str | Atoms) -> str:
+    """The stoichiometry without the elements (pymatgen ``anonymized_formula``): ``"AB2"`` for
+    Li2S, Li4S2 and SiO2."""
+    import warnings
+
+    from pymatgen.core import Composition
+
+    formula = formula_or_atoms if isinstance(formula_or_atoms, str) else formula_or_atoms.get_chemical_formula()
+    with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
+        warnings.simplefilter("ignore", UserWarning)
+        return Composition(formula).anonymized_formula
+
+
+class SpacegroupPrior:
+    """Space-group weights for starts of a composition, from known crystals.
+
+    ``weights(formula)``: ``w(g) = n_same(g) + smoothing * n_all(g) / n_all``, with
+    ``n_same(g)`` the crystals of ``formula``'s anonymous stoichiometry in group g and
+    ``n_all(g)`` all crystals in g (spglib at ``symprec`` A): ``smoothing`` pseudo-crystals
+    spread as the overall frequencies keep every group seen somewhere possible.
+    """
+
+    def __init__(self, structures: Iterable[Atoms], symprec: float = 0.1, smoothing: float = 1.0):
+        if not (np.isfinite(symprec) and symprec > 0 and np.isfinite(smoothing) and smoothing >= 0):
+            raise RMError(f"SpacegroupPrior: symprec={symprec} must be > 0 and smoothing={smoothing} >= 0")
+        self.symprec, self.smoothing = symprec, smoothing
+        self.groups: list[tuple[str, int]] = []
+        for atoms in structures:
+            sg = spacegroup_number(atoms, symprec)
+            if sg is not None:
+                self.groups.append((anonymous_formula(atoms), sg))
+        self.every = Counter(sg for _, sg in self.groups)
+
+    def weights(self, formula: str) -> dict[int, float]:
+        """Group number -> weight for starts of ``formula`` (empty when no crystal was read)."""
+        target = anonymous_formula(formula)
+        same = Counter(sg for anon, sg in self.groups if anon == target)
+        total = len(self.groups)
+        out = {sg: same[sg] + self.smoothing * n / total for sg, n in self.every.items()}
+        return {sg: round(w, 6) for sg, w in sorted(out.items()) if w > 0}
 
 
 def keeps_operations(start: Atoms, final: Atoms, symprec: float = SYMPREC, tol: float = 1e-3) -> bool:

@@ -166,11 +166,11 @@ def test_each_mace_model_runs_a_small_search_by_name(name, system, tmp_path):
 def test_lis_model_holds_antifluorite_li2s():
     """The lis-mace card's headline on a small case: a rattled antifluorite Li2S relaxes to a
     minimum that is still antifluorite (StructureMatcher), at the model's 18-20 A^3/atom."""
-    from lis import antifluorite_li2s, is_antifluorite
+    from lis import antifluorite, is_antifluorite
 
     import rmsearch
 
-    start = antifluorite_li2s()
+    start = antifluorite()
     start.rattle(0.02, seed=3)
     out = rmsearch.relax_atoms(start, "model:lis-mace", fmax=0.01)
     assert out.status == "converged"

@@ -3,6 +3,8 @@ boxes, space groups, molecules."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import spglib
@@ -272,3 +274,41 @@ def test_pyxtal_check_budget_is_deterministic_and_falls_back(monkeypatch):
         assert starts._checks["used"] == 2  # stopped at the first check over the budget
         assert starts._checks["limit"] is None  # pyxtal outside a start's draw is not bounded
     assert np.array_equal(starved[0].positions, starved[1].positions)
+
+
+def test_weighted_groups_draw_only_weighted_groups_as_primitive_cells():
+    """--spacegroup-weights: every symmetric start is in a weighted group, in proportion to the
+    weights; a centred group (Fm-3m, 4 lattice points) is placed in its conventional cell and
+    the start is its primitive cell with the atom count asked for."""
+    vols = {"Na": 23.0, "Cl": 23.0}
+    fcc = make_spec(composition="NaCl", natoms="2", spacegroup="random", volumes=vols, spacegroup_weights={225: 1})
+    for r in range(6):
+        atoms = make_start(fcc, r, 0)
+        assert atoms.info["spacegroup_start"] == 225 and len(atoms) == 2, atoms.info
+        assert _spg(atoms).number == 225 and _min_sep_violations(atoms) == 0
+        lx, ly, _lz, xy, xz, yz = lammps_tilts(atoms.cell[:])
+        assert abs(xy) <= lx / 2 + 1e-9 and abs(xz) <= lx / 2 + 1e-9 and abs(yz) <= ly / 2 + 1e-9
+        assert atoms.get_chemical_formula() == "ClNa"
+    both = make_spec(composition="NaCl", natoms="2", spacegroup="random", volumes=vols,
+                     spacegroup_weights={221: 3, 225: 1, 229: 0})
+    drawn = [make_start(both, r, 1).info["spacegroup_start"] for r in range(40)]
+    assert set(drawn) == {221, 225} and 20 <= drawn.count(221) <= 38  # expected 30 of 40
+    assert drawn == [make_start(both, r, 1).info["spacegroup_start"] for r in range(40)]  # deterministic
+    # no weighted group holds the atoms (Im-3m cannot hold Na2Cl2): a random start that says so
+    none = make_spec(composition="NaCl", natoms="2", spacegroup="random", volumes=vols, spacegroup_weights={229: 1})
+    atoms = make_start(none, 0, 0)
+    assert atoms.info["spacegroup_start"] is None and "--spacegroup-weights" in atoms.info["start_status"]
+
+
+def test_bad_spacegroup_weights_are_one_line_rmerrors(tmp_path):
+    for weights, match in (({231: 1}, "1-230"), ({225: float("nan")}, "finite"), ({225: -1}, ">= 0"),
+                           ({225: 0}, "every weight is 0"), ({"x": 1}, "not a space group"),
+                           (str(tmp_path / "missing.json"), "cannot read")):
+        with pytest.raises(RMError, match=match):
+            make_spec(composition="C", spacegroup="random", volumes=VOLUMES, spacegroup_weights=weights)
+    with pytest.raises(RMError, match="random or mixed"):
+        make_spec(composition="C", spacegroup=225, volumes=VOLUMES, spacegroup_weights={225: 1})
+    (tmp_path / "w.json").write_text('{"227": 2, "194": 1}')
+    spec = make_spec(composition="C", spacegroup="mixed", volumes=VOLUMES, spacegroup_weights=str(tmp_path / "w.json"))
+    assert spec.spacegroup_weights == {194: 1.0, 227: 2.0}
+    assert StartSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # as config.json stores it

@@ -209,3 +209,17 @@ def test_wyckoff_starts_sample_every_combination_not_one():
             seen.add(tuple(sorted({(int(z), w) for z, w in zip(start.numbers, data.wyckoffs)})))
     assert seen == {((11, "a"), (17, "c")), ((11, "c"), (17, "a")), ((11, "c"), (17, "b")),
                     ((11, "b"), (17, "c")), ((11, "c"), (17, "c"))}
+
+
+def test_spacegroup_prior_counts_groups_of_the_same_stoichiometry():
+    """w(g) = crystals of the same anonymous formula in g + smoothing x overall frequency of g."""
+    from rmsearch.symmetry import SpacegroupPrior, anonymous_formula
+
+    crystals = [bulk("NaCl", "rocksalt", a=5.64), bulk("KBr", "rocksalt", a=6.6), bulk("MgO", "rocksalt", a=4.2),
+                bulk("CsCl", "cesiumchloride", a=4.1), bulk("CaF2", "fluorite", a=5.46)]
+    prior = SpacegroupPrior(crystals)
+    assert anonymous_formula("Li2S") == anonymous_formula("Li4S2") == anonymous_formula(crystals[-1]) == "AB2"
+    assert prior.weights("LiF") == pytest.approx({221: 1 + 1 / 5, 225: 3 + 4 / 5})
+    assert prior.weights("Li2S") == pytest.approx({221: 1 / 5, 225: 1 + 4 / 5})
+    assert SpacegroupPrior(crystals, smoothing=0).weights("Li2S") == {225: 1.0}
+    assert SpacegroupPrior(crystals, smoothing=0).weights("Li3N") == {}

@@ -175,7 +175,7 @@ def test_spacegroup_given_launch_fills_the_conventional_cell_of_the_reference_gr
 def test_antifluorite_recognised_in_other_cells_and_scales():
     from ase.build import bulk
 
-    conv = lis.antifluorite_li2s()
+    conv = lis.antifluorite()
     assert lis.is_antifluorite(conv)
     # primitive 3-atom cell at a 7 % smaller lattice constant (model volumes differ): still antifluorite
     prim = Atoms("SLi2", scaled_positions=[[0, 0, 0], [0.25, 0.25, 0.25], [0.75, 0.75, 0.75]],
@@ -185,6 +185,17 @@ def test_antifluorite_recognised_in_other_cells_and_scales():
     anti_sites = conv.copy()  # S and Li swapped: fluorite-type LiS2 ordering, not Li2S
     anti_sites.numbers = np.where(conv.numbers == 3, 16, 3)
     assert not lis.is_antifluorite(anti_sites)
+    # another A2X (the tuning systems): Na2S antifluorite at its own lattice constant; Li2S is not Na2S
+    na2s = lis.antifluorite(6.54, "Na", "S")
+    assert na2s.get_chemical_formula() == "Na8S4" and lis.is_antifluorite(na2s, "Na", "S")
+    assert not lis.is_antifluorite(conv, "Na", "S")
+
+
+def test_system_option_takes_a_cation_and_an_anion():
+    assert lis.parse_system("Li-Se") == ("Li", "Se") and lis.parse_system("Na-S") == ("Na", "S")
+    for bad in ("Li", "Li-Li", "Li-Xx", "Li-S-O", ""):
+        with pytest.raises(SystemExit, match="error: --system"):
+            lis.parse_system(bad)
 
 
 def test_hull_compositions_sorted_by_lithium_fraction():
@@ -194,14 +205,14 @@ def test_hull_compositions_sorted_by_lithium_fraction():
                                 {"formula": "Li2S8", "e_ex": -0.3, "cluster_id": 2}]}
     hull = lis.hull_compositions(report)
     assert [v["formula"] for v in hull] == ["S", "LiS4", "Li2S", "Li"]
-    assert [v["x_li"] for v in hull] == pytest.approx([0.0, 0.2, 2 / 3, 1.0])
+    assert [v["x"] for v in hull] == pytest.approx([0.0, 0.2, 2 / 3, 1.0])
 
 
-def test_li2s_check_on_a_run_directory(tmp_path):
-    """li2s_check reads the representatives from shards: antifluorite vs a distorted Li2S."""
+def test_a2x_check_on_a_run_directory(tmp_path):
+    """a2x_check reads the representatives from shards: antifluorite vs a distorted Li2S."""
     from rmsearch.records import RunRecord, append_record
 
-    anti = lis.antifluorite_li2s(5.6)
+    anti = lis.antifluorite(5.6)
     other = Atoms("Li2S", scaled_positions=[[0, 0, 0], [0.5, 0, 0], [0.25, 0.5, 0.5]],
                   cell=[4.0, 4.5, 5.0], pbc=True)
     (tmp_path / "shards").mkdir()
@@ -215,14 +226,14 @@ def test_li2s_check_on_a_run_directory(tmp_path):
                 "spacegroups": {"0.1": [0, ""]}}
 
     on_hull = [cluster(0, 9, "Li8S4", 0.0, -1.0), cluster(1, 7, "Li2S", 0.2, -0.8)]
-    res = lis.li2s_check(tmp_path, on_hull)
+    res = lis.a2x_check(tmp_path, on_hull)
     assert res["on_hull"] and res["lowest"]["antifluorite"] and res["antifluorite_found"]
     assert res["n_clusters"] == 2
     off = [cluster(0, 7, "Li2S", 0.0, -1.0), cluster(1, 9, "Li8S4", 0.1, -0.9)]
-    res = lis.li2s_check(tmp_path, off)
+    res = lis.a2x_check(tmp_path, off)
     assert res["on_hull"] and not res["lowest"]["antifluorite"] and res["antifluorite_found"]
     assert res["antifluorite"]["e_hull"] == pytest.approx(0.1)
-    assert lis.li2s_check(tmp_path, [cluster(0, 7, "LiS", 0.0, -1.0)]) == {"found": False, "n_clusters": 0}
+    assert lis.a2x_check(tmp_path, [cluster(0, 7, "LiS", 0.0, -1.0)]) == {"found": False, "n_clusters": 0}
 
 
 def test_native_molecules_workflow_holds_lightly_rattled_molecules(tmp_path):
@@ -258,3 +269,22 @@ def test_generation_keeps_the_lowest_energy_start_of_each_pair():
     results = [("converged", a, -1.0), ("error: x", b, -9.0), ("not_converged", c, -2.0),
                ("error: y", d, np.nan)]
     assert [x.cell[0, 0] for x in spacegroup_generation.lowest_per_pair(results, 2)] == [3.0]
+
+
+def test_spacegroup_prior_leaves_out_target_compositions():
+    """mp20_csp --spacegroup-prior: crystals of a target's composition (any cell size) are not
+    counted, as the model never saw them; --spacegroup-prior needs drawn groups."""
+    from pymatgen.core import Composition
+
+    refs = mp20_csp.load_reference_atoms("mp20-subset:train")
+    target = refs[0][1].get_chemical_formula()
+    same = sum(Composition(a.get_chemical_formula()).reduced_formula == Composition(target).reduced_formula
+               for _, a in refs)
+    _, base = mp20_csp.spacegroup_prior("mp20-subset:train", [])
+    prior, note = mp20_csp.spacegroup_prior("mp20-subset:train", [target])
+    n_base, n = int(base.split()[2]), int(note.split()[2])
+    assert same >= 1 and n == n_base - same and len(prior.groups) <= n
+    with pytest.raises(SystemExit, match="error: --spacegroup-prior"):
+        mp20_csp.main(["--out", "x", "--spacegroups", "none", "--spacegroup-prior", "mp20-subset:train"])
+    with pytest.raises(SystemExit, match="error: --keep-symmetry"):
+        mp20_csp.main(["--out", "x", "--spacegroups", "none", "--keep-symmetry"])

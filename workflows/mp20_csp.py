@@ -136,6 +136,21 @@ def select_targets(references: list[tuple[str, Any]], known: set[str], n: int, m
     return out, notes
 
 
+def spacegroup_prior(source: str, formulas: list[str]):
+    """(:class:`rmsearch.symmetry.SpacegroupPrior` of the crystals of ``source`` whose reduced
+    composition is none of ``formulas``, csp15's or Li2S's: held out as the model holds them
+    out; a note saying how many were used)."""
+    from pymatgen.core import Composition
+
+    from rmsearch.symmetry import SpacegroupPrior
+
+    held = {Composition(f).reduced_formula for f in [*formulas, *read_target_list(CSP15), "Li2S"]}
+    known = [a for _, a in load_reference_atoms(source)]
+    kept = [a for a in known if Composition(a.get_chemical_formula()).reduced_formula not in held]
+    return SpacegroupPrior(kept), (f"space-group prior: {len(kept)} crystals of {source} "
+                                   f"({len(known) - len(kept)} of a held-out composition left out)")
+
+
 def load_reference_atoms(spec: str) -> list[tuple[str, Any]]:
     """(id, Atoms) of an rmdata registry split ``NAME:SPLIT`` or of a structure file."""
     from ase.io import read
@@ -228,22 +243,18 @@ def write_report(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
     return write_page(out, "MP-20 crystal structure prediction", summary, figure, body, skip=("steps", "targets"))
 
 
-#: Lattice points per conventional cell of each centring (first letter of the
-#: Hermann-Mauguin symbol); pyxtal places atoms in the conventional cell (R: hexagonal axes).
-CENTRING = {"P": 1, "A": 2, "B": 2, "C": 2, "I": 2, "R": 3, "F": 4}
-
-
 def spacegroup_launch_args(reference, natoms: int) -> tuple[list[str], int]:
     """``(args, natoms_conventional)`` of an ``rmsearch launch`` conditioned on the space
     group G of ``reference`` (spglib at 0.1 A, as MP-20's ``spacegroup.number``): args
     ``--spacegroup G --keep-symmetry``, and the atoms of G's conventional cell (``natoms``
     of the primitive reference times the lattice points of G's centring), which pyxtal fills."""
     from rmsearch.analysis.score import spacegroup
+    from rmsearch.starts import centring
 
-    number, symbol = spacegroup(reference, 0.1)
+    number, _symbol = spacegroup(reference, 0.1)
     if not number:
         raise SystemExit(f"error: spglib finds no space group for reference {reference.get_chemical_formula()}")
-    return ["--spacegroup", str(number), "--keep-symmetry"], natoms * CENTRING[symbol[0]]
+    return ["--spacegroup", str(number), "--keep-symmetry"], natoms * centring(number)
 
 
 def spacegroup_of(atoms) -> str:
@@ -270,6 +281,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     help="composition-only starts: mixed (even runs in a random space group, pyxtal; odd "
                          "runs random cells: the default, measured best on tuning sets, RESULTS.md), "
                          "all without symmetry, or all in a random group; relaxed freely (launch --spacegroups)")
+    ap.add_argument("--keep-symmetry", action="store_true",
+                    help="with --spacegroups random/mixed: relax each symmetric start within its drawn group "
+                         "(launch --keep-symmetry); random cells are relaxed freely as before")
+    ap.add_argument("--spacegroup-prior", default="none",
+                    help="with --spacegroups random/mixed: draw each symmetric start's group from the groups of "
+                         "known crystals of the target's stoichiometry (NAME:SPLIT or a structure file, e.g. "
+                         "mp20-subset:train; every crystal of a target's or csp15 composition left out; "
+                         "rmsearch.symmetry.SpacegroupPrior, launch --spacegroup-weights), or none (uniform)")
     ap.add_argument("--trials", type=int, default=30, help="random starts per target")
     ap.add_argument("--csp15", action=argparse.BooleanOptionalAction, default=True,
                     help="also search the 15 csp15 compositions")
@@ -291,6 +310,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
     if args.ntargets < 0 or args.seed < 0:
         raise SystemExit("error: --ntargets and --seed must be >= 0")
+    if args.spacegroup_prior != "none" and (args.spacegroups == "none" or args.spacegroup_given):
+        raise SystemExit("error: --spacegroup-prior: weights the drawn groups of --spacegroups random or mixed")
+    if args.keep_symmetry and (args.spacegroups == "none" or args.spacegroup_given):
+        raise SystemExit("error: --keep-symmetry: needs --spacegroups random or mixed (--spacegroup-given "
+                         "keeps the given group already)")
 
     p = Pipeline(args.out, force=args.force)
     refs = load_reference_atoms(args.reference)
@@ -316,6 +340,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         notes += more
     if not targets:
         raise SystemExit("error: no target can be searched: " + "; ".join(notes))
+    prior = None
+    if args.spacegroup_prior != "none" and not args.spacegroup_given:
+        prior, note = spacegroup_prior(args.spacegroup_prior, [t["formula"] for t in targets])
+        notes.append(note)
     from ase.io import write
 
     from rmsearch.records import read_records
@@ -330,6 +358,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def search(t: dict[str, Any]) -> dict[str, Any] | None:
         rundir = p.out / "runs" / t["formula"]
         natoms, sg_args = t["natoms"], ([] if args.spacegroups == "none" else ["--spacegroups", args.spacegroups])
+        sg_args += ["--keep-symmetry"] if args.keep_symmetry else []
+        if prior is not None:
+            weights = p.out / "runs" / f"{t['formula']}.sgweights.json"
+            weights.parent.mkdir(parents=True, exist_ok=True)
+            tmp = weights.with_suffix(".tmp")
+            tmp.write_text(json.dumps(prior.weights(t["composition"]), indent=1))
+            tmp.replace(weights)
+            sg_args += ["--spacegroup-weights", str(weights)]
         if args.spacegroup_given:
             if t["atoms"] is None:
                 return None
@@ -375,6 +411,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    search={"trials": args.trials, "max_steps": args.max_steps, "dtype": args.dtype,
                            "max_natoms": args.max_natoms, "spacegroup_given": args.spacegroup_given,
                            "min_natoms": args.min_natoms, "spacegroups": args.spacegroups,
+                           "keep_symmetry": args.keep_symmetry, "spacegroup_prior": args.spacegroup_prior,
                            "jobs": jobs, "workers_per_job": workers})
     plot_targets([r for r in rows if r["scored"]], p.out / "mp20_targets.png")
     p.finish({**summary, "targets": rows})
