@@ -288,3 +288,5 @@ def test_spacegroup_prior_leaves_out_target_compositions():
         mp20_csp.main(["--out", "x", "--spacegroups", "none", "--spacegroup-prior", "mp20-subset:train"])
     with pytest.raises(SystemExit, match="error: --keep-symmetry"):
         mp20_csp.main(["--out", "x", "--spacegroups", "none", "--keep-symmetry"])
+    with pytest.raises(SystemExit, match="error: --spacegroup-prior"):  # the default prior needs drawn groups
+        mp20_csp.main(["--out", "x", "--spacegroup-given", "--spacegroup-prior", "mp20-subset:train"])

@@ -13,9 +13,13 @@ with every val and csp15 composition held out, so no target's composition was se
 (``--dataset mp20 --train --device cuda`` is the paper-scale run where MP-20 can be
 downloaded and a GPU is available) with the targets' compositions held out.
 
-Starts (``--spacegroups``, default ``mixed``): even run ids a Wyckoff placement in a random
-space group (pyxtal), odd ones a random cell, all relaxed freely; chosen on tuning sets that
-are none of the reported targets (RESULTS.md, MP-20 section).
+Starts (``--spacegroups``, default ``mixed``): even run ids a Wyckoff placement in a space
+group (pyxtal), odd ones a random cell, all relaxed freely. The groups are drawn with a prior
+(``--spacegroup-prior``, default the training split ``mp20-subset:train``): how many known
+crystals of the target's anonymous stoichiometry (AB2, ABC3, ...) are in each group, every
+crystal of a target's composition left out (``rmsearch.symmetry.SpacegroupPrior``, ``launch
+--spacegroup-weights``; ``--spacegroup-prior none`` draws uniformly). Both chosen on tuning
+sets that are none of the reported targets (RESULTS.md, MP-20 section).
 
 Targets: every row of ``--reference`` (an MP-20-style CSV, an rmdata split NAME:SPLIT, or a
 structure file; default mp20-subset:val) whose elements the model knows and with at most
@@ -144,9 +148,13 @@ def spacegroup_prior(source: str, formulas: list[str]):
 
     from rmsearch.symmetry import SpacegroupPrior
 
-    held = {Composition(f).reduced_formula for f in [*formulas, *read_target_list(CSP15), "Li2S"]}
+    import warnings
+
     known = [a for _, a in load_reference_atoms(source)]
-    kept = [a for a in known if Composition(a.get_chemical_formula()).reduced_formula not in held]
+    with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
+        warnings.simplefilter("ignore", UserWarning)
+        held = {Composition(f).reduced_formula for f in [*formulas, *read_target_list(CSP15), "Li2S"]}
+        kept = [a for a in known if Composition(a.get_chemical_formula()).reduced_formula not in held]
     return SpacegroupPrior(kept), (f"space-group prior: {len(kept)} crystals of {source} "
                                    f"({len(known) - len(kept)} of a held-out composition left out)")
 
@@ -284,11 +292,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--keep-symmetry", action="store_true",
                     help="with --spacegroups random/mixed: relax each symmetric start within its drawn group "
                          "(launch --keep-symmetry); random cells are relaxed freely as before")
-    ap.add_argument("--spacegroup-prior", default="none",
-                    help="with --spacegroups random/mixed: draw each symmetric start's group from the groups of "
-                         "known crystals of the target's stoichiometry (NAME:SPLIT or a structure file, e.g. "
-                         "mp20-subset:train; every crystal of a target's or csp15 composition left out; "
-                         "rmsearch.symmetry.SpacegroupPrior, launch --spacegroup-weights), or none (uniform)")
+    ap.add_argument("--spacegroup-prior", default=None,
+                    help="the drawn groups of --spacegroups random/mixed: weighted by the groups of known crystals "
+                         "of the target's stoichiometry (NAME:SPLIT or a structure file; every crystal of a "
+                         "target's or csp15 composition left out; rmsearch.symmetry.SpacegroupPrior, launch "
+                         "--spacegroup-weights), or none (uniform). Default: the --dataset train split "
+                         "(mp20-subset:train), measured best on tuning sets (RESULTS.md)")
     ap.add_argument("--trials", type=int, default=30, help="random starts per target")
     ap.add_argument("--csp15", action=argparse.BooleanOptionalAction, default=True,
                     help="also search the 15 csp15 compositions")
@@ -310,6 +319,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"error: --{name.replace('_', '-')} must be >= 1")
     if args.ntargets < 0 or args.seed < 0:
         raise SystemExit("error: --ntargets and --seed must be >= 0")
+    if args.spacegroup_prior is None:  # the default: the training split, where groups are drawn
+        drawn = args.spacegroups != "none" and not args.spacegroup_given
+        args.spacegroup_prior = f"{args.dataset}:train" if drawn else "none"
     if args.spacegroup_prior != "none" and (args.spacegroups == "none" or args.spacegroup_given):
         raise SystemExit("error: --spacegroup-prior: weights the drawn groups of --spacegroups random or mixed")
     if args.keep_symmetry and (args.spacegroups == "none" or args.spacegroup_given):
