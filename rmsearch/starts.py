@@ -625,7 +625,6 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
     return atoms, sg, "ok"
 
 
-
 def centring(sg: int) -> int:
     """Lattice points per conventional cell of space group ``sg`` (pyxtal's setting)."""
     return CENTRING[_group(sg).symbol[0]]
