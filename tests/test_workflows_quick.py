@@ -290,3 +290,12 @@ def test_spacegroup_prior_leaves_out_target_compositions():
         mp20_csp.main(["--out", "x", "--spacegroups", "none", "--keep-symmetry"])
     with pytest.raises(SystemExit, match="error: --spacegroup-prior"):  # the default prior needs drawn groups
         mp20_csp.main(["--out", "x", "--spacegroup-given", "--spacegroup-prior", "mp20-subset:train"])
+
+
+def test_unreadable_reference_or_prior_is_one_error_line(tmp_path):
+    for option in ("--reference", "--spacegroup-prior"):
+        with pytest.raises(SystemExit, match=f"error: {option} nope:val: cannot read structures"):
+            mp20_csp.load_reference_atoms("nope:val", option)
+    with pytest.raises(SystemExit, match="error: --reference .*missing.cif"):
+        mp20_csp.main(["--out", str(tmp_path / "out"), "--reference", str(tmp_path / "missing.cif")])
+    assert not (tmp_path / "out").exists()

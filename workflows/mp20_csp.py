@@ -150,7 +150,7 @@ def spacegroup_prior(source: str, formulas: list[str]):
 
     import warnings
 
-    known = [a for _, a in load_reference_atoms(source)]
+    known = [a for _, a in load_reference_atoms(source, "--spacegroup-prior")]
     with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
         warnings.simplefilter("ignore", UserWarning)
         held = {Composition(f).reduced_formula for f in [*formulas, *read_target_list(CSP15), "Li2S"]}
@@ -159,16 +159,22 @@ def spacegroup_prior(source: str, formulas: list[str]):
                                    f"({len(known) - len(kept)} of a held-out composition left out)")
 
 
-def load_reference_atoms(spec: str) -> list[tuple[str, Any]]:
-    """(id, Atoms) of an rmdata registry split ``NAME:SPLIT`` or of a structure file."""
+def load_reference_atoms(spec: str, option: str = "--reference") -> list[tuple[str, Any]]:
+    """(id, Atoms) of an rmdata registry split ``NAME:SPLIT`` or of a structure file; a one-line
+    ``error:`` naming ``option`` when it cannot be read."""
     from ase.io import read
 
     from rmdata.datasets import load_structures
+    from rmdata.errors import RMError
 
-    if ":" in spec and not Path(spec).exists():
-        name, split = spec.split(":", 1)
-        return [(sid, a) for sid, a in load_structures(dataset=name, split=split) if not isinstance(a, str)]
-    return [(f"{Path(spec).name}:{k}", a) for k, a in enumerate(read(spec, index=":"))]
+    try:
+        if ":" in spec and not Path(spec).exists():
+            name, split = spec.split(":", 1)
+            return [(sid, a) for sid, a in load_structures(dataset=name, split=split) if not isinstance(a, str)]
+        return [(f"{Path(spec).name}:{k}", a) for k, a in enumerate(read(spec, index=":"))]
+    except (RMError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise SystemExit(f"error: {option} {spec}: cannot read structures ({' '.join(str(exc).split())[:200]}); "
+                         "give NAME:SPLIT (e.g. mp20-subset:train) or a structure file") from None
 
 
 def potential_elements(potential: str) -> set[str]:
@@ -328,8 +334,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit("error: --keep-symmetry: needs --spacegroups random or mixed (--spacegroup-given "
                          "keeps the given group already)")
 
-    p = Pipeline(args.out, force=args.force)
     refs = load_reference_atoms(args.reference)
+    p = Pipeline(args.out, force=args.force)
     if args.train:
         heldout = [cell_formula(a) for _, a in refs]
         heldout += read_target_list(CSP15) + ["Li2S"]
@@ -342,7 +348,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.csp15 and not args.spacegroup_given:
         csp_refs: list[tuple[str, Any]] = []
         try:
-            csp_refs = load_reference_atoms(args.csp15_reference)
+            csp_refs = load_reference_atoms(args.csp15_reference, "--csp15-reference")
         except (SystemExit, Exception) as exc:  # noqa: BLE001 - offline: searched, not scored
             notes.append(f"csp15: reference {args.csp15_reference} unavailable ({' '.join(str(exc).split())[:120]}); "
                          "searched, not scored")
