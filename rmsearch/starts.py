@@ -601,12 +601,22 @@ def make_start(spec: StartSpec, run_id: int, seed: int) -> Atoms:
 
 def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
                volume: float) -> tuple[Atoms | None, int | None, str]:
-    """(atoms or None, space group, status) for a space-group start."""
+    """(atoms or None, space group, status) for a space-group start. A group drawn with
+    ``spec.spacegroup_weights`` is placed in its conventional cell (``centring`` times the
+    atoms) and the start is the primitive cell of the placement."""
     key = tuple(counts.values())
     formula = Atoms(_numbers(counts)).get_chemical_formula()
+    m = 1  # lattice points of the cell pyxtal fills
     if spec.spacegroup in DRAWN_GROUPS and spec.spacegroup_weights:
-        return _weighted_symmetric(rng, spec, counts, volume)
-    if spec.spacegroup in DRAWN_GROUPS:
+        groups = [sg for sg, w in spec.spacegroup_weights.items()
+                  if w > 0 and compatible(sg, tuple(n * centring(sg) for n in key))]
+        if not groups:
+            return None, None, (f"fallback: no space group of --spacegroup-weights holds {formula}; "
+                                "random start without symmetry")
+        w = np.array([spec.spacegroup_weights[sg] for sg in groups])
+        sg = int(groups[int(rng.choice(len(groups), p=w / w.sum()))])
+        m = centring(sg)
+    elif spec.spacegroup in DRAWN_GROUPS:
         for _ in range(_SG_DRAWS):
             sg = int(rng.integers(1, 231))
             if compatible(sg, key):
@@ -618,7 +628,9 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
         if not compatible(sg, key):
             return None, None, (f"fallback: {formula} does not fit the Wyckoff positions of "
                                 f"space group {sg}; random start without symmetry")
-    atoms = _spacegroup_crystal(rng, spec, counts, volume, sg)
+    atoms = _spacegroup_crystal(rng, spec, {el: n * m for el, n in counts.items()}, volume * m, sg)
+    if atoms is not None and m > 1:
+        atoms = _primitive(atoms, _numbers(counts), spec)
     if atoms is None:
         return None, None, (f"fallback: pyxtal could not place {formula} in space group {sg} "
                             "with the minimum separations; random start without symmetry")
@@ -628,29 +640,6 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
 def centring(sg: int) -> int:
     """Lattice points per conventional cell of space group ``sg`` (pyxtal's setting)."""
     return CENTRING[_group(sg).symbol[0]]
-
-
-def _weighted_symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
-                        volume: float) -> tuple[Atoms | None, int | None, str]:
-    """A start in a group drawn with ``spec.spacegroup_weights`` among those whose conventional
-    cell holds ``counts`` times its centring; the primitive cell of the placement."""
-    formula = Atoms(_numbers(counts)).get_chemical_formula()
-    key = tuple(counts.values())
-    groups = [sg for sg, w in spec.spacegroup_weights.items()
-              if w > 0 and compatible(sg, tuple(n * centring(sg) for n in key))]
-    if not groups:
-        return None, None, (f"fallback: no space group of --spacegroup-weights holds {formula}; "
-                            "random start without symmetry")
-    w = np.array([spec.spacegroup_weights[sg] for sg in groups])
-    sg = int(groups[int(rng.choice(len(groups), p=w / w.sum()))])
-    m = centring(sg)
-    atoms = _spacegroup_crystal(rng, spec, {el: n * m for el, n in counts.items()}, volume * m, sg)
-    if atoms is not None and m > 1:
-        atoms = _primitive(atoms, _numbers(counts), spec)
-    if atoms is None:
-        return None, None, (f"fallback: pyxtal could not place {formula} in space group {sg} "
-                            "with the minimum separations; random start without symmetry")
-    return atoms, sg, "ok"
 
 
 def _primitive(atoms: Atoms, numbers: np.ndarray, spec: StartSpec) -> Atoms | None:

@@ -50,6 +50,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from rmdata.utils import write_json_atomic
 from common import Pipeline, add_run_options, workflow_parser, write_page
 
 log = logging.getLogger("workflows.mp20_csp")
@@ -380,9 +381,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if prior is not None:
             weights = p.out / "runs" / f"{t['formula']}.sgweights.json"
             weights.parent.mkdir(parents=True, exist_ok=True)
-            tmp = weights.with_suffix(".tmp")
-            tmp.write_text(json.dumps(prior.weights(t["composition"]), indent=1))
-            tmp.replace(weights)
+            write_json_atomic(weights, prior.weights(t["composition"]))
             sg_args += ["--spacegroup-weights", str(weights)]
         if args.spacegroup_given:
             if t["atoms"] is None:
