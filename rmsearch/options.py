@@ -19,7 +19,7 @@ import click
 
 from rmdata.cliutils import SEED, FiniteFloat
 from rmsearch.protocol import RELAX_OPTIMIZERS, RelaxSettings
-from rmsearch.starts import StartSpec, parse_range, parse_spacegroup_weights
+from rmsearch.starts import StartSpec, parse_range, parse_spacegroup_weights, parse_wyckoff
 
 #: ``on_resume`` of an option that changes results: a resume must give the stored value.
 FIXED = "fixed"
@@ -100,6 +100,13 @@ class SearchOptions:
         "with these weights among the groups that hold it (a centred group's start is the primitive cell "
         "of its conventional placement), e.g. a prior from known crystals (rmsearch.symmetry.SpacegroupPrior)",
         config="start.spacegroup_weights", from_cli=parse_spacegroup_weights, default_text="none: uniform")
+    wyckoff: tuple | None = _option(
+        None,
+        "With --spacegroup N: Wyckoff sites to place the atoms on, element:sites as Na:4a,Cl:4b "
+        "(several sites of one element joined by +, O:4c+8d; pyxtal's standard setting, atoms of the "
+        "conventional cell), several templates joined by ; (one drawn per start), or a JSON file of a "
+        "list of templates, e.g. from known crystals (rmsearch.symmetry.WyckoffPrior)",
+        config="start.wyckoff", from_cli=parse_wyckoff, default_text="none: pyxtal chooses")
     volume_factor: tuple[float, float] = _option(
         _default(StartSpec, "volume_factor"),
         "Range of the random factor on the per-element volumes (A^3/atom)",

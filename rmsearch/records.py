@@ -269,6 +269,8 @@ def record_from_outcome(outcome, start: Atoms, run_id: int, seed: int, wall_s: f
 
 def _start_extra(start: Atoms, outcome=None) -> dict[str, Any]:
     extra = {k: start.info.get(k) for k in ("start_kind", "start_status", "volume_factor")}
+    if start.info.get("wyckoff"):
+        extra["wyckoff"] = start.info["wyckoff"]
     if start.pbc.all():
         extra["start_volume_per_atom"] = float(start.get_volume() / len(start))
     if outcome is not None:

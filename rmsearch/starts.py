@@ -42,9 +42,16 @@ groups that can hold the start, instead of uniformly. A centred group (A, B, C, 
 lattice points, R in hexagonal axes: 3, F: 4) is placed in its conventional cell with that
 many times the atoms, and the start is its primitive cell: the atom count asked for.
 
+Wyckoff templates (``wyckoff``, with a fixed space group): each start draws one template
+(element -> Wyckoff sites of the group, pyxtal's standard setting, e.g. ``Na: 4a, Cl: 4b``
+in Fm-3m) and pyxtal places the atoms on exactly those sites, free parameters and lattice
+random; the start's composition is the template's (the sites' multiplicities in the
+conventional cell). Templates of known crystals: :class:`rmsearch.symmetry.WyckoffPrior`.
+
 Every start carries in ``atoms.info``: ``run_id``, ``seed``, ``start_kind``
 (``random``, ``spacegroup``, ``molecule``), ``spacegroup_start`` (int or None),
-``start_status`` (``ok`` or ``fallback: ...``) and ``volume_factor``.
+``start_status`` (``ok`` or ``fallback: ...``) and ``volume_factor``; a start placed on a
+Wyckoff template also ``wyckoff`` (the template as text, ``"Cl:4b,Na:4a"``).
 """
 
 from __future__ import annotations
@@ -110,6 +117,8 @@ class StartSpec:
             "mixed" (even run ids "random", odd ones no symmetry).
         spacegroup_weights: relative weight of each space group (number -> weight >= 0) in
             the draw of "random"/"mixed" starts; empty: uniform among those that fit.
+        wyckoff: Wyckoff templates, one drawn per start (element -> site labels of the fixed
+            ``spacegroup``); empty: pyxtal chooses the sites.
         box: molecule box edge lengths (A).
     """
 
@@ -126,6 +135,7 @@ class StartSpec:
     spacegroup: int | str | None = None
     spacegroup_weights: dict[int, float] = field(default_factory=dict)
     box: tuple[float, float, float] = (10.0, 5.0, 5.0)
+    wyckoff: tuple[dict[str, tuple[str, ...]], ...] = ()
 
     def __post_init__(self) -> None:
         self.elements = tuple(self.elements)
@@ -134,6 +144,7 @@ class StartSpec:
         self.box = tuple(float(b) for b in self.box)
         self.volumes = {str(k): float(v) for k, v in self.volumes.items()}
         self.spacegroup_weights = parse_spacegroup_weights(self.spacegroup_weights)
+        self.wyckoff = parse_wyckoff(self.wyckoff)
         self.validate()
 
     def validate(self) -> None:
@@ -162,6 +173,8 @@ class StartSpec:
             raise RMError(f"start spec: spacegroup={sg!r} must be an integer 1-230, 'random' or 'mixed'")
         if self.spacegroup_weights and sg not in DRAWN_GROUPS:
             raise RMError("--spacegroup-weights: weights a drawn group; give --spacegroups random or mixed")
+        if self.wyckoff:
+            self._validate_wyckoff()
         if self.mode == "molecule":
             if sg is not None:
                 raise RMError("start spec: --spacegroup applies to crystals, not to --molecule")
@@ -179,11 +192,29 @@ class StartSpec:
                     raise RMError(f"start spec: no whole number of {self.formula} formula units "
                                   f"({fu} atoms each) fits natoms={lo}-{hi}")
 
+    def _validate_wyckoff(self) -> None:
+        sg = self.spacegroup
+        if not isinstance(sg, int):
+            raise RMError("--wyckoff: sites belong to one space group; give --spacegroup N (a number)")
+        labels = {wp.get_label() for wp in _group(sg).Wyckoff_positions}
+        comps = compositions(self)
+        for template in self.wyckoff:
+            text = wyckoff_text(template)
+            unknown = sorted({lab for sites in template.values() for lab in sites} - labels)
+            if unknown:
+                raise RMError(f"--wyckoff {text}: space group {sg} has no site {', '.join(unknown)} "
+                              f"(its sites: {', '.join(sorted(labels, key=_site_key))})")
+            if wyckoff_counts(sg, template) not in comps:
+                formula = Atoms(_numbers(wyckoff_counts(sg, template))).get_chemical_formula()
+                raise RMError(f"--wyckoff {text}: its sites hold {formula}, which is not a cell of this "
+                              "search; match --composition/--system and --natoms (atoms of the conventional cell)")
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable dict (inverse of :meth:`from_dict`)."""
         d = asdict(self)
         for key in ("elements", "natoms", "volume_factor", "box"):
             d[key] = list(d[key])
+        d["wyckoff"] = [{el: list(sites) for el, sites in t.items()} for t in self.wyckoff]
         return d
 
     @classmethod
@@ -276,6 +307,72 @@ def parse_spacegroup_weights(weights: Any, name: str = "--spacegroup-weights") -
     if out and not any(out.values()):
         raise RMError(f"{name}: every weight is 0; give at least one positive weight")
     return dict(sorted(out.items()))
+
+
+def parse_wyckoff(value: Any, name: str = "--wyckoff") -> tuple[dict[str, tuple[str, ...]], ...]:
+    """Wyckoff templates from ``"Na:4a,Cl:4b"`` (element:sites, several sites of one element
+    joined by ``+``: ``"O:4c+8d"``), several templates joined by ``;``, the path of a JSON file
+    holding a list of ``{"Na": ["4a"], ...}``, or such a list -> ``({"Na": ("4a",), ...}, ...)``;
+    RMError naming ``name`` for anything else (an empty value: no templates)."""
+    import json
+    import os
+
+    if value is None or value == "" or value == () or value == []:
+        return ()
+    if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+        try:
+            with open(value) as fh:
+                value = json.load(fh)
+        except (OSError, ValueError) as exc:
+            raise RMError(f"{name} {value}: cannot read a JSON list of templates ({exc})") from None
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, str):
+        value = [_wyckoff_from_text(part, name) for part in value.split(";") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise RMError(f"{name}: expected element:sites text (Na:4a,Cl:4b) or a JSON list of templates")
+    out = []
+    for template in value:
+        if not isinstance(template, dict) or not template:
+            raise RMError(f"{name}: {template!r}: a template maps elements to Wyckoff site labels")
+        clean: dict[str, tuple[str, ...]] = {}
+        for el, sites in template.items():
+            sites = [sites] if isinstance(sites, str) else sites
+            if el not in atomic_numbers or not isinstance(sites, (list, tuple)) or not sites or not all(
+                    isinstance(lab, str) and _site_key(lab)[0] > 0 for lab in sites):
+                raise RMError(f"{name}: {el!r}: {sites!r}: expected an element and site labels like 4a")
+            clean[str(el)] = tuple(sites)
+        out.append(dict(sorted(clean.items())))
+    return tuple(out)
+
+
+def _wyckoff_from_text(text: str, name: str) -> dict[str, list[str]]:
+    template: dict[str, list[str]] = {}
+    for item in text.split(","):
+        el, sep, sites = item.strip().partition(":")
+        if not sep or not el.strip() or not sites.strip():
+            raise RMError(f"{name} {text!r}: expected element:sites items like Na:4a,Cl:4b (O:4c+8d)")
+        template.setdefault(el.strip(), []).extend(s.strip() for s in sites.split("+"))
+    return template
+
+
+def _site_key(label: str) -> tuple[int, str]:
+    """``"48i"`` -> (48, "i"); (0, label) for text that is not a site label."""
+    digits = label[:len(label) - len(label.lstrip("0123456789"))]
+    letter = label[len(digits):]
+    ok = digits and letter.isalpha() and len(letter) == 1
+    return (int(digits), letter) if ok else (0, label)
+
+
+def wyckoff_text(template: dict[str, tuple[str, ...]]) -> str:
+    """The template as ``--wyckoff`` text: ``"Cl:4b,Na:4a"``."""
+    return ",".join(f"{el}:{'+'.join(sites)}" for el, sites in template.items())
+
+
+def wyckoff_counts(sg: int, template: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Atoms per element of the conventional cell that the template's sites hold."""
+    mult = {wp.get_label(): wp.multiplicity for wp in _group(sg).Wyckoff_positions}
+    return {el: sum(mult.get(lab, 0) for lab in sites) for el, sites in template.items()}
 
 
 def make_spec(*, system: str | None = None, composition: str | None = None,
@@ -503,13 +600,13 @@ def _share_default_tolerances() -> None:
 
 
 def _spacegroup_crystal(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
-                        volume: float, sg: int) -> Atoms | None:
-    """A start with space group ``sg`` from pyxtal, or None if it cannot be made within
-    :data:`PYXTAL_CHECKS` distance checks."""
+                        volume: float, sg: int, sites: dict[str, tuple[str, ...]] | None = None) -> Atoms | None:
+    """A start with space group ``sg`` from pyxtal (on the Wyckoff ``sites`` when given), or
+    None if it cannot be made within :data:`PYXTAL_CHECKS` distance checks."""
     _share_default_tolerances()
     _checks.update(used=0, limit=PYXTAL_CHECKS)
     try:
-        return _pyxtal_draws(rng, spec, counts, volume, sg)
+        return _pyxtal_draws(rng, spec, counts, volume, sg, sites)
     except _OutOfChecks:
         log.debug("pyxtal used %d distance checks on %s in %d", PYXTAL_CHECKS, counts, sg)
         return None
@@ -518,20 +615,21 @@ def _spacegroup_crystal(rng: np.random.Generator, spec: StartSpec, counts: dict[
 
 
 def _pyxtal_draws(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int],
-                  volume: float, sg: int) -> Atoms | None:
+                  volume: float, sg: int, sites: dict[str, tuple[str, ...]] | None) -> Atoms | None:
     """Up to :data:`_PYXTAL_TRIES` pyxtal placements in ``sg``; the first valid one, or None."""
     from pyxtal import pyxtal
     from pyxtal.lattice import Lattice
 
     species = list(counts)
     num = [counts[el] for el in species]
+    on_sites = {"sites": [list(sites[el]) for el in species]} if sites else {}
     numbers = _numbers(counts)
     for _ in range(_PYXTAL_TRIES):
         lattice = Lattice(_group(sg).lattice_type, volume=volume, random_state=rng)
         crystal = pyxtal()
         try:
             crystal.from_random(3, sg, species, num, lattice=lattice, random_state=rng, max_count=1,
-                                tm=_tolerances(tuple(species), spec.minsep_factor, spec.minsep_floor))
+                                tm=_tolerances(tuple(species), spec.minsep_factor, spec.minsep_floor), **on_sites)
         except _OutOfChecks:
             raise
         except Exception as exc:  # noqa: BLE001 - pyxtal signals failure with assorted types
@@ -573,7 +671,9 @@ def make_start(spec: StartSpec, run_id: int, seed: int) -> Atoms:
         raise RMError(f"run_id={run_id} and seed={seed} must be >= 0")
     rng = np.random.default_rng([seed, run_id])
     comps = compositions(spec)
-    if isinstance(spec.spacegroup, int):  # prefer compositions that fit the group, if any
+    if spec.wyckoff:  # the cells of the templates
+        comps = [c for c in comps if any(wyckoff_counts(spec.spacegroup, t) == c for t in spec.wyckoff)]
+    elif isinstance(spec.spacegroup, int):  # prefer compositions that fit the group, if any
         fitting = [c for c in comps if compatible(spec.spacegroup, tuple(c.values()))]
         comps = fitting or comps
     counts = comps[int(rng.integers(len(comps)))]
@@ -628,12 +728,19 @@ def _symmetric(rng: np.random.Generator, spec: StartSpec, counts: dict[str, int]
         if not compatible(sg, key):
             return None, None, (f"fallback: {formula} does not fit the Wyckoff positions of "
                                 f"space group {sg}; random start without symmetry")
-    atoms = _spacegroup_crystal(rng, spec, {el: n * m for el, n in counts.items()}, volume * m, sg)
+    sites = None
+    if spec.wyckoff:
+        fits = [t for t in spec.wyckoff if wyckoff_counts(sg, t) == counts]
+        sites = fits[int(rng.integers(len(fits)))]
+    atoms = _spacegroup_crystal(rng, spec, {el: n * m for el, n in counts.items()}, volume * m, sg, sites)
     if atoms is not None and m > 1:
         atoms = _primitive(atoms, _numbers(counts), spec)
     if atoms is None:
-        return None, None, (f"fallback: pyxtal could not place {formula} in space group {sg} "
+        where = f" on {wyckoff_text(sites)}" if sites else ""
+        return None, None, (f"fallback: pyxtal could not place {formula} in space group {sg}{where} "
                             "with the minimum separations; random start without symmetry")
+    if sites:
+        atoms.info["wyckoff"] = wyckoff_text(sites)
     return atoms, sg, "ok"
 
 

@@ -28,6 +28,10 @@ group occurs among known crystals of the same anonymous stoichiometry (pymatgen'
 ``anonymized_formula``: AB2 for Li2S and SiO2), smoothed by the group frequencies of all of
 them; ``rmsearch launch --spacegroups mixed --spacegroup-weights FILE`` draws with it.
 
+Wyckoff templates of known crystals (:func:`wyckoff_template`, :class:`WyckoffPrior`): the
+Wyckoff sites each element occupies (pyxtal's standard setting), for starts in a given group
+on the sites of a known structure type (``rmsearch launch --spacegroup N --wyckoff ...``).
+
 Units: A, fractional coordinates, eV/A, eV/A^3.
 """
 
@@ -42,6 +46,7 @@ import spglib
 from ase import Atoms
 
 from rmdata.errors import RMError
+from rmsearch.starts import wyckoff_counts
 
 #: Default symprec (A) at which the start's operations are found: tight, because a
 #: Wyckoff start from pyxtal is exactly symmetric up to round-off.
@@ -193,6 +198,78 @@ class SpacegroupPrior:
         total = len(self.groups)
         out = {sg: same[sg] + self.smoothing * n / total for sg, n in self.every.items()}
         return {sg: round(w, 6) for sg, w in sorted(out.items()) if w > 0}
+
+
+
+def wyckoff_template(atoms: Atoms, symprec: float = 0.1) -> tuple[int, dict[str, tuple[str, ...]]] | None:
+    """``(space group, element -> Wyckoff sites)`` of a crystal at ``symprec`` (A), in pyxtal's
+    standard setting (the sites of the conventional cell, e.g. ``(225, {"Cl": ("4b",), "Na":
+    ("4a",)})`` for rocksalt): the ``--wyckoff`` template of its structure type. None where
+    pyxtal cannot read the crystal."""
+    import warnings
+
+    from pymatgen.io.ase import AseAtomsAdaptor
+    from pyxtal import pyxtal
+
+    crystal = pyxtal()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            crystal.from_seed(AseAtomsAdaptor.get_structure(atoms), tol=symprec)
+    except Exception:  # noqa: BLE001 - pyxtal signals an unreadable crystal with assorted types
+        return None
+    sites: dict[str, list[str]] = {}
+    for site in crystal.atom_sites:
+        sites.setdefault(str(site.specie), []).append(site.wp.get_label())
+    return int(crystal.group.number), {el: tuple(sorted(v)) for el, v in sorted(sites.items())}
+
+
+class WyckoffPrior:
+    """Wyckoff templates for starts of a composition in a space group, from known crystals.
+
+    ``templates(counts, sg)``: one template per known crystal in group ``sg`` (pyxtal at
+    ``symprec`` A) whose conventional cell has the same multiset of atom counts as ``counts``
+    (element -> atoms of the conventional cell), its sites given to the asked elements in
+    the same order of (count, Pauling electronegativity): the structure types of that
+    stoichiometry and group, as often as they occur (a start draws one uniformly), so the
+    draw is the known crystals' distribution of Wyckoff sets.
+    """
+
+    def __init__(self, structures: Iterable[Atoms], symprec: float = 0.1):
+        if not (np.isfinite(symprec) and symprec > 0):
+            raise RMError(f"WyckoffPrior: symprec={symprec} must be > 0")
+        self.symprec = symprec
+        self.entries: dict[tuple[int, tuple[int, ...]], list[list[tuple[str, ...]]]] = {}
+        for atoms in structures:
+            found = wyckoff_template(atoms, symprec)
+            if found is None:
+                continue
+            sg, template = found
+            counts = wyckoff_counts(sg, template)
+            order = _element_order(counts)
+            key = (sg, tuple(counts[el] for el in order))
+            self.entries.setdefault(key, []).append([template[el] for el in order])
+
+    def templates(self, counts: dict[str, int], sg: int) -> list[dict[str, tuple[str, ...]]]:
+        """The templates for ``counts`` (conventional cell) in ``sg``; empty when none is known."""
+        order = _element_order(counts)
+        found = self.entries.get((int(sg), tuple(counts[el] for el in order)), [])
+        return [dict(sorted(zip(order, sites))) for sites in found]
+
+
+def _element_order(counts: dict[str, int]) -> list[str]:
+    """Elements by (atom count, Pauling electronegativity; elements without one last), then symbol."""
+    import warnings
+
+    from pymatgen.core import Element
+
+    def x(el: str) -> float:
+        with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
+            warnings.simplefilter("ignore")
+            value = Element(el).X
+        return value if np.isfinite(value) else np.inf
+
+    return sorted(counts, key=lambda el: (counts[el], x(el), el))
 
 
 def keeps_operations(start: Atoms, final: Atoms, symprec: float = SYMPREC, tol: float = 1e-3) -> bool:

@@ -312,3 +312,45 @@ def test_bad_spacegroup_weights_are_one_line_rmerrors(tmp_path):
     spec = make_spec(composition="C", spacegroup="mixed", volumes=VOLUMES, spacegroup_weights=str(tmp_path / "w.json"))
     assert spec.spacegroup_weights == {194: 1.0, 227: 2.0}
     assert StartSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec  # as config.json stores it
+
+
+def test_wyckoff_templates_place_atoms_on_the_given_sites():
+    """--wyckoff: NaCl (8 atoms) in Cmcm on Na 4c + Cl 4c (one of five combinations pyxtal
+    could choose) puts every start on those sites; two templates are drawn per start, both
+    seen; the start records its template; the spec round-trips through config.json."""
+    vols = {"Na": 23.0, "Cl": 23.0}
+    spec = make_spec(composition="NaCl", natoms="8", volumes=vols, spacegroup=63, wyckoff="Na:4c,Cl:4c")
+    in_cmcm = 0
+    for r in range(8):
+        atoms = make_start(spec, r, 0)
+        data = _spg(atoms)
+        assert atoms.info["wyckoff"] == "Cl:4c,Na:4c" and atoms.info["start_status"] == "ok"
+        if data.number == 63:  # pyxtal's setting is spglib's standard one for Cmcm
+            assert set(data.wyckoffs) == {"c"}
+            in_cmcm += 1
+    assert in_cmcm >= 4
+    # rocksalt (Na 4a, Cl 4b) against the swapped assignment: both drawn, each exact Fm-3m
+    two = make_spec(composition="NaCl", natoms="8", volumes=vols, spacegroup=225, wyckoff="Na:4a,Cl:4b;Na:4b,Cl:4a")
+    drawn = [make_start(two, r, 0) for r in range(12)]
+    assert {a.info["wyckoff"] for a in drawn} == {"Cl:4b,Na:4a", "Cl:4a,Na:4b"}
+    assert all(_spg(a).number == 225 for a in drawn)
+    assert [a.info["wyckoff"] for a in drawn] == [make_start(two, r, 0).info["wyckoff"] for r in range(12)]
+    assert StartSpec.from_dict(json.loads(json.dumps(two.to_dict()))) == two  # as config.json stores it
+    # without templates the starts are those of before (no extra draw from the generator)
+    plain = make_spec(composition="NaCl", natoms="8", volumes=vols, spacegroup=63)
+    assert "wyckoff" not in make_start(plain, 0, 0).info
+
+
+def test_bad_wyckoff_templates_are_one_line_rmerrors(tmp_path):
+    vols = {"Na": 23.0, "Cl": 23.0}
+    for value, sg, match in (("Na:4a,Cl:4z", 225, "has no site 4z"), ("Na:4a,Cl:8c", 225, "not a cell of this search"),
+                             ("Na4a", 225, "element:sites"), ("Xx:4a", 225, "site labels"),
+                             ("Na:4a,Cl:4b", "random", "--spacegroup N"),
+                             (str(tmp_path / "t.json"), 225, "cannot read")):
+        if value.endswith(".json"):
+            (tmp_path / "t.json").write_text("[{")
+        with pytest.raises(RMError, match=match):
+            make_spec(composition="NaCl", natoms="8", volumes=vols, spacegroup=sg, wyckoff=value)
+    (tmp_path / "t.json").write_text('[{"Na": ["4a"], "Cl": "4b"}]')
+    spec = make_spec(composition="NaCl", natoms="8", volumes=vols, spacegroup=225, wyckoff=str(tmp_path / "t.json"))
+    assert spec.wyckoff == ({"Cl": ("4b",), "Na": ("4a",)},)

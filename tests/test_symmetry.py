@@ -223,3 +223,23 @@ def test_spacegroup_prior_counts_groups_of_the_same_stoichiometry():
     assert prior.weights("Li2S") == pytest.approx({221: 1 / 5, 225: 1 + 4 / 5})
     assert SpacegroupPrior(crystals, smoothing=0).weights("Li2S") == {225: 1.0}
     assert SpacegroupPrior(crystals, smoothing=0).weights("Li3N") == {}
+
+
+def test_wyckoff_prior_gives_the_sites_of_known_types_by_count_and_electronegativity():
+    """Rocksalt NaCl and MgO: Na/Mg (the less electronegative of two equal counts) on 4a, the
+    anion on 4b; fluorite CaF2: Ca 4a, F 8c; a query takes the sites in the same order and as
+    often as the known crystals hold them; a stoichiometry or group not seen gives none."""
+    from rmsearch.starts import wyckoff_counts
+    from rmsearch.symmetry import WyckoffPrior, wyckoff_template
+
+    sg, rocksalt = wyckoff_template(bulk("NaCl", "rocksalt", a=5.64))
+    assert sg == 225 and wyckoff_counts(sg, rocksalt) == {"Na": 4, "Cl": 4}
+    crystals = [bulk("NaCl", "rocksalt", a=5.64), bulk("MgO", "rocksalt", a=4.2),
+                bulk("CaF2", "fluorite", a=5.46), bulk("ZnS", "zincblende", a=5.41)]
+    prior = WyckoffPrior(crystals)
+    anion_site = rocksalt["Cl"]
+    assert prior.templates({"F": 4, "Li": 4}, 225) == [{"F": anion_site, "Li": rocksalt["Na"]}] * 2
+    fluorite = prior.templates({"Li": 8, "S": 4}, 225)
+    assert len(fluorite) == 1 and wyckoff_counts(225, fluorite[0]) == {"Li": 8, "S": 4}
+    assert len(fluorite[0]["Li"]) == 1 and fluorite[0]["Li"][0].startswith("8")
+    assert prior.templates({"Li": 4, "F": 4}, 221) == [] and prior.templates({"Li": 6, "S": 4}, 225) == []

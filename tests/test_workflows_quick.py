@@ -271,6 +271,25 @@ def test_generation_keeps_the_lowest_energy_start_of_each_pair():
     assert [x.cell[0, 0] for x in spacegroup_generation.lowest_per_pair(results, 2)] == [3.0]
 
 
+def test_generation_starts_on_the_wyckoff_sites_of_known_structure_types():
+    """--wyckoff prior: a drawn primitive rocksalt (2 atoms, Fm-3m) gets the templates of the
+    known AB crystals of Fm-3m in its conventional cell (4 + 4 atoms: rocksalt twice), and
+    its start lies on them: the conventional cell pyxtal fills (8 atoms), exactly rocksalt (4a
+    and 4b have no free parameter)."""
+    from ase.build import bulk
+
+    import spacegroup_generation
+    from rmsearch.symmetry import WyckoffPrior
+
+    known = [bulk("NaCl", "rocksalt", a=5.64), bulk("MgO", "rocksalt", a=4.2), bulk("CsCl", "cesiumchloride", a=4.1)]
+    drawn = bulk("KBr", "rocksalt", a=6.6)
+    templates = spacegroup_generation.pair_templates(WyckoffPrior(known), drawn)
+    assert len(templates) == 2 and templates[0] == templates[1] and set(templates[0]) == {"K", "Br"}
+    start = spacegroup_generation.generation_start(drawn, {"K": 40.0, "Br": 35.0}, 0, 0, tuple(templates))
+    assert start.info["wyckoff"] and start.info["spacegroup_start"] == 225 and len(start) == 8
+    assert mp20_csp.spacegroup_of(start) == "Fm-3m (225)"
+
+
 def test_spacegroup_prior_leaves_out_target_compositions():
     """mp20_csp --spacegroup-prior: crystals of a target's composition (any cell size) are not
     counted, as the model never saw them; --spacegroup-prior needs drawn groups."""

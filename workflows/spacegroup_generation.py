@@ -11,7 +11,11 @@ Here: ``--n`` rows of the training split (``--train``, default mp20-subset:train
 the model knows, at most ``--max-natoms`` atoms) are drawn with ``--seed``; each gives a
 composition, its atom count and its space group G (spglib 0.1 A). One Wyckoff start per
 row in G (``rmsearch.starts``, the conventional cell pyxtal fills, as
-``workflows/spacegroup_csp.py`` launches it) is relaxed within G (``keep_symmetry``) with
+``workflows/spacegroup_csp.py`` launches it; with ``--wyckoff prior``, the default, on the
+Wyckoff sites of a known structure type of the same stoichiometry and group, drawn per
+start from :class:`rmsearch.symmetry.WyckoffPrior` over ``--train``, as DiffCSP++ draws
+its templates; pyxtal chooses the sites where the training split knows none, and always
+with ``--wyckoff none``) is relaxed within G (``keep_symmetry``) with
 the shipped ``model:mp20-mace`` (the generated set: the converged and not-converged
 results; with ``--starts-per-pair K``, K starts per pair and the lowest-energy result). The
 control row is ``--n`` other training rows (a second, disjoint draw). Where
@@ -78,15 +82,28 @@ def draw_sets(rows: list[tuple[str, Any]], n: int, rng: np.random.Generator
     return drawn, control
 
 
-def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int):
+def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int, templates: tuple = ()):
     """The Wyckoff start of one generated structure: the composition, atom count and space
-    group of the training structure ``atoms`` (see :func:`mp20_csp.spacegroup_launch_args`)."""
+    group of the training structure ``atoms`` (see :func:`mp20_csp.spacegroup_launch_args`),
+    on one of the Wyckoff ``templates`` when given (else pyxtal chooses the sites)."""
     from rmsearch.starts import make_spec, make_start
 
     comp, natoms = search_args(cell_formula(atoms))
     args, natoms_conv = spacegroup_launch_args(atoms, natoms)
-    spec = make_spec(composition=comp, natoms=str(natoms_conv), volumes=volumes, spacegroup=int(args[1]))
+    spec = make_spec(composition=comp, natoms=str(natoms_conv), volumes=volumes, spacegroup=int(args[1]),
+                     wyckoff=tuple(templates))
     return make_start(spec, run_id, seed)
+
+
+def pair_templates(prior, atoms) -> list[dict[str, tuple[str, ...]]]:
+    """The Wyckoff templates a :class:`rmsearch.symmetry.WyckoffPrior` knows for the
+    composition and space group of ``atoms`` (its conventional cell, as pyxtal fills it)."""
+    from collections import Counter
+
+    comp, natoms = search_args(cell_formula(atoms))
+    args, natoms_conv = spacegroup_launch_args(atoms, natoms)
+    per = natoms_conv // natoms
+    return prior.templates({el: n * per for el, n in Counter(atoms.get_chemical_symbols()).items()}, int(args[1]))
 
 
 def lowest_per_pair(results: list, n: int) -> list:
@@ -109,9 +126,9 @@ def _relax_chunk(job: tuple[str, dict[str, float], int, list, int]) -> list:
 
     potential, volumes, seed, pairs, max_steps = job
     starts = []
-    for atoms, run_id in pairs:
+    for atoms, run_id, templates in pairs:
         try:
-            starts.append(generation_start(atoms, volumes, run_id, seed))
+            starts.append(generation_start(atoms, volumes, run_id, seed, templates))
         except RMError as exc:  # no start could be placed: a failed run, as in a search
             starts.append(f"error: {exc}")
     placed = [st for st in starts if not isinstance(st, str)]
@@ -119,10 +136,11 @@ def _relax_chunk(job: tuple[str, dict[str, float], int, list, int]) -> list:
     out = []
     for st in starts:
         if isinstance(st, str):
-            out.append((st, None, float("nan"), False))
+            out.append((st, None, float("nan"), False, False))
         else:
             o = next(relaxed)
-            out.append((o.status, o.atoms, o.energy_per_atom, st.info.get("start_kind") == "spacegroup"))
+            out.append((o.status, o.atoms, o.energy_per_atom, st.info.get("start_kind") == "spacegroup",
+                        bool(st.info.get("wyckoff"))))
     return out
 
 
@@ -136,6 +154,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--starts-per-pair", type=int, default=1,
                     help="Wyckoff starts relaxed per (composition, space group) pair; the generated "
                          "structure is the lowest-energy result (the search's own rule)")
+    ap.add_argument("--wyckoff", choices=("prior", "none"), default="prior",
+                    help="Wyckoff sites of the starts: 'prior' draws, per start, the sites of a known "
+                         "structure type of the pair's stoichiometry and group (rmsearch.symmetry."
+                         "WyckoffPrior over --train; pyxtal chooses where none is known); 'none': pyxtal "
+                         "chooses always")
     ap.add_argument("--workers", type=int, default=1, help="relaxation and fingerprint processes")
     ap.add_argument("--seed", type=int, default=0, help="seed of the draws and the starts")
     args = ap.parse_args(argv)
@@ -161,7 +184,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     drawn, control = draw_sets(eligible_rows(train, known, args.max_natoms), args.n, rng)
     n, per = len(drawn), args.starts_per_pair
-    pairs = [(a, t * n + k) for t in range(per) for k, (_, a) in enumerate(drawn)]
+    templates = [()] * n
+    if args.wyckoff == "prior":
+        from rmsearch.symmetry import WyckoffPrior
+
+        prior = WyckoffPrior(a for _, a in train)
+        templates = [tuple(pair_templates(prior, a)) for _, a in drawn]
+    pairs = [(a, t * n + k, templates[k]) for t in range(per) for k, (_, a) in enumerate(drawn)]
     chunks = [(potential, volumes, args.seed, pairs[w::args.workers], args.max_steps) for w in range(args.workers)]
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         parts = list(pool.map(_relax_chunk, chunks))
@@ -188,17 +217,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             [to_struct(a) for _, a in control], reference, workers=args.workers, ref_fingerprints=ref_fp),
     }
     in_group = sum(o[3] for o in outcomes)
+    on_template = sum(o[4] for o in outcomes)
     result = {"potential": potential, "train": args.train, "reference": args.reference, "n": args.n,
               "n_control": len(control), "distinct_generation_rows": len({rid for rid, _ in drawn}),
               "starts_per_pair": per,
               "max_natoms": args.max_natoms, "seed": args.seed, "statuses": statuses,
+              "wyckoff": args.wyckoff, "pairs_with_templates": sum(bool(t) for t in templates),
+              "starts_on_templates": on_template,
               "starts_in_group": in_group, "relax_wall_s": round(t_relax, 1),
               "wall_s": round(time.perf_counter() - t0, 1), "rows": rows, "paper_rows": PAPER_ROWS}
     write_json_atomic(out / "table1.json", result)
     for name, row in rows.items():
         print(f"{name}: COV-P {row['cov_p']:.3f} COV-R {row['cov_r']:.3f} FD {row['frechet_distance']:.3f} "
               f"(n used {row['n_used']}, reference {row['n_reference']})", flush=True)
-    print(f"starts in the asked group {in_group}/{len(pairs)}; statuses {statuses}; wall {result['wall_s']} s")
+    print(f"starts in the asked group {in_group}/{len(pairs)}, on a known Wyckoff template {on_template}; statuses {statuses}; wall {result['wall_s']} s")
     return result
 
 
