@@ -249,15 +249,18 @@ def test_native_molecules_workflow_holds_lightly_rattled_molecules(tmp_path):
 
 
 def test_generation_draws_disjoint_sets_or_the_whole_split():
-    """Table 1 draws: n generation rows and n other control rows when the split has 2n; else
-    n draws with replacement (the training distribution) and every row (up to n) as control."""
+    """Table 1 draws: n generation rows and n other control rows when the split has 2n; n
+    distinct rows each when it has n; else every row once plus the rest drawn with
+    replacement for generation, and every row as the control."""
     import spacegroup_generation
 
     rows = [(str(i), None) for i in range(10)]
     gen, control = spacegroup_generation.draw_sets(rows, 4, np.random.default_rng(0))
     assert len(gen) == len(control) == 4 and not {r for r, _ in gen} & {r for r, _ in control}
+    gen, control = spacegroup_generation.draw_sets(rows, 7, np.random.default_rng(0))
+    assert len({r for r, _ in gen}) == len({r for r, _ in control}) == 7
     gen, control = spacegroup_generation.draw_sets(rows, 25, np.random.default_rng(0))
-    assert len(gen) == 25 and len({r for r, _ in control}) == 10
+    assert len(gen) == 25 and {r for r, _ in gen} == {r for r, _ in control} == {str(i) for i in range(10)}
 
 
 def test_generation_keeps_the_lowest_energy_start_of_each_pair():

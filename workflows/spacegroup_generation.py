@@ -20,7 +20,8 @@ the shipped ``model:mp20-mace`` (the generated set: the converged and not-conver
 results; with ``--starts-per-pair K``, K starts per pair and the lowest-energy result). The
 control row is ``--n`` other training rows (a second, disjoint draw). Where
 the split has fewer than 2 ``--n`` eligible rows (mp20-subset train: 1000 + 1000 is more
-than it holds), the ``--n`` generation rows are drawn with replacement and the control is
+than it holds), both sides are as diverse as it allows: for mp20-subset, the generation rows
+are every eligible row once plus ``--n`` - 847 drawn with replacement, and the control is
 every eligible row (:func:`draw_sets`). Both are scored by
 :func:`rmsearch.analysis.metrics.generation_metrics` against ``--reference`` (default
 mp20-subset:val, the split the model never saw). Outputs ``DIR/generated.extxyz``,
@@ -69,17 +70,23 @@ def eligible_rows(rows: list[tuple[str, Any]], known: set[str], max_natoms: int)
 def draw_sets(rows: list[tuple[str, Any]], n: int, rng: np.random.Generator
               ) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
     """(generation rows, control rows) from the eligible ``rows``: ``n`` distinct rows each,
-    disjoint, when there are 2n; else the generation rows are ``n`` draws with replacement
-    from the training distribution and the control is every eligible row (up to ``n``; the
-    subset's train split has fewer than the seed paper's 1000 + 1000)."""
+    disjoint, when there are 2n. With fewer, each side is as diverse as the split allows
+    (the subset's train split has fewer than the seed paper's 1000 + 1000): ``n`` distinct
+    rows each, drawn independently, when there are n; else every row once plus ``n - len(rows)``
+    more drawn with replacement for generation, and every row as the control. (Drawing all
+    ``n`` with replacement gave 590 distinct rows of 847 for n = 1000, and COV-R counts
+    distinct structures: those 1000 training structures themselves score COV-R 0.935 against
+    the 847's 0.967.)"""
     if len(rows) < 2:
         raise SystemExit(f"error: only {len(rows)} eligible training rows; raise --max-natoms")
     if len(rows) >= 2 * n:
         pick = rng.choice(len(rows), size=2 * n, replace=False)
         return [rows[int(k)] for k in pick[:n]], [rows[int(k)] for k in pick[n:]]
-    drawn = [rows[int(k)] for k in rng.integers(len(rows), size=n)]
-    control = [rows[int(k)] for k in rng.choice(len(rows), size=min(n, len(rows)), replace=False)]
-    return drawn, control
+    if len(rows) >= n:
+        return ([rows[int(k)] for k in rng.choice(len(rows), size=n, replace=False)],
+                [rows[int(k)] for k in rng.choice(len(rows), size=n, replace=False)])
+    order = rng.permutation(len(rows)).tolist() + rng.integers(len(rows), size=n - len(rows)).tolist()
+    return [rows[int(k)] for k in order], list(rows)
 
 
 def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int, templates: tuple = ()):
