@@ -200,7 +200,6 @@ class SpacegroupPrior:
         return {sg: round(w, 6) for sg, w in sorted(out.items()) if w > 0}
 
 
-
 def wyckoff_template(atoms: Atoms, symprec: float = 0.1) -> tuple[int, dict[str, tuple[str, ...]]] | None:
     """``(space group, element -> Wyckoff sites)`` of a crystal at ``symprec`` (A), in pyxtal's
     standard setting (the sites of the conventional cell, e.g. ``(225, {"Cl": ("4b",), "Na":
