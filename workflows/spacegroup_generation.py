@@ -89,15 +89,22 @@ def draw_sets(rows: list[tuple[str, Any]], n: int, rng: np.random.Generator
     return [rows[int(k)] for k in order], list(rows)
 
 
-def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int, templates: tuple = ()):
-    """The Wyckoff start of one generated structure: the composition, atom count and space
-    group of the training structure ``atoms`` (see :func:`mp20_csp.spacegroup_launch_args`),
-    on one of the Wyckoff ``templates`` when given (else pyxtal chooses the sites)."""
-    from rmsearch.starts import make_spec, make_start
-
+def pair_request(atoms) -> tuple[str, int, int]:
+    """(formula unit, atoms of the conventional cell, space group) of the start asked for the
+    training structure ``atoms`` (see :func:`mp20_csp.spacegroup_launch_args`)."""
     comp, natoms = search_args(cell_formula(atoms))
     args, natoms_conv = spacegroup_launch_args(atoms, natoms)
-    spec = make_spec(composition=comp, natoms=str(natoms_conv), volumes=volumes, spacegroup=int(args[1]),
+    return comp, natoms_conv, int(args[1])
+
+
+def generation_start(atoms, volumes: dict[str, float], run_id: int, seed: int, templates: tuple = ()):
+    """The Wyckoff start of one generated structure: the composition, atom count and space
+    group of the training structure ``atoms`` (:func:`pair_request`), on one of the Wyckoff
+    ``templates`` when given (else pyxtal chooses the sites)."""
+    from rmsearch.starts import make_spec, make_start
+
+    comp, natoms_conv, sg = pair_request(atoms)
+    spec = make_spec(composition=comp, natoms=str(natoms_conv), volumes=volumes, spacegroup=sg,
                      wyckoff=tuple(templates))
     return make_start(spec, run_id, seed)
 
@@ -107,10 +114,9 @@ def pair_templates(prior, atoms) -> list[dict[str, tuple[str, ...]]]:
     composition and space group of ``atoms`` (its conventional cell, as pyxtal fills it)."""
     from collections import Counter
 
-    comp, natoms = search_args(cell_formula(atoms))
-    args, natoms_conv = spacegroup_launch_args(atoms, natoms)
-    per = natoms_conv // natoms
-    return prior.templates({el: n * per for el, n in Counter(atoms.get_chemical_symbols()).items()}, int(args[1]))
+    _, natoms_conv, sg = pair_request(atoms)
+    per = natoms_conv // len(atoms)
+    return prior.templates({el: n * per for el, n in Counter(atoms.get_chemical_symbols()).items()}, sg)
 
 
 def lowest_per_pair(results: list, n: int) -> list:
