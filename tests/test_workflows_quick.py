@@ -274,6 +274,35 @@ def test_generation_keeps_the_lowest_energy_start_of_each_pair():
     assert [x.cell[0, 0] for x in spacegroup_generation.lowest_per_pair(results, 2)] == [3.0]
 
 
+def test_generation_refuses_a_bad_pressure(tmp_path):
+    """--pressure-gpa must be a finite number >= 0 (GPa); nothing is written for a bad one."""
+    import spacegroup_generation
+
+    for bad in ("nan", "inf", "-1"):
+        with pytest.raises(SystemExit, match="error: .*--pressure-gpa"):
+            spacegroup_generation.main(["--out", str(tmp_path / "g"), "--pressure-gpa", bad])
+    for bad in ("1,x", "0,nan", "-2"):
+        with pytest.raises(SystemExit, match="error: --pressure-scan"):
+            spacegroup_generation.main(["--out", str(tmp_path / "g"), "--pressure-scan", bad])
+    assert not (tmp_path / "g").exists()
+
+
+def test_pressure_scan_compresses_a_crystal_without_changing_its_structure(lj_potential):
+    """Lennard-Jones fcc Li at its own 0 GPa minimum: the scan keeps it (V/V0 = 1) at 0 GPa,
+    and at 1 and 3 GPa the cell shrinks, more at the higher pressure, while its CrystalNN
+    fingerprint (fcc at any scale) stays within the COV threshold."""
+    from ase.build import bulk
+
+    import spacegroup_generation
+    from rmsearch import relax_atoms
+
+    fcc = relax_atoms(bulk("Li", "fcc", a=3.4, cubic=True), str(lj_potential), fmax=1e-4, smax_gpa=1e-4).atoms
+    scan = spacegroup_generation.pressure_scan([fcc, fcc.copy()], str(lj_potential), [0.0, 1.0, 3.0], 500, 1)
+    ratios = [row["median_volume_ratio"] for row in scan]
+    assert [row["kept"] for row in scan] == [1.0, 1.0, 1.0] and not any(row["failed"] for row in scan)
+    assert ratios[0] == pytest.approx(1.0, abs=1e-3) and 1.0 > ratios[1] > ratios[2] > 0.5
+
+
 def test_generation_starts_on_the_wyckoff_sites_of_known_structure_types():
     """--wyckoff prior: a drawn primitive rocksalt (2 atoms, Fm-3m) gets the templates of the
     known AB crystals of Fm-3m in its conventional cell (4 + 4 atoms: rocksalt twice), and
