@@ -141,10 +141,16 @@ def select_targets(references: list[tuple[str, Any]], known: set[str], n: int, m
     return out, notes
 
 
+def held_out_formulas(formulas: list[str]) -> list[str]:
+    """The compositions this workflow's models never see: ``formulas`` (the targets'), the
+    csp15 compositions and Li2S (the Li-S question)."""
+    return [*formulas, *read_target_list(CSP15), "Li2S"]
+
+
 def spacegroup_prior(source: str, formulas: list[str]):
     """(:class:`rmsearch.symmetry.SpacegroupPrior` of the crystals of ``source`` whose reduced
-    composition is none of ``formulas``, csp15's or Li2S's: held out as the model holds them
-    out; a note saying how many were used)."""
+    composition is not held out with ``formulas`` (:func:`held_out_formulas`), as the model
+    holds them out; a note saying how many were used)."""
     from pymatgen.core import Composition
 
     from rmsearch.symmetry import SpacegroupPrior
@@ -154,7 +160,7 @@ def spacegroup_prior(source: str, formulas: list[str]):
     known = [a for _, a in load_reference_atoms(source, "--spacegroup-prior")]
     with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
         warnings.simplefilter("ignore", UserWarning)
-        held = {Composition(f).reduced_formula for f in [*formulas, *read_target_list(CSP15), "Li2S"]}
+        held = {Composition(f).reduced_formula for f in held_out_formulas(formulas)}
         kept = [a for a in known if Composition(a.get_chemical_formula()).reduced_formula not in held]
     return SpacegroupPrior(kept), (f"space-group prior: {len(kept)} crystals of {source} "
                                    f"({len(known) - len(kept)} of a held-out composition left out)")
@@ -338,8 +344,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     refs = load_reference_atoms(args.reference)
     p = Pipeline(args.out, force=args.force)
     if args.train:
-        heldout = [cell_formula(a) for _, a in refs]
-        heldout += read_target_list(CSP15) + ["Li2S"]
+        heldout = held_out_formulas([cell_formula(a) for _, a in refs])
         potential = str(train_model(p, args.dataset, heldout, args.device, args.seed))
     else:
         potential = args.potential or SHIPPED
