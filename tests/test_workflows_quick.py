@@ -28,6 +28,7 @@ from rmsearch.analysis.molecules import (
     canonical_smiles,
     check_molecule,
     posebusters_checks,
+    read_known_smiles,
 )
 
 warnings.filterwarnings("ignore", category=UserWarning)
@@ -107,6 +108,25 @@ def test_posebusters_passes_a_good_molecule_and_fails_a_bad_one():
     res = posebusters_checks([good, stretched])
     assert res is not None and res[0] and all(res[0].values())
     assert not res[1]["bond_lengths"] and not res[1]["internal_energy"]
+
+
+def test_known_isomers_are_those_the_model_trained_on(tmp_path):
+    """The molecules workflow calls an isomer known only when its training set held it: the
+    offline set's first molecules with --exclude-formulas C4H10 are molecules 0, 1, 2, 5, 6,
+    7 (methane .. neopentane without the two butanes), so a generated isobutane is new; the
+    shipped recipe's list is the offline set's first 505."""
+    from rmdata.make import make_dataset
+    from rmdata.molecules import molecule_from_smiles
+
+    data = tmp_path / "train.xyz"
+    make_dataset(data, "molecules", limit=6, exclude_formulas=["C4H10"], levels=[0.0])
+    indices = molecules.training_indices(data)
+    assert indices == [0, 1, 2, 5, 6, 7]
+    known = read_known_smiles(molecules.write_known_smiles(indices, tmp_path / "known.txt"))
+    isobutane, neopentane = molecule_from_smiles("CC(C)C", seed=0), molecule_from_smiles("CC(C)(C)C", seed=0)
+    assert not check_molecule(isobutane, known).known and check_molecule(isobutane, read_known_smiles()).known
+    assert check_molecule(neopentane, known).known
+    assert molecules.shipped_indices() == list(range(505))
 
 
 # ----------------------------------------------------------------------------- MP-20 CSP

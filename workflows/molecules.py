@@ -11,8 +11,10 @@ trained. Per composition F, with the paper's protocol:
    every atom kicked by uniform +-0.75 A and relaxed to 0.0002 eV/A (one run directory,
    ``DIR/runs/<F>/``, both stages in each record);
 2. ``rmsearch analyze DIR/runs/<F>``: RDKit validity of neutral molecules (charged
-   structures apart), PoseBusters "mol" checks, isomers known (in the training molecules)
-   and new (:mod:`rmsearch.analysis.molecules`); every start counts.
+   structures apart), PoseBusters "mol" checks, isomers known (in the molecules the model
+   trained on: the shipped recipe's first 505 of the offline list, or the retrained model's
+   training file; the whole list for another ``--potential``) and new
+   (:mod:`rmsearch.analysis.molecules`); every start counts.
 
 ``--holdout F1,...`` retrains first: the shipped model's recipe on the offline molecule set
 minus every isomer of those formulas (``rmdata make --exclude-formulas``), then searches
@@ -98,13 +100,42 @@ def retrain(pipe: Pipeline, holdout: list[str], seed: int) -> tuple[Path, float]
     return potdir, wall
 
 
-def search(pipe: Pipeline, potential: str, formula: str, args) -> dict[str, Any]:
-    """Search one composition with the paper's protocol and return its molecule figures."""
+def write_known_smiles(indices: list[int], path: Path) -> Path:
+    """``path``: the SMILES of the offline-list molecules at ``indices`` (0-based), the
+    molecules a model trained on, for ``rmsearch analyze --known-smiles``."""
+    from rmdata.molecules import read_smiles_list
+    from rmdata.utils import atomic_output
+
+    smiles = read_smiles_list()
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text("".join(f"{smiles[i]}\n" for i in indices))
+    return path
+
+
+def training_indices(data: Path) -> list[int]:
+    """Offline-list indices of the molecules in the rmdata training file ``data`` (each
+    frame's ``source_id`` is ``mol-NNNN``, NNNN the index in the list)."""
+    import re
+
+    return sorted({int(m) for m in re.findall(r"source_id=mol-(\d+)", data.read_text())})
+
+
+def shipped_indices() -> list[int]:
+    """Offline-list indices the shipped model's recipe trains on (its ``rmdata make --limit N``:
+    the first N)."""
+    make = RECIPES["molecules-mace"]["make"]
+    return list(range(int(make[make.index("--limit") + 1])))
+
+
+def search(pipe: Pipeline, potential: str, formula: str, args, known: Path | None = None) -> dict[str, Any]:
+    """Search one composition with the paper's protocol and return its molecule figures;
+    ``known``: the SMILES list whose isomers count as known (default: the whole offline list)."""
     run = pipe.out / "runs" / formula
     pipe.launch(f"search {formula}", run, potential,
                 ["--molecule", formula, "--fmax", str(FMAX_1), "--kick", str(KICK), "--kick-fmax", str(FMAX_2),
                  "--max-steps", str(args.max_steps)], nruns=args.nstarts, seed=args.seed, workers=args.workers)
-    report = pipe.analyze(f"analyze {formula}", run, ["--no-posebusters"] if args.no_posebusters else [])
+    options = ["--no-posebusters"] if args.no_posebusters else []
+    report = pipe.analyze(f"analyze {formula}", run, options + (["--known-smiles", str(known)] if known else []))
     figures = report["molecules"]["compositions"][formula]
     relax_s = [r["wall_s"] for r in _records(run)]
     figures["seconds_per_relaxation"] = round(sum(relax_s) / len(relax_s), 3) if relax_s else None
@@ -167,6 +198,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         potential = args.potential or str(potdir)
         training = {"recipe": "molecules-mace without the held-out formulas", "held_out": comps,
                     "training_wall_s": wall}
+        indices = training_indices(pipe.out / "data" / "train.xyz") if not args.potential else None
     else:
         comps = formulas(args.compositions, "--compositions") if args.compositions else list(IN_TRAINING)
         potential = args.potential or SHIPPED
@@ -174,7 +206,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if potential.startswith("model:"):
             card = json.loads(_cli("models", "show", potential.removeprefix("model:"), "--json"))
             training.update(model_sha256=card["files"].get("model.model"), training_data=card["training"]["sha256"])
-    results = {f: search(pipe, potential, f, args) for f in comps}
+        indices = shipped_indices() if potential == SHIPPED else None
+    known = write_known_smiles(indices, pipe.out / "known_smiles.txt") if indices else None
+    training["known_molecules"] = len(indices) if indices else "the whole offline list"
+    results = {f: search(pipe, potential, f, args, known) for f in comps}
     total = sum(r["starts"] for r in results.values())
     summary: dict[str, Any] = {
         "compositions": comps,
