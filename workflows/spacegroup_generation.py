@@ -9,16 +9,16 @@ subset's numbers comparable).
 
 Here: ``--n`` rows of the training split (``--train``, default mp20-subset:train; elements
 the model knows, at most ``--max-natoms`` atoms) are drawn with ``--seed``; each gives a
-composition, its atom count and its space group G (spglib 0.1 A). One Wyckoff start per
-row in G (``rmsearch.starts``, the conventional cell pyxtal fills, as
+composition, its atom count and its space group G (spglib 0.1 A). ``--starts-per-pair``
+Wyckoff starts per row (default 4) in G (``rmsearch.starts``, the conventional cell pyxtal fills, as
 ``workflows/spacegroup_csp.py`` launches it; with ``--wyckoff prior``, the default, on the
 Wyckoff sites of a known structure type of the same stoichiometry and group, drawn per
 start from :class:`rmsearch.symmetry.WyckoffPrior` over ``--train``, as DiffCSP++ draws
 its templates; pyxtal chooses the sites where the training split knows none, and always
 with ``--wyckoff none``) is relaxed within G (``keep_symmetry``) at ``--pressure-gpa`` (chosen
 with ``--pressure-scan`` on training rows, see :func:`pressure_scan`) with
-the shipped ``model:mp20-mace`` (the generated set: the converged and not-converged
-results; with ``--starts-per-pair K``, K starts per pair and the lowest-enthalpy result). The
+the shipped ``model:mp20-mace``; the generated structure of a row is the lowest-enthalpy
+converged or not-converged result of its starts. The
 control row is ``--n`` other training rows (a second, disjoint draw). Where
 the split has fewer than 2 ``--n`` eligible rows (mp20-subset train: 1000 + 1000 is more
 than it holds), both sides are as diverse as it allows: for mp20-subset, the generation rows
@@ -30,7 +30,8 @@ mp20-subset:val, the split the model never saw). Outputs ``DIR/generated.extxyz`
 
 Usage::
 
-    python workflows/spacegroup_generation.py --out gen --n 100 --workers 2
+    python workflows/spacegroup_generation.py --out gen --n 1000 --workers 2     # Table 1 (~45 min)
+    python workflows/spacegroup_generation.py --out scan --pressure-scan 0,1,2,3 --workers 2
 """
 
 from __future__ import annotations
@@ -228,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--n", type=int, default=1000, help="generated structures (and control rows)")
     ap.add_argument("--max-natoms", type=int, default=20, help="largest training cell drawn (atoms)")
     ap.add_argument("--max-steps", type=int, default=1500, help="force calls per relaxation")
-    ap.add_argument("--starts-per-pair", type=int, default=1,
+    ap.add_argument("--starts-per-pair", type=int, default=4,
                     help="Wyckoff starts relaxed per (composition, space group) pair; the generated "
                          "structure is the lowest-enthalpy result (the search's own rule)")
     ap.add_argument("--wyckoff", choices=("prior", "none"), default="prior",
