@@ -138,7 +138,18 @@ def lowest_per_pair(results: list, n: int) -> list:
     return out
 
 
-def _relax_chunk(job: tuple[str, dict[str, float], int, list, int, float]) -> list:
+def strided_map(fn, items: list, workers: int, *common) -> list:
+    """``fn((*common, items[w::workers]))`` in ``workers`` processes, one call each (a worker
+    loads the model once); the per-item results back in the order of ``items``."""
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        parts = list(pool.map(fn, [(*common, items[w::workers]) for w in range(workers)]))
+    out: list = [None] * len(items)
+    for w, part in enumerate(parts):
+        out[w::workers] = part
+    return out
+
+
+def _relax_chunk(job: tuple[str, dict[str, float], int, int, float, list]) -> list:
     """Build (in this worker: pyxtal placement is the slow part of a start) and relax the
     starts of (training Atoms, run id) pairs; per pair (status, Atoms, enthalpy E + pV in
     eV/atom at the relaxation's pressure, whether the start is in the asked group, whether it
@@ -147,7 +158,7 @@ def _relax_chunk(job: tuple[str, dict[str, float], int, list, int, float]) -> li
 
     from rmsearch import relax_atoms
 
-    potential, volumes, seed, pairs, max_steps, pressure_gpa = job
+    potential, volumes, seed, max_steps, pressure_gpa, pairs = job
     starts = []
     for atoms, run_id, templates in pairs:
         try:
@@ -170,11 +181,11 @@ def _relax_chunk(job: tuple[str, dict[str, float], int, list, int, float]) -> li
     return out
 
 
-def _relax_group(job: tuple[str, list, int, float]) -> list:
+def _relax_group(job: tuple[str, int, float, list]) -> list:
     from rmsearch import relax_atoms
     from rmsearch.starts import to_lammps_frame
 
-    potential, structures, max_steps, pressure_gpa = job
+    potential, max_steps, pressure_gpa, structures = job
     out = relax_atoms([to_lammps_frame(a.copy()) for a in structures], potential, keep_symmetry=True,
                       max_steps=max_steps, pressure_gpa=pressure_gpa)
     return [o.atoms if o.atoms is not None and np.isfinite(o.energy_per_atom) else None for o in out]
@@ -184,13 +195,7 @@ def relax_structures(structures: list, potential: str, max_steps: int, workers: 
                      pressure_gpa: float = 0.0) -> list:
     """``structures`` relaxed by ``potential`` within their own space group at
     ``pressure_gpa`` (GPa): one entry per input, in order, None where the relaxation failed."""
-    chunks = [(potential, structures[w::workers], max_steps, pressure_gpa) for w in range(workers)]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        parts = list(pool.map(_relax_group, chunks))
-    out: list = [None] * len(structures)
-    for w, part in enumerate(parts):
-        out[w::workers] = part
-    return out
+    return strided_map(_relax_group, structures, workers, potential, max_steps, pressure_gpa)
 
 
 def pressure_scan(structures: list, potential: str, pressures: list[float], max_steps: int,
@@ -302,13 +307,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         prior = WyckoffPrior(a for _, a in train)
         templates = [tuple(pair_templates(prior, a)) for _, a in drawn]
     pairs = [(a, t * n + k, templates[k]) for t in range(per) for k, (_, a) in enumerate(drawn)]
-    chunks = [(potential, volumes, args.seed, pairs[w::args.workers], args.max_steps, args.pressure_gpa)
-              for w in range(args.workers)]
-    with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        parts = list(pool.map(_relax_chunk, chunks))
-    outcomes: list = [None] * len(pairs)
-    for w, part in enumerate(parts):
-        outcomes[w::args.workers] = part
+    outcomes = strided_map(_relax_chunk, pairs, args.workers, potential, volumes, args.seed, args.max_steps,
+                           args.pressure_gpa)
     results = [o[:3] for o in outcomes]
     t_relax = time.perf_counter() - t0
     statuses: dict[str, int] = {}
