@@ -167,6 +167,8 @@ def info(path):
 @click.option("--readout", type=click.Choice(["linear", "mlp"]), default="linear", show_default=True,
               help="Readout of the one-layer model: MACE's linear one (mace_run_train), or mlp, a "
                    "16-unit silu network (rmdata-mace-train, the same flags).")
+@click.option("--readout-width", type=click.IntRange(1, 4096), default=None,
+              help="Hidden units of the mlp readout (default: 16, MACE's); needs --readout mlp.")
 @click.option("--seed", type=SEED, default=0, help="Training seed (>= 0).")
 def mace_command_cmd(path, seed, **options):
     """Print the exact mace_run_train (or rmdata-mace-train) command for a dataset file."""

@@ -50,7 +50,7 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
                  lr_gamma: float | None = None, ema_decay: float | None = None,
                  forces_weight: float | None = None, stress_weight: float | None = None,
                  eval_interval: int | None = None, restart: bool = False,
-                 readout: str = "linear") -> list[str]:
+                 readout: str = "linear", readout_width: int | None = None) -> list[str]:
     """The lines of a shell script that trains MACE on ``path`` (converting HDF5 first).
 
     Args:
@@ -78,9 +78,12 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         readout: ``linear`` (MACE's readout of a one-layer model) or ``mlp``: MACE's
             nonlinear readout block (16 hidden scalars, silu), trained by
             ``rmdata-mace-train`` (:mod:`rmdata.mace_train`) with the same flags.
+        readout_width: hidden scalars of the ``mlp`` readout (default 16, MACE's).
     """
     if readout not in READOUTS:
         raise RMError(f"--readout {readout}: choose one of {', '.join(READOUTS)}")
+    if readout_width is not None and readout != "mlp":
+        raise RMError(f"--readout-width {readout_width}: only the mlp readout has hidden units; add --readout mlp")
     path = Path(path)
     prov = read_provenance(path)
     presets = prov.get("config", {}).get("presets", {})
@@ -123,7 +126,7 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
         f"--lr={mace['lr'] if lr is None else lr}",
     ]
     if readout == "mlp":
-        args.append("--MLP_irreps=16x0e")
+        args.append(f"--MLP_irreps={readout_width or 16}x0e")
     if lr_gamma is not None:
         args += ["--scheduler=ExponentialLR", f"--lr_scheduler_gamma={lr_gamma}"]
     if ema_decay is not None:
@@ -150,7 +153,8 @@ def mace_command(path: str | os.PathLike, name: str | None = None, epochs: int |
 def check_training_options(**options) -> None:
     """Raise a one-line error naming the first option that is not a usable value.
 
-    Counts (``epochs``, ``channels``, ``batch_size``, ``eval_interval``) must be >= 1,
+    Counts (``epochs``, ``channels``, ``batch_size``, ``eval_interval``, ``readout_width``)
+    must be >= 1,
     ``max_L``, ``correlation`` and ``seed`` >= 0 (correlation >= 1), real numbers finite and
     positive (``lr``, ``r_max``, weights), ``lr_gamma`` in (0, 1] and ``ema_decay`` in (0, 1).
     """
@@ -159,7 +163,7 @@ def check_training_options(**options) -> None:
     def bad(name: str, why: str):
         return RMError(f"--{name.replace('_', '-')} {options[name]}: {why}")
 
-    for name in ("epochs", "channels", "batch_size", "eval_interval"):
+    for name in ("epochs", "channels", "batch_size", "eval_interval", "readout_width"):
         if options.get(name) is not None and options[name] < 1:
             raise bad(name, "must be >= 1")
     for name, low in (("max_L", 0), ("correlation", 1), ("seed", 0)):

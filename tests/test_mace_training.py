@@ -57,10 +57,12 @@ def test_mlp_readout_trains_and_evaluates_like_any_mace_model(tmp_path, monkeypa
     make_dataset(data, "diamond", seed=0)
     # as in a fresh shell: importing mace in this process set it
     monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    model, log = train(data, tmp_path / "t", name="nl", epochs=2, channels=8, seed=0, readout="mlp")
+    model, log = train(data, tmp_path / "t", name="nl", epochs=2, channels=8, seed=0, readout="mlp",
+                       readout_width=4)
     assert "rmdata-mace-train" in mace_command(data, readout="mlp")[0]
     net = torch.load(model, map_location="cpu", weights_only=False)
     assert isinstance(net.readouts[0], NonLinearReadoutBlock) and len(net.interactions) == 1
+    assert net.readouts[0].linear_1.irreps_out.dim == 4  # --readout-width hidden units
     scripted = MACEEvaluator(model, dtype="float64", script=True)
     eager = MACEEvaluator(model, dtype="float64", script=False)
     assert isinstance(scripted.model, torch.jit.ScriptModule)

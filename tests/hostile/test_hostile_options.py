@@ -182,6 +182,7 @@ def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inp
     ["mace-command", "{inp}/data.xyz", "--device", "tpu"],
     ["mace-command", "{inp}/data.xyz", "--dtype", "float16"],
     ["mace-command", "{inp}/data.xyz", "--readout", "cubic"],
+    ["mace-command", "{inp}/data.xyz", "--readout-width", "32"],
     ["convert", "{inp}/data.xyz", "x.zzz"],
     ["convert", "{inp}/data.xyz"],
     ["info"],
