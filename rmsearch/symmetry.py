@@ -37,6 +37,7 @@ Units: A, fractional coordinates, eV/A, eV/A^3.
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -86,8 +87,19 @@ class Symmetry:
         return np.einsum("gab,bc,gdc->ad", self.rotations, t, self.rotations) / self.order
 
 
+def symmetry_dataset(cell: tuple, symprec: float):
+    """spglib's symmetry dataset of (lattice, fractional positions, numbers) at ``symprec``
+    (A), or None where spglib finds none; the one place the package calls spglib for it."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # spglib's OLD_ERROR_HANDLING notice
+        try:
+            return spglib.get_symmetry_dataset(cell, symprec=symprec)
+        except spglib.SpglibError:
+            return None
+
+
 def _dataset(cell: np.ndarray, frac: np.ndarray, numbers: np.ndarray, symprec: float):
-    data = spglib.get_symmetry_dataset((cell, frac, numbers), symprec=symprec)
+    data = symmetry_dataset((cell, frac, numbers), symprec)
     if data is None:
         raise RMError(f"spglib found no symmetry at symprec {symprec} A ({spglib.get_error_message()})")
     return data
@@ -151,11 +163,21 @@ def find_symmetry(cell: np.ndarray, positions: np.ndarray, numbers: np.ndarray,
     return sym, cell_sym, positions_sym
 
 
+def spacegroup(atoms: Atoms, symprec: float) -> tuple[int, str]:
+    """(international number, Hermann-Mauguin symbol) of the space group of a periodic
+    structure at ``symprec`` (A); (0, "") if it is not periodic or spglib finds none."""
+    if not atoms.pbc.all():
+        return 0, ""
+    data = symmetry_dataset((np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers),
+                            symprec)
+    if data is None:
+        return 0, ""
+    return int(data.number), str(data.international)
+
+
 def spacegroup_number(atoms: Atoms, symprec: float) -> int | None:
     """International number of the space group of ``atoms`` at ``symprec`` (A); None if spglib fails."""
-    cell = (np.array(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers)
-    data = spglib.get_symmetry_dataset(cell, symprec=symprec)
-    return None if data is None else int(data.number)
+    return spacegroup(atoms, symprec)[0] or None
 
 
 def anonymous_formula(formula_or_atoms: str | Atoms) -> str:
@@ -279,8 +301,8 @@ def keeps_operations(start: Atoms, final: Atoms, symprec: float = SYMPREC, tol: 
     operations under a deformation the group leaves invariant."""
     if len(start) != len(final) or not np.array_equal(start.numbers, final.numbers):
         return False
-    data = spglib.get_symmetry_dataset((np.array(start.cell), start.get_scaled_positions(wrap=True),
-                                        start.numbers), symprec=symprec)
+    data = symmetry_dataset((np.array(start.cell), start.get_scaled_positions(wrap=True), start.numbers),
+                            symprec)
     if data is None:
         return False
     rot = np.asarray(data.rotations, dtype=float)

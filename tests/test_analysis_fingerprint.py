@@ -15,7 +15,7 @@ from test_analysis_dedupe import _disguise
 
 from rmsearch.analysis.dedupe import Cluster, dedupe, make_matcher
 from rmsearch.analysis.fingerprint import FP_RADIUS, candidate_components, fingerprint_of
-from rmsearch.analysis.score import spacegroup
+from rmsearch.symmetry import spacegroup
 
 
 def _fp(a: Atoms) -> np.ndarray:

@@ -159,7 +159,7 @@ def test_diamond_one_shot_search_finds_cubic_diamond(tmp_path, kind, nruns):
     cluster is cubic diamond (spglib 227, ~5.7 A^3/atom)."""
     from rmdata.make import make_dataset
     from rmsearch.analysis.dedupe import dedupe
-    from rmsearch.analysis.score import spacegroup
+    from rmsearch.symmetry import spacegroup
     from rmsearch.analysis.validity import check_validity
     from rmsearch.native import NATIVE_COPIES, NATIVE_STRAINS, fit_native
     from rmsearch.records import read_records

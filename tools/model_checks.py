@@ -102,7 +102,7 @@ def searchability(potential: str, system: str, natoms: str, nruns: int, seed: in
     volume not exploded) and how many valid ones are ordered (a space group above P-1 at
     spglib :data:`ORDER_SYMPREC` A): a landscape can converge into dense, distorted minima."""
     import rmsearch
-    from rmsearch.analysis.score import spacegroup
+    from rmsearch.symmetry import spacegroup
     from rmsearch.analysis.validity import check_validity
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -269,7 +269,7 @@ def spacegroup_launch_args(reference, natoms: int) -> tuple[list[str], int]:
     group G of ``reference`` (spglib at 0.1 A, as MP-20's ``spacegroup.number``): args
     ``--spacegroup G --keep-symmetry``, and the atoms of G's conventional cell (``natoms``
     of the primitive reference times the lattice points of G's centring), which pyxtal fills."""
-    from rmsearch.analysis.score import spacegroup
+    from rmsearch.symmetry import spacegroup
     from rmsearch.starts import centring
 
     number, _symbol = spacegroup(reference, 0.1)
@@ -280,7 +280,7 @@ def spacegroup_launch_args(reference, natoms: int) -> tuple[list[str], int]:
 
 def spacegroup_of(atoms) -> str:
     """``"symbol (number)"`` of a periodic structure at symprec 0.1 A."""
-    from rmsearch.analysis.score import spacegroup
+    from rmsearch.symmetry import spacegroup
 
     number, symbol = spacegroup(atoms, 0.1)
     return f"{symbol} ({number})"

@@ -37,7 +37,7 @@ import numpy as np
 from pymatgen.core import Composition, Structure
 from scipy.spatial.distance import cdist
 
-from rmsearch.analysis.score import symmetry_dataset
+from rmsearch.symmetry import symmetry_dataset
 
 log = logging.getLogger(__name__)
 

@@ -8,39 +8,17 @@ compressed), A^3/atom.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import spglib
 from ase import Atoms
 
 from rmsearch.analysis.dedupe import Cluster
 from rmsearch.records import RunRecord
+from rmsearch.symmetry import REPORT_SYMPRECS, spacegroup
 
-SYMPRECS = (1e-3, 1e-2, 1e-1)  # A
-
-
-def spacegroup(atoms: Atoms, symprec: float) -> tuple[int, str]:
-    """(number, Hermann-Mauguin symbol) of a periodic structure; (0, "") if spglib finds none."""
-    if not atoms.pbc.all():
-        return 0, ""
-    cell = (np.asarray(atoms.cell), atoms.get_scaled_positions(wrap=True), atoms.numbers)
-    data = symmetry_dataset(cell, symprec)
-    if data is None:
-        return 0, ""
-    return int(data.number), str(data.international)
-
-
-def symmetry_dataset(cell: tuple, symprec: float):
-    """spglib's symmetry dataset of (lattice, fractional positions, numbers), or None."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # spglib's OLD_ERROR_HANDLING notice
-        try:
-            return spglib.get_symmetry_dataset(cell, symprec=symprec)
-        except spglib.SpglibError:
-            return None
+SYMPRECS = REPORT_SYMPRECS  # A
 
 
 @dataclass

@@ -41,7 +41,8 @@ import spglib
 from ase import Atoms
 
 from rmsearch.analysis.dedupe import DEFAULT_ENERGY_BIN, DEFAULT_VOLUME_BIN, Cluster, dedupe
-from rmsearch.analysis.score import SYMPRECS, spacegroup, symmetry_dataset
+from rmsearch.analysis.score import SYMPRECS
+from rmsearch.symmetry import spacegroup, symmetry_dataset
 
 log = logging.getLogger(__name__)
 
