@@ -189,9 +189,19 @@ def pin_threads(n: int = 1) -> None:
     Default threading on small machines was measured 10-50x slower for the small
     matrices of structure search; parallelise with processes instead. torch is pinned
     if it is already imported; call this again after importing it.
+
+    It also asks MKL (torch's CPU BLAS) for results that do not depend on the memory
+    alignment of its arrays (``MKL_CBWR=AUTO,STRICT``, unless the variable is set): MKL's
+    fastest code path otherwise rounds a float32 product differently with the address
+    of its input, so a relaxation's result depended on what its worker process had
+    allocated before it, i.e. on the number of workers. Measured on molecule searches:
+    same speed, and the same records with one worker or two. MKL reads the variable
+    once, so this must run before torch's first matrix product (worker processes call it
+    first thing).
     """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     try:
         from threadpoolctl import threadpool_limits
 

@@ -72,8 +72,10 @@ class MACEEvaluator:
     ``"float64"`` reproduces ``MACECalculator`` to round-off. ``threads`` pins torch's
     intra-op threads (1 per worker process is fastest for small cells). ``script`` compiles
     the model with TorchScript (0.3 s once; 8.5 instead of 10.2 ms per call on 8 carbon atoms
-    in float32, 12.3 instead of 14.9 ms in float64, results equal to round-off); a model
-    that TorchScript rejects runs as it is. ``device``: a torch device ("cpu", "cuda",
+    in float32, 12.3 instead of 14.9 ms in float64), run without the graph executor's
+    re-optimisation, so every call gives the eager model's numbers bit for bit whatever
+    was evaluated before it (a search is the same with any number of workers); a model that
+    TorchScript rejects runs as it is. ``device``: a torch device ("cpu", "cuda",
     "cuda:1"); inputs and results are numpy arrays on the host either way.
     ``model_time_s`` accumulates the wall time spent in :meth:`evaluate` and
     :meth:`evaluate_batch` (neighbour lists and host-device copies included).
@@ -190,7 +192,12 @@ class MACEEvaluator:
             "ptr": torch.from_numpy(ptr).to(dev),
             "head": torch.zeros(n_sys, dtype=torch.int64, device=dev),
         }
-        out = self.model(data, training=False, compute_force=True, compute_stress=any(periodic))
+        # TorchScript's graph executor would re-optimise the graph after its first calls, and
+        # the optimised float32 graph rounds differently: a run's result would then depend on
+        # how many calls its worker made before it (so on the worker count). Unoptimised, a
+        # scripted call equals the eager one bit for bit, and is no slower on CPU.
+        with torch.jit.optimized_execution(False):
+            out = self.model(data, training=False, compute_force=True, compute_stress=any(periodic))
         energies = out["energy"].detach().to(torch.float64).cpu().numpy()
         forces = out["forces"].detach().to(torch.float64).cpu().numpy()
         stress = out["stress"].detach().to(torch.float64).cpu().numpy().reshape(n_sys, 3, 3) \

@@ -145,6 +145,30 @@ def test_evaluate_batch_equals_single_calls(random_potential):
     assert np.all(together[1][2] == 0) and np.abs(together[0][2]).max() > 1e-4
 
 
+def test_scripted_calls_do_not_depend_on_earlier_calls(random_potential):
+    """A scripted float32 model gives a structure the same forces on its first call, after
+    calls on other structures, and as the eager model: bit for bit, so a run's result does
+    not depend on what its worker relaxed before it (TorchScript's re-optimised graph
+    rounds differently)."""
+    from rmsearch.mace_model import MACEEvaluator
+
+    good, _ = random_potential
+    rng = np.random.default_rng(5)
+    probe = Atoms("C3O2", positions=rng.random((5, 3)) * 3.0)
+    others = [Atoms("CO" * k, positions=rng.random((2 * k, 3)) * 4.0) for k in (1, 3, 2, 4, 5, 3)]
+
+    def forces(ev, atoms):
+        return ev.evaluate(atoms.positions, np.zeros((3, 3)), atoms.numbers, pbc=False)[1]
+
+    scripted = MACEEvaluator(good.model_file, dtype="float32", script=True)
+    first = forces(scripted, probe)
+    for atoms in others * 3:
+        forces(scripted, atoms)
+    eager = MACEEvaluator(good.model_file, dtype="float32", script=False)
+    assert np.array_equal(forces(scripted, probe), first)
+    assert np.array_equal(forces(eager, probe), first)
+
+
 def test_core_repulsion_terms_are_the_overlay():
     """g(r) = m (1 - r^2/rc^2)^2 below rc, forces and stress its exact derivatives
     (finite differences of energy in positions and strain), nothing beyond rc."""
