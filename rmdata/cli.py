@@ -67,6 +67,10 @@ def main(verbose: int) -> None:
 @click.option("--containing", default=None,
               help="Keep only structures that contain at least one of these elements, e.g. Li,S "
                    "(a chemical-system training set).")
+@click.option("--also-stoichiometry", default=None,
+              help="Also keep every structure of these anonymous stoichiometries, e.g. AB2 (Li2S, SiO2, "
+                   "CaF2), that --elements/--containing would drop: a chemical-system set plus the "
+                   "known prototypes of the stoichiometry asked about. --exclude-formulas still applies.")
 @click.option("--exclude-formulas", default=None,
               help="Hold these compositions out, e.g. Li2S,C3H6O or @FILE (one formula a line): drops "
                    "every crystal of the same reduced formula and every molecule of the same formula.")
@@ -92,7 +96,7 @@ def main(verbose: int) -> None:
 @click.option("--seed", type=SEED, default=0, help="Random seed; same seed gives identical bytes.")
 @click.option("--workers", "-j", type=WORKERS, default=None, help="Worker processes (default: all cores).")
 def make(dataset, input_path, output, overwrite, fmt, preset, split, limit, elements, containing,
-         exclude_formulas, k, levels, step_size, strains, rc, youngs, copies, raw_labels, seed, workers):
+         also_stoichiometry, exclude_formulas, k, levels, step_size, strains, rc, youngs, copies, raw_labels, seed, workers):
     """Perturb reference structures and write response-matched labels."""
     from rmdata.make import default_output, make_dataset
 
@@ -105,7 +109,7 @@ def make(dataset, input_path, output, overwrite, fmt, preset, split, limit, elem
         output, dataset, input_path, fmt=fmt, preset=preset, split=split, limit=limit, seed=seed,
         workers=workers or os.cpu_count() or 1,
         elements=_names(elements), containing=_names(containing),
-        exclude_formulas=_formula_list(exclude_formulas),
+        exclude_formulas=_formula_list(exclude_formulas), also_stoichiometry=_names(also_stoichiometry),
         k=k, levels=levels, step_size=step_size,
         strains=strains, rc=rc, youngs=youngs, copies=copies, raw_labels=raw_labels,
         progress=True)

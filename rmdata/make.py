@@ -126,7 +126,8 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
                  fmt: str | None = None, preset: str | None = None, split: str | None = None,
                  limit: int | None = None, seed: int = 0, workers: int = 1,
                  elements: list[str] | None = None, containing: list[str] | None = None,
-                 exclude_formulas: list[str] | None = None, k: float | None = None,
+                 exclude_formulas: list[str] | None = None, also_stoichiometry: list[str] | None = None,
+                 k: float | None = None,
                  levels: list[float] | None = None, step_size: float | None = None,
                  strains: list[float] | None = None, rc: float | None = None, copies: int | None = None,
                  youngs: float | None = None, raw_labels: bool = False,
@@ -147,6 +148,10 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         exclude_formulas: drop every structure of these compositions (see
             :func:`composition_key`: every polymorph of a crystal formula, every isomer of a
             molecular formula), to hold compositions out of training.
+        also_stoichiometry: also keep every structure of these anonymous stoichiometries
+            (:func:`anonymous_formula`, e.g. ``AB2``: Li2S, SiO2, CaF2) that ``elements`` or
+            ``containing`` would drop: a chemical-system set plus the known prototypes of
+            the stoichiometry in question. ``exclude_formulas`` and ``limit`` still apply.
         k: spring constant (eV/A^2); levels, step_size (A), strains, rc (A), copies,
             youngs (Young's modulus of the stress labels, eV/A^3): override the preset
             (DESIGN §2).
@@ -173,6 +178,16 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         if unknown:
             raise RMError(f"{option}: unknown element(s) {', '.join(unknown)}")
     excluded = {composition_key(f, periodic) for f in exclude_formulas or () for periodic in (True, False)}
+    stoichiometries = set()
+    for f in also_stoichiometry or ():
+        try:
+            anonymous = anonymous_formula(f)
+        except RMError as exc:
+            raise RMError(f"--also-stoichiometry: {exc}; give anonymous formulas such as AB2 or A2B3") from None
+        if anonymous != f:
+            raise RMError(f"--also-stoichiometry {f}: not an anonymous formula (it reads as {anonymous}); "
+                          "give letters from A in order, smallest count first, e.g. AB2 or AB3C")
+        stoichiometries.add(anonymous)
     bad: list[str] = []
     strict = input_path is not None
     source = _source_record(dataset, input_path, split)
@@ -184,10 +199,12 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         config["containing"] = sorted(need)
     if exclude_formulas:
         config["exclude_formulas"] = sorted(excluded)
+    if stoichiometries:
+        config["also_stoichiometry"] = sorted(stoichiometries)
     summary = MakeSummary(output=output, preset=presets["crystal"].name)
     structures = load_structures(dataset, input_path, split=split, bad=bad, seed=seed,
                                  limit=None if (keep or need or excluded) else limit, workers=workers)
-    tasks = _tasks(structures, keep, limit, need, excluded)
+    tasks = _tasks(structures, keep, limit, need, excluded, stoichiometries)
     init_args = (presets, seed, strict, strains is not None)
     seen_elements: set[int] = set()
     bar = _bar(progress, limit)
@@ -255,9 +272,26 @@ def composition_key(formula_or_atoms: str | Atoms, periodic: bool | None = None)
     return formula.format("hill")
 
 
+def anonymous_formula(formula_or_atoms: str | Atoms) -> str:
+    """The stoichiometry without the elements (pymatgen ``anonymized_formula``): ``"AB2"`` for
+    Li2S, Li4S2 and SiO2. Raises :class:`RMError` for a formula pymatgen cannot read."""
+    import warnings
+
+    from pymatgen.core import Composition
+
+    formula = formula_or_atoms if isinstance(formula_or_atoms, str) else formula_or_atoms.get_chemical_formula()
+    with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
+        warnings.simplefilter("ignore", UserWarning)
+        try:
+            return Composition(formula).anonymized_formula
+        except (ValueError, KeyError) as exc:
+            raise RMError(f"cannot read formula {formula!r} ({describe_exception(exc)})") from None
+
+
 def _tasks(structures, keep: set[str] | None, limit: int | None, need: set[str] | None = None,
-           excluded: set[str] = frozenset()):
-    """Number the reference structures, filtering by elements and compositions, and apply the limit."""
+           excluded: set[str] = frozenset(), stoichiometries: set[str] = frozenset()):
+    """Number the reference structures, filtering by elements and compositions (a structure
+    of one of ``stoichiometries`` passes the element filters), and apply the limit."""
     from ase.data import chemical_symbols
 
     n = 0
@@ -265,9 +299,8 @@ def _tasks(structures, keep: set[str] | None, limit: int | None, need: set[str] 
         if limit is not None and n >= limit:
             return
         symbols = {chemical_symbols[z] for z in atoms.numbers}
-        if keep is not None and not symbols <= keep:
-            continue
-        if need is not None and not symbols & need:
+        chosen = (keep is None or symbols <= keep) and (need is None or symbols & need)
+        if not chosen and not (stoichiometries and anonymous_formula(atoms) in stoichiometries):
             continue
         if excluded and composition_key(atoms) in excluded:
             continue

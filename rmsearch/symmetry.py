@@ -47,6 +47,7 @@ import spglib
 from ase import Atoms
 
 from rmdata.errors import RMError
+from rmdata.make import anonymous_formula
 from rmsearch.starts import wyckoff_counts
 
 #: Default symprec (A) at which the start's operations are found: tight, because a
@@ -178,19 +179,6 @@ def spacegroup(atoms: Atoms, symprec: float) -> tuple[int, str]:
 def spacegroup_number(atoms: Atoms, symprec: float) -> int | None:
     """International number of the space group of ``atoms`` at ``symprec`` (A); None if spglib fails."""
     return spacegroup(atoms, symprec)[0] or None
-
-
-def anonymous_formula(formula_or_atoms: str | Atoms) -> str:
-    """The stoichiometry without the elements (pymatgen ``anonymized_formula``): ``"AB2"`` for
-    Li2S, Li4S2 and SiO2."""
-    import warnings
-
-    from pymatgen.core import Composition
-
-    formula = formula_or_atoms if isinstance(formula_or_atoms, str) else formula_or_atoms.get_chemical_formula()
-    with warnings.catch_warnings():  # pymatgen warns of noble gases without an electronegativity
-        warnings.simplefilter("ignore", UserWarning)
-        return Composition(formula).anonymized_formula
 
 
 class SpacegroupPrior:

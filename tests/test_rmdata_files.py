@@ -106,6 +106,28 @@ def test_containing_filter_keeps_any_structure_with_one_of_the_elements(tmp_path
         assert {"Li", "S"} & set(frame.get_chemical_symbols())
 
 
+def test_also_stoichiometry_adds_the_prototypes_of_a_stoichiometry(tmp_path):
+    """``--containing Li,S --also-stoichiometry AB2``: the Li/S crystals plus every AB2
+    binary (fluorite PbF2 among them); --exclude-formulas still holds compositions out."""
+    from rmdata.datasets import load_structures
+    from rmdata.errors import RMError
+    from rmdata.make import anonymous_formula, composition_key
+
+    assert anonymous_formula("Li2S") == anonymous_formula("SiO2") == anonymous_formula("Ca2F4") == "AB2"
+    train = [a for _, a in load_structures("mp20-subset", split="train", bad=[])]
+    lis = [a for a in train if {"Li", "S"} & set(a.get_chemical_symbols())]
+    ab2 = [a for a in train if anonymous_formula(a) == "AB2" and not {"Li", "S"} & set(a.get_chemical_symbols())]
+    summary = make_dataset(tmp_path / "ab2.xyz", "mp20-subset", containing=["Li", "S"], also_stoichiometry=["AB2"],
+                           exclude_formulas=["PbF2"], levels=[0], strains=[0.0], seed=0)
+    formulas = {f.get_chemical_formula(mode="hill", empirical=True) for f in rmdata.read(tmp_path / "ab2.xyz")}
+    kept = [a for a in lis + ab2 if composition_key(a) != "F2Pb"]
+    assert summary.n_structures == len(kept) == len(lis) + len(ab2) - 1 and len(ab2) > 40
+    assert "CaCl2" in formulas and "F2Pb" not in formulas  # fluorite-type CaCl2 added, PbF2 held out
+    with pytest.raises(RMError, match="not an anonymous formula"):
+        make_dataset(tmp_path / "x.xyz", "mp20-subset", also_stoichiometry=["Li2S"])
+    assert not (tmp_path / "x.xyz").exists()
+
+
 def test_exclude_formulas_holds_out_every_polymorph_and_isomer(tmp_path):
     """Crystals go by reduced formula (any cell size), molecules by molecular formula (C4H8 is not C2H4)."""
     from rmdata.make import composition_key

@@ -176,6 +176,7 @@ def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inp
     ["make"],
     ["make", "--dataset", "diamond", "--elements", "Xx"],
     ["make", "--dataset", "diamond", "--containing", "C,Qq"],
+    ["make", "--dataset", "diamond", "--also-stoichiometry", "Li2S"],
     ["make", "--dataset", "molecules", "--exclude-formulas", "C2?!"],
     ["make", "--dataset", "molecules", "--exclude-formulas", "@{inp}/missing.txt"],
     ["make", "--dataset", "diamond", "--preset", "nope"],
