@@ -195,7 +195,8 @@ def pin_threads(n: int = 1) -> None:
     fastest code path otherwise rounds a float32 product differently with the address
     of its input, so a relaxation's result depended on what its worker process had
     allocated before it, i.e. on the number of workers. Measured on molecule searches:
-    same speed, and the same records with one worker or two. MKL reads the variable
+    same speed; a small search run alone then gave the same records with one worker or
+    two (a smaller third source remains: README, "Same seed, same records"). MKL reads the variable
     once, so this must run before torch's first matrix product (worker processes call it
     first thing).
     """
