@@ -18,8 +18,6 @@ from rmsearch.analysis.dedupe import Cluster
 from rmsearch.records import RunRecord
 from rmsearch.symmetry import REPORT_SYMPRECS, spacegroup
 
-SYMPRECS = REPORT_SYMPRECS  # A
-
 
 @dataclass
 class ClusterScore:
@@ -85,9 +83,10 @@ def _raw(rec: RunRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray
 
 
 def _spacegroups(raws: list[tuple[np.ndarray, ...]]) -> list[dict[str, list[Any]]]:
-    """Space groups at every :data:`SYMPRECS` of raw structures (symprec -> [number, symbol])."""
+    """Space groups at every :data:`rmsearch.symmetry.REPORT_SYMPRECS` of raw structures
+    (symprec -> [number, symbol])."""
     out = []
     for numbers, cell, positions, pbc in raws:
         atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-        out.append({str(p): list(spacegroup(atoms, p)) for p in SYMPRECS})
+        out.append({str(p): list(spacegroup(atoms, p)) for p in REPORT_SYMPRECS})
     return out

@@ -41,8 +41,7 @@ import spglib
 from ase import Atoms
 
 from rmsearch.analysis.dedupe import DEFAULT_ENERGY_BIN, DEFAULT_VOLUME_BIN, Cluster, dedupe
-from rmsearch.analysis.score import SYMPRECS
-from rmsearch.symmetry import spacegroup, symmetry_dataset
+from rmsearch.symmetry import REPORT_SYMPRECS, spacegroup, symmetry_dataset
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +96,8 @@ def snap_structure(atoms: Atoms, energy_per_atom: float, relaxer, symprec: float
                    energy_tol: float = SNAP_ENERGY_TOL) -> Snapped:
     """Snap one relaxed periodic structure (``energy_per_atom`` in eV/atom) with ``relaxer``
     (a :class:`rmsearch.relax.Relaxer` of the potential that relaxed it); see the module doc."""
-    tight = SYMPRECS[0]
-    original = {str(p): list(spacegroup(atoms, p)) for p in SYMPRECS}
+    tight = REPORT_SYMPRECS[0]
+    original = {str(p): list(spacegroup(atoms, p)) for p in REPORT_SYMPRECS}
     loose_ops = _n_ops(atoms, symprec)
     if loose_ops <= 1:
         return Snapped("no_symmetry", energy_per_atom, original)
@@ -114,7 +113,7 @@ def snap_structure(atoms: Atoms, energy_per_atom: float, relaxer, symprec: float
     if not math.isfinite(e) or e > energy_per_atom + energy_tol:
         return Snapped("higher", energy_per_atom, original, delta_e=e - energy_per_atom)
     snapped = out.atoms
-    return Snapped("kept", e, {str(p): list(spacegroup(snapped, p)) for p in SYMPRECS}, snapped,
+    return Snapped("kept", e, {str(p): list(spacegroup(snapped, p)) for p in REPORT_SYMPRECS}, snapped,
                    delta_e=e - energy_per_atom)
 
 
