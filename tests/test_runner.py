@@ -347,4 +347,3 @@ def test_launch_with_exported_mace_model(diamond_model, tmp_path):
     for r in recs:
         assert np.isfinite(r.energy_per_atom) and 0 < r.n_force_calls <= 150
         assert 0 < r.extra["model_time_s"] < r.wall_s
-
