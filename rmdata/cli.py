@@ -78,7 +78,7 @@ def main(verbose: int) -> None:
               help="Spring constant k (eV/A^2), in (0, 1e4]. [preset: 1.0]")
 @click.option("--levels", type=FloatList(*BOUNDS["levels"], max_items=100), default=None,
               help="Position-noise levels, comma-separated, each in [0, 1000]; max(levels) x step size "
-                   "<= 5 A. [preset: 0,1,2,3,4,6,8,10,12,16,32]")
+                   "<= 5 A, with the step of each kind of structure labelled. [preset: 0,1,2,3,4,6,8,10,12,16,32]")
 @click.option("--step-size", type=FiniteFloat(*BOUNDS["step_size"]), default=None,
               help="Position noise per level (A), in [0, 1]. [preset: crystals 0.05, molecules 0.1]")
 @click.option("--strains", type=FloatList(*BOUNDS["strains"], allow_empty=True, max_items=100), default=None,

@@ -201,10 +201,12 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
         config["exclude_formulas"] = sorted(excluded)
     if stoichiometries:
         config["also_stoichiometry"] = sorted(stoichiometries)
+    if input_path is None:  # a registry dataset holds one kind: refuse its noise before any download
+        presets[_dataset_kind(dataset)].check_amplitude()
     summary = MakeSummary(output=output, preset=presets["crystal"].name)
     structures = load_structures(dataset, input_path, split=split, bad=bad, seed=seed,
                                  limit=None if (keep or need or excluded) else limit, workers=workers)
-    tasks = _tasks(structures, keep, limit, need, excluded, stoichiometries)
+    tasks = _checked(_tasks(structures, keep, limit, need, excluded, stoichiometries), presets)
     init_args = (presets, seed, strict, strains is not None)
     seen_elements: set[int] = set()
     bar = _bar(progress, limit)
@@ -306,6 +308,23 @@ def _tasks(structures, keep: set[str] | None, limit: int | None, need: set[str] 
             continue
         yield n, source_id, atoms
         n += 1
+
+
+def _dataset_kind(dataset: str) -> str:
+    """``"molecule"`` for a molecule dataset of the registry, else ``"crystal"``."""
+    return "molecule" if get_dataset(dataset).preset == "molecule" else "crystal"
+
+
+def _checked(tasks, presets: dict[str, Preset]):
+    """The tasks, with each preset's noise amplitude checked when its first structure comes
+    (an input file of crystals may use levels a molecule's larger step would refuse)."""
+    checked: set[str] = set()
+    for task in tasks:
+        kind = "crystal" if task[2].pbc.any() else "molecule"
+        if kind not in checked:
+            presets[kind].check_amplitude()
+            checked.add(kind)
+        yield task
 
 
 def _bar(progress: bool, total: int | None):

@@ -45,9 +45,21 @@ class Preset:
         check_parameters(noise, labels)
         return replace(self, noise=noise, labels=labels)
 
+    def check_amplitude(self) -> None:
+        """RMError when the largest noise, max(levels) x step size, exceeds :data:`MAX_NOISE_A`.
+
+        Checked for the presets a dataset actually uses (a crystal's 0.05 A step allows
+        levels twice as high as a molecule's 0.1 A)."""
+        amplitude = max(self.noise.levels) * self.noise.step_size
+        if amplitude > MAX_NOISE_A:
+            raise RMError(f"--levels/--step-size: noise amplitude max(levels) x step size = {amplitude:g} A "
+                          f"({self.name} preset, step {self.noise.step_size:g} A) exceeds {MAX_NOISE_A:g} A; "
+                          "lower them")
+
 
 def check_parameters(noise: NoiseParams, labels: LabelParams) -> None:
-    """One-line RMError naming the option whose value is non-finite or out of :data:`BOUNDS`."""
+    """One-line RMError naming the option whose value is non-finite or out of :data:`BOUNDS`
+    (the noise amplitude is checked per preset in use: :meth:`Preset.check_amplitude`)."""
     check_finite(labels.k, "--k", *BOUNDS["k"])
     check_finite(labels.rc, "--rc", *BOUNDS["rc"])
     check_finite(labels.youngs, "--youngs", *BOUNDS["youngs"])
@@ -60,9 +72,6 @@ def check_parameters(noise: NoiseParams, labels: LabelParams) -> None:
         raise RMError(f"--copies {noise.copies}: must be an integer in [1, {COPIES_MAX}]")
     if not noise.levels:
         raise RMError("--levels must name at least one noise level")
-    if max(noise.levels) * noise.step_size > MAX_NOISE_A:
-        raise RMError(f"--levels/--step-size: noise amplitude max(levels) x step size = "
-                      f"{max(noise.levels) * noise.step_size:g} A exceeds {MAX_NOISE_A:g} A; lower them")
 
 
 _MACE_COMMON = dict(num_interactions=1, num_channels=32, max_L=1, forces_weight=10.0,

@@ -161,6 +161,27 @@ def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inp
     check_refused(rmdata_main, args, names=("--levels",), watch=(tmp_path, hostile_inputs))
 
 
+@pytest.mark.timeout(60)
+def test_noise_amplitude_is_checked_with_the_step_of_the_structures_kind(hostile_inputs, tmp_path, monkeypatch):
+    """--levels 0,80 is 4 A of noise for a crystal (0.05 A step, labelled) but 8 A for a
+    molecule (0.1 A step, refused): the limit follows the preset of what is labelled."""
+    import ase.io
+    from ase.build import molecule
+
+    monkeypatch.chdir(tmp_path)
+    crystal = [a.format(inp=hostile_inputs) for a in MAKE] + ["--levels", "0,80", "--strains", "0"]
+    check_ok(rmdata_main, crystal)
+    from ase.geometry import find_mic
+
+    frames = ase.io.read(tmp_path / "out.xyz", ":")
+    ref = frames[0].get_scaled_positions()  # level 0: the reference, carried into each noisy cell
+    shift = max(abs(find_mic(f.positions - ref @ f.cell.array, f.cell, pbc=True)[0]).max() for f in frames)
+    assert 0.5 < shift <= 80 * 0.05 / 2 + 1e-9  # uniform noise of amplitude level x step / 2
+    ase.io.write(tmp_path / "mol.xyz", molecule("CH4"))
+    check_refused(rmdata_main, ["make", "--input", str(tmp_path / "mol.xyz"), "-o", "mol_out.xyz",
+                                "--levels", "0,80"], names=("--levels",), watch=(tmp_path, hostile_inputs))
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("args", [
     ["make", "--dataset", "diamond", "--format", "hdf5", "-o", "x.xyz"],
