@@ -195,10 +195,9 @@ def pin_threads(n: int = 1) -> None:
     fastest code path otherwise rounds a float32 product differently with the address
     of its input, so a relaxation's result depended on what its worker process had
     allocated before it, i.e. on the number of workers. Measured on molecule searches:
-    same speed; a small search run alone then gave the same records with one worker or
-    two (a smaller third source remains: README, "Same seed, same records"). MKL reads the variable
-    once, so this must run before torch's first matrix product (worker processes call it
-    first thing).
+    same speed (README, "Same seed, same records", lists the other sources removed). MKL
+    reads the variable once, so this must run before torch's first matrix product (worker
+    processes call it first thing).
     """
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)

@@ -396,9 +396,12 @@ class LammpsEngine:
             lmp.command("delete_atoms group all compress yes")
         else:
             lmp.command("clear")
-            diag = np.diag(cell_l) if periodic else np.ones(3)
-            setup = render_template("setup.in", boundary="p p p" if periodic else "s s s",
-                                    lx=diag[0], ly=diag[1], lz=diag[2],
+            if periodic:
+                lx, ly, lz = (float(v) for v in np.diag(cell_l))
+                region = f"prism 0 {lx!r} 0 {ly!r} 0 {lz!r} 0 0 0"
+            else:  # orthogonal: no fractional round trip through the box of the previous call
+                region = "block 0 1 0 1 0 1"
+            setup = render_template("setup.in", boundary="p p p" if periodic else "s s s", region=region,
                                     ntypes=len(self.potential.elements),
                                     masses="\n".join(mass_lines(self.potential.elements)), skin=1.0,
                                     neighbor_style="bin" if periodic else "nsq")

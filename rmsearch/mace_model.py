@@ -75,7 +75,7 @@ class MACEEvaluator:
     in float32, 12.3 instead of 14.9 ms in float64), run without the graph executor's
     re-optimisation, so every call gives the eager model's numbers bit for bit whatever
     was evaluated before it (one source of worker-count dependence; README, "Same seed, same
-    records", says what remains); a model that
+    records", lists the others removed); a model that
     TorchScript rejects runs as it is. ``device``: a torch device ("cpu", "cuda",
     "cuda:1"); inputs and results are numpy arrays on the host either way.
     ``model_time_s`` accumulates the wall time spent in :meth:`evaluate` and

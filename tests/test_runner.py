@@ -347,3 +347,61 @@ def test_launch_with_exported_mace_model(diamond_model, tmp_path):
     for r in recs:
         assert np.isfinite(r.energy_per_atom) and 0 < r.n_force_calls <= 150
         assert 0 < r.extra["model_time_s"] < r.wall_s
+
+
+_HISTORY_PROBE = """
+import json, sys
+from rmdata.utils import pin_threads
+pin_threads(1)  # as a pool worker does, before torch is used
+from rmsearch.shards import ShardWorker
+rundir, name, *history = sys.argv[1:]
+worker = ShardWorker(rundir, name)
+rec = [worker.run_one(int(run_id)) for run_id in history][-1]
+worker.close()
+print(json.dumps([rec.status, rec.energy, rec.n_force_calls, rec.positions]))
+"""
+
+
+def test_a_molecule_run_does_not_depend_on_the_run_before_it(tmp_path):
+    """A worker reuses one LAMMPS instance for runs of one composition. With a triclinic,
+    shrink-wrapped box LAMMPS mapped each run's first positions through the previous run's
+    box (fractional coordinates), so run 2 of a float32 C3H7NO search ended 1.2e-4 A
+    elsewhere when run 1 had come before it in the same worker. Now the record is the same
+    bit for bit. Each history runs in a fresh process, set up as a pool worker is."""
+    from rmsearch.registry import model_directory
+
+    init_rundir(tmp_path / "run", build_config(potential=model_directory("molecules-mace"), nruns=4, seed=0,
+                                               molecule="C3H7NO", fmax=0.001, kick=0.75, kick_fmax=0.0002,
+                                               max_steps=3000, dtype="float32"))
+    results = []
+    for history in (["2"], ["1", "2"]):
+        proc = subprocess.run([sys.executable, "-c", _HISTORY_PROBE, str(tmp_path / "run"),
+                               f"probe-{len(history)}", *history], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    alone, after = results
+    assert alone[0] == after[0] == "converged"
+    assert alone[1:3] == after[1:3]
+    assert alone[3] == after[3]
+
+
+def test_mace_molecule_search_is_the_same_with_one_or_two_workers(tmp_path):
+    """A run's record is a function of the search and its run id, not of the worker count:
+    the paper's molecule protocol with the shipped float32 MACE gives bit-identical
+    energies, force-call counts and structures with one worker and with two (it did not
+    while TorchScript re-optimised its graph after the first calls, MKL's float32 paths
+    depended on the memory alignment of their inputs, and LAMMPS mapped a molecule's
+    positions through the previous run's box: the test above)."""
+    from rmsearch.registry import model_directory
+
+    pot = model_directory("molecules-mace")
+    records = {}
+    for workers in (1, 2):
+        launch(tmp_path / f"w{workers}", potential=pot, nruns=4, workers=workers, molecule="C3H7NO", seed=0,
+               fmax=0.001, kick=0.75, kick_fmax=0.0002, max_steps=3000, progress=False)
+        records[workers] = {r.run_id: r for r in read_records(tmp_path / f"w{workers}" / "shards")}
+    assert sorted(records[1]) == sorted(records[2]) == [0, 1, 2, 3]
+    for run_id, one in records[1].items():
+        two = records[2][run_id]
+        assert (one.status, one.energy, one.n_force_calls) == (two.status, two.energy, two.n_force_calls), run_id
+        assert one.positions == two.positions, run_id
