@@ -51,6 +51,7 @@ from rmsearch.protocol import (
     RunState,
     check_structure,
     error_status,
+    first_stage_settings,
     merge_stages,
     resolve_optimizer,
     second_stage,
@@ -210,7 +211,9 @@ class BatchedRelaxer:
                 if job is None:
                     exhausted = True
                     break
-                settled = self._settle(self._admit(*job, settings=self.settings))
+                key, atoms, rng = job
+                settled = self._settle(self._admit(key, atoms, rng, settings=first_stage_settings(
+                    self.settings, bool(np.all(atoms.pbc)))))
                 if isinstance(settled, RelaxOutcome):
                     yield job[0], settled
                 else:
@@ -263,7 +266,8 @@ class BatchedRelaxer:
 
     def _settle(self, run: _Run) -> _Run | RelaxOutcome:
         """``run`` while it goes on; when it has ended, its outcome, or the second stage
-        (kick or symmetry release, :func:`rmsearch.protocol.second_stage`) that follows it (itself settled)."""
+        (kick, symmetry release or the free stage after the constant-volume one,
+        :func:`rmsearch.protocol.second_stage`) that follows it (itself settled)."""
         while run.point is None:
             outcome = self._outcome(run)
             if run.first is not None:

@@ -152,6 +152,16 @@ class SearchOptions:
         _default(RelaxSettings, "release_symmetry"),
         "With --keep-symmetry: relax freely from the symmetric minimum as a second stage",
         config="relax.release_symmetry", flag=True)
+    volume_steps: int = _option(
+        _default(RelaxSettings, "volume_steps"),
+        "Crystals: a first stage of up to N force calls at the start's volume (cell shape and "
+        "atoms free, to --volume-fmax), then the free relaxation from there, as the paper's "
+        "reference code relaxes MP-20 starts (100)", unit="force calls", config="relax.volume_steps",
+        click_type=click.IntRange(0, 10**6), default_text="0, no constant-volume stage")
+    volume_fmax: float = _option(_default(RelaxSettings, "volume_fmax"),
+                                 "Force tolerance of the constant-volume stage, max |F| in eV/A",
+                                 unit="eV/A", config="relax.volume_fmax",
+                                 click_type=FiniteFloat(0, None, True))
     run_timeout_s: float = _option(
         600.0, "Wall-time limit of one relaxation in s; a run past it is recorded as 'timeout' "
         "and its worker restarted (0 = no limit; may change on resume)", unit="s",

@@ -102,6 +102,15 @@ class RelaxSettings(FireParameters):
     instead. release_symmetry: after the symmetric stage, a free relaxation from its result
     as a second stage (``first_stage`` holds the symmetric one); needs keep_symmetry and
     cannot be combined with a kick stage.
+    volume_steps: a constant-volume first stage for periodic structures, as the paper's
+    reference code relaxes MP-20 starts (FIRE at constant volume, 100 steps to 0.05 eV/A,
+    then the free relaxation): up to ``volume_steps`` force calls with the cell's shape free
+    and its volume fixed, to ``volume_fmax`` (eV/A) and a deviatoric stress below
+    ``smax_gpa``, then the free relaxation from where it ended (``first_stage`` holds it);
+    0 (default) = none. Cannot be combined with a kick or symmetry-release stage.
+    constant_volume: set on that first stage only: the cell's generalised force loses its
+    trace (the log-deformation stays traceless, so the volume is the start's) and the stop
+    rule reads the deviatoric stress.
     """
 
     fmax: float = 0.01
@@ -123,6 +132,9 @@ class RelaxSettings(FireParameters):
     keep_symmetry: bool = False
     release_symmetry: bool = False
     symprec: float = SYMPREC
+    volume_steps: int = 0
+    volume_fmax: float = 0.05
+    constant_volume: bool = False
 
     def __post_init__(self) -> None:  # replaces FireParameters' (whose flavour is ASE's)
         if self.optimizer not in RELAX_OPTIMIZERS:
@@ -148,6 +160,13 @@ class RelaxSettings(FireParameters):
             raise RMError("relax setting release_symmetry: needs keep_symmetry (--keep-symmetry)")
         if self.release_symmetry and self.kick > 0:
             raise RMError("relax settings release_symmetry and kick: both are second stages; choose one")
+        if not (isinstance(self.volume_steps, int) and 0 <= self.volume_steps <= 10**6):
+            raise RMError(f"relax setting volume_steps={self.volume_steps!r}: must be an integer in [0, 1000000]")
+        if not (math.isfinite(self.volume_fmax) and self.volume_fmax > 0):
+            raise RMError(f"relax setting volume_fmax={self.volume_fmax!r}: must be > 0 (eV/A)")
+        if self.volume_steps and (self.kick > 0 or self.release_symmetry):
+            raise RMError("relax settings volume_steps and kick/release_symmetry: a run has one "
+                          "extra stage; choose one")
 
 
 @dataclass
@@ -305,8 +324,10 @@ class RunState:
                 self.status = bad
                 return True
         self.max_force = float(np.sqrt((forces**2).sum(1)).max()) if len(forces) else 0.0
-        stress_max = (float(np.abs(stress + settings.pressure_gpa * GPa * np.eye(3)).max())
-                      if relax_cell else 0.0)
+        excess = stress + settings.pressure_gpa * GPa * np.eye(3)
+        if settings.constant_volume:  # the volume is held: only the deviatoric stress is relaxed
+            excess = excess - np.trace(excess) / 3 * np.eye(3)
+        stress_max = float(np.abs(excess).max()) if relax_cell else 0.0
         if self.max_force < settings.fmax and stress_max < settings.smax_gpa * GPa:
             self.status = "converged"
             return True
@@ -379,11 +400,25 @@ def kick_settings(settings: RelaxSettings) -> RelaxSettings:
     return replace(settings, fmax=settings.kick_fmax)
 
 
+def first_stage_settings(settings: RelaxSettings, periodic: bool) -> RelaxSettings:
+    """The settings of a run's first stage: the constant-volume stage of a periodic
+    structure when ``settings.volume_steps`` > 0, else ``settings`` themselves."""
+    if not (settings.volume_steps and periodic):
+        return settings
+    return replace(settings, constant_volume=True, fmax=settings.volume_fmax, max_steps=settings.volume_steps)
+
+
 def second_stage(first: RelaxOutcome, settings: RelaxSettings, rng: np.random.Generator | None
                  ) -> tuple[Atoms, RelaxSettings] | None:
     """The ``(start, settings)`` of the second stage after ``first``, or None: the free
-    relaxation of the symmetric stage's result (``release_symmetry``), or the kick stage
-    (:func:`kick_start`, :func:`kick_settings`); none after a failed first stage."""
+    relaxation after the constant-volume stage (``volume_steps``) or after the symmetric
+    stage (``release_symmetry``), or the kick stage (:func:`kick_start`,
+    :func:`kick_settings`); none after a failed first stage. ``settings`` are the run's
+    (not the first stage's)."""
+    if settings.volume_steps:
+        if not bool(np.all(first.atoms.pbc)) or first.status not in ("converged", "not_converged"):
+            return None
+        return first.atoms.copy(), replace(settings, volume_steps=0, constant_volume=False)
     if settings.keep_symmetry and settings.release_symmetry:
         if first.status not in ("converged", "not_converged"):
             return None

@@ -63,6 +63,7 @@ from rmsearch.protocol import (
     RelaxSettings,
     RunState,
     failures_as_status,
+    first_stage_settings,
     merge_stages,
     resolve_optimizer,
     second_stage,
@@ -186,6 +187,8 @@ class Minimisation:
         g[:n] = forces @ fgrad
         if self.relax_cell:
             g[n:] = _cell_force(-vol * (stress + self.p_ev * np.eye(3)), fgrad, lam, vec) / self.c
+            if self.s.constant_volume:  # a traceless log-deformation keeps det F = 1
+                g[n:] -= np.trace(g[n:]) / 3 * np.eye(3)
         step = self.rule.step(self.r, g, state.max_force)
         if sym is not None:  # keep round-off from breaking the symmetry over many steps
             step[:n] = sym.project_vectors(step[:n])
@@ -245,11 +248,11 @@ class Relaxer:
     def relax(self, atoms: Atoms, rng: np.random.Generator | None = None) -> RelaxOutcome:
         """Relax ``atoms`` (periodic crystal or pbc=False molecule); never raises for a bad run.
 
-        With ``settings.kick > 0`` or ``release_symmetry`` a second stage follows (see
+        With ``settings.kick > 0``, ``release_symmetry`` or ``volume_steps`` there are two stages (see
         :class:`~rmsearch.protocol.RelaxSettings`, :func:`~rmsearch.protocol.second_stage`);
         kick displacements are drawn from ``rng`` (default: a fresh unseeded generator).
         """
-        first = self._relax_once(atoms, self.settings)
+        first = self._relax_once(atoms, first_stage_settings(self.settings, bool(np.all(atoms.pbc))))
         stage = second_stage(first, self.settings, rng)
         if stage is None:
             return first
@@ -257,7 +260,8 @@ class Relaxer:
 
     def _relax_once(self, atoms: Atoms, settings: RelaxSettings) -> RelaxOutcome:
         """One stage with its driver: LAMMPS' CG for "lammps-cg", except for a stage that
-        keeps a periodic start's symmetry, which CG cannot (the Python driver's stand-in)."""
-        symmetric = settings.keep_symmetry and bool(np.all(atoms.pbc))
-        driver = relax_in_lammps if self.optimizer == "lammps-cg" and not symmetric else relax_in_python
+        keeps a periodic start's symmetry or its volume, which CG cannot (the Python
+        driver's stand-in)."""
+        constrained = (settings.keep_symmetry or settings.constant_volume) and bool(np.all(atoms.pbc))
+        driver = relax_in_lammps if self.optimizer == "lammps-cg" and not constrained else relax_in_python
         return driver(self.engine, atoms, settings)

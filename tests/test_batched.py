@@ -103,6 +103,25 @@ def test_batched_kick_stage_on_molecules(diamond_potential):
         assert not o.atoms.pbc.any() and np.all(o.stress == 0)
 
 
+def test_batched_constant_volume_stage(diamond_potential):
+    """With a constant-volume first stage the batched relaxer runs the serial relaxer's two
+    stages: same statuses, first stages and final energies."""
+    from rmsearch.batched import BatchedRelaxer
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    settings = RelaxSettings(dtype="float64", max_steps=400, volume_steps=60)
+    starts = _carbon_starts(diamond_potential)[:4]
+    with Relaxer(diamond_potential, settings) as r:
+        serial = [r.relax(a) for a in starts]
+    with BatchedRelaxer(diamond_potential, settings, batch=3) as b:
+        batched = b.relax_many(starts)
+    _assert_same_minima(serial, batched)
+    for s, o in zip(serial, batched):
+        assert s.first_stage is not None and o.first_stage is not None
+        assert o.first_stage["status"] == s.first_stage["status"]
+        assert o.first_stage["n_force_calls"] <= 60
+
+
 def test_failures_stay_with_their_run(random_potential):
     """One batch holding a NaN-free step-limited run, an unknown element, a collapsed cell and
     a molecule that loses an atom: each gets the serial relaxer's status, in input order."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -214,3 +215,45 @@ def test_settings_validation():
         RelaxSettings(fmax=0)
     with pytest.raises(RMError, match="dtype"):
         RelaxSettings(dtype="float16")
+    with pytest.raises(RMError, match="volume_steps"):
+        RelaxSettings(volume_steps=-1)
+    with pytest.raises(RMError, match="volume_fmax"):
+        RelaxSettings(volume_steps=10, volume_fmax=float("nan"))
+    with pytest.raises(RMError, match="volume_steps and kick"):
+        RelaxSettings(volume_steps=10, kick=0.5)
+
+
+@pytest.mark.parametrize("optimizer", ["fire2-lbfgs", "lammps-cg"])
+def test_constant_volume_stage_keeps_the_volume_then_relaxes_freely(diamond_potential, diamond_reference,
+                                                                     optimizer):
+    """A diamond cell strained by +8 % and sheared: the constant-volume stage relaxes the shape
+    and atoms at exactly the start's volume, with its stop rule on the deviatoric stress; the
+    free stage from there returns to the training lattice; the record holds both stages."""
+    from rmsearch.protocol import first_stage_settings
+    from rmsearch.relax import Relaxer, RelaxSettings
+
+    start = diamond_reference.copy()
+    start.set_cell(start.cell @ (np.eye(3) * 1.08 + 0.03 * np.array([[0, 1, 0], [1, 0, 0], [0, 0, 0]])),
+                   scale_atoms=True)
+    start.rattle(0.05, seed=3)
+    settings = RelaxSettings(volume_steps=200, volume_fmax=0.01, optimizer=optimizer, dtype="float64")
+    stage1 = first_stage_settings(settings, periodic=True)
+    assert stage1.constant_volume and stage1.max_steps == 200 and stage1.fmax == 0.01
+    assert first_stage_settings(settings, periodic=False) is settings  # molecules: one stage
+    with Relaxer(diamond_potential, replace(stage1, volume_steps=0)) as r:  # that stage alone
+        held = r.relax(start)
+    assert held.status == "converged"
+    assert held.atoms.get_volume() == pytest.approx(start.get_volume(), rel=1e-9)
+    xx, yy, zz, yz, xz, xy = held.stress  # eV/A^3, ASE sign
+    full = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    deviatoric = full - np.trace(full) / 3 * np.eye(3)
+    assert np.trace(full) / 3 > 10 * SMAX_GPA * GPa  # the expanded cell keeps its tension
+    assert np.abs(deviatoric).max() < SMAX_GPA * GPa  # but its shape is relaxed
+    with Relaxer(diamond_potential, settings) as r:
+        out = r.relax(start)
+    assert out.status == "converged"
+    assert out.first_stage["status"] == "converged"
+    assert out.first_stage["energy"] == pytest.approx(held.energy, abs=1e-6)
+    assert out.n_force_calls > out.first_stage["n_force_calls"] > 0
+    assert out.volume_per_atom == pytest.approx(diamond_reference.get_volume() / 8, rel=0.03)
+    assert out.energy < held.energy

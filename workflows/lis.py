@@ -182,13 +182,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--quick", action="store_true", help="test size (60 runs of 2-4 atoms)")
     ap.add_argument("--nruns", type=int, help="random starts (default: 5000, quick 60)")
     ap.add_argument("--natoms", help="atoms per cell (default: 2-12, quick 2-4)")
+    ap.add_argument("--volume-steps", type=int, default=0,
+                    help="rmsearch launch --volume-steps: force calls of a constant-volume first stage "
+                         "(default: 0, none)")
     add_run_options(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     nruns, natoms = SIZES["quick" if args.quick else "full"]
     nruns, natoms = args.nruns or nruns, args.natoms or natoms
-    if nruns < 1 or args.max_steps < 1 or args.seed < 0:
-        raise SystemExit("error: --nruns and --max-steps must be >= 1 and --seed >= 0")
+    if nruns < 1 or args.max_steps < 1 or args.seed < 0 or args.volume_steps < 0:
+        raise SystemExit("error: --nruns and --max-steps must be >= 1, --seed and --volume-steps >= 0")
 
     cation, anion = parse_system(args.system)
     system = f"{cation}-{anion}"
@@ -196,7 +199,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = Pipeline(args.out, force=args.force)
     rundir = p.out / "run"
     p.launch("search", rundir, potential, ["--system", system, "--natoms", natoms, "--max-steps", str(args.max_steps),
-                                           "--dtype", args.dtype], nruns=nruns, seed=args.seed, workers=args.workers)
+                                           "--dtype", args.dtype,
+                                           *(["--volume-steps", str(args.volume_steps)] if args.volume_steps else [])],
+             nruns=nruns, seed=args.seed, workers=args.workers)
     report = p.analyze("analyze", rundir, ["--top", "1000", "--workers", str(args.workers or 2)])
     clusters = report["top_clusters"]
     hull = hull_compositions(report, cation)
@@ -216,7 +221,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "hull_note": report.get("hull_note", ""),
         "model": {"potential": potential},
         "search": {"nruns": nruns, "natoms": natoms, "max_steps": args.max_steps, "dtype": args.dtype,
-                   "seed": args.seed},
+                   "seed": args.seed, "volume_steps": args.volume_steps},
     }
     plot_hull(clusters, hull, p.out / "lis_hull.png", cation, anion)
     p.finish({**summary, "hull": hull})
