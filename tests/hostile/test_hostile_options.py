@@ -85,6 +85,8 @@ TABLE = [
     (rmsearch_main, LAUNCH, "--max-steps", (1, 10**7, False, False), True),
     (rmsearch_main, LAUNCH, "--kick", (0, 5, False, False), False),
     (rmsearch_main, LAUNCH, "--kick-fmax", (0, None, True, False), False),
+    (rmsearch_main, LAUNCH, "--volume-steps", (0, 10**6, False, False), True),
+    (rmsearch_main, LAUNCH, "--volume-fmax", (0, None, True, False), False),
     (rmsearch_main, LAUNCH, "--run-timeout", (0, None, False, False), False),
     (rmsearch_main, SLURM, "--array-size", (1, None, False, False), True),
     (rmsearch_main, SLURM, "--cpus-per-task", (1, None, False, False), True),
