@@ -72,6 +72,11 @@ def _init_worker(presets: dict[str, Preset], seed: int, strict: bool, explicit_s
     _STATE.update(presets=presets, seed=seed, strict=strict, explicit_strains=explicit_strains)
 
 
+def _kind(atoms: Atoms) -> str:
+    """Which preset labels ``atoms``: ``"crystal"`` when periodic, else ``"molecule"``."""
+    return "crystal" if atoms.pbc.any() else "molecule"
+
+
 def _work(task: tuple[int, str, Atoms]) -> tuple[int, str, FrameBatch | None, str | None]:
     """Label one reference; returns (index, source_id, batch or None, problem or None)."""
     index, source_id, atoms = task
@@ -81,7 +86,7 @@ def _work(task: tuple[int, str, Atoms]) -> tuple[int, str, FrameBatch | None, st
         if _STATE["strict"]:
             raise
         return index, source_id, None, str(exc)
-    preset = _STATE["presets"]["crystal" if atoms.pbc.any() else "molecule"]
+    preset = _STATE["presets"][_kind(atoms)]
     rng = np.random.default_rng([_STATE["seed"], index])
     return index, source_id, label_structure(atoms, preset, rng, source_id), None
 
@@ -202,7 +207,7 @@ def make_dataset(output: str | os.PathLike, dataset: str | None = None, input_pa
     if stoichiometries:
         config["also_stoichiometry"] = sorted(stoichiometries)
     if input_path is None:  # a registry dataset holds one kind: refuse its noise before any download
-        presets[_dataset_kind(dataset)].check_amplitude()
+        presets[get_dataset(dataset).kind].check_amplitude()
     summary = MakeSummary(output=output, preset=presets["crystal"].name)
     structures = load_structures(dataset, input_path, split=split, bad=bad, seed=seed,
                                  limit=None if (keep or need or excluded) else limit, workers=workers)
@@ -310,17 +315,12 @@ def _tasks(structures, keep: set[str] | None, limit: int | None, need: set[str] 
         n += 1
 
 
-def _dataset_kind(dataset: str) -> str:
-    """``"molecule"`` for a molecule dataset of the registry, else ``"crystal"``."""
-    return "molecule" if get_dataset(dataset).preset == "molecule" else "crystal"
-
-
 def _checked(tasks, presets: dict[str, Preset]):
     """The tasks, with each preset's noise amplitude checked when its first structure comes
     (an input file of crystals may use levels a molecule's larger step would refuse)."""
     checked: set[str] = set()
     for task in tasks:
-        kind = "crystal" if task[2].pbc.any() else "molecule"
+        kind = _kind(task[2])
         if kind not in checked:
             presets[kind].check_amplitude()
             checked.add(kind)

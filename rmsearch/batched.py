@@ -215,7 +215,7 @@ class BatchedRelaxer:
                 settled = self._settle(self._admit(key, atoms, rng, settings=first_stage_settings(
                     self.settings, bool(np.all(atoms.pbc)))))
                 if isinstance(settled, RelaxOutcome):
-                    yield job[0], settled
+                    yield key, settled
                 else:
                     active.append(settled)
             if not active:

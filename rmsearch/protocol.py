@@ -415,13 +415,13 @@ def second_stage(first: RelaxOutcome, settings: RelaxSettings, rng: np.random.Ge
     stage (``release_symmetry``), or the kick stage (:func:`kick_start`,
     :func:`kick_settings`); none after a failed first stage. ``settings`` are the run's
     (not the first stage's)."""
+    if first.status not in ("converged", "not_converged"):
+        return None
     if settings.volume_steps:
-        if not bool(np.all(first.atoms.pbc)) or first.status not in ("converged", "not_converged"):
+        if not bool(np.all(first.atoms.pbc)):
             return None
         return first.atoms.copy(), replace(settings, volume_steps=0, constant_volume=False)
     if settings.keep_symmetry and settings.release_symmetry:
-        if first.status not in ("converged", "not_converged"):
-            return None
         return first.atoms.copy(), replace(settings, keep_symmetry=False, release_symmetry=False)
     kicked = kick_start(first, settings.kick, rng)
     return None if kicked is None else (kicked, kick_settings(settings))
