@@ -117,6 +117,9 @@ def relax_file(inputs: str | os.PathLike, potential, output: str | os.PathLike, 
     check_output(output, inputs=[inputs], overwrite=overwrite)
     if output.exists() and inputs.is_dir() and inputs.resolve() in output.resolve().parents:
         raise RMError(f"-o {output}: is one of the inputs in {inputs}; choose another output name")
+    from rmsearch.relax import RelaxSettings
+
+    RelaxSettings(**settings)  # bad settings are refused before any work
     pot = open_potential(potential)
     items = list(load_structures(input_path=inputs, bad=[]))
     for sid, atoms in items:

@@ -30,6 +30,10 @@ from rmsearch.options import click_option
 @click_option("kick", help="Kick stage of the molecule protocol: uniform +-KICK A per component, then relax "
                           "again to --kick-fmax (0 = none).")
 @click_option("kick_fmax", help="Force tolerance of the kick stage, eV/A.")
+@click_option("volume_steps", help="Crystals: a first stage of up to N force calls at the input's volume "
+                                  "(cell shape and atoms free, to --volume-fmax), then the free "
+                                  "relaxation (0 = none; not with --kick or --fixed-cell).")
+@click_option("volume_fmax", help="Force tolerance of the constant-volume stage, eV/A.")
 @click_option("seed", help="Seed of the kick stage (structure i draws from rng([seed, i])).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")

@@ -167,6 +167,9 @@ class RelaxSettings(FireParameters):
         if self.volume_steps and (self.kick > 0 or self.release_symmetry):
             raise RMError("relax settings volume_steps and kick/release_symmetry: a run has one "
                           "extra stage; choose one")
+        if self.volume_steps and not self.relax_cell:
+            raise RMError("relax settings volume_steps and a fixed cell (relax_cell=False): the "
+                          "constant-volume stage relaxes the cell's shape; drop one")
 
 
 @dataclass

@@ -137,6 +137,31 @@ def test_relax_command_writes_each_structure_with_its_results(tmp_path):
     assert again.returncode != 0 and again.stderr.startswith("error:") and "--overwrite" in again.stderr
 
 
+def test_relax_command_constant_volume_stage_keeps_the_volume_then_frees_it(tmp_path):
+    """--volume-steps: a stage at the input's volume (a pressure left), then the free
+    relaxation to the same minimum as without the stage; refused with --fixed-cell."""
+    src = tmp_path / "strained.extxyz"
+    write(src, rattled_diamond(3.57 * 1.04, seed=3))
+    v0 = read(src).get_volume() / 8
+    outs = {}
+    for steps in ("0", "400"):
+        out = tmp_path / f"v{steps}.extxyz"
+        proc = _cli("relax", str(src), "--potential", CARBON, "-o", str(out), "--no-progress",
+                    "--volume-steps", steps, "--volume-fmax", "0.05", "--fmax", "0.005")
+        assert proc.returncode == 0, proc.stderr
+        outs[steps] = read(out)
+    assert all(a.info["status"] == "converged" for a in outs.values())
+    assert abs(outs["0"].info["volume_per_atom"] - v0) > 0.1  # the minimum is elsewhere
+    assert abs(outs["400"].info["volume_per_atom"] - outs["0"].info["volume_per_atom"]) < 0.01
+    staged = rmsearch.relax_atoms(read(src), CARBON, fmax=0.005, volume_steps=400, volume_fmax=0.05)
+    assert staged.first_stage["status"] == "converged"  # the CLI ran the API's two stages
+    assert outs["400"].info["n_force_calls"] == staged.n_force_calls != outs["0"].info["n_force_calls"]
+    bad = _cli("relax", str(src), "--potential", CARBON, "-o", str(tmp_path / "bad.extxyz"),
+               "--volume-steps", "50", "--fixed-cell")
+    assert bad.returncode != 0 and bad.stderr.startswith("error:") and "volume_steps" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "bad.extxyz").exists()
+
+
 def test_relax_command_refuses_elements_the_potential_lacks(tmp_path):
     src = tmp_path / "si.extxyz"
     write(src, bulk("Si", "diamond", a=5.43))
