@@ -1,0 +1,56 @@
+"""tools/paper_protocol.py, the reference notebook's molecule protocol with any calculator."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from ase.io import read
+
+ROOT = Path(__file__).resolve().parent.parent
+TOOL = ROOT / "tools" / "paper_protocol.py"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TOOL), *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+
+
+def test_shipped_model_through_the_papers_fire_protocol(tmp_path):
+    """Two C2H6O starts with the shipped molecules model: a start counted converged has
+    max |F| < 0.0002 eV/A at its written structure (recomputed), each structure's validity is
+    rmsearch's rule of that structure, and the summary counts what the structures say."""
+    import rmsearch
+    from rmsearch.analysis.molecules import check_molecule
+
+    out = tmp_path / "pp"
+    proc = _run("--out", str(out), "--calculator", "rmsearch:model:molecules-mace",
+                "--compositions", "C2H6O", "--nstarts", "2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frames = read(out / "C2H6O.extxyz", index=":")
+    summary = json.loads((out / "summary.json").read_text())
+    assert [f.info["run_id"] for f in frames] == [0, 1]
+    with rmsearch.Calculator("model:molecules-mace") as calc:
+        for atoms in frames:
+            check = check_molecule(atoms)
+            assert bool(atoms.info["valid"]) == check.valid
+            if atoms.info["converged"]:
+                atoms.calc = calc
+                assert np.abs(atoms.get_forces()).max() < 2e-4
+    figures = summary["per_composition"]["C2H6O"]
+    assert figures["starts"] == 2
+    assert figures["valid"] == sum(bool(f.info["valid"]) for f in frames)
+    assert figures["converged"] == sum(bool(f.info["converged"]) for f in frames)
+    again = _run("--out", str(out), "--calculator", "rmsearch:model:molecules-mace", "--compositions", "C2H6O")
+    assert again.returncode != 0 and again.stderr.startswith("error:") and "summary.json" in again.stderr
+
+
+def test_bad_calculator_and_formula_are_one_line_errors(tmp_path):
+    for args in (("--calculator", "lj:x", "--compositions", "C2H6O"),
+                 ("--calculator", "rmsearch:model:molecules-mace", "--compositions", "C2Xx6")):
+        proc = _run("--out", str(tmp_path / "o"), *args)
+        assert proc.returncode != 0 and proc.stderr.startswith("error:"), proc.stderr[-500:]
+        assert "Traceback" not in proc.stderr and not (tmp_path / "o" / "summary.json").exists()
