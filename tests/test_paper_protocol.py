@@ -54,3 +54,29 @@ def test_bad_calculator_and_formula_are_one_line_errors(tmp_path):
         proc = _run("--out", str(tmp_path / "o"), *args)
         assert proc.returncode != 0 and proc.stderr.startswith("error:"), proc.stderr[-500:]
         assert "Traceback" not in proc.stderr and not (tmp_path / "o" / "summary.json").exists()
+
+
+def test_a_calculator_error_ends_only_that_start():
+    """A calculator that fails mid-relaxation (as LAMMPS does on fused atoms) ends the start
+    as failed and not converged; the next start runs."""
+    import importlib.util
+
+    from ase import Atoms
+    from ase.calculators.lj import LennardJones
+
+    spec = importlib.util.spec_from_file_location("paper_protocol", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+
+    class Failing(LennardJones):
+        def calculate(self, *args, **kwargs):
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls > 5:
+                raise RuntimeError("Pair distance < table inner cutoff")
+            super().calculate(*args, **kwargs)
+
+    atoms = Atoms("Ar3", positions=[[0, 0, 0], [3.0, 0, 0], [0, 3.2, 0]])
+    row = tool.run_protocol(atoms, Failing(sigma=3.4, epsilon=0.01), np.random.default_rng(0))
+    assert row["failed"].startswith("Pair distance") and not row["converged"]
+    ok = tool.run_protocol(atoms.copy(), LennardJones(sigma=3.4, epsilon=0.01, rc=10.0), np.random.default_rng(0))
+    assert ok["failed"] == "" and ok["first_converged"]

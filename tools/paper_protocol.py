@@ -35,7 +35,8 @@ Usage::
         --compositions C3H6O,C4H8
 
 Outputs: ``DIR/<formula>.extxyz`` (final structures; ``info``: run_id, converged (second
-stage), first_converged, steps, energy eV, valid, charged, smiles, reason, posebusters,
+stage), first_converged, failed (a calculator error that ended the start, counted
+invalid), steps, energy eV, valid, charged, smiles, reason, posebusters,
 and with ``--openbabel`` ob_* fields) and ``DIR/summary.json`` (per composition and in
 all; every start counts). One thread; deterministic for a given ``--seed``.
 """
@@ -104,16 +105,24 @@ def make_calculator(spec: str, cace_src: str | None):
 
 
 def run_protocol(atoms, calc, rng: np.random.Generator) -> dict:
-    """The reference notebook's two FIRE stages with a kick between them, in place on ``atoms``."""
+    """The reference notebook's two FIRE stages with a kick between them, in place on ``atoms``.
+
+    A calculator that fails (e.g. LAMMPS refusing two fused atoms) ends the start:
+    ``failed`` holds the reason, and the start counts as not converged and invalid."""
     from ase.optimize import FIRE
 
     atoms.calc = calc
     opt = FIRE(atoms, logfile=None)
-    first = bool(opt.run(fmax=STAGE_1[1], steps=STAGE_1[0]))
-    atoms.positions += rng.uniform(-KICK_A, KICK_A, atoms.positions.shape)
-    second = bool(opt.run(fmax=STAGE_2[1], steps=STAGE_2[0]))
-    return {"first_converged": first, "converged": second, "steps": int(opt.nsteps),
-            "energy": float(atoms.get_potential_energy())}
+    row = {"first_converged": False, "converged": False, "failed": "", "energy": float("nan")}
+    try:
+        row["first_converged"] = bool(opt.run(fmax=STAGE_1[1], steps=STAGE_1[0]))
+        atoms.positions += rng.uniform(-KICK_A, KICK_A, atoms.positions.shape)
+        row["converged"] = bool(opt.run(fmax=STAGE_2[1], steps=STAGE_2[0]))
+        row["energy"] = float(atoms.get_potential_energy())
+    except Exception as exc:  # noqa: BLE001 - any calculator error ends this start only
+        row["failed"] = " ".join(str(exc).split())[:200]
+    row["steps"] = int(opt.nsteps)
+    return row
 
 
 def openbabel_checks(atoms) -> dict[str, bool]:
@@ -203,16 +212,17 @@ def main(argv: list[str] | None = None) -> int:
             atoms = make_start(spec, run_id, args.seed)
             row = {"run_id": run_id, **run_protocol(atoms, calc, np.random.default_rng([args.seed, run_id, KICK_STREAM]))}
             check = check_molecule(atoms)
-            row.update(valid=check.valid, charged=check.charged, smiles=check.smiles or "", reason=check.reason)
+            row.update(valid=check.valid and not row["failed"], charged=check.charged,
+                       smiles=check.smiles or "", reason=row["failed"] or check.reason)
             if args.openbabel:
-                ob = openbabel_checks(atoms)
+                ob = {"mol_pred_loaded": False} if row["failed"] else openbabel_checks(atoms)
                 row.update(ob_sanitization=ob.get("sanitization", False), ob_all_checks=all(ob.values()),
                            ob_all_but_no_radicals=all(v for k, v in ob.items() if k != "no_radicals"))
             finals.append(atoms.copy())
             rows.append(row)
         pb = posebusters_checks(finals) or [{}] * len(finals)
         for row, checks, final in zip(rows, pb, finals):
-            row["posebusters"] = bool(checks) and all(checks.values())
+            row["posebusters"] = bool(checks) and all(checks.values()) and not row["failed"]
             final.calc = None
             final.info.update(row)
         tmp = out / f".{formula}.extxyz.tmp"
