@@ -33,6 +33,7 @@ def test_shipped_model_through_the_papers_fire_protocol(tmp_path):
     frames = read(out / "C2H6O.extxyz", index=":")
     summary = json.loads((out / "summary.json").read_text())
     assert [f.info["run_id"] for f in frames] == [0, 1]
+    assert all(np.isfinite(f.get_potential_energy()) and "failed" not in f.info for f in frames)
     with rmsearch.Calculator("model:molecules-mace") as calc:
         for atoms in frames:
             check = check_molecule(atoms)

@@ -35,8 +35,8 @@ Usage::
         --compositions C3H6O,C4H8
 
 Outputs: ``DIR/<formula>.extxyz`` (final structures; ``info``: run_id, converged (second
-stage), first_converged, failed (a calculator error that ended the start, counted
-invalid), steps, energy eV, valid, charged, smiles, reason, posebusters,
+stage), first_converged, failed (only where a calculator error ended the start; it counts
+invalid), steps, energy eV, valid, charged, smiles and reason (where not empty), posebusters,
 and with ``--openbabel`` ob_* fields) and ``DIR/summary.json`` (per composition and in
 all; every start counts). One thread; deterministic for a given ``--seed``.
 """
@@ -224,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         for row, checks, final in zip(rows, pb, finals):
             row["posebusters"] = bool(checks) and all(checks.values()) and not row["failed"]
             final.calc = None
-            final.info.update(row)
+            final.info.update({k: v for k, v in row.items() if v != ""})  # extxyz misreads empty strings
         tmp = out / f".{formula}.extxyz.tmp"
         write(tmp, finals, format="extxyz")
         tmp.replace(out / f"{formula}.extxyz")
