@@ -44,6 +44,7 @@ from ase.units import GPa
 from rmdata.errors import RMError
 from rmsearch.engine import CoreRepulsion, LammpsEngine, LostAtoms, Potential, to_voigt
 from rmsearch.optimizers import OPTIMIZERS, FireParameters
+from rmsearch.records import FINISHED_STATUSES
 from rmsearch.symmetry import SYMPREC
 
 log = logging.getLogger(__name__)
@@ -360,7 +361,7 @@ class RunState:
         atoms = Atoms(numbers=start.numbers.copy(), positions=self.positions,
                       cell=self.cell if periodic else start.cell, pbc=start.pbc)
         status = self.status
-        if not periodic and status in ("converged", "not_converged") and _isolated_atoms(atoms.positions, cutoff):
+        if not periodic and status in FINISHED_STATUSES and _isolated_atoms(atoms.positions, cutoff):
             status = "lost_atoms"
         if periodic:
             atoms.wrap()
@@ -390,7 +391,7 @@ def kick_start(first: RelaxOutcome, kick: float, rng: np.random.Generator | None
     """The start of the kick stage after the first stage ``first`` (its atoms displaced by
     uniform noise in +-``kick`` A per component, drawn from ``rng``, default a fresh unseeded
     generator), or None when there is no second stage (kick 0 or a failed first stage)."""
-    if kick <= 0 or first.status not in ("converged", "not_converged"):
+    if kick <= 0 or first.status not in FINISHED_STATUSES:
         return None
     rng = rng if rng is not None else np.random.default_rng()
     kicked = first.atoms.copy()
@@ -418,7 +419,7 @@ def second_stage(first: RelaxOutcome, settings: RelaxSettings, rng: np.random.Ge
     stage (``release_symmetry``), or the kick stage (:func:`kick_start`,
     :func:`kick_settings`); none after a failed first stage. ``settings`` are the run's
     (not the first stage's)."""
-    if first.status not in ("converged", "not_converged"):
+    if first.status not in FINISHED_STATUSES:
         return None
     if settings.volume_steps:
         if not bool(np.all(first.atoms.pbc)):

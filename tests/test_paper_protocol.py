@@ -51,7 +51,8 @@ def test_shipped_model_through_the_papers_fire_protocol(tmp_path):
 
 def test_bad_calculator_and_formula_are_one_line_errors(tmp_path):
     for args in (("--calculator", "lj:x", "--compositions", "C2H6O"),
-                 ("--calculator", "rmsearch:model:molecules-mace", "--compositions", "C2Xx6")):
+                 ("--calculator", "rmsearch:model:molecules-mace", "--compositions", "C2Xx6"),
+                 ("--calculator", "rmsearch:model:molecules-mace", "--compositions", "C2H6O", "--seed", "-1")):
         proc = _run("--out", str(tmp_path / "o"), *args)
         assert proc.returncode != 0 and proc.stderr.startswith("error:"), proc.stderr[-500:]
         assert "Traceback" not in proc.stderr and not (tmp_path / "o" / "summary.json").exists()

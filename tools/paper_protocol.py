@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: --out {out}: holds a summary.json already; choose another folder")
     if args.nstarts < 1:
         raise SystemExit("error: --nstarts: give a positive number of starts")
+    if args.seed < 0:
+        raise SystemExit("error: --seed: give a seed >= 0")
     try:
         specs = {str(Formula(f.strip()).format("hill")): make_spec(molecule=f.strip())
                  for f in args.compositions.split(",") if f.strip()}

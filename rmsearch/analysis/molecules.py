@@ -29,10 +29,10 @@ from typing import Any
 
 from ase import Atoms
 
+from rmsearch.records import FINISHED_STATUSES
+
 log = logging.getLogger(__name__)
 
-#: Run statuses whose final structure is scored (others count as invalid).
-FINISHED = ("converged", "not_converged")
 
 
 @dataclass
@@ -163,7 +163,7 @@ def score_molecules(records: Sequence, nstarts: int | None = None, known: Iterab
     passed, known and new isomers, distinct isomers with their counts.
     """
     known = set(known)
-    finished = [r for r in records if r.status in FINISHED]
+    finished = [r for r in records if r.status in FINISHED_STATUSES]  # the others count as invalid
     atoms = [r.to_atoms() for r in finished]
     checks = [check_molecule(a, known) for a in atoms]
     pb = posebusters_checks(atoms) if posebusters else None
