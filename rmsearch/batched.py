@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 from ase import Atoms
-from ase.data import chemical_symbols
+from ase.data import atomic_numbers, chemical_symbols
 
 from rmdata.errors import RMError
 from rmsearch.engine import CoreRepulsion, Potential
@@ -97,29 +97,38 @@ def check_batchable(potential: Potential, settings: RelaxSettings) -> str:
 
 
 def core_repulsion_terms(positions: np.ndarray, cell: np.ndarray, periodic: bool, core: CoreRepulsion,
-                         neighbours) -> tuple[float, np.ndarray, np.ndarray]:
+                         neighbours, numbers: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray]:
     """Energy (eV), forces (n, 3) eV/A and stress (3, 3) eV/A^3 (ASE sign, zeros without
-    periodicity) of ``sum over pairs g(r)``, ``g(r) = m (1 - r^2/rc^2)^2`` for r < rc: the
-    overlay the serial relaxer tabulates for LAMMPS (:func:`rmsearch.engine.write_core_table`).
-    ``neighbours``: a half ``vesin.NeighborList`` with cutoff ``core.rc``."""
+    periodicity) of ``sum over pairs g(r)`` for r < rc_ab (:class:`rmsearch.engine.CoreRepulsion`,
+    :meth:`~rmsearch.engine.CoreRepulsion.pair_energy`; ``numbers``, the atomic numbers, are
+    needed when g depends on the pair): the overlay the serial relaxer tabulates for
+    LAMMPS (:func:`rmsearch.engine.write_core_table`). ``neighbours``: a half
+    ``vesin.NeighborList`` with a cutoff of at least the largest rc_ab."""
     n = len(positions)
     forces = np.zeros((n, 3))
     i, j, d_pc = neighbours.compute(points=positions, box=cell if periodic else np.zeros((3, 3)),
                                     periodic=periodic, quantities="ijD")
     r_p = np.linalg.norm(d_pc, axis=1)
-    inside = r_p < core.rc
+    if core.covalent_scale is None and not core.zbl:
+        rc_p, z_i, z_j = np.full(len(r_p), float(core.rc)), 0, 0
+    else:
+        if numbers is None:
+            raise ValueError("core_repulsion_terms: atomic numbers are needed for a per-pair overlay")
+        rc_p, z_i, z_j = core.radii(numbers)[i, j], numbers[i], numbers[j]
+    inside = r_p < rc_p
     if not inside.any():
         return 0.0, forces, np.zeros((3, 3))
-    i, j, d_pc, r_p = i[inside], j[inside], d_pc[inside], r_p[inside]
-    x_p = 1.0 - (r_p / core.rc) ** 2
-    dg_p = -4.0 * core.m * r_p / core.rc**2 * x_p  # dg/dr (eV/A)
+    if not np.isscalar(z_i):
+        z_i, z_j = z_i[inside], z_j[inside]
+    i, j, d_pc, r_p, rc_p = i[inside], j[inside], d_pc[inside], r_p[inside], rc_p[inside]
+    g_p, dg_p = core.pair_energy(r_p, rc_p, z_i, z_j)  # eV, dg/dr (eV/A)
     dedd_pc = (dg_p / r_p)[:, None] * d_pc  # dE/dD for D = r_j - r_i (+ shift)
     for c in range(3):
         forces[:, c] += np.bincount(i, dedd_pc[:, c], minlength=n) - np.bincount(j, dedd_pc[:, c], minlength=n)
     stress = np.zeros((3, 3))
     if periodic:
         stress = dedd_pc.T @ d_pc / abs(np.linalg.det(cell))
-    return float(np.sum(core.m * x_p**2)), forces, stress
+    return float(np.sum(g_p)), forces, stress
 
 
 @dataclass
@@ -131,6 +140,7 @@ class _Run:
     state: RunState
     mini: Minimisation | None = None
     node_attrs: np.ndarray | None = None
+    numbers: np.ndarray | None = None  # atomic numbers (the per-pair core radius)
     point: tuple | None = None  # (positions, cell) to evaluate next; None: the run has ended
     model_time_s: float = 0.0
     first: RelaxOutcome | None = None  # the first stage, while the kick stage runs
@@ -167,7 +177,8 @@ class BatchedRelaxer:
         self.evaluator = MACEEvaluator(potential.model_file, dtype=self.settings.dtype, threads=threads,
                                        device=device)
         core = self.settings.core_repulsion
-        self._core_nl = NeighborList(cutoff=core.rc, full_list=False) if core is not None else None
+        self._core_nl = (NeighborList(cutoff=core.cutoff([atomic_numbers[e] for e in potential.elements]),
+                                      full_list=False) if core is not None else None)
         self.n_model_calls = 0
 
     def close(self) -> None:
@@ -255,7 +266,8 @@ class BatchedRelaxer:
             if unknown:
                 raise RMError(f"element Z={','.join(map(str, unknown))} not in the potential "
                               f"(elements {self.potential.elements})")
-            run.node_attrs = self.evaluator.node_attrs(atoms.numbers.copy())
+            run.numbers = atoms.numbers.copy()
+            run.node_attrs = self.evaluator.node_attrs(run.numbers)
             run.mini = Minimisation(state, settings, self.optimizer)
             run.point = run.mini.point()
         except Exception as exc:  # a bad start is a failed run, not a failed batch
@@ -296,7 +308,8 @@ class BatchedRelaxer:
         t0 = time.perf_counter()
         try:
             results = self.evaluator.evaluate_batch(systems)
-            results = [self._add_core(system, result) for system, result in zip(systems, results)]
+            results = [self._add_core(system, run.numbers, result)
+                       for system, run, result in zip(systems, runs, results)]
         except Exception as exc:
             if len(runs) == 1:
                 return [exc]
@@ -312,12 +325,12 @@ class BatchedRelaxer:
             run.model_time_s += dt * len(system[0]) / total
         return results
 
-    def _add_core(self, system: tuple, result: tuple) -> tuple[float, np.ndarray, np.ndarray]:
+    def _add_core(self, system: tuple, numbers: np.ndarray, result: tuple) -> tuple[float, np.ndarray, np.ndarray]:
         core = self.settings.core_repulsion
         if core is None:
             return result
         pos, cell, _, periodic = system
-        e_core, f_core, s_core = core_repulsion_terms(pos, cell, periodic, core, self._core_nl)
+        e_core, f_core, s_core = core_repulsion_terms(pos, cell, periodic, core, self._core_nl, numbers)
         energy, forces, stress = result
         return energy + e_core, forces + f_core, stress + s_core
 

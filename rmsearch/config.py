@@ -107,6 +107,7 @@ def build_config(*, potential: str | os.PathLike, nruns: int, relax: dict[str, A
     left out, their defaults. ``relax`` overrides any RelaxSettings field, also those that
     are no search option. An unknown option is a TypeError.
     """
+    from rmsearch.engine import core_sections
     from rmsearch.potentials import load_potential
     from rmsearch.relax import RelaxSettings
 
@@ -132,6 +133,8 @@ def build_config(*, potential: str | os.PathLike, nruns: int, relax: dict[str, A
     settings = RelaxSettings(**{k: getattr(opts, k) for k in RELAX_OPTIONS})
     if relax:
         settings = relax_settings_from_dict({**relax_settings_to_dict(settings), **relax})
+    if settings.core_repulsion is not None:  # a per-pair overlay too large for the potential: refused now
+        core_sections(settings.core_repulsion, pot.elements)
     top = {f.metadata["config"]: float(getattr(opts, f.name)) if isinstance(f.default, float)
            else getattr(opts, f.name) for f in FIELDS if f.name in TOP_LEVEL_OPTIONS}
     config = {

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase.data import atomic_masses, atomic_numbers
+from ase.data import atomic_masses, atomic_numbers, covalent_radii
 
 from rmdata.errors import RMError
 
@@ -213,26 +213,170 @@ class Potential:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
+#: e^2 / (4 pi eps0) in eV A, and the universal ZBL screening function's coefficients and
+#: exponents (Ziegler, Biersack, Littmark 1985), as LAMMPS' pair zbl uses them.
+COULOMB_EV_A = 14.399645
+ZBL_C = np.array([0.18175, 0.50986, 0.28022, 0.02817])
+ZBL_D = np.array([3.19980, 0.94229, 0.40290, 0.20162])
+
+
+def zbl(r: np.ndarray, z1: np.ndarray, z2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The ZBL universal screened nuclear repulsion of nuclei ``z1``, ``z2`` at distances
+    ``r`` (A): energy (eV) and its derivative dE/dr (eV/A), unswitched."""
+    r, z1, z2 = np.asarray(r, float), np.asarray(z1, float), np.asarray(z2, float)
+    a = 0.46850 / (z1**0.23 + z2**0.23)
+    k = COULOMB_EV_A * z1 * z2
+    x = (r / a)[..., None]
+    phi = (ZBL_C * np.exp(-ZBL_D * x)).sum(-1)
+    dphi = -(ZBL_C * ZBL_D * np.exp(-ZBL_D * x)).sum(-1) / a
+    return k * phi / r, k * (dphi / r - phi / r**2)
+
+
+@dataclass(frozen=True)
 class CoreRepulsion:
-    """Short-range overlay ``g(r) = m (1 - r^2/rc^2)^2`` for r < rc; m in eV, rc in A."""
+    """Short-range overlay between atoms of elements a and b closer than rc_ab (A):
+    ``g(r) = m (1 - r^2/rc_ab^2)^2`` (m in eV), or with ``zbl``,
+    ``g(r) = m ZBL_ab(r) (1 - r^2/rc_ab^2)^2``: the screened nuclear repulsion (:func:`zbl`,
+    m a factor), tapered to zero with zero slope at rc_ab.
+
+    The first form's force vanishes at r = 0: it is a barrier of height m, and a model whose
+    forces grow without bound as two atoms merge (a one-layer MACE far from its data: 100-200
+    eV/A at 0.01-0.05 A) pulls atoms through it. The ZBL form grows as 1/r and holds them.
+
+    ``rc_ab = rc`` for every pair (default, the crystal labels' repulsion range), or with
+    ``covalent_scale`` set, ``rc_ab = max(rc, covalent_scale x (R_a + R_b))``, R the
+    covalent radii of ``ase.data`` (A): with 0.7 the core reaches the distance below which
+    :mod:`rmsearch.analysis.validity` calls a pair fused (C-C 1.06 A, C-O 1.00, C-H 0.75,
+    O-H 0.75 with rc 0.75); bonded distances (C-H 1.09, C#C 1.20 A) stay outside it.
+    """
 
     m: float = 1.0
     rc: float = 0.75
+    covalent_scale: float | None = None
+    zbl: bool = False
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.m, (int, float)) and np.isfinite(self.m) and self.m > 0):
+            raise RMError(f"core repulsion m={self.m!r}: must be a finite number > 0 (eV; a factor with zbl)")
+        if not (isinstance(self.rc, (int, float)) and np.isfinite(self.rc) and 0 < self.rc <= 3):
+            raise RMError(f"core repulsion rc={self.rc!r}: must be a radius in (0, 3] A")
+        scale = self.covalent_scale
+        if scale is not None and not (isinstance(scale, (int, float)) and np.isfinite(scale)
+                                      and 0 < scale <= 1.0):
+            raise RMError(f"core repulsion covalent_scale={scale!r}: must be a factor in (0, 1] "
+                          "of the covalent radii sum, or None")
+        if not isinstance(self.zbl, bool):
+            raise RMError(f"core repulsion zbl={self.zbl!r}: must be true or false")
+
+    @classmethod
+    def parse(cls, text: str, name: str = "--core-repulsion") -> CoreRepulsion:
+        """``"zbl,rc=0.75,scale=0.7"`` or ``"m=10,scale=0.7"`` (keys optional, the others keep
+        their defaults) -> a CoreRepulsion; RMError naming ``name`` for anything else."""
+        keys = {"m": "m", "rc": "rc", "scale": "covalent_scale"}
+        values: dict[str, Any] = {}
+        for part in str(text).split(","):
+            key, eq, value = (x.strip() for x in part.partition("="))
+            if key == "zbl" and not eq and "zbl" not in values:
+                values["zbl"] = True
+                continue
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+            if key not in keys or number is None or keys[key] in values:
+                raise RMError(f"{name} {text!r}: expected [zbl,]m=M,rc=A,scale=F, each at most "
+                              "once (e.g. zbl,scale=0.7 or m=1,rc=0.75)")
+            values[keys[key]] = number
+        try:
+            return cls(**values)
+        except RMError as exc:
+            raise RMError(f"{name} {text!r}: {exc}") from None
+
+    def __str__(self) -> str:
+        scale = "" if self.covalent_scale is None else f",scale={self.covalent_scale:g}"
+        return f"{'zbl,' if self.zbl else ''}m={self.m:g},rc={self.rc:g}{scale}"
+
+    def radius(self, a: str | int, b: str | int) -> float:
+        """rc_ab (A) of elements ``a``, ``b`` (symbols or atomic numbers)."""
+        za, zb = (atomic_numbers[x] if isinstance(x, str) else int(x) for x in (a, b))
+        return float(self.radii(np.array([za, zb]))[0, 1])
+
+    def radii(self, numbers: np.ndarray) -> np.ndarray:
+        """rc_ab (A) of every pair of atomic numbers ``numbers`` as an (n, n) array."""
+        if self.covalent_scale is None:
+            return np.full((len(numbers), len(numbers)), float(self.rc))
+        r = covalent_radii[np.asarray(numbers)]
+        return np.maximum(float(self.rc), self.covalent_scale * (r[:, None] + r[None, :]))
+
+    def cutoff(self, numbers: np.ndarray | None = None) -> float:
+        """The largest rc_ab (A) among atomic numbers ``numbers`` (all elements when None)."""
+        if self.covalent_scale is None:
+            return float(self.rc)
+        z = np.unique(numbers) if numbers is not None else np.arange(1, len(covalent_radii))
+        return float(self.radii(z).max())
+
+    def pair_energy(self, r: np.ndarray, rc: np.ndarray, z1: np.ndarray, z2: np.ndarray
+                    ) -> tuple[np.ndarray, np.ndarray]:
+        """g(r) (eV) and dg/dr (eV/A) of pairs at distances ``r`` < their radii ``rc`` (A)
+        between atomic numbers ``z1``, ``z2`` (the one formula of both relax paths)."""
+        r, rc = np.asarray(r, float), np.asarray(rc, float)
+        x = 1.0 - (r / rc) ** 2
+        taper, dtaper = x**2, -4.0 * r / rc**2 * x
+        if not self.zbl:
+            return self.m * taper, self.m * dtaper
+        e, de = zbl(r, z1, z2)
+        return self.m * e * taper, self.m * (de * taper + e * dtaper)
 
 
-def write_core_table(core: CoreRepulsion, path: str | os.PathLike) -> Path:
-    """Write ``g(r) = m (1 - r^2/rc^2)^2`` and ``-dg/dr`` (eV, eV/A) for 0 < r <= rc as a LAMMPS
-    ``pair_style table`` file with keyword ``CORE``; returns the path."""
-    r = np.linspace(1e-6, core.rc, CORE_TABLE_POINTS)
-    x2 = (r / core.rc) ** 2
-    table = np.column_stack((np.arange(1, len(r) + 1), r, core.m * (1 - x2) ** 2,
-                             4 * core.m * r / core.rc**2 * (1 - x2)))
+#: Most element pairs a per-pair overlay tabulates (66: a potential of 11 elements); each pair
+#: is a table section of CORE_TABLE_POINTS lines that LAMMPS reads at every set-up.
+MAX_CORE_PAIRS = 66
+
+
+def core_sections(core: CoreRepulsion, elements: list[str]) -> tuple[list[tuple], list[tuple[int, int, int]]]:
+    """The distinct sections of the overlay's table among ``elements``, as (rc in A, Z_a,
+    Z_b) (Z 0 where g does not depend on the elements), and per LAMMPS type pair i <= j
+    (types 1.. in the order of ``elements``) the index of its section. A uniform overlay
+    without ZBL: one section and the single pair (0, 0) standing for ``* *``."""
+    if core.covalent_scale is None and not core.zbl:
+        return [(float(core.rc), 0, 0)], [(0, 0, 0)]
+    npairs = len(elements) * (len(elements) + 1) // 2
+    if npairs > MAX_CORE_PAIRS:
+        raise RMError(f"core repulsion {core}: a per-pair overlay tabulates every element pair of the "
+                      f"potential, {npairs} for its {len(elements)} elements (at most {MAX_CORE_PAIRS}); "
+                      "use the uniform overlay (m=EV,rc=A) with this potential, or one fitted on fewer elements")
+    keys: list[tuple] = []
+    pairs = []
+    for i, a in enumerate(elements):
+        for j in range(i, len(elements)):
+            za, zb = sorted((atomic_numbers[a], atomic_numbers[elements[j]])) if core.zbl else (0, 0)
+            key = (core.radius(a, elements[j]), za, zb)
+            if key not in keys:
+                keys.append(key)
+            pairs.append((i + 1, j + 1, keys.index(key)))
+    return keys, pairs
+
+
+def write_core_table(core: CoreRepulsion, path: str | os.PathLike, elements: list[str]) -> Path:
+    """Write g(r) and ``-dg/dr`` (eV, eV/A) for 0 < r <= rc as a LAMMPS ``pair_style table``
+    file, one section ``CORE<k>`` per section of :func:`core_sections`; returns the path."""
     path = Path(path)
-    header = (f"# rmsearch core repulsion g(r) = {core.m!r} (1 - r^2/{core.rc!r}^2)^2 (eV, A)\n\nCORE\n"
-              f"N {len(r)} R {float(r[0])!r} {float(core.rc)!r}\n")
-    np.savetxt(path, table, fmt=["%d", "%.17g", "%.17g", "%.17g"], header=header, comments="")
+    sections, _ = core_sections(core, elements)
+    parts = [f"# rmsearch core repulsion {core} (rmsearch.engine.CoreRepulsion; eV, A)\n"]
+    for k, (rc, za, zb) in enumerate(sections):
+        r = np.linspace(1e-6 if not core.zbl else 1e-3, rc, CORE_TABLE_POINTS)
+        e, de = core.pair_energy(r, np.full_like(r, rc), za, zb)
+        rows = "\n".join(f"{n} {ri!r} {ei!r} {fi!r}" for n, ri, ei, fi
+                         in zip(range(1, len(r) + 1), r.tolist(), e.tolist(), (-de).tolist()))
+        parts.append(f"\nCORE{k}\nN {len(r)} R {float(r[0])!r} {float(rc)!r}\n\n{rows}\n")
+    path.write_text("".join(parts))
     return path
+
+
+def core_pair_coeffs(core: CoreRepulsion, elements: list[str], table: str | os.PathLike) -> list[str]:
+    """The ``pair_coeff`` commands of the overlay's table sub-style (:func:`core_sections`)."""
+    sections, pairs = core_sections(core, elements)
+    return [f"pair_coeff {i or '*'} {j or '*'} table {table} CORE{k} {sections[k][0]!r}" for i, j, k in pairs]
 
 
 def pair_commands(potential: Potential, core_repulsion: CoreRepulsion | None,
@@ -261,7 +405,8 @@ def pair_commands(potential: Potential, core_repulsion: CoreRepulsion | None,
                 parts = c.split(maxsplit=2)
                 coeffs.append(" ".join(["pair_coeff", parts[0], parts[1], sub] + parts[2:]))
         lines = render_template("pair.in", pair_style=pair_style, pair_coeff="\n".join(coeffs))
-        lines += render_template("core_repulsion.in", table=str(core_table), rc=core_repulsion.rc)
+        lines += render_template("core_repulsion.in", pair_coeff="\n".join(
+            core_pair_coeffs(core_repulsion, potential.elements, core_table)))
     if potential.callback is not None:
         lines += render_template("fix_external.in")
     return lines
@@ -334,7 +479,8 @@ class LammpsEngine:
         self._tmpdir = None
         self._core_table = None
         if core_repulsion is not None:
-            self._core_table = write_core_table(core_repulsion, self.scratch() / "core.table")
+            self._core_table = write_core_table(core_repulsion, self.scratch() / "core.table",
+                                                potential.elements)
         self.lmp = None
         self._loaded: tuple | None = None
         self._node_attrs = None

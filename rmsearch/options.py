@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from rmdata.cliutils import SEED, FiniteFloat
+from rmsearch.engine import CoreRepulsion
 from rmsearch.protocol import RELAX_OPTIMIZERS, RelaxSettings
 from rmsearch.starts import StartSpec, parse_range, parse_spacegroup_weights, parse_wyckoff
 
@@ -152,6 +153,14 @@ class SearchOptions:
         _default(RelaxSettings, "release_symmetry"),
         "With --keep-symmetry: relax freely from the symmetric minimum as a second stage",
         config="relax.release_symmetry", flag=True)
+    core_repulsion: CoreRepulsion = _option(
+        _default(RelaxSettings, "core_repulsion"),
+        "The relaxation's short-range overlay below rc_ab, as [zbl,]m=M,rc=A[,scale=F]: g(r) = "
+        "m (1 - r^2/rc_ab^2)^2 (m in eV), or with zbl the ZBL nuclear repulsion times m (1 - "
+        "r^2/rc_ab^2)^2, which grows as 1/r where the first is a barrier of height m; rc_ab = rc "
+        "for every element pair, or with scale, max(rc, F x the pair's covalent radii sum) (0.7: "
+        "the distance below which the analysis calls a pair fused; per-pair forms need a potential "
+        "of at most 11 elements)", config="relax.core_repulsion", from_cli=CoreRepulsion.parse)
     volume_steps: int = _option(
         _default(RelaxSettings, "volume_steps"),
         "Crystals: a first stage of up to N force calls at the start's volume (cell shape and "
@@ -245,8 +254,13 @@ def click_option(name: str, help: str) -> Callable:
     with its own ``help``: the option's names, click type and default (shown) come from
     its :class:`SearchOptions` field."""
     field = option_field(name)
+    parse, flag = field.metadata["from_cli"], option_flag(name)
+
+    def from_text(ctx, param, value):  # options given as text are parsed as launch parses them
+        return parse(value, flag) if parse is not None and isinstance(value, str) else value
+
     return click.option(*_cli_names(field), name, type=field.metadata["click_type"], default=field.default,
-                        show_default=True, help=help)
+                        show_default=True, help=help, callback=from_text)
 
 
 def parse_cli_values(values: dict[str, Any]) -> dict[str, Any]:

@@ -120,7 +120,7 @@ class RelaxSettings(FireParameters):
     relax_cell: bool = True
     pressure_gpa: float = 0.0
     dtype: str = "float32"
-    core_repulsion: CoreRepulsion | None = field(default_factory=CoreRepulsion)
+    core_repulsion: CoreRepulsion | None = CoreRepulsion()
     optimizer: str = "auto"
     switch_fmax: float = 2.0
     memory: int = 20

@@ -225,6 +225,39 @@ def test_core_repulsion_terms_are_the_overlay():
     assert core_repulsion_terms(pos * 5, cell * 5, True, core, nl)[0] == 0.0
 
 
+@pytest.mark.parametrize("zbl", [False, True])
+def test_core_repulsion_terms_per_pair_radius(zbl):
+    """With ``covalent_scale`` (and with ``zbl``) the batched overlay uses each pair's own
+    radius and nuclei (as the LAMMPS table does): energy and forces of a C-O-H triangle are
+    the sum of g(r) over the pairs inside their radii, and the forces its exact derivatives."""
+    from vesin import NeighborList
+
+    from rmsearch.batched import core_repulsion_terms
+    from rmsearch.engine import CoreRepulsion
+
+    core = CoreRepulsion(m=1.5, rc=0.75, covalent_scale=0.7, zbl=zbl)
+    numbers = np.array([6, 8, 1])
+    pos = np.array([[0.0, 0.0, 0.0], [0.95, 0.0, 0.0], [0.1, 0.8, 0.0]])
+    nl = NeighborList(cutoff=core.cutoff(numbers), full_list=False)
+    energy, forces, _ = core_repulsion_terms(pos, np.zeros((3, 3)), False, core, nl, numbers)
+    expected = 0.0
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        r, rc = np.linalg.norm(pos[a] - pos[b]), core.radius(int(numbers[a]), int(numbers[b]))
+        if r < rc:
+            expected += core.pair_energy(np.array([r]), np.array([rc]), numbers[a], numbers[b])[0][0]
+    assert np.linalg.norm(pos[0] - pos[1]) > core.rc  # outside the uniform core, inside C-O's
+    assert energy == pytest.approx(expected, rel=1e-12) and energy > 0
+    h = 1e-6
+    for a in range(3):
+        for c in range(3):
+            p = pos.copy()
+            p[a, c] += h
+            ep = core_repulsion_terms(p, np.zeros((3, 3)), False, core, nl, numbers)[0]
+            p[a, c] -= 2 * h
+            em = core_repulsion_terms(p, np.zeros((3, 3)), False, core, nl, numbers)[0]
+            assert forces[a, c] == pytest.approx(-(ep - em) / (2 * h), abs=1e-6)
+
+
 def test_launch_batched_on_cpu(diamond_potential, tmp_path):
     """``launch --batch`` on a CPU: every run id once, in shards/batched.jsonl, with the
     pool's record fields and the serial relaxer's minima on the same starts."""

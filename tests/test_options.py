@@ -79,12 +79,16 @@ def test_build_config_refuses_an_unknown_option(lj_potential):
 
 
 def test_config_round_trips_through_the_options(lj_potential):
+    from rmsearch.engine import CoreRepulsion
+
     config = build_config(potential=lj_potential, nruns=5, composition="Li2S", natoms="4-8", seed=3,
-                          spacegroup=12, fmax=0.03, run_timeout_s=20, relax={"pressure_gpa": 1.5})
+                          spacegroup=12, fmax=0.03, run_timeout_s=20, relax={"pressure_gpa": 1.5},
+                          core_repulsion=CoreRepulsion.parse("m=10,scale=0.7"))
     again = build_config(potential=lj_potential, nruns=5, **options_from_config(config))
     assert {k: v for k, v in again.items() if k != "provenance"} == \
         {k: v for k, v in config.items() if k != "provenance"}
     assert config["relax"]["pressure_gpa"] == 1.5 and config["run_timeout_s"] == 20.0
+    assert config["relax"]["core_repulsion"] == {"m": 10.0, "rc": 0.75, "covalent_scale": 0.7, "zbl": False}
 
 
 @pytest.mark.parametrize("older", [False, True])
@@ -113,6 +117,10 @@ def test_a_run_directory_from_before_resumes(lj_potential, tmp_path, older):
         init_rundir(rundir, prepare_config(rundir, fmax=0.05))
     with pytest.raises(RMError, match="different 'start'"):
         init_rundir(rundir, prepare_config(rundir, natoms="4-10"))
+    from rmsearch.engine import CoreRepulsion
+
+    with pytest.raises(RMError, match="different 'relax'"):  # the overlay changes results
+        init_rundir(rundir, prepare_config(rundir, core_repulsion=CoreRepulsion(m=1.0, rc=0.75, covalent_scale=0.7)))
 
 
 def test_search_options_are_frozen():

@@ -207,6 +207,104 @@ def test_core_repulsion_overlay(random_potential):
         overlaid.close()
 
 
+def test_core_repulsion_per_pair_radius(random_potential):
+    """With ``covalent_scale`` each element pair has its own radius, max(rc, scale x the
+    covalent radii sum): a C-O pair at 0.9 A is inside the C-O core (0.7 x 1.42 = 0.994 A)
+    and feels exactly g(r) with that radius; C-C at 1.0 A is inside (1.064 A); an O-O pair
+    at 0.95 A is outside (0.924 A). Bad parameters are refused."""
+    from ase.data import covalent_radii
+
+    from rmdata.errors import RMError
+    from rmsearch.engine import CoreRepulsion, LammpsEngine
+
+    good, _ = random_potential
+    core = CoreRepulsion(m=2.0, rc=0.75, covalent_scale=0.7)
+    assert core.radius("C", "O") == pytest.approx(0.7 * (covalent_radii[6] + covalent_radii[8]))
+    assert core.radius("H", "H") == 0.75  # the floor rc
+    plain = LammpsEngine(good)
+    overlaid = LammpsEngine(good, core_repulsion=core)
+    try:
+        for symbols, r, inside in (("CO", 0.9, True), ("CC", 1.0, True), ("OO", 0.95, False)):
+            atoms = Atoms(symbols, positions=[[0, 0, 0], [r, 0, 0]], cell=np.eye(3) * 6, pbc=True)
+            args = (atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+            rc = core.radius(*symbols)
+            assert (r < rc) == inside
+            g = core.m * (1 - (r / rc) ** 2) ** 2 if inside else 0.0
+            dg = -4 * core.m * r / rc**2 * (1 - (r / rc) ** 2) if inside else 0.0
+            (e0, f0, _), (e1, f1, _) = plain.compute(*args), overlaid.compute(*args)
+            assert e1 - e0 == pytest.approx(g, abs=1e-9)
+            assert (f1 - f0)[1, 0] == pytest.approx(-dg, abs=1e-6)
+    finally:
+        plain.close()
+        overlaid.close()
+    for bad in ({"m": 0}, {"rc": float("nan")}, {"covalent_scale": 1.5}, {"covalent_scale": -0.1}):
+        with pytest.raises(RMError, match="core repulsion"):
+            CoreRepulsion(**bad)
+    from rmsearch.engine import MAX_CORE_PAIRS, core_sections
+
+    eleven = ["H", "C", "N", "O", "F", "P", "S", "Cl", "Br", "I", "Si"]
+    sections, pairs = core_sections(core, eleven)
+    assert len(pairs) == MAX_CORE_PAIRS and len(sections) <= len(pairs)
+    assert core_sections(CoreRepulsion(), eleven + ["Li"]) == ([(0.75, 0, 0)], [(0, 0, 0)])  # uniform: one
+    with pytest.raises(RMError, match="78 for its 12 elements"):
+        core_sections(core, eleven + ["Li"])
+
+
+def test_zbl_is_lammps_pair_zbl():
+    """rmsearch.engine.zbl is the ZBL repulsion LAMMPS' pair zbl computes: below the inner
+    switching radius pair zbl's force is the unswitched ZBL force (its energy only shifted)."""
+    from rmsearch.engine import new_lammps, zbl
+
+    lmp = new_lammps()
+    try:
+        lmp.commands_string("units metal\natom_modify map array\nboundary f f f\n"
+                            "region b block -5 5 -5 5 -5 5\ncreate_box 2 b\n"
+                            "create_atoms 1 single 0 0 0\ncreate_atoms 2 single 0.3 0 0\nmass * 1.0\n"
+                            "pair_style zbl 1.0 1.5\npair_coeff 1 1 6 6\npair_coeff 1 2 6 8\n"
+                            "pair_coeff 2 2 8 8\nrun 0")
+        f = np.ctypeslib.as_array(lmp.gather_atoms("f", 1, 3)).reshape(-1, 3)
+    finally:
+        lmp.close()
+    energy, de = zbl(np.array(0.3), 6, 8)
+    assert f[1, 0] == pytest.approx(-float(de), rel=1e-9)
+    assert energy > 0 and de < 0
+    h = 1e-6
+    assert float(de) == pytest.approx(float((zbl(0.3 + h, 6, 8)[0] - zbl(0.3 - h, 6, 8)[0]) / (2 * h)), rel=1e-6)
+
+
+def test_core_repulsion_zbl_overlay(random_potential):
+    """The ZBL overlay adds m ZBL(r) (1 - r^2/rc^2)^2 below each pair's radius: in LAMMPS (the
+    table) as in :meth:`CoreRepulsion.pair_energy`, and it grows without bound as two atoms
+    merge, where the smooth overlay's force vanishes."""
+    from rmsearch.engine import CoreRepulsion, LammpsEngine, zbl
+
+    good, _ = random_potential
+    core = CoreRepulsion(rc=0.75, covalent_scale=0.7, zbl=True)
+    assert CoreRepulsion.parse("zbl,scale=0.7") == core and str(core) == "zbl,m=1,rc=0.75,scale=0.7"
+    plain = LammpsEngine(good)
+    overlaid = LammpsEngine(good, core_repulsion=core)
+    try:
+        for symbols, r in (("CO", 0.3), ("CO", 0.9), ("OO", 0.5), ("CC", 1.2)):
+            atoms = Atoms(symbols, positions=[[0, 0, 0], [r, 0, 0]], cell=np.eye(3) * 6, pbc=True)
+            args = (atoms.positions, np.asarray(atoms.cell), atoms.numbers, True)
+            rc = core.radius(*symbols)
+            z = atoms.numbers
+            g, dg = core.pair_energy(np.array([r]), np.array([rc]), z[:1], z[1:]) if r < rc else ([0.0], [0.0])
+            if r < rc:
+                e_zbl = zbl(np.array(r), *z)[0]
+                assert g[0] == pytest.approx(e_zbl * (1 - (r / rc) ** 2) ** 2)
+            (e0, f0, _), (e1, f1, _) = plain.compute(*args), overlaid.compute(*args)
+            assert e1 - e0 == pytest.approx(g[0], rel=1e-6, abs=1e-9)
+            assert (f1 - f0)[1, 0] == pytest.approx(-dg[0], rel=1e-5, abs=1e-6)
+    finally:
+        plain.close()
+        overlaid.close()
+    r = np.array([0.05, 0.02, 0.01])
+    smooth = CoreRepulsion(m=10.0, rc=0.75)
+    assert np.all(np.diff(-core.pair_energy(r, np.full(3, 0.75), 1, 1)[1]) > 0)  # ZBL: force grows
+    assert np.all(np.abs(smooth.pair_energy(r, np.full(3, 0.75), 1, 1)[1]) < 4)  # smooth: it vanishes
+
+
 def test_settings_validation():
     from rmdata.errors import RMError
     from rmsearch.relax import RelaxSettings

@@ -8,6 +8,7 @@ selection from ``csp15.json`` and the MP-20 subset, and the Li-S hull/antifluori
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -127,6 +128,18 @@ def test_known_isomers_are_those_the_model_trained_on(tmp_path):
     assert not check_molecule(isobutane, known).known and check_molecule(isobutane, read_known_smiles()).known
     assert check_molecule(neopentane, known).known
     assert molecules.shipped_indices() == list(range(505))
+
+
+def test_molecule_search_relaxes_with_the_nuclear_repulsion_core(tmp_path):
+    """The molecules workflow's searches use its measured overlay (ZBL below each pair's
+    fused distance, RESULTS.md) through ``rmsearch launch --core-repulsion``: stored in each
+    run's config.json and in the summary, and the two-stage protocol ends in minima."""
+    summary = molecules.main(["--out", str(tmp_path / "m"), "--compositions", "C2H6O", "--nstarts", "2",
+                              "--no-posebusters", "--workers", "1"])
+    config = json.loads((tmp_path / "m" / "runs" / "C2H6O" / "config.json").read_text())
+    assert config["relax"]["core_repulsion"] == {"m": 1.0, "rc": 0.75, "covalent_scale": 0.7, "zbl": True}
+    assert config["relax"]["kick"] == 0.75 and summary["protocol"]["core_repulsion"] == molecules.CORE
+    assert summary["runs"] == 2 and summary["compositions"] == ["C2H6O"]
 
 
 # ----------------------------------------------------------------------------- MP-20 CSP

@@ -154,6 +154,20 @@ def test_bad_zbl_is_refused(value, hostile_inputs, tmp_path, monkeypatch):
     check_refused(rmsearch_main, args, names=("--zbl",), watch=(tmp_path, hostile_inputs))
 
 
+CORE_CASES = ["m=nan", "m=inf", "m=0", "m=-1", "rc=0", "rc=-0.5", "rc=1e999", "rc=4", "scale=nan", "scale=0",
+              "scale=1.5", "m=1,m=2", "x=1", "m=", "m", "1,0.75", "m=1;rc=0.75", "scale=0.7,", "zbl,zbl", "zbl=1",
+              "zbl,m=nan"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("lead", [LAUNCH, RELAX], ids=["launch", "relax"])
+@pytest.mark.parametrize("value", CORE_CASES)
+def test_bad_core_repulsion_is_refused(lead, value, hostile_inputs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = [a.format(inp=hostile_inputs) for a in lead] + [f"--core-repulsion={value}"]
+    check_refused(rmsearch_main, args, names=("--core-repulsion",), watch=(tmp_path, hostile_inputs))
+
+
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("levels, step", [("0,1000", "0.01"), ("0,100", "0.1"), ("6", "1")])
 def test_noise_amplitude_over_five_angstrom_is_refused(levels, step, hostile_inputs, tmp_path, monkeypatch):
