@@ -34,8 +34,8 @@ from rmsearch.options import click_option
                                   "(cell shape and atoms free, to --volume-fmax), then the free "
                                   "relaxation (0 = none; not with --kick or --fixed-cell).")
 @click_option("volume_fmax", help="Force tolerance of the constant-volume stage, eV/A.")
-@click_option("core_repulsion", help="Short-range overlay of the relaxation, m=EV,rc=A[,scale=F], as for "
-                                     "'rmsearch launch --core-repulsion'.")
+@click_option("core_repulsion", help="Short-range overlay of the relaxation, [zbl,]m=M,rc=A[,scale=F], as "
+                                     "for 'rmsearch launch --core-repulsion'.")
 @click_option("seed", help="Seed of the kick stage (structure i draws from rng([seed, i])).")
 @click.option("--progress/--no-progress", default=True, help="Show a progress bar on stderr.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
