@@ -109,19 +109,16 @@ def core_repulsion_terms(positions: np.ndarray, cell: np.ndarray, periodic: bool
     i, j, d_pc = neighbours.compute(points=positions, box=cell if periodic else np.zeros((3, 3)),
                                     periodic=periodic, quantities="ijD")
     r_p = np.linalg.norm(d_pc, axis=1)
-    if core.covalent_scale is None and not core.zbl:
-        rc_p, z_i, z_j = np.full(len(r_p), float(core.rc)), 0, 0
-    else:
-        if numbers is None:
+    if numbers is None:
+        if core.covalent_scale is not None or core.zbl:
             raise ValueError("core_repulsion_terms: atomic numbers are needed for a per-pair overlay")
-        rc_p, z_i, z_j = core.radii(numbers)[i, j], numbers[i], numbers[j]
+        numbers = np.zeros(n, dtype=int)  # g does not depend on the elements
+    rc_p = core.radii(numbers)[i, j]
     inside = r_p < rc_p
     if not inside.any():
         return 0.0, forces, np.zeros((3, 3))
-    if not np.isscalar(z_i):
-        z_i, z_j = z_i[inside], z_j[inside]
     i, j, d_pc, r_p, rc_p = i[inside], j[inside], d_pc[inside], r_p[inside], rc_p[inside]
-    g_p, dg_p = core.pair_energy(r_p, rc_p, z_i, z_j)  # eV, dg/dr (eV/A)
+    g_p, dg_p = core.pair_energy(r_p, rc_p, numbers[i], numbers[j])  # eV, dg/dr (eV/A)
     dedd_pc = (dg_p / r_p)[:, None] * d_pc  # dE/dD for D = r_j - r_i (+ shift)
     for c in range(3):
         forces[:, c] += np.bincount(i, dedd_pc[:, c], minlength=n) - np.bincount(j, dedd_pc[:, c], minlength=n)

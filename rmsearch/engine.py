@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from ase.data import atomic_masses, atomic_numbers, covalent_radii
+from ase.data import atomic_masses, atomic_numbers
 
 from rmdata.errors import RMError
+from rmsearch.starts import min_separation_matrix
 
 log = logging.getLogger(__name__)
 
@@ -302,18 +303,15 @@ class CoreRepulsion:
         return float(self.radii(np.array([za, zb]))[0, 1])
 
     def radii(self, numbers: np.ndarray) -> np.ndarray:
-        """rc_ab (A) of every pair of atomic numbers ``numbers`` as an (n, n) array."""
+        """rc_ab (A) of every pair of atomic numbers ``numbers`` as an (n, n) array (with
+        ``covalent_scale``, the start generator's per-pair minimum-separation rule)."""
         if self.covalent_scale is None:
             return np.full((len(numbers), len(numbers)), float(self.rc))
-        r = covalent_radii[np.asarray(numbers)]
-        return np.maximum(float(self.rc), self.covalent_scale * (r[:, None] + r[None, :]))
+        return min_separation_matrix(np.asarray(numbers), self.covalent_scale, float(self.rc))
 
-    def cutoff(self, numbers: np.ndarray | None = None) -> float:
-        """The largest rc_ab (A) among atomic numbers ``numbers`` (all elements when None)."""
-        if self.covalent_scale is None:
-            return float(self.rc)
-        z = np.unique(numbers) if numbers is not None else np.arange(1, len(covalent_radii))
-        return float(self.radii(z).max())
+    def cutoff(self, numbers: np.ndarray) -> float:
+        """The largest rc_ab (A) among atomic numbers ``numbers``."""
+        return float(self.radii(np.unique(numbers)).max())
 
     def pair_energy(self, r: np.ndarray, rc: np.ndarray, z1: np.ndarray, z2: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -364,6 +362,8 @@ def write_core_table(core: CoreRepulsion, path: str | os.PathLike, elements: lis
     sections, _ = core_sections(core, elements)
     parts = [f"# rmsearch core repulsion {core} (rmsearch.engine.CoreRepulsion; eV, A)\n"]
     for k, (rc, za, zb) in enumerate(sections):
+        # ZBL grows as 1/r: from 1e-3 A (~1e4-1e6 eV) the table stays finite; atoms closer
+        # end the run (LAMMPS' inner-table error, a failure status)
         r = np.linspace(1e-6 if not core.zbl else 1e-3, rc, CORE_TABLE_POINTS)
         e, de = core.pair_energy(r, np.full_like(r, rc), za, zb)
         rows = "\n".join(f"{n} {ri!r} {ei!r} {fi!r}" for n, ri, ei, fi

@@ -34,7 +34,6 @@ from rmsearch.records import FINISHED_STATUSES
 log = logging.getLogger(__name__)
 
 
-
 @dataclass
 class MoleculeCheck:
     """Validity of one 3D structure (see the module docstring for the rule).
